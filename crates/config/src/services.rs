@@ -1,0 +1,167 @@
+//! `.platform/services.yaml`: the databases and caches an app may have relationships to.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::decode::{self, Keys};
+use crate::diagnostic::FileReport;
+use crate::yaml::{Node, Span};
+
+pub const SERVICES_FILE: &str = ".platform/services.yaml";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub kind: ServiceKind,
+    pub version: String,
+    /// Megabytes.
+    pub disk: Option<u64>,
+    #[serde(skip)]
+    pub(crate) span: Span,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceKind {
+    Postgresql,
+    /// `mariadb` and its alias `mysql`.
+    Mariadb,
+    Redis,
+}
+
+impl ServiceKind {
+    /// The endpoint a relationship gets when it names none, as on Platform.sh.
+    pub fn default_endpoint(self) -> &'static str {
+        match self {
+            ServiceKind::Postgresql => "postgresql",
+            ServiceKind::Mariadb => "mysql",
+            ServiceKind::Redis => "redis",
+        }
+    }
+}
+
+const SERVICE_KEYS: Keys = Keys {
+    supported: &["type", "disk"],
+    ignored: &["size", "resources"],
+    unsupported: &[(
+        "configuration",
+        "Lockstep gives each service one database and one endpoint; remove `configuration`",
+    )],
+};
+
+/// Platform.sh service types Lockstep knows it cannot run yet, so they get a precise message.
+const KNOWN_UNSUPPORTED: &[&str] = &[
+    "chrome-headless",
+    "elasticsearch",
+    "influxdb",
+    "kafka",
+    "memcached",
+    "mongodb",
+    "network-storage",
+    "opensearch",
+    "oracle-mysql",
+    "rabbitmq",
+    "redis-persistent",
+    "solr",
+    "varnish",
+    "vault-kms",
+];
+
+pub(crate) fn read(report: &mut FileReport<'_>, root: &Node) -> Option<BTreeMap<String, Service>> {
+    let mut services = BTreeMap::new();
+    let mut ok = true;
+    for (name, body) in decode::mapping(report, root, "")? {
+        ok &= decode::check_name(report, name, "service");
+        let path = name.name.as_str();
+        let fields = decode::fields(report, body, path, &SERVICE_KEYS);
+        let kind = decode::required(
+            report,
+            &fields,
+            path,
+            "type",
+            "name the service type and version, such as `type: \"postgresql:16\"`",
+        )
+        .and_then(|n| read_type(report, n, &format!("{path}.type")));
+        let disk = match fields.get("disk") {
+            None => Some(None),
+            Some(n) => decode::integer(
+                report,
+                n,
+                &format!("{path}.disk"),
+                128..=1_048_576,
+                "megabytes",
+            )
+            .map(|mb| Some(mb as u64)),
+        };
+        match (kind, disk) {
+            (Some((kind, version)), Some(disk)) => {
+                services.insert(
+                    name.name.clone(),
+                    Service {
+                        kind,
+                        version,
+                        disk,
+                        span: name.span,
+                    },
+                );
+            }
+            _ => ok = false,
+        }
+    }
+    ok.then_some(services)
+}
+
+fn read_type(
+    report: &mut FileReport<'_>,
+    node: &Node,
+    path: &str,
+) -> Option<(ServiceKind, String)> {
+    let text = decode::text(report, node, path)?;
+    let (kind, version) = text.split_once(':').unwrap_or((text.as_str(), ""));
+    let kind = match kind {
+        "postgresql" => ServiceKind::Postgresql,
+        "mariadb" | "mysql" => ServiceKind::Mariadb,
+        "redis" => ServiceKind::Redis,
+        other => {
+            let supported = "Lockstep runs `postgresql`, `mariadb` (or `mysql`) and `redis`";
+            if KNOWN_UNSUPPORTED.contains(&other) {
+                report.error(
+                    node.span,
+                    format!("service type `{other}` is a Platform.sh service that Lockstep does not support yet"),
+                    Some(supported.into()),
+                );
+            } else {
+                let help = match crate::diagnostic::suggest(
+                    other,
+                    ["postgresql", "mariadb", "mysql", "redis"],
+                ) {
+                    Some(near) => format!("did you mean `{near}`? {supported}"),
+                    None => supported.into(),
+                };
+                report.error(
+                    node.span,
+                    format!("unknown service type `{other}`"),
+                    Some(help),
+                );
+            }
+            return None;
+        }
+    };
+    if version.is_empty() || version.contains(char::is_whitespace) {
+        report.error(
+            node.span,
+            format!("`{path}` must be `type:version`, not `{text}`"),
+            Some(format!("for example `type: \"{}:16\"`", kind_name(kind))),
+        );
+        return None;
+    }
+    Some((kind, version.to_owned()))
+}
+
+fn kind_name(kind: ServiceKind) -> &'static str {
+    match kind {
+        ServiceKind::Postgresql => "postgresql",
+        ServiceKind::Mariadb => "mariadb",
+        ServiceKind::Redis => "redis",
+    }
+}

@@ -1,0 +1,444 @@
+//! A YAML document as a tree of nodes that remember where they came from.
+//!
+//! Validation needs the line and column of every key and value, and must see duplicate keys,
+//! which general-purpose YAML loaders merge silently. So this module builds its own small tree
+//! from the parser's events, resolving scalars by the YAML 1.2 core schema, expanding aliases and
+//! applying `<<` merge keys (common in Platform.sh files written for YAML 1.1).
+
+use std::collections::HashMap;
+
+use saphyr_parser::{Event, Parser, ScalarStyle, Span as ParserSpan};
+
+/// A place in a source file: 1-based line and column, and the width to underline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Span {
+    pub line: usize,
+    pub column: usize,
+    pub width: usize,
+}
+
+impl Span {
+    fn from_parser(span: ParserSpan) -> Self {
+        let width = if span.end.line() == span.start.line() {
+            span.end.col().saturating_sub(span.start.col())
+        } else {
+            1
+        };
+        Span {
+            line: span.start.line(),
+            column: span.start.col() + 1,
+            width: width.max(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Node>),
+    Map(Vec<(Key, Node)>),
+}
+
+/// A mapping key. Keys are always scalars in Platform.sh files; other keys are rejected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Key {
+    pub name: String,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub value: Value,
+    pub span: Span,
+    /// The scalar exactly as written, so that `version: 1.10` can be read back as text.
+    pub raw: Option<String>,
+}
+
+impl Node {
+    pub fn kind(&self) -> &'static str {
+        match self.value {
+            Value::Null => "nothing",
+            Value::Bool(_) => "a boolean",
+            Value::Int(_) => "an integer",
+            Value::Float(_) => "a number",
+            Value::Str(_) => "a string",
+            Value::Seq(_) => "a list",
+            Value::Map(_) => "a mapping",
+        }
+    }
+
+    /// The text of a scalar that is not null: strings, and numbers or booleans as written.
+    pub fn scalar_text(&self) -> Option<&str> {
+        match &self.value {
+            Value::Str(s) => Some(s),
+            Value::Int(_) | Value::Float(_) | Value::Bool(_) => self.raw.as_deref(),
+            _ => None,
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        match &self.value {
+            Value::Null => serde_json::Value::Null,
+            Value::Bool(b) => (*b).into(),
+            Value::Int(i) => (*i).into(),
+            Value::Float(f) => serde_json::Number::from_f64(*f)
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null),
+            Value::Str(s) => s.clone().into(),
+            Value::Seq(items) => items.iter().map(Node::to_json).collect(),
+            Value::Map(entries) => entries
+                .iter()
+                .map(|(k, v)| (k.name.clone(), v.to_json()))
+                .collect::<serde_json::Map<_, _>>()
+                .into(),
+        }
+    }
+}
+
+/// A problem found while reading the YAML itself, before any meaning is given to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyntaxProblem {
+    pub span: Span,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+/// Parses one YAML document. An empty document (or one holding only comments) gives `None`.
+/// Syntax errors stop the parse; duplicate keys are reported and the first one is kept.
+pub fn parse(source: &str) -> (Option<Node>, Vec<SyntaxProblem>) {
+    let mut builder = TreeBuilder::default();
+    for item in Parser::new_from_str(source) {
+        match item {
+            Ok((event, span)) => {
+                if builder.on_event(event, span) {
+                    break;
+                }
+            }
+            Err(error) => {
+                let mark = error.marker();
+                builder.problems.push(SyntaxProblem {
+                    span: Span {
+                        line: mark.line(),
+                        column: mark.col() + 1,
+                        width: 1,
+                    },
+                    message: format!("this is not valid YAML: {}", error.info()),
+                    help: Some("fix the YAML syntax; indentation must use spaces".into()),
+                });
+                return (None, builder.problems);
+            }
+        }
+    }
+    (builder.root, builder.problems)
+}
+
+enum Open {
+    Seq(Vec<Node>, Span, usize),
+    Map(MapBuilder, Span, usize),
+}
+
+#[derive(Default)]
+struct MapBuilder {
+    entries: Vec<(Key, Node)>,
+    pending_key: Option<Node>,
+    /// Keys that came from `<<`: the mapping's own keys replace them, wherever they stand.
+    merged: Vec<String>,
+}
+
+#[derive(Default)]
+struct TreeBuilder {
+    stack: Vec<Open>,
+    anchors: HashMap<usize, Node>,
+    root: Option<Node>,
+    problems: Vec<SyntaxProblem>,
+    documents: usize,
+}
+
+impl TreeBuilder {
+    /// Returns true once the first document is complete: Lockstep reads one document per file.
+    fn on_event(&mut self, event: Event<'_>, span: ParserSpan) -> bool {
+        let span = Span::from_parser(span);
+        match event {
+            Event::DocumentStart(_) => {
+                self.documents += 1;
+                if self.documents > 1 {
+                    self.problems.push(SyntaxProblem {
+                        span,
+                        message: "this file holds more than one YAML document".into(),
+                        help: Some("remove the second `---` and what follows it".into()),
+                    });
+                    return true;
+                }
+            }
+            Event::DocumentEnd => {}
+            Event::Scalar(text, style, anchor, tag) => {
+                let forced_string = tag.as_ref().is_some_and(|t| t.suffix == "str");
+                let value = if style == ScalarStyle::Plain && !forced_string {
+                    resolve_plain(&text)
+                } else {
+                    Value::Str(text.to_string())
+                };
+                let node = Node {
+                    value,
+                    span,
+                    raw: Some(text.to_string()),
+                };
+                self.complete(node, anchor);
+            }
+            Event::Alias(id) => {
+                let node = match self.anchors.get(&id) {
+                    Some(target) => Node {
+                        span,
+                        ..target.clone()
+                    },
+                    None => Node {
+                        value: Value::Null,
+                        span,
+                        raw: None,
+                    },
+                };
+                self.complete(node, 0);
+            }
+            Event::SequenceStart(anchor, _) => self.stack.push(Open::Seq(Vec::new(), span, anchor)),
+            Event::MappingStart(anchor, _) => {
+                self.stack
+                    .push(Open::Map(MapBuilder::default(), span, anchor));
+            }
+            Event::SequenceEnd => {
+                if let Some(Open::Seq(items, start, anchor)) = self.stack.pop() {
+                    let node = Node {
+                        value: Value::Seq(items),
+                        span: start,
+                        raw: None,
+                    };
+                    self.complete(node, anchor);
+                }
+            }
+            Event::MappingEnd => {
+                if let Some(Open::Map(map, start, anchor)) = self.stack.pop() {
+                    let node = Node {
+                        value: Value::Map(map.entries),
+                        span: start,
+                        raw: None,
+                    };
+                    self.complete(node, anchor);
+                }
+            }
+            Event::StreamStart | Event::StreamEnd | Event::Nothing => {}
+        }
+        false
+    }
+
+    fn complete(&mut self, node: Node, anchor: usize) {
+        if anchor != 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        match self.stack.last_mut() {
+            None => self.root = Some(node),
+            Some(Open::Seq(items, ..)) => items.push(node),
+            Some(Open::Map(map, ..)) => match map.pending_key.take() {
+                None => map.pending_key = Some(node),
+                Some(key) => {
+                    if let Some(problem) = map.insert(key, node) {
+                        self.problems.push(problem);
+                    }
+                }
+            },
+        }
+    }
+}
+
+impl MapBuilder {
+    fn insert(&mut self, key: Node, value: Node) -> Option<SyntaxProblem> {
+        let Some(name) = key.scalar_text().map(str::to_owned) else {
+            return Some(SyntaxProblem {
+                span: key.span,
+                message: format!("a key must be a plain name, not {}", key.kind()),
+                help: None,
+            });
+        };
+        if name == "<<" {
+            self.merge(value);
+            return None;
+        }
+        if let Some(at) = self.entries.iter().position(|(k, _)| k.name == name) {
+            if let Some(merged) = self.merged.iter().position(|m| *m == name) {
+                self.merged.swap_remove(merged);
+                self.entries.remove(at);
+            } else {
+                return Some(SyntaxProblem {
+                    span: key.span,
+                    message: format!("duplicate key `{name}`"),
+                    help: Some(format!(
+                        "it is already set on line {}; keep only one of them",
+                        self.entries[at].0.span.line
+                    )),
+                });
+            }
+        }
+        self.entries.push((
+            Key {
+                name,
+                span: key.span,
+            },
+            value,
+        ));
+        None
+    }
+
+    /// `<<: *base` copies the keys of `base` that the mapping does not set itself.
+    fn merge(&mut self, source: Node) {
+        let sources = match source.value {
+            Value::Seq(items) => items,
+            _ => vec![source],
+        };
+        for source in sources {
+            if let Value::Map(merged) = source.value {
+                for (key, value) in merged {
+                    if !self.entries.iter().any(|(k, _)| k.name == key.name) {
+                        self.merged.push(key.name.clone());
+                        self.entries.push((key, value));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The YAML 1.2 core schema for plain scalars.
+fn resolve_plain(text: &str) -> Value {
+    match text {
+        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+        "true" | "True" | "TRUE" => return Value::Bool(true),
+        "false" | "False" | "FALSE" => return Value::Bool(false),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
+            return Value::Float(f64::INFINITY);
+        }
+        "-.inf" | "-.Inf" | "-.INF" => return Value::Float(f64::NEG_INFINITY),
+        ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN),
+        _ => {}
+    }
+    if let Some(hex) = text.strip_prefix("0x") {
+        if let Ok(i) = i64::from_str_radix(hex, 16) {
+            return Value::Int(i);
+        }
+    }
+    if let Some(octal) = text.strip_prefix("0o") {
+        if let Ok(i) = i64::from_str_radix(octal, 8) {
+            return Value::Int(i);
+        }
+    }
+    let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        if let Ok(i) = text.parse::<i64>() {
+            return Value::Int(i);
+        }
+    }
+    if looks_like_float(digits) {
+        if let Ok(f) = text.parse::<f64>() {
+            return Value::Float(f);
+        }
+    }
+    Value::Str(text.to_owned())
+}
+
+fn looks_like_float(text: &str) -> bool {
+    let (mantissa, exponent) = match text.find(['e', 'E']) {
+        Some(at) => (&text[..at], Some(&text[at + 1..])),
+        None => (text, None),
+    };
+    let mantissa_ok = match mantissa.split_once('.') {
+        Some((whole, fraction)) => {
+            (!whole.is_empty() || !fraction.is_empty())
+                && whole.bytes().all(|b| b.is_ascii_digit())
+                && fraction.bytes().all(|b| b.is_ascii_digit())
+        }
+        None => !mantissa.is_empty() && mantissa.bytes().all(|b| b.is_ascii_digit()),
+    };
+    let exponent_ok = exponent.is_none_or(|e| {
+        let digits = e.strip_prefix(['-', '+']).unwrap_or(e);
+        !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+    });
+    mantissa_ok && exponent_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root(source: &str) -> Node {
+        let (node, problems) = parse(source);
+        assert!(problems.is_empty(), "{problems:?}");
+        node.expect("a document")
+    }
+
+    #[test]
+    fn scalars_follow_the_core_schema() {
+        let node = root("a: 1\nb: 1.5\nc: true\nd: ~\ne: '1'\nf: 1.10\ng: hello\n");
+        let Value::Map(entries) = node.value else {
+            panic!("not a map")
+        };
+        let values: Vec<_> = entries.iter().map(|(_, v)| v.value.clone()).collect();
+        assert_eq!(
+            values,
+            vec![
+                Value::Int(1),
+                Value::Float(1.5),
+                Value::Bool(true),
+                Value::Null,
+                Value::Str("1".into()),
+                Value::Float(1.1),
+                Value::Str("hello".into()),
+            ]
+        );
+        assert_eq!(entries[5].1.scalar_text(), Some("1.10"));
+    }
+
+    #[test]
+    fn keys_and_values_know_their_place() {
+        let node = root("top:\n  inner: value\n");
+        let Value::Map(entries) = node.value else {
+            panic!("not a map")
+        };
+        let (key, value) = &entries[0];
+        assert_eq!((key.span.line, key.span.column, key.span.width), (1, 1, 3));
+        let Value::Map(inner) = &value.value else {
+            panic!("not a map")
+        };
+        assert_eq!((inner[0].0.span.line, inner[0].0.span.column), (2, 3));
+        assert_eq!((inner[0].1.span.line, inner[0].1.span.column), (2, 10));
+    }
+
+    #[test]
+    fn duplicate_keys_are_reported_with_both_lines() {
+        let (_, problems) = parse("a: 1\nb: 2\na: 3\n");
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].span.line, 3);
+        assert!(problems[0].help.as_deref().unwrap().contains("line 1"));
+    }
+
+    #[test]
+    fn aliases_and_merge_keys_expand() {
+        let node = root("base: &b\n  x: 1\n  y: 2\nderived:\n  <<: *b\n  y: 3\n");
+        let derived = &node.to_json()["derived"];
+        assert_eq!(derived, &serde_json::json!({"x": 1, "y": 3}));
+    }
+
+    #[test]
+    fn syntax_errors_name_their_place() {
+        let (node, problems) = parse("a: [1, 2\nb: 3\n");
+        assert!(node.is_none());
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].span.line >= 1);
+    }
+
+    #[test]
+    fn empty_and_comment_only_documents_are_none() {
+        assert_eq!(parse("").0, None);
+        assert_eq!(parse("# nothing here\n").0, None);
+    }
+}

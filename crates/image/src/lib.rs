@@ -1,0 +1,140 @@
+//! Lockstep images: from a git tree to an immutable, content-addressed archive, and back.
+//!
+//! Owns: checking out a tree, running the build hook in the build environment, packing the app
+//! folder into a deterministic archive named by its blake3 hash, the local image store with its
+//! build-reuse index, and verified unpacking.
+//! Must never: let a failed build leave an image behind, reuse a build whose inputs differ, or
+//! unpack anything before its hash is checked or outside the destination folder.
+
+mod archive;
+mod build;
+mod checkout;
+mod hook;
+mod store;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use archive::{
+    ArchiveStats, ExtraFile, UnpackLimits, hash_file, pack, unpack, unpack_verified,
+};
+pub use build::{
+    BuildError, BuildOutcome, BuildRequest, Builder, DEFAULT_BUILD_TIMEOUT, REUSE_MESSAGE,
+};
+pub use checkout::{checkout, resolve_tree};
+pub use hook::{HookFailure, HookOutcome, HookSpec, run_hook};
+pub use store::{ImageInfo, ImageStore, Manifest};
+
+/// The blake3 hash of an image file, in hex: the image's name everywhere in Lockstep.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ImageId(String);
+
+impl ImageId {
+    fn from_hash(hash: blake3::Hash) -> Self {
+        ImageId(hash.to_hex().to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The first 12 characters, enough to tell images apart in messages.
+    pub fn short(&self) -> &str {
+        &self.0[..12]
+    }
+}
+
+impl fmt::Display for ImageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for ImageId {
+    type Error = ImageError;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        let valid = value.len() == 64
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if valid {
+            Ok(ImageId(value))
+        } else {
+            Err(ImageError::InvalidId(value))
+        }
+    }
+}
+
+impl std::str::FromStr for ImageId {
+    type Err = ImageError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ImageId::try_from(s.to_owned())
+    }
+}
+
+impl From<ImageId> for String {
+    fn from(id: ImageId) -> String {
+        id.0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{0}` is not an image id (64 lowercase hex digits)")]
+    InvalidId(String),
+    #[error("the image does not match its id: expected {expected}, found {actual}")]
+    HashMismatch { expected: ImageId, actual: ImageId },
+    #[error("the image holds {reason}: {}", path.display())]
+    UnsafeEntry { path: PathBuf, reason: &'static str },
+    #[error("the image is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the image is too large: {0}")]
+    TooLarge(String),
+    #[error("{} already exists", .0.display())]
+    DestinationExists(PathBuf),
+    #[error("cannot pack {}: only files, folders and links go into an image", .0.display())]
+    SpecialFile(PathBuf),
+    #[error("no image {0} in the store")]
+    NotFound(ImageId),
+    #[error("the manifest of image {id} is unreadable")]
+    BadManifest {
+        id: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl ImageError {
+    fn io(action: &'static str) -> impl FnOnce(std::io::Error) -> ImageError {
+        move |source| ImageError::Io {
+            action,
+            path: PathBuf::new(),
+            source,
+        }
+    }
+
+    fn io_at(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ImageError {
+        let path = path.to_owned();
+        move |source| ImageError::Io {
+            action,
+            path,
+            source,
+        }
+    }
+
+    fn corrupt(error: std::io::Error) -> ImageError {
+        ImageError::Corrupt(error.to_string())
+    }
+}

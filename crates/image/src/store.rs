@@ -1,0 +1,170 @@
+//! The image store on disk:
+//!
+//! ```text
+//! images/<id>.tar.zst   the image
+//! images/<id>.json      its manifest
+//! builds/<build-key>    the id built from those build inputs (the reuse index)
+//! ```
+//!
+//! Every file is written beside its final name and renamed into place, so a reader sees a whole
+//! file or none, and an image's manifest appears only after the image itself.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::archive::{self, ArchiveStats, ExtraFile};
+use crate::{ImageError, ImageId};
+
+/// The path of the description inside every image, beside the `app/` folder.
+pub const IMAGE_INFO_PATH: &str = "image.json";
+/// The folder inside every image that holds the built app.
+pub const APP_PREFIX: &str = "app";
+
+/// What an image says about itself; packed inside it, so part of its id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    pub format: u32,
+    pub tree_id: String,
+    /// Hash of everything that went into the build: tree, build-visible variables, format.
+    pub build_key: String,
+    pub config: lockstep_config::Project,
+}
+
+/// The store's record of an image: its description, and facts about this build of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub id: ImageId,
+    #[serde(flatten)]
+    pub info: ImageInfo,
+    /// Bytes of the compressed image.
+    pub size: u64,
+    /// Bytes of the files it holds.
+    pub content_bytes: u64,
+    pub entries: u64,
+    pub built_at: DateTime<Utc>,
+    pub build_millis: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ImageStore {
+    root: PathBuf,
+}
+
+impl ImageStore {
+    pub fn open(root: &Path) -> Result<ImageStore, ImageError> {
+        for dir in ["images", "builds"] {
+            let path = root.join(dir);
+            fs::create_dir_all(&path).map_err(ImageError::io_at("create", &path))?;
+        }
+        Ok(ImageStore {
+            root: root.to_owned(),
+        })
+    }
+
+    pub fn image_path(&self, id: &ImageId) -> PathBuf {
+        self.root.join("images").join(format!("{id}.tar.zst"))
+    }
+
+    fn manifest_path(&self, id: &ImageId) -> PathBuf {
+        self.root.join("images").join(format!("{id}.json"))
+    }
+
+    fn build_index_path(&self, build_key: &str) -> PathBuf {
+        self.root.join("builds").join(build_key)
+    }
+
+    pub fn manifest(&self, id: &ImageId) -> Result<Manifest, ImageError> {
+        let path = self.manifest_path(id);
+        let text = match fs::read(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ImageError::NotFound(id.clone()));
+            }
+            Err(e) => return Err(ImageError::io_at("read", &path)(e)),
+        };
+        serde_json::from_slice(&text).map_err(|source| ImageError::BadManifest {
+            id: id.to_string(),
+            source,
+        })
+    }
+
+    /// The image already built from these build inputs, if it is still in the store.
+    pub fn find_build(&self, build_key: &str) -> Result<Option<Manifest>, ImageError> {
+        let path = self.build_index_path(build_key);
+        let id = match fs::read_to_string(&path) {
+            Ok(id) => id.trim().parse::<ImageId>()?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ImageError::io_at("read", &path)(e)),
+        };
+        match self.manifest(&id) {
+            Ok(manifest) if self.image_path(&id).exists() => Ok(Some(manifest)),
+            Ok(_) | Err(ImageError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Packs the built app folder with its description into a new image, records it, and
+    /// indexes it under its build key.
+    pub fn add(
+        &self,
+        app_dir: &Path,
+        info: ImageInfo,
+        built_at: DateTime<Utc>,
+        build_millis: u64,
+    ) -> Result<Manifest, ImageError> {
+        let images = self.root.join("images");
+        let mut staged = tempfile::NamedTempFile::new_in(&images)
+            .map_err(ImageError::io_at("create a file in", &images))?;
+        let info_json = serde_json::to_vec_pretty(&info).expect("image info serialises");
+        let extra = [ExtraFile {
+            path: IMAGE_INFO_PATH,
+            contents: &info_json,
+        }];
+        let (id, stats): (ImageId, ArchiveStats) = archive::pack(
+            &extra,
+            app_dir,
+            APP_PREFIX,
+            std::io::BufWriter::new(staged.as_file_mut()),
+        )?;
+        staged
+            .as_file()
+            .sync_all()
+            .map_err(ImageError::io_at("write", staged.path()))?;
+        let image_path = self.image_path(&id);
+        staged
+            .persist(&image_path)
+            .map_err(|e| ImageError::io_at("write", &image_path)(e.error))?;
+        let manifest = Manifest {
+            id: id.clone(),
+            info,
+            size: stats.size,
+            content_bytes: stats.content_bytes,
+            entries: stats.entries,
+            built_at,
+            build_millis,
+        };
+        let manifest_json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+        write_atomically(&self.manifest_path(&id), &manifest_json)?;
+        write_atomically(
+            &self.build_index_path(&manifest.info.build_key),
+            id.as_str().as_bytes(),
+        )?;
+        Ok(manifest)
+    }
+}
+
+fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), ImageError> {
+    let dir = path.parent().expect("store paths have a parent");
+    let mut file =
+        tempfile::NamedTempFile::new_in(dir).map_err(ImageError::io_at("create a file in", dir))?;
+    file.write_all(contents)
+        .and_then(|()| file.as_file().sync_all())
+        .map_err(ImageError::io_at("write", path))?;
+    file.persist(path)
+        .map_err(|e| ImageError::io_at("write", path)(e.error))?;
+    Ok(())
+}
