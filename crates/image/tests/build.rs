@@ -1,0 +1,290 @@
+//! The builder against real git repositories and real build hooks.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use lockstep_image::{
+    BuildError, BuildOutcome, BuildRequest, Builder, HookFailure, REUSE_MESSAGE, UnpackLimits,
+    unpack_verified,
+};
+
+const APP_CONFIG: &str = r#"name: app
+type: "python:3.11"
+hooks:
+  build: |
+    set -e
+    echo "building $PLATFORM_TREE_ID"
+    printf '%s\n' "$PLATFORM_APPLICATION_NAME" "$PLATFORM_PROJECT" "$PLATFORM_TREE_ID" \
+      "$PLATFORM_APP_DIR" "$PLATFORM_VARIABLES" "${FLAVOUR:-none}" "${SECRET_SAUCE:-none}" > build-env.txt
+    count=$(cat "$PLATFORM_CACHE_DIR/count" 2>/dev/null || echo 0)
+    echo $((count + 1)) > "$PLATFORM_CACHE_DIR/count"
+    if [ -n "${FAIL_BUILD:-}" ]; then echo "about to fail" >&2; exit 7; fi
+variables:
+  env:
+    FLAVOUR: vanilla
+web:
+  commands:
+    start: python3 server.py
+"#;
+
+struct Repo {
+    dir: tempfile::TempDir,
+}
+
+impl Repo {
+    fn new(config: &str) -> Repo {
+        let repo = Repo {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        repo.git(&["init", "-q", "-b", "main"]);
+        repo.write(".platform.app.yaml", config);
+        repo.write("server.py", "print('hello')\n");
+        repo.commit();
+        repo
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn write(&self, name: &str, contents: &str) {
+        fs::write(self.path().join(name), contents).unwrap();
+    }
+
+    fn commit(&self) {
+        self.git(&["add", "-A"]);
+        self.git(&[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "change",
+        ]);
+    }
+
+    fn git(&self, args: &[&str]) {
+        let status = Command::new("git")
+            .arg("-C")
+            .arg(self.path())
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    }
+}
+
+fn build(
+    builder: &Builder,
+    repo: &Repo,
+    variables: &BTreeMap<String, serde_json::Value>,
+) -> (Result<BuildOutcome, BuildError>, Vec<String>) {
+    let mut log = Vec::new();
+    let request = BuildRequest {
+        repo: repo.path(),
+        git_ref: "HEAD",
+        project: "shop",
+        variables,
+        timeout: Duration::from_secs(120),
+    };
+    let result = builder.build(&request, &mut |line| log.push(line.to_owned()));
+    (result, log)
+}
+
+fn no_variables() -> BTreeMap<String, serde_json::Value> {
+    BTreeMap::new()
+}
+
+#[test]
+fn building_one_commit_twice_reuses_the_first_image() {
+    let data = tempfile::tempdir().unwrap();
+    let builder = Builder::new(data.path()).unwrap();
+    let repo = Repo::new(APP_CONFIG);
+    let (first, first_log) = build(&builder, &repo, &no_variables());
+    let first = first.unwrap();
+    assert!(!first.reused);
+    assert!(!first_log.iter().any(|l| l.contains(REUSE_MESSAGE)));
+    let (second, second_log) = build(&builder, &repo, &no_variables());
+    let second = second.unwrap();
+    assert!(second.reused);
+    assert_eq!(first.manifest.id, second.manifest.id);
+    assert!(
+        second_log.iter().any(|l| l.trim() == REUSE_MESSAGE),
+        "{second_log:?}"
+    );
+    // The hook did not run the second time: the project's build cache counted one build.
+    let count = fs::read_to_string(data.path().join("cache/shop/count")).unwrap();
+    assert_eq!(count.trim(), "1");
+}
+
+#[test]
+fn two_stores_build_one_commit_into_the_same_image() {
+    // The hook must be deterministic itself: the shared one records the (temporary) build path.
+    let deterministic = "name: app\ntype: \"python:3.11\"\nhooks:\n  build: echo built > out.txt\nweb:\n  commands:\n    start: python3 server.py\n";
+    let repo = Repo::new(deterministic);
+    let ids: Vec<_> = (0..2)
+        .map(|_| {
+            let data = tempfile::tempdir().unwrap();
+            let builder = Builder::new(data.path()).unwrap();
+            build(&builder, &repo, &no_variables())
+                .0
+                .unwrap()
+                .manifest
+                .id
+        })
+        .collect();
+    assert_eq!(ids[0], ids[1]);
+}
+
+#[test]
+fn changing_one_file_changes_the_image() {
+    let data = tempfile::tempdir().unwrap();
+    let builder = Builder::new(data.path()).unwrap();
+    let repo = Repo::new(APP_CONFIG);
+    let first = build(&builder, &repo, &no_variables()).0.unwrap();
+    repo.write("server.py", "print('hello, world')\n");
+    repo.commit();
+    let second = build(&builder, &repo, &no_variables()).0.unwrap();
+    assert!(!second.reused);
+    assert_ne!(first.manifest.id, second.manifest.id);
+    assert_ne!(first.manifest.info.tree_id, second.manifest.info.tree_id);
+}
+
+#[test]
+fn changing_one_build_visible_variable_changes_the_image() {
+    let data = tempfile::tempdir().unwrap();
+    let builder = Builder::new(data.path()).unwrap();
+    let repo = Repo::new(APP_CONFIG);
+    let mut variables = no_variables();
+    variables.insert("env:SECRET_SAUCE".into(), "ketchup".into());
+    let first = build(&builder, &repo, &variables).0.unwrap();
+    variables.insert("env:SECRET_SAUCE".into(), "mustard".into());
+    let second = build(&builder, &repo, &variables).0.unwrap();
+    assert!(!second.reused);
+    assert_ne!(first.manifest.id, second.manifest.id);
+    assert_eq!(first.manifest.info.tree_id, second.manifest.info.tree_id);
+}
+
+#[test]
+fn the_build_hook_sees_the_build_environment() {
+    let data = tempfile::tempdir().unwrap();
+    let builder = Builder::new(data.path()).unwrap();
+    let repo = Repo::new(APP_CONFIG);
+    let mut variables = no_variables();
+    variables.insert("env:SECRET_SAUCE".into(), "ketchup".into());
+    variables.insert("theme".into(), "dark".into());
+    let outcome = build(&builder, &repo, &variables).0.unwrap();
+    let unpacked = data.path().join("unpacked");
+    unpack_verified(
+        &builder.store().image_path(&outcome.manifest.id),
+        &outcome.manifest.id,
+        &unpacked,
+        UnpackLimits::default(),
+    )
+    .unwrap();
+    let env = fs::read_to_string(unpacked.join("app/build-env.txt")).unwrap();
+    let lines: Vec<&str> = env.lines().collect();
+    assert_eq!(lines[0], "app");
+    assert_eq!(lines[1], "shop");
+    assert_eq!(lines[2], outcome.manifest.info.tree_id);
+    assert!(lines[3].ends_with("/app"), "{}", lines[3]);
+    let decoded = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("printf %s '{}' | base64 -d", lines[4]))
+        .output()
+        .unwrap();
+    let platform_variables: serde_json::Value = serde_json::from_slice(&decoded.stdout).unwrap();
+    assert_eq!(platform_variables, serde_json::json!({"theme": "dark"}));
+    // `env:` variables come from the app config and from the request.
+    assert_eq!(lines[5], "vanilla");
+    assert_eq!(lines[6], "ketchup");
+    // The image describes itself, and the configuration inside it is the parsed one.
+    let info: serde_json::Value =
+        serde_json::from_slice(&fs::read(unpacked.join("image.json")).unwrap()).unwrap();
+    assert_eq!(info["tree_id"], outcome.manifest.info.tree_id);
+    assert_eq!(info["config"]["app"]["name"], "app");
+}
+
+#[test]
+fn a_failing_build_hook_fails_with_its_output_and_stores_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let builder = Builder::new(data.path()).unwrap();
+    let repo = Repo::new(APP_CONFIG);
+    let mut variables = no_variables();
+    variables.insert("env:FAIL_BUILD".into(), "1".into());
+    let (result, log) = build(&builder, &repo, &variables);
+    match result {
+        Err(BuildError::Hook(failure @ HookFailure::Exited { .. })) => {
+            assert!(failure.to_string().contains("exit status: 7"), "{failure}");
+            assert!(failure.last_lines().iter().any(|l| l == "about to fail"));
+        }
+        other => panic!("expected a hook failure, got {other:?}"),
+    }
+    assert!(log.iter().any(|l| l.contains("about to fail")), "{log:?}");
+    assert_eq!(fs::read_dir(data.path().join("images")).unwrap().count(), 0);
+    assert_eq!(fs::read_dir(data.path().join("work")).unwrap().count(), 0);
+}
+
+#[test]
+fn a_build_hook_past_its_timeout_is_stopped() {
+    let data = tempfile::tempdir().unwrap();
+    let builder = Builder::new(data.path()).unwrap();
+    let repo = Repo::new(&APP_CONFIG.replace("set -e\n", "set -e\n    sleep 60\n"));
+    let request = BuildRequest {
+        repo: repo.path(),
+        git_ref: "HEAD",
+        project: "shop",
+        variables: &no_variables(),
+        timeout: Duration::from_millis(500),
+    };
+    let result = builder.build(&request, &mut |_| {});
+    assert!(
+        matches!(result, Err(BuildError::Hook(HookFailure::TimedOut { .. }))),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn an_invalid_configuration_fails_before_the_hook_runs() {
+    let data = tempfile::tempdir().unwrap();
+    let builder = Builder::new(data.path()).unwrap();
+    let repo = Repo::new(&APP_CONFIG.replace("web:", "wbe:"));
+    let (result, log) = build(&builder, &repo, &no_variables());
+    match result {
+        Err(BuildError::InvalidConfig(diagnostics)) => {
+            assert!(
+                diagnostics
+                    .iter()
+                    .any(|d| d.message.contains("unknown key `wbe`"))
+            );
+        }
+        other => panic!("expected an invalid configuration, got {other:?}"),
+    }
+    assert!(!log.iter().any(|l| l.contains("building")), "{log:?}");
+    assert!(!data.path().join("cache/shop/count").exists());
+}
+
+#[test]
+fn an_unknown_ref_is_a_clear_error() {
+    let data = tempfile::tempdir().unwrap();
+    let builder = Builder::new(data.path()).unwrap();
+    let repo = Repo::new(APP_CONFIG);
+    let request = BuildRequest {
+        repo: repo.path(),
+        git_ref: "no-such-branch",
+        project: "shop",
+        variables: &no_variables(),
+        timeout: Duration::from_secs(60),
+    };
+    let error = builder.build(&request, &mut |_| {}).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("`no-such-branch` does not name a commit"),
+        "{error}"
+    );
+}

@@ -1,0 +1,143 @@
+//! The `lockstep` binary as a user runs it, on the sample app.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use assert_cmd::cargo::cargo_bin_cmd;
+
+fn sample_app() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/app")
+}
+
+/// A git repository holding a copy of the sample app, as a user's project would.
+fn sample_repo() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(sample_app().join("."))
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["add", "-A"],
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "sample app",
+        ],
+    ] {
+        let status = Command::new("git")
+            .arg("-C")
+            .arg(dir.path())
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    }
+    dir
+}
+
+fn stdout_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn config_check_passes_on_the_sample_app() {
+    let output = cargo_bin_cmd!("lockstep")
+        .args(["config", "check"])
+        .arg(sample_app())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stdout_of(&output));
+    assert!(stdout_of(&output).contains("the configuration is valid (app `app`, 2 routes"));
+}
+
+#[test]
+fn config_check_prints_every_error_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(".platform.app.yaml"),
+        "name: app\ntype: python\nhoks: {}\nweb:\n  commands: {}\n",
+    )
+    .unwrap();
+    let output = cargo_bin_cmd!("lockstep")
+        .args(["config", "check"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let text = stdout_of(&output);
+    assert!(text.contains(".platform.app.yaml:2:7"), "{text}");
+    assert!(text.contains("`type` must be `language:version`"), "{text}");
+    assert!(text.contains("did you mean `hooks`?"), "{text}");
+    assert!(text.contains("`web.commands.start` is required"), "{text}");
+    assert!(text.contains("3 errors"), "{text}");
+}
+
+#[test]
+fn building_the_sample_app_twice_reuses_the_image() {
+    let repo = sample_repo();
+    let data = tempfile::tempdir().unwrap();
+    let run = || {
+        cargo_bin_cmd!("lockstep")
+            .arg("--data-dir")
+            .arg(data.path())
+            .arg("build")
+            .arg(repo.path())
+            .output()
+            .unwrap()
+    };
+    let image_id = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("image       "))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no image line in {text}"))
+    };
+    let first = run();
+    assert!(first.status.success(), "{}", stdout_of(&first));
+    let first_text = stdout_of(&first);
+    assert!(
+        first_text.contains("build.py"),
+        "the hook's output is shown: {first_text}"
+    );
+    assert!(first_text.contains("reused      no"), "{first_text}");
+    let second = run();
+    let second_text = stdout_of(&second);
+    assert!(second.status.success(), "{second_text}");
+    assert!(
+        second_text.contains("Reusing existing build for this tree ID"),
+        "{second_text}"
+    );
+    assert!(second_text.contains("reused      yes"), "{second_text}");
+    assert_eq!(image_id(&first_text), image_id(&second_text));
+    assert_eq!(image_id(&first_text).len(), 64);
+}
+
+#[test]
+fn a_failing_build_exits_non_zero_and_shows_the_hook_output() {
+    let repo = sample_repo();
+    let data = tempfile::tempdir().unwrap();
+    let output = cargo_bin_cmd!("lockstep")
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("build")
+        .arg(repo.path())
+        .args(["--var", "env:FAIL_BUILD=1"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = stdout_of(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stdout.contains("FAIL_BUILD is set"), "{stdout}");
+    assert!(
+        stderr.contains("the hook failed with exit status: 1"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("image       "), "{stdout}");
+}
