@@ -41,7 +41,11 @@ fn main() {
     let peer_image = scratch.path().join("peer.tar.zst");
     let shell = |script: String| {
         let started = Instant::now();
-        let status = Command::new("sh").arg("-c").arg(&script).status().expect("sh");
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .status()
+            .expect("sh");
         assert!(status.success(), "{script}");
         started.elapsed()
     };
@@ -101,15 +105,20 @@ fn generate_tree(root: &Path) -> u64 {
     while written < TREE_BYTES {
         let folder = root.join(format!("pkg{:03}/mod{:02}", index / 100, index % 100 / 10));
         fs::create_dir_all(&folder).expect("folder");
-        let size = if index % 50 == 0 { 4 * 1024 * 1024 } else { 4 + random.next() % 48_000 };
+        let size = if index % 50 == 0 {
+            4 * 1024 * 1024
+        } else {
+            4 + random.next() % 48_000
+        };
         let mut data = Vec::with_capacity(size as usize);
         while (data.len() as u64) < size {
             // Words from a small vocabulary compress like source code; raw bytes like assets.
             if index % 50 == 0 && random.next() % 4 == 0 {
                 data.extend_from_slice(&random.next().to_le_bytes());
             } else {
-                let word = ["fn ", "let ", "self", ".map(", "return ", "{\n", "}\n", "value", " = "]
-                    [(random.next() % 9) as usize];
+                let word = [
+                    "fn ", "let ", "self", ".map(", "return ", "{\n", "}\n", "value", " = ",
+                ][(random.next() % 9) as usize];
                 data.extend_from_slice(word.as_bytes());
             }
         }

@@ -55,7 +55,11 @@ pub fn pack(
     out: impl Write,
 ) -> Result<(ImageId, ArchiveStats), ImageError> {
     let hashing = HashingWriter::new(out);
-    let encoder = zstd::Encoder::new(hashing, ZSTD_LEVEL).map_err(ImageError::io("compress"))?;
+    let mut encoder =
+        zstd::Encoder::new(hashing, ZSTD_LEVEL).map_err(ImageError::io("compress"))?;
+    // One worker thread compresses while this one reads files: the same overlap `tar | zstd`
+    // gets from being two processes. zstd keeps the output deterministic for a fixed setting.
+    encoder.multithread(1).map_err(ImageError::io("compress"))?;
     let mut builder = tar::Builder::new(encoder);
     let mut stats = ArchiveStats::default();
     for file in extra {
