@@ -1,4 +1,6 @@
-//! `.platform.app.yaml`: the application, its processes, hooks, crons and mounts.
+//! `.platform.app.yaml` (or the one app of `.platform/applications.yaml`): the application,
+//! its build, hooks, relationships and variables. Its processes, mounts and web settings have
+//! modules of their own.
 
 use std::collections::BTreeMap;
 
@@ -6,13 +8,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::{self, Fields, Keys};
 use crate::diagnostic::FileReport;
-use crate::yaml::{Node, Span, Value};
+use crate::mounts::{self, Mount};
+use crate::processes::{self, Cron, Worker};
+use crate::web::{self, Web};
+use crate::yaml::{Key, Node, Span, Value};
 
 pub const APP_FILE: &str = ".platform.app.yaml";
-
-/// Platform.sh's limit, and the default when a cron does not set one.
-pub const MAX_CRON_TIMEOUT_SECS: u64 = 86_400;
-pub const DEFAULT_CRON_SHUTDOWN_TIMEOUT_SECS: u64 = 10;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AppConfig {
@@ -21,7 +22,8 @@ pub struct AppConfig {
     #[serde(rename = "type")]
     pub runtime: String,
     pub build_flavor: BuildFlavor,
-    /// Global build tools per language: `python3: {pipenv: "2023.2.4"}`.
+    /// Global build tools per language, installed for the build and the runtime: `python` and
+    /// `python3` packages with pip, `nodejs` packages with npm (`nodejs: {yarn: "*"}`).
     pub dependencies: BTreeMap<String, BTreeMap<String, String>>,
     pub hooks: Hooks,
     pub web: Web,
@@ -60,48 +62,15 @@ pub struct Hooks {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Web {
-    pub start: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Worker {
-    pub start: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cron {
-    pub spec: String,
-    pub start: String,
-    pub stop: Option<String>,
-    pub shutdown_timeout_secs: u64,
-    pub timeout_secs: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Mount {
-    pub source: MountSource,
-    pub source_path: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MountSource {
-    /// Per node, kept across deploys.
-    Local,
-    /// Shared by every node of the environment.
-    Storage,
-    /// Per node, may be emptied at any time.
-    Tmp,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Relationship {
     pub service: String,
     /// `None` means the service's default endpoint.
     pub endpoint: Option<String>,
+    /// Where the service and the endpoint are written, for messages about them.
     #[serde(skip)]
-    pub(crate) span: Span,
+    pub(crate) service_span: Span,
+    #[serde(skip)]
+    pub(crate) endpoint_span: Span,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,13 +102,11 @@ const APP_KEYS: Keys = Keys {
         "variables",
         "disk",
         "access",
+        "source",
+        "timezone",
     ],
-    ignored: &["source", "operations", "size", "resources", "firewall"],
+    ignored: &["operations", "size", "resources", "firewall"],
     unsupported: &[
-        (
-            "timezone",
-            "Lockstep runs crons in UTC; remove `timezone` and write the cron specs in UTC",
-        ),
         (
             "runtime",
             "language extensions and runtime settings are not installed by Lockstep; remove `runtime` and install what the app needs in the build hook",
@@ -151,74 +118,56 @@ const APP_KEYS: Keys = Keys {
     ],
 };
 
-const WEB_KEYS: Keys = Keys {
-    supported: &["commands", "upstream"],
-    ignored: &[],
-    unsupported: &[(
-        "locations",
-        "Lockstep sends every request to the web process; remove `web.locations` and serve static files from the app",
-    )],
+const SOURCE_KEYS: Keys = Keys {
+    supported: &["root"],
+    // Source operations are run by Platform.sh's console on demand, never by a deploy.
+    ignored: &["operations"],
+    unsupported: &[],
 };
-
-const WEB_COMMANDS_KEYS: Keys = Keys {
-    supported: &["start"],
-    ignored: &[],
-    unsupported: &[
-        (
-            "pre_start",
-            "run the preparation at the start of `web.commands.start` instead",
-        ),
-        (
-            "post_start",
-            "`post_start` is not available on Dedicated Gen 2 either; remove it",
-        ),
-    ],
-};
-
-const UPSTREAM_KEYS: Keys = Keys::only(&["socket_family", "protocol"]);
-const COMMAND_KEYS: Keys = Keys::only(&["start"]);
-const WORKER_KEYS: Keys = Keys {
-    supported: &["commands"],
-    ignored: &["size", "resources", "disk"],
-    unsupported: &[
-        (
-            "mounts",
-            "workers share the app's mounts on Lockstep; declare mounts at the top level",
-        ),
-        (
-            "relationships",
-            "workers share the app's relationships on Lockstep; declare them at the top level",
-        ),
-        (
-            "variables",
-            "workers share the app's variables on Lockstep; declare them at the top level",
-        ),
-    ],
-};
-const CRON_KEYS: Keys = Keys::only(&["spec", "commands", "shutdown_timeout", "timeout"]);
-const CRON_COMMAND_KEYS: Keys = Keys::only(&["start", "stop"]);
-const MOUNT_KEYS: Keys = Keys::only(&["source", "source_path", "service"]);
 const HOOK_KEYS: Keys = Keys::only(&["build", "deploy", "post_deploy"]);
 const BUILD_KEYS: Keys = Keys::only(&["flavor"]);
 const ACCESS_KEYS: Keys = Keys::only(&["ssh"]);
 const RELATIONSHIP_KEYS: Keys = Keys::only(&["service", "endpoint"]);
+const DEPENDENCY_KEYS: Keys = Keys {
+    supported: &["python", "python3", "nodejs"],
+    ignored: &[],
+    unsupported: &[
+        (
+            "php",
+            "Lockstep installs global packages for `python3` (pip) and `nodejs` (npm) only; install Composer packages in the build hook",
+        ),
+        (
+            "ruby",
+            "Lockstep installs global packages for `python3` (pip) and `nodejs` (npm) only; install gems in the build hook",
+        ),
+        (
+            "python2",
+            "Lockstep installs global packages for `python3` (pip) and `nodejs` (npm) only",
+        ),
+    ],
+};
 
 const ROLES: &[&str] = &["admin", "contributor", "viewer"];
 
-pub(crate) fn read(report: &mut FileReport<'_>, root: &Node) -> Option<AppConfig> {
+/// Time zones that are UTC under another name: crons in them run as Lockstep runs every cron.
+const UTC_NAMES: &[&str] = &[
+    "UTC",
+    "Etc/UTC",
+    "Etc/UCT",
+    "UCT",
+    "Etc/Universal",
+    "Universal",
+];
+
+/// Reads one app. `named` is the key that names it in `.platform/applications.yaml`, where the
+/// app may leave out `name`.
+pub(crate) fn read(
+    report: &mut FileReport<'_>,
+    root: &Node,
+    named: Option<&Key>,
+) -> Option<AppConfig> {
     let top = decode::fields(report, root, "", &APP_KEYS);
-    let name = decode::required(
-        report,
-        &top,
-        "",
-        "name",
-        "give the app a name, such as `name: app`",
-    )
-    .and_then(|n| decode::text(report, n, "name"));
-    if let Some(name) = &name {
-        let node = top.get("name").expect("read above");
-        check_app_name(report, name, node.span);
-    }
+    let name = read_name(report, &top, named);
     let runtime = decode::required(
         report,
         &top,
@@ -227,40 +176,37 @@ pub(crate) fn read(report: &mut FileReport<'_>, root: &Node) -> Option<AppConfig
         "name the runtime, such as `type: \"python:3.11\"`",
     )
     .and_then(|n| read_runtime(report, n));
-    let build_flavor = top
-        .get("build")
-        .map_or(Some(BuildFlavor::Default), |n| read_build(report, n));
-    let dependencies = top
-        .get("dependencies")
-        .map_or(Some(BTreeMap::new()), |n| read_dependencies(report, n));
-    let hooks = top
-        .get("hooks")
-        .map_or(Some(Hooks::default()), |n| read_hooks(report, n));
-    let web = read_web(report, &top);
-    let workers = top
-        .get("workers")
-        .map_or(Some(BTreeMap::new()), |n| read_workers(report, n));
-    let crons = top
-        .get("crons")
-        .map_or(Some(BTreeMap::new()), |n| read_crons(report, n));
-    let mounts = top
-        .get("mounts")
-        .map_or(Some(BTreeMap::new()), |n| read_mounts(report, n));
-    let relationships = top
-        .get("relationships")
-        .map_or(Some(BTreeMap::new()), |n| read_relationships(report, n));
-    let variables = top
-        .get("variables")
-        .map_or(Some(BTreeMap::new()), |n| read_variables(report, n));
-    let disk = match top.get("disk") {
-        None => Some(None),
-        Some(n) => decode::integer(report, n, "disk", 128..=1_048_576, "megabytes")
-            .map(|mb| Some(mb as u64)),
-    };
-    let access = top.get("access").map_or(
-        Some(Access {
+    if let Some(source) = top.get("source") {
+        check_source(report, source);
+    }
+    if let Some(timezone) = top.get("timezone") {
+        check_timezone(report, timezone);
+    }
+    let build_flavor = top.read_or("build", BuildFlavor::Default, |n| read_build(report, n));
+    let dependencies = top.read_or("dependencies", BTreeMap::new(), |n| {
+        read_dependencies(report, n)
+    });
+    let hooks = top.read_or("hooks", Hooks::default(), |n| read_hooks(report, n));
+    let web = web::read(report, &top);
+    let workers = top.read_or("workers", BTreeMap::new(), |n| {
+        processes::read_workers(report, n)
+    });
+    let crons = top.read_or("crons", BTreeMap::new(), |n| {
+        processes::read_crons(report, n)
+    });
+    let mounts = top.read_or("mounts", BTreeMap::new(), |n| mounts::read(report, n));
+    let relationships = top.read_or("relationships", BTreeMap::new(), |n| {
+        read_relationships(report, n)
+    });
+    let variables = top.read_or("variables", BTreeMap::new(), |n| read_variables(report, n));
+    let disk = top.read_opt("disk", |n| {
+        decode::integer(report, n, "disk", 128..=1_048_576, "megabytes").map(|mb| mb as u64)
+    });
+    let access = top.read_or(
+        "access",
+        Access {
             ssh: Role::Contributor,
-        }),
+        },
         |n| read_access(report, n),
     );
     Some(AppConfig {
@@ -280,7 +226,35 @@ pub(crate) fn read(report: &mut FileReport<'_>, root: &Node) -> Option<AppConfig
     })
 }
 
-fn check_app_name(report: &mut FileReport<'_>, name: &str, span: Span) {
+fn read_name(report: &mut FileReport<'_>, top: &Fields<'_>, named: Option<&Key>) -> Option<String> {
+    let (name, span) = match (named, top.get("name")) {
+        (Some(key), None) => (key.name.clone(), key.span),
+        (Some(key), Some(node)) => {
+            let name = decode::text(report, node, "name")?;
+            if name != key.name {
+                report.error(
+                    node.span,
+                    format!(
+                        "`name` is `{name}`, but the app's key in `{}` is `{}`",
+                        crate::APPLICATIONS_FILE,
+                        key.name
+                    ),
+                    Some("remove `name`: the key names the app".into()),
+                );
+                return None;
+            }
+            (name, node.span)
+        }
+        (None, _) => {
+            let help = "give the app a name, such as `name: app`";
+            let node = decode::required(report, top, "", "name", help)?;
+            (decode::text(report, node, "name")?, node.span)
+        }
+    };
+    check_app_name(report, &name, span).then_some(name)
+}
+
+fn check_app_name(report: &mut FileReport<'_>, name: &str, span: Span) -> bool {
     let valid = name.len() <= 64
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
         && name
@@ -296,6 +270,7 @@ fn check_app_name(report: &mut FileReport<'_>, name: &str, span: Span) {
             ),
         );
     }
+    valid
 }
 
 fn read_runtime(report: &mut FileReport<'_>, node: &Node) -> Option<String> {
@@ -319,28 +294,64 @@ fn read_runtime(report: &mut FileReport<'_>, node: &Node) -> Option<String> {
     Some(runtime)
 }
 
+/// `source.root` moves the app into a folder of the repository; Lockstep builds the repository
+/// root, so only a root that names it is accepted.
+fn check_source(report: &mut FileReport<'_>, node: &Node) {
+    let source = decode::fields(report, node, "source", &SOURCE_KEYS);
+    let Some(root) = source.get("root").filter(|r| r.value != Value::Null) else {
+        return;
+    };
+    let Some(folder) = decode::string(report, root, "source.root")
+        .and_then(|r| decode::folder(report, &r, root.span, "`source.root`", true))
+    else {
+        return;
+    };
+    if !folder.is_empty() {
+        report.error(
+            root.span,
+            format!("`source.root: {folder}` is not supported by Lockstep yet"),
+            Some(
+                "Lockstep builds the app from the repository root: move the app there, or remove `source.root`"
+                    .into(),
+            ),
+        );
+    }
+}
+
+/// Platform.sh's `timezone` only sets the zone crons run in. Lockstep runs them in UTC, so UTC
+/// is accepted and any other zone, which would move every cron, is not.
+fn check_timezone(report: &mut FileReport<'_>, node: &Node) {
+    let Some(zone) = decode::text(report, node, "timezone") else {
+        return;
+    };
+    if !UTC_NAMES.contains(&zone.as_str()) {
+        report.error(
+            node.span,
+            format!("`timezone: {zone}` is not supported by Lockstep yet"),
+            Some(
+                "Lockstep runs crons in UTC: remove `timezone` and write the cron specs in UTC"
+                    .into(),
+            ),
+        );
+    }
+}
+
 fn read_build(report: &mut FileReport<'_>, node: &Node) -> Option<BuildFlavor> {
     let build = decode::fields(report, node, "build", &BUILD_KEYS);
-    match build.get("flavor") {
-        None => Some(BuildFlavor::Default),
-        Some(flavor) => {
-            match decode::one_of(
-                report,
-                flavor,
-                "build.flavor",
-                &["none", "default", "composer"],
-            )? {
-                "none" => Some(BuildFlavor::None),
-                "default" => Some(BuildFlavor::Default),
-                _ => {
-                    report.error(
-                        flavor.span,
-                        "`build.flavor: composer` is a Platform.sh flavor that Lockstep does not support yet",
-                        Some("set `flavor: none` and run `composer install` in the build hook".into()),
-                    );
-                    None
-                }
-            }
+    let Some(flavor) = build.get("flavor") else {
+        return Some(BuildFlavor::Default);
+    };
+    let path = "build.flavor";
+    match decode::one_of(report, flavor, path, &["none", "default", "composer"])? {
+        "none" => Some(BuildFlavor::None),
+        "default" => Some(BuildFlavor::Default),
+        _ => {
+            report.error(
+                flavor.span,
+                "`build.flavor: composer` is a Platform.sh flavor that Lockstep does not support yet",
+                Some("set `flavor: none` and run `composer install` in the build hook".into()),
+            );
+            None
         }
     }
 }
@@ -349,9 +360,10 @@ fn read_dependencies(
     report: &mut FileReport<'_>,
     node: &Node,
 ) -> Option<BTreeMap<String, BTreeMap<String, String>>> {
+    let languages = decode::fields(report, node, "dependencies", &DEPENDENCY_KEYS);
     let mut dependencies = BTreeMap::new();
     let mut ok = true;
-    for (language, packages) in decode::mapping(report, node, "dependencies")? {
+    for (language, packages) in languages.iter() {
         let path = format!("dependencies.{}", language.name);
         let Some(entries) = decode::mapping(report, packages, &path) else {
             ok = false;
@@ -359,7 +371,7 @@ fn read_dependencies(
         };
         let mut versions = BTreeMap::new();
         for (package, version) in entries {
-            match decode::string(report, version, &format!("{path}.{}", package.name)) {
+            match decode::text(report, version, &format!("{path}.{}", package.name)) {
                 Some(version) => {
                     versions.insert(package.name.clone(), version);
                 }
@@ -378,298 +390,14 @@ fn read_hooks(report: &mut FileReport<'_>, node: &Node) -> Option<Hooks> {
         Some(n) if n.value == Value::Null => Some(None),
         Some(n) => decode::string(report, n, &format!("hooks.{name}")).map(Some),
     };
+    let build = read("build");
+    let deploy = read("deploy");
+    let post_deploy = read("post_deploy");
     Some(Hooks {
-        build: read("build")?,
-        deploy: read("deploy")?,
-        post_deploy: read("post_deploy")?,
+        build: build?,
+        deploy: deploy?,
+        post_deploy: post_deploy?,
     })
-}
-
-fn read_web(report: &mut FileReport<'_>, top: &Fields<'_>) -> Option<Web> {
-    let help = "the web process must be started by a command that listens on $PORT, such as `start: python3 server.py`";
-    let web = decode::required(report, top, "", "web", help)
-        .map(|n| decode::fields(report, n, "web", &WEB_KEYS))?;
-    if let Some(upstream) = web.get("upstream") {
-        read_upstream(report, upstream);
-    }
-    let commands = decode::required(report, &web, "web", "commands", help)
-        .map(|n| decode::fields(report, n, "web.commands", &WEB_COMMANDS_KEYS))?;
-    let start = decode::required(report, &commands, "web.commands", "start", help)
-        .and_then(|n| decode::text(report, n, "web.commands.start"))?;
-    Some(Web { start })
-}
-
-fn read_upstream(report: &mut FileReport<'_>, node: &Node) {
-    let upstream = decode::fields(report, node, "web.upstream", &UPSTREAM_KEYS);
-    if let Some(family) = upstream.get("socket_family") {
-        let path = "web.upstream.socket_family";
-        if decode::one_of(report, family, path, &["tcp", "unix"]) == Some("unix") {
-            report.error(
-                family.span,
-                format!("`{path}: unix` is not supported by Lockstep yet"),
-                Some("set `socket_family: tcp` and listen on the port given in $PORT".into()),
-            );
-        }
-    }
-    if let Some(protocol) = upstream.get("protocol") {
-        let path = "web.upstream.protocol";
-        if decode::one_of(report, protocol, path, &["http", "fastcgi"]) == Some("fastcgi") {
-            report.error(
-                protocol.span,
-                format!("`{path}: fastcgi` is not supported by Lockstep yet"),
-                Some("serve HTTP on $PORT and set `protocol: http`".into()),
-            );
-        }
-    }
-}
-
-fn read_workers(report: &mut FileReport<'_>, node: &Node) -> Option<BTreeMap<String, Worker>> {
-    let mut workers = BTreeMap::new();
-    let mut ok = true;
-    for (name, body) in decode::mapping(report, node, "workers")? {
-        ok &= decode::check_name(report, name, "worker");
-        let path = format!("workers.{}", name.name);
-        let help = "a worker needs a command, such as `commands: {start: python3 worker.py}`";
-        let worker = decode::fields(report, body, &path, &WORKER_KEYS);
-        let start = decode::required(report, &worker, &path, "commands", help)
-            .map(|n| decode::fields(report, n, &format!("{path}.commands"), &COMMAND_KEYS))
-            .and_then(|commands| {
-                decode::required(
-                    report,
-                    &commands,
-                    &format!("{path}.commands"),
-                    "start",
-                    help,
-                )
-            })
-            .and_then(|n| decode::text(report, n, &format!("{path}.commands.start")));
-        match start {
-            Some(start) => {
-                workers.insert(name.name.clone(), Worker { start });
-            }
-            None => ok = false,
-        }
-    }
-    ok.then_some(workers)
-}
-
-fn read_crons(report: &mut FileReport<'_>, node: &Node) -> Option<BTreeMap<String, Cron>> {
-    let mut crons = BTreeMap::new();
-    let mut ok = true;
-    for (name, body) in decode::mapping(report, node, "crons")? {
-        ok &= decode::check_name(report, name, "cron");
-        let path = format!("crons.{}", name.name);
-        match read_cron(report, body, &path) {
-            Some(cron) => {
-                crons.insert(name.name.clone(), cron);
-            }
-            None => ok = false,
-        }
-    }
-    ok.then_some(crons)
-}
-
-fn read_cron(report: &mut FileReport<'_>, node: &Node, path: &str) -> Option<Cron> {
-    let cron = decode::fields(report, node, path, &CRON_KEYS);
-    let spec = decode::required(
-        report,
-        &cron,
-        path,
-        "spec",
-        "for example `spec: \"*/5 * * * *\"`",
-    )
-    .and_then(|n| read_cron_spec(report, n, &format!("{path}.spec")));
-    let commands_path = format!("{path}.commands");
-    let help = "a cron needs a command, such as `commands: {start: python3 cron.py}`";
-    let commands = decode::required(report, &cron, path, "commands", help)
-        .map(|n| decode::fields(report, n, &commands_path, &CRON_COMMAND_KEYS));
-    let start = commands.as_ref().and_then(|commands| {
-        decode::required(report, commands, &commands_path, "start", help)
-            .and_then(|n| decode::text(report, n, &format!("{commands_path}.start")))
-    });
-    let stop = match commands.as_ref().and_then(|c| c.get("stop")) {
-        None => Some(None),
-        Some(n) => decode::text(report, n, &format!("{commands_path}.stop")).map(Some),
-    };
-    let seconds = |report: &mut FileReport<'_>, key: &str, default: u64| match cron.get(key) {
-        None => Some(default),
-        Some(n) => decode::integer(
-            report,
-            n,
-            &format!("{path}.{key}"),
-            if key == "timeout" { 1 } else { 0 }..=MAX_CRON_TIMEOUT_SECS as i64,
-            "seconds",
-        )
-        .map(|s| s as u64),
-    };
-    let shutdown_timeout_secs = seconds(
-        report,
-        "shutdown_timeout",
-        DEFAULT_CRON_SHUTDOWN_TIMEOUT_SECS,
-    );
-    let timeout_secs = seconds(report, "timeout", MAX_CRON_TIMEOUT_SECS);
-    Some(Cron {
-        spec: spec?,
-        start: start?,
-        stop: stop?,
-        shutdown_timeout_secs: shutdown_timeout_secs?,
-        timeout_secs: timeout_secs?,
-    })
-}
-
-fn read_cron_spec(report: &mut FileReport<'_>, node: &Node, path: &str) -> Option<String> {
-    let spec = decode::text(report, node, path)?;
-    if spec.split_whitespace().any(|field| field.contains('H')) {
-        report.error(
-            node.span,
-            format!("`{path}` uses `H`, which only Platform.sh's Grid understands"),
-            Some("pick a fixed minute instead, such as `17 * * * *`".into()),
-        );
-        return None;
-    }
-    let fields = spec.split_whitespace().count();
-    let parsed = spec.parse::<croner::Cron>();
-    if (!spec.starts_with('@') && fields != 5) || parsed.is_err() {
-        let reason = match parsed {
-            Err(error) => format!(": {error}"),
-            Ok(_) => format!(": it has {fields} fields"),
-        };
-        report.error(
-            node.span,
-            format!("`{spec}` is not a valid cron spec{reason}"),
-            Some("write five fields: minute hour day-of-month month day-of-week, such as `*/5 * * * *`".into()),
-        );
-        return None;
-    }
-    Some(spec)
-}
-
-fn read_mounts(report: &mut FileReport<'_>, node: &Node) -> Option<BTreeMap<String, Mount>> {
-    let mut mounts: BTreeMap<String, Mount> = BTreeMap::new();
-    let mut ok = true;
-    for (key, body) in decode::mapping(report, node, "mounts")? {
-        let Some(path) = mount_path(report, &key.name, key.span) else {
-            ok = false;
-            continue;
-        };
-        let here = format!("mounts.{}", key.name);
-        if let Some(text) = body.scalar_text() {
-            report.error(
-                body.span,
-                format!("`{text}` uses the old mount syntax, which Lockstep does not read"),
-                Some("write `{source: local, source_path: NAME}` (or `source: storage` for a folder shared by every node)".into()),
-            );
-            ok = false;
-            continue;
-        }
-        let fields = decode::fields(report, body, &here, &MOUNT_KEYS);
-        let source = decode::required(
-            report,
-            &fields,
-            &here,
-            "source",
-            "use `source: local`, `storage` or `tmp`",
-        )
-        .and_then(|n| read_mount_source(report, n, &format!("{here}.source")));
-        let source_path = match fields.get("source_path") {
-            None => Some(path.clone()),
-            Some(n) => decode::text(report, n, &format!("{here}.source_path"))
-                .and_then(|p| relative_path(report, &p, n.span, &format!("{here}.source_path"))),
-        };
-        if fields.get("service").is_some() && source != Some(None) {
-            report.error(
-                fields.get("service").expect("checked").span,
-                format!("`{here}.service` only goes with `source: service`"),
-                Some("remove it".into()),
-            );
-            ok = false;
-        }
-        if let Some(existing) = mounts.keys().find(|m| nested(m, &path)) {
-            report.error(
-                key.span,
-                format!("mount `{path}` overlaps mount `{existing}`"),
-                Some("mounts may not be inside each other; pick separate folders".into()),
-            );
-            ok = false;
-            continue;
-        }
-        match (source, source_path) {
-            (Some(Some(source)), Some(source_path)) => {
-                mounts.insert(
-                    path,
-                    Mount {
-                        source,
-                        source_path,
-                    },
-                );
-            }
-            _ => ok = false,
-        }
-    }
-    ok.then_some(mounts)
-}
-
-/// `Some(None)` is Platform.sh's `source: service`, reported here as unsupported.
-fn read_mount_source(
-    report: &mut FileReport<'_>,
-    node: &Node,
-    path: &str,
-) -> Option<Option<MountSource>> {
-    let source = decode::one_of(report, node, path, &["local", "storage", "tmp", "service"])?;
-    Some(match source {
-        "local" => Some(MountSource::Local),
-        "storage" => Some(MountSource::Storage),
-        "tmp" => Some(MountSource::Tmp),
-        _ => {
-            report.error(
-                node.span,
-                format!("`{path}: service` (network storage) is not supported by Lockstep yet"),
-                Some("use `source: storage`: it is shared by every node of the environment".into()),
-            );
-            None
-        }
-    })
-}
-
-fn nested(a: &str, b: &str) -> bool {
-    a == b || b.starts_with(&format!("{a}/")) || a.starts_with(&format!("{b}/"))
-}
-
-/// Mount paths are relative to the app folder; Platform.sh allows a leading `/` for the same.
-fn mount_path(report: &mut FileReport<'_>, raw: &str, span: Span) -> Option<String> {
-    relative_path(
-        report,
-        raw.trim_start_matches('/'),
-        span,
-        &format!("mount path `{raw}`"),
-    )
-}
-
-fn relative_path(report: &mut FileReport<'_>, raw: &str, span: Span, what: &str) -> Option<String> {
-    let trimmed = raw.trim_end_matches('/');
-    let parts: Vec<&str> = trimmed.split('/').collect();
-    let problem = if raw.starts_with('/') {
-        Some("it must be relative to the app folder")
-    } else if trimmed.is_empty() {
-        Some("it is empty")
-    } else if parts.iter().any(|p| *p == "..") {
-        Some("it must not contain `..`")
-    } else if parts.iter().any(|p| p.is_empty() || *p == ".") {
-        Some("it must not contain empty or `.` parts")
-    } else if trimmed.contains('\0') {
-        Some("it must not contain a NUL character")
-    } else {
-        None
-    };
-    if let Some(problem) = problem {
-        report.error(
-            span,
-            format!("{what} is not a valid path: {problem}"),
-            Some("write a folder inside the app, such as `web/uploads`".into()),
-        );
-        return None;
-    }
-    Some(trimmed.to_owned())
 }
 
 fn read_relationships(
@@ -680,56 +408,64 @@ fn read_relationships(
     let mut ok = true;
     for (name, body) in decode::mapping(report, node, "relationships")? {
         ok &= decode::check_name(report, name, "relationship");
-        let path = format!("relationships.{}", name.name);
-        let relationship = match &body.value {
-            // `database:` alone means the service of the same name.
-            Value::Null => Some((name.name.clone(), None)),
-            Value::Str(text) => match text.split_once(':') {
-                Some((service, endpoint)) if !service.is_empty() && !endpoint.is_empty() => {
-                    Some((service.to_owned(), Some(endpoint.to_owned())))
-                }
-                None if !text.is_empty() => Some((text.clone(), None)),
-                _ => {
-                    report.error(
-                        body.span,
-                        format!("`{path}` must be `service:endpoint`, not `{text}`"),
-                        Some("for example `database: \"db:postgresql\"`".into()),
-                    );
-                    None
-                }
-            },
-            _ => {
-                let fields = decode::fields(report, body, &path, &RELATIONSHIP_KEYS);
-                let service = decode::required(
-                    report,
-                    &fields,
-                    &path,
-                    "service",
-                    "name a service of .platform/services.yaml",
-                )
-                .and_then(|n| decode::text(report, n, &format!("{path}.service")));
-                let endpoint = match fields.get("endpoint") {
-                    None => Some(None),
-                    Some(n) => decode::text(report, n, &format!("{path}.endpoint")).map(Some),
-                };
-                service.zip(endpoint)
-            }
-        };
-        match relationship {
-            Some((service, endpoint)) => {
-                relationships.insert(
-                    name.name.clone(),
-                    Relationship {
-                        service,
-                        endpoint,
-                        span: body.span,
-                    },
-                );
+        match read_relationship(report, name, body) {
+            Some(relationship) => {
+                relationships.insert(name.name.clone(), relationship);
             }
             None => ok = false,
         }
     }
     ok.then_some(relationships)
+}
+
+/// `"db:postgresql"`, `"db"`, `{service: db, endpoint: postgresql}`, or nothing at all, which
+/// means the service of the relationship's own name.
+fn read_relationship(report: &mut FileReport<'_>, name: &Key, body: &Node) -> Option<Relationship> {
+    let path = format!("relationships.{}", name.name);
+    let in_place = |service: String, endpoint: Option<String>| Relationship {
+        service,
+        endpoint,
+        service_span: body.span,
+        endpoint_span: body.span,
+    };
+    match &body.value {
+        Value::Null => Some(in_place(name.name.clone(), None)),
+        Value::Str(text) => match text.split_once(':') {
+            Some((service, endpoint)) if !service.is_empty() && !endpoint.is_empty() => {
+                Some(in_place(service.to_owned(), Some(endpoint.to_owned())))
+            }
+            None if !text.is_empty() => Some(in_place(text.clone(), None)),
+            _ => {
+                report.error(
+                    body.span,
+                    format!("`{path}` must be `service:endpoint`, not `{text}`"),
+                    Some("for example `database: \"db:postgresql\"`".into()),
+                );
+                None
+            }
+        },
+        _ => {
+            let fields = decode::fields(report, body, &path, &RELATIONSHIP_KEYS);
+            let service = decode::required(
+                report,
+                &fields,
+                &path,
+                "service",
+                "name a service of `.platform/services.yaml`",
+            )
+            .and_then(|n| decode::text(report, n, &format!("{path}.service")).map(|s| (s, n.span)));
+            let endpoint = fields.read_opt("endpoint", |n| {
+                decode::text(report, n, &format!("{path}.endpoint")).map(|e| (e, n.span))
+            });
+            let ((service, service_span), endpoint) = (service?, endpoint?);
+            Some(Relationship {
+                service,
+                endpoint_span: endpoint.as_ref().map_or(service_span, |(_, span)| *span),
+                endpoint: endpoint.map(|(e, _)| e),
+                service_span,
+            })
+        }
+    }
 }
 
 fn read_variables(
@@ -739,21 +475,14 @@ fn read_variables(
     let mut variables = BTreeMap::new();
     let mut ok = true;
     for (prefix, group) in decode::mapping(report, node, "variables")? {
-        let path = format!("variables.{}", prefix.name);
-        let Value::Map(entries) = &group.value else {
-            report.error(
-                group.span,
-                format!(
-                    "`{path}` must be a mapping of variable names to values, not {}",
-                    group.kind()
-                ),
-                Some(format!(
-                    "variables are grouped by prefix, such as `variables: {{{}: {{NAME: value}}}}`",
-                    prefix.name
-                )),
-            );
-            ok = false;
-            continue;
+        let entries: &[(Key, Node)] = match &group.value {
+            Value::Map(entries) => entries,
+            Value::Null => &[],
+            _ => {
+                report_ungrouped_variable(report, prefix, group);
+                ok = false;
+                continue;
+            }
         };
         for (name, value) in entries {
             variables.insert(format!("{}:{}", prefix.name, name.name), value.to_json());
@@ -762,15 +491,32 @@ fn read_variables(
     ok.then_some(variables)
 }
 
+/// A variable written directly under `variables`: Platform.sh groups them by prefix, and the
+/// user almost always meant an environment variable.
+fn report_ungrouped_variable(report: &mut FileReport<'_>, prefix: &Key, group: &Node) {
+    let value = group.scalar_text().unwrap_or("...");
+    report.error(
+        prefix.span,
+        format!(
+            "`variables.{}` must be a group of variables under a prefix, not {}",
+            prefix.name,
+            group.describe()
+        ),
+        Some(format!(
+            "for an environment variable, write it under `env:`, such as `variables: {{env: {{{}: {value}}}}}`",
+            prefix.name
+        )),
+    );
+}
+
 fn read_access(report: &mut FileReport<'_>, node: &Node) -> Option<Access> {
     let access = decode::fields(report, node, "access", &ACCESS_KEYS);
-    let ssh = match access.get("ssh") {
-        None => Role::Contributor,
-        Some(n) => match decode::one_of(report, n, "access.ssh", ROLES)? {
+    let ssh = access.read_or("ssh", Role::Contributor, |n| {
+        Some(match decode::one_of(report, n, "access.ssh", ROLES)? {
             "admin" => Role::Admin,
             "viewer" => Role::Viewer,
             _ => Role::Contributor,
-        },
-    };
-    Some(Access { ssh })
+        })
+    });
+    Some(Access { ssh: ssh? })
 }

@@ -72,6 +72,11 @@ impl<'a> FileReport<'a> {
         }
     }
 
+    /// The file as the user knows it.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
     pub fn error(&mut self, span: Span, message: impl Into<String>, help: Option<String>) {
         self.push(Severity::Error, span, message.into(), help);
     }

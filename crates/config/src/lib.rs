@@ -6,10 +6,14 @@
 //! (users fix a config in one go only when they see all of its errors).
 
 mod app;
+mod cron_spec;
 mod decode;
 mod diagnostic;
+mod mounts;
+mod processes;
 mod routes;
 mod services;
+mod web;
 pub mod yaml;
 
 use std::collections::BTreeMap;
@@ -17,17 +21,18 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use app::{
-    APP_FILE, Access, AppConfig, BuildFlavor, Cron, Hooks, Mount, MountSource, Relationship, Role,
-    Web, Worker,
-};
+pub use app::{APP_FILE, Access, AppConfig, BuildFlavor, Hooks, Relationship, Role};
 pub use diagnostic::{Diagnostic, Severity};
+pub use mounts::{Mount, MountSource};
+pub use processes::{Cron, DEFAULT_CRON_SHUTDOWN_TIMEOUT_SECS, MAX_CRON_TIMEOUT_SECS, Worker};
 pub use routes::{Cache, ROUTES_FILE, Route, RouteKind};
 pub use services::{SERVICES_FILE, Service, ServiceKind};
+pub use web::{Expires, Location, Passthru, Rule, Web};
 
 use diagnostic::{FileReport, suggest};
 
-/// Platform.sh's multi-app file, which Lockstep does not read yet.
+/// Platform.sh's multi-app file. Lockstep reads it when it holds a single app (as the Go template
+/// does), since that app is configured exactly as in `.platform.app.yaml`.
 pub const APPLICATIONS_FILE: &str = ".platform/applications.yaml";
 
 /// Everything a project's configuration says, validated.
@@ -101,35 +106,9 @@ pub fn check_dir(dir: &Path) -> Result<Checked, ConfigError> {
 
 /// Validates configuration text. Never panics, whatever the input.
 pub fn check(sources: &Sources) -> Checked {
-    let empty = String::new();
-    let mut app_report = FileReport::new(APP_FILE, sources.app.as_deref().unwrap_or(&empty));
-    let mut routes_report =
-        FileReport::new(ROUTES_FILE, sources.routes.as_deref().unwrap_or(&empty));
-    let mut services_report =
-        FileReport::new(SERVICES_FILE, sources.services.as_deref().unwrap_or(&empty));
-
-    if sources.applications.is_some() {
-        let mut report = FileReport::new(APPLICATIONS_FILE, "");
-        report.error(
-            Default::default(),
-            "projects with several apps (`.platform/applications.yaml`) are not supported by Lockstep yet",
-            Some("keep one app, configured in `.platform.app.yaml` at the repository root".into()),
-        );
-        return finish(None, [report, app_report, routes_report, services_report]);
-    }
-    let app = match &sources.app {
-        None => {
-            app_report.error(
-                Default::default(),
-                "the project has no `.platform.app.yaml`",
-                Some("add `.platform.app.yaml` at the repository root, with at least `name`, `type` and `web.commands.start`".into()),
-            );
-            None
-        }
-        Some(text) => {
-            parse_root(&mut app_report, text).and_then(|root| app::read(&mut app_report, &root))
-        }
-    };
+    let (mut app_report, app) = read_app(sources);
+    let mut routes_report = report_for(ROUTES_FILE, &sources.routes);
+    let mut services_report = report_for(SERVICES_FILE, &sources.services);
     let routes = match &sources.routes {
         None => Some(default_routes(
             app.as_ref().map_or("app", |a| a.name.as_str()),
@@ -148,7 +127,7 @@ pub fn check(sources: &Sources) -> Checked {
     };
     let project = match (app, routes, services) {
         (Some(app), Some(routes), Some(services)) => {
-            check_upstreams(&mut routes_report, &app, &routes);
+            check_upstreams(&mut routes_report, app_report.file(), &app, &routes);
             check_relationships(&mut app_report, &app, &services);
             Some(Project {
                 app,
@@ -159,6 +138,97 @@ pub fn check(sources: &Sources) -> Checked {
         _ => None,
     };
     finish(project, [app_report, routes_report, services_report])
+}
+
+fn report_for<'a>(file: &str, text: &'a Option<String>) -> FileReport<'a> {
+    FileReport::new(file, text.as_deref().unwrap_or_default())
+}
+
+/// The app, from `.platform.app.yaml` or else from `.platform/applications.yaml`, with the report
+/// of the file it came from.
+fn read_app(sources: &Sources) -> (FileReport<'_>, Option<AppConfig>) {
+    let Some(text) = &sources.applications else {
+        let mut report = report_for(APP_FILE, &sources.app);
+        let app = match &sources.app {
+            None => {
+                report.error(
+                    Default::default(),
+                    "the project has no `.platform.app.yaml`",
+                    Some(format!(
+                        "add `{APP_FILE}` at the repository root, with at least {MINIMUM_APP}"
+                    )),
+                );
+                None
+            }
+            Some(text) => {
+                parse_file(&mut report, text).and_then(|root| app::read(&mut report, &root, None))
+            }
+        };
+        return (report, app);
+    };
+    let mut report = FileReport::new(APPLICATIONS_FILE, text);
+    if sources.app.is_some() {
+        report.error(
+            Default::default(),
+            format!(
+                "the project configures apps in both `{APP_FILE}` and `{APPLICATIONS_FILE}`, and Lockstep runs one app"
+            ),
+            Some("keep the app in one of the two files and delete the other".into()),
+        );
+        return (report, None);
+    }
+    let app = parse_file(&mut report, text).and_then(|root| read_single_app(&mut report, &root));
+    (report, app)
+}
+
+const MINIMUM_APP: &str = "`name`, `type` and `web.commands.start`";
+
+/// Parses a file that must not be empty.
+fn parse_file(report: &mut FileReport<'_>, text: &str) -> Option<yaml::Node> {
+    let had_errors = report.diagnostics.len();
+    let root = parse_root(report, text);
+    if root.is_none() && report.diagnostics.len() == had_errors {
+        report.error(
+            Default::default(),
+            format!("`{}` is empty", report.file()),
+            Some(format!(
+                "configure the app in it, with at least {MINIMUM_APP}"
+            )),
+        );
+    }
+    root
+}
+
+/// `.platform/applications.yaml` as a mapping of app names to apps, or as a list of apps with
+/// `name`; either way, Lockstep reads it only when it holds one app.
+fn read_single_app(report: &mut FileReport<'_>, root: &yaml::Node) -> Option<AppConfig> {
+    // Each app with the key naming it (map form) and where it starts.
+    let apps: Vec<(Option<&yaml::Key>, &yaml::Node, yaml::Span)> = match &root.value {
+        yaml::Value::Map(entries) => entries
+            .iter()
+            .map(|(key, app)| (Some(key), app, key.span))
+            .collect(),
+        yaml::Value::Seq(items) => items.iter().map(|app| (None, app, app.span)).collect(),
+        _ => {
+            decode::mapping(report, root, "");
+            return None;
+        }
+    };
+    match apps.as_slice() {
+        [(named, app, _)] => app::read(report, app, *named),
+        [] => {
+            report.error(root.span, "this file defines no app", None);
+            None
+        }
+        [_, (_, _, second), ..] => {
+            report.error(
+                *second,
+                "projects with several apps are not supported by Lockstep yet",
+                Some(format!("keep one app in this file (or in `{APP_FILE}`)")),
+            );
+            None
+        }
+    }
 }
 
 fn finish<const N: usize>(project: Option<Project>, reports: [FileReport<'_>; N]) -> Checked {
@@ -208,19 +278,20 @@ fn default_routes(app: &str) -> Vec<Route> {
     ]
 }
 
-fn check_upstreams(report: &mut FileReport<'_>, app: &AppConfig, routes: &[Route]) {
+fn check_upstreams(report: &mut FileReport<'_>, app_file: &str, app: &AppConfig, routes: &[Route]) {
     for route in routes {
-        if let RouteKind::Upstream { app: upstream } = &route.kind {
-            if *upstream != app.name {
-                report.error(
-                    route.upstream_span,
-                    format!(
-                        "route \"{}\" sends requests to app `{upstream}`, but `{APP_FILE}` names the app `{}`",
-                        route.url, app.name
-                    ),
-                    Some(format!("write `upstream: \"{}:http\"`", app.name)),
-                );
-            }
+        let RouteKind::Upstream { app: upstream } = &route.kind else {
+            continue;
+        };
+        if *upstream != app.name {
+            report.error(
+                route.upstream_span,
+                format!(
+                    "route \"{}\" sends requests to app `{upstream}`, but `{app_file}` names the app `{}`",
+                    route.url, app.name
+                ),
+                Some(format!("write `upstream: \"{}:http\"`", app.name)),
+            );
         }
     }
 }
@@ -237,7 +308,7 @@ fn check_relationships(
                 None => format!("define `{}` in `{SERVICES_FILE}`", relationship.service),
             };
             report.error(
-                relationship.span,
+                relationship.service_span,
                 format!(
                     "relationship `{name}` names service `{}`, which `{SERVICES_FILE}` does not define",
                     relationship.service
@@ -249,13 +320,113 @@ fn check_relationships(
         let expected = service.kind.default_endpoint();
         if let Some(endpoint) = relationship.endpoint.as_deref().filter(|e| *e != expected) {
             report.error(
-                relationship.span,
+                relationship.endpoint_span,
                 format!(
                     "relationship `{name}` asks for endpoint `{endpoint}`, but service `{}` has only `{expected}`",
                     relationship.service
                 ),
-                Some(format!("write `\"{}:{expected}\"`", relationship.service)),
+                Some(format!(
+                    "write `\"{}:{expected}\"`, or leave the endpoint out to get `{expected}`",
+                    relationship.service
+                )),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app_only(text: &str) -> Checked {
+        check(&Sources {
+            app: Some(text.into()),
+            ..Default::default()
+        })
+    }
+
+    fn messages(checked: &Checked) -> Vec<String> {
+        checked.errors().map(|d| d.message.clone()).collect()
+    }
+
+    #[test]
+    fn locations_become_a_typed_model() {
+        let checked = app_only(
+            "name: app\ntype: 'php:8.1'\nweb:\n  commands: {start: php -S 0.0.0.0:$PORT}\n  locations:\n    /:\n      root: /wordpress/\n      passthru: /index.php\n      expires: 600\n      index: [index.php]\n      headers: {X-Frame-Options: DENY}\n      rules: {'^/license\\.txt$': {allow: false, expires: 1h}}\n",
+        );
+        let project = checked.project.expect("valid");
+        let location = &project.app.web.locations["/"];
+        assert_eq!(location.root.as_deref(), Some("wordpress"));
+        assert_eq!(location.passthru, Passthru::Path("/index.php".into()));
+        assert_eq!(location.expires, Expires::Seconds(600));
+        assert_eq!(location.index, vec!["index.php".to_owned()]);
+        assert_eq!(location.headers["X-Frame-Options"], "DENY");
+        assert!(location.allow);
+        let rule = &location.rules[0];
+        assert_eq!(rule.pattern, "^/license\\.txt$");
+        assert_eq!(rule.allow, Some(false));
+        assert_eq!(rule.expires, Some(Expires::Seconds(3_600)));
+        assert_eq!(rule.passthru, None);
+        assert!(project.app.web.passes_to_app());
+    }
+
+    #[test]
+    fn a_static_site_needs_no_start_command() {
+        let checked = app_only(
+            "name: app\ntype: nodejs:18\nweb:\n  locations:\n    /: {root: public, index: [index.html]}\n",
+        );
+        let web = checked.project.expect("valid").app.web;
+        assert_eq!(web.start, None);
+        assert!(!web.passes_to_app());
+        let passing =
+            app_only("name: app\ntype: nodejs:18\nweb:\n  locations:\n    /: {passthru: true}\n");
+        assert_eq!(messages(&passing), ["`web.commands` is required"]);
+    }
+
+    #[test]
+    fn one_app_in_applications_yaml_is_read_as_the_app() {
+        let app = "  type: golang:1.22\n  web: {commands: {start: ./bin/app}}\n";
+        let by_key = check(&Sources {
+            applications: Some(format!("api:\n{app}")),
+            ..Default::default()
+        });
+        assert_eq!(by_key.project.expect("valid").app.name, "api");
+        let listed = check(&Sources {
+            applications: Some(format!("- name: api\n{app}")),
+            ..Default::default()
+        });
+        assert_eq!(listed.project.expect("valid").app.name, "api");
+        let mismatch = check(&Sources {
+            applications: Some(format!("api:\n  name: web\n{app}")),
+            ..Default::default()
+        });
+        assert_eq!(
+            messages(&mismatch),
+            ["`name` is `web`, but the app's key in `.platform/applications.yaml` is `api`"]
+        );
+        assert_eq!(mismatch.diagnostics[0].file, APPLICATIONS_FILE);
+    }
+
+    #[test]
+    fn a_misspelt_required_key_is_reported_once() {
+        let checked = app_only("name: app\ntype: python:3.11\nweb:\n  commands:\n    strat: x\n");
+        assert_eq!(
+            messages(&checked),
+            ["unknown key `strat` in `web.commands`"]
+        );
+    }
+
+    #[test]
+    fn utc_is_the_only_time_zone() {
+        let base = "name: app\ntype: python:3.11\nweb: {commands: {start: x}}\n";
+        assert!(
+            app_only(&format!("{base}timezone: Etc/UTC\n"))
+                .project
+                .is_some()
+        );
+        assert_eq!(
+            messages(&app_only(&format!("{base}timezone: Europe/Paris\n"))),
+            ["`timezone: Europe/Paris` is not supported by Lockstep yet"]
+        );
     }
 }

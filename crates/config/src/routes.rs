@@ -82,13 +82,38 @@ const CACHE_KEYS: Keys = Keys::only(&["enabled", "default_ttl", "cookies", "head
 pub(crate) fn read(report: &mut FileReport<'_>, root: &Node) -> Option<Vec<Route>> {
     let mut routes = Vec::new();
     let mut ok = true;
+    let mut primary: Option<&str> = None;
     for (url, body) in decode::mapping(report, root, "")? {
         match read_route(report, &url.name, url.span, body) {
-            Some(route) => routes.push(route),
+            Some(route) => {
+                if route.primary {
+                    ok &= check_one_primary(report, &mut primary, &url.name, url.span);
+                }
+                routes.push(route);
+            }
             None => ok = false,
         }
     }
     ok.then_some(routes)
+}
+
+/// `PLATFORM_ROUTES` marks one route as primary; two would leave apps to guess which.
+fn check_one_primary<'u>(
+    report: &mut FileReport<'_>,
+    primary: &mut Option<&'u str>,
+    url: &'u str,
+    span: Span,
+) -> bool {
+    if let Some(first) = primary {
+        report.error(
+            span,
+            format!("route \"{url}\" is `primary`, but so is route \"{first}\""),
+            Some("set `primary: true` on one route only".into()),
+        );
+        return false;
+    }
+    *primary = Some(url);
+    true
 }
 
 fn read_route(
@@ -116,7 +141,7 @@ fn read_route(
         )
         .map(|t| (t, n.span))
     });
-    let mut upstream_span = fields.span;
+    let mut upstream_span = fields.owner;
     let kind = match kind {
         Some(("upstream", _)) => decode::required(
             report,
@@ -186,7 +211,10 @@ fn read_upstream(report: &mut FileReport<'_>, node: &Node, path: &str) -> Option
         report.error(
             node.span,
             format!("`{path}` must be `APP:http`, not `{upstream}`"),
-            Some("name the app of .platform.app.yaml, such as `upstream: \"app:http\"`".into()),
+            Some(format!(
+                "write the app's name and `:http`, such as `upstream: \"{}:http\"`; the edge speaks HTTP to the app whatever the route's scheme",
+                if app.is_empty() { "app" } else { app }
+            )),
         );
         return None;
     }
@@ -253,23 +281,22 @@ fn read_cookies(report: &mut FileReport<'_>, node: &Node, path: &str) -> Option<
     let mut ok = true;
     let cookies = decode::string_list(report, node, path)?;
     for (cookie, span) in &cookies {
-        if let Some(pattern) = cookie.strip_prefix('/').and_then(|c| c.strip_suffix('/')) {
-            if let Err(error) = regex::Regex::new(pattern) {
-                report.error(
-                    *span,
-                    format!("`{cookie}` in `{path}` is not a valid regular expression"),
-                    Some(
-                        error
-                            .to_string()
-                            .lines()
-                            .last()
-                            .unwrap_or_default()
-                            .trim()
-                            .to_owned(),
-                    ),
-                );
-                ok = false;
-            }
+        let Some(pattern) = cookie.strip_prefix('/').and_then(|c| c.strip_suffix('/')) else {
+            continue;
+        };
+        if let Err(error) = regex::Regex::new(pattern) {
+            report.error(
+                *span,
+                format!(
+                    "`{cookie}` in `{path}` is not a valid regular expression: {}",
+                    decode::regex_problem(&error)
+                ),
+                Some(
+                    "write a cookie name, or a regular expression between slashes such as `/^SESS/`"
+                        .into(),
+                ),
+            );
+            ok = false;
         }
     }
     ok.then(|| cookies.into_iter().map(|(c, _)| c).collect())

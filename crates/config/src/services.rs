@@ -151,17 +151,17 @@ fn read_type(
         report.error(
             node.span,
             format!("`{path}` must be `type:version`, not `{text}`"),
-            Some(format!("for example `type: \"{}:16\"`", kind_name(kind))),
+            Some(format!("for example `type: \"{}\"`", example_type(kind))),
         );
         return None;
     }
     Some((kind, version.to_owned()))
 }
 
-fn kind_name(kind: ServiceKind) -> &'static str {
+fn example_type(kind: ServiceKind) -> &'static str {
     match kind {
-        ServiceKind::Postgresql => "postgresql",
-        ServiceKind::Mariadb => "mariadb",
-        ServiceKind::Redis => "redis",
+        ServiceKind::Postgresql => "postgresql:16",
+        ServiceKind::Mariadb => "mariadb:11.4",
+        ServiceKind::Redis => "redis:7.2",
     }
 }

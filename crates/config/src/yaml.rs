@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use saphyr_parser::{Event, Parser, ScalarStyle, Span as ParserSpan};
+use saphyr_parser::{Event, Parser, ScalarStyle, Span as ParserSpan, Tag};
 
 /// A place in a source file: 1-based line and column, and the width to underline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -56,6 +56,9 @@ pub struct Node {
     pub span: Span,
     /// The scalar exactly as written, so that `version: 1.10` can be read back as text.
     pub raw: Option<String>,
+    /// The key this node is the value of (or its `-` in a list). A key missing from a mapping is
+    /// reported there: a mapping's own span is its first key, which is not what is missing.
+    pub owner: Option<Span>,
 }
 
 impl Node {
@@ -68,6 +71,17 @@ impl Node {
             Value::Str(_) => "a string",
             Value::Seq(_) => "a list",
             Value::Map(_) => "a mapping",
+        }
+    }
+
+    /// What the node is, for messages: scalars are quoted as written (`not \`1.5\``), so the user
+    /// sees the value that was read, not only its kind.
+    pub fn describe(&self) -> String {
+        match (&self.value, self.raw.as_deref()) {
+            (Value::Null, _) => "empty".into(),
+            (Value::Str(text), _) => format!("the text `{text}`"),
+            (Value::Bool(_) | Value::Int(_) | Value::Float(_), Some(raw)) => format!("`{raw}`"),
+            _ => self.kind().into(),
         }
     }
 
@@ -120,20 +134,65 @@ pub fn parse(source: &str) -> (Option<Node>, Vec<SyntaxProblem>) {
             }
             Err(error) => {
                 let mark = error.marker();
-                builder.problems.push(SyntaxProblem {
-                    span: Span {
-                        line: mark.line(),
-                        column: mark.col() + 1,
-                        width: 1,
-                    },
-                    message: format!("this is not valid YAML: {}", error.info()),
-                    help: Some("fix the YAML syntax; indentation must use spaces".into()),
-                });
+                let at = Span {
+                    line: mark.line(),
+                    column: mark.col() + 1,
+                    width: 1,
+                };
+                let problem = explain_syntax_error(source, &builder.stack, at, error.info());
+                builder.problems.push(problem);
                 return (None, builder.problems);
             }
         }
     }
-    (builder.root, builder.problems)
+    let root = builder.root.filter(|_| !builder.unreadable);
+    (root, builder.problems)
+}
+
+/// The parser's own words name the symptom where it noticed it, which is often a line after the
+/// mistake. The two mistakes people make most, a tab in the indentation and a bracket left open,
+/// are recognised here and reported where they are.
+fn explain_syntax_error(source: &str, open: &[Open], at: Span, info: &str) -> SyntaxProblem {
+    let lines: Vec<&str> = source.lines().collect();
+    let line_text = at.line.checked_sub(1).and_then(|i| lines.get(i)).copied();
+    let indentation = line_text.map_or("", |l| &l[..l.len() - l.trim_start().len()]);
+    if let Some(tab) = indentation.chars().position(|c| c == '\t') {
+        return SyntaxProblem {
+            span: Span {
+                line: at.line,
+                column: tab + 1,
+                width: 1,
+            },
+            message: "this line is indented with a tab, which YAML does not allow".into(),
+            help: Some("indent with spaces only".into()),
+        };
+    }
+    let bracket = open.iter().rev().find_map(|o| {
+        let start = match o {
+            Open::Seq(_, start, _) | Open::Map(_, start, _) => *start,
+        };
+        let line = lines.get(start.line.checked_sub(1)?)?;
+        match line.chars().nth(start.column.checked_sub(1)?)? {
+            '[' => Some((start, '[', ']')),
+            '{' => Some((start, '{', '}')),
+            _ => None,
+        }
+    });
+    if let Some((start, opening, closing)) = bracket {
+        return SyntaxProblem {
+            span: Span { width: 1, ..start },
+            message: format!("this is not valid YAML: the `{opening}` here is never closed"),
+            help: Some(format!(
+                "close it with `{closing}` (the parser gave up at line {}, column {}: {info})",
+                at.line, at.column
+            )),
+        };
+    }
+    SyntaxProblem {
+        span: at,
+        message: format!("this is not valid YAML: {info}"),
+        help: Some("check the indentation and the quotes around this place".into()),
+    }
 }
 
 enum Open {
@@ -156,6 +215,9 @@ struct TreeBuilder {
     root: Option<Node>,
     problems: Vec<SyntaxProblem>,
     documents: usize,
+    /// Set by a tag that pulls in another file: what the file means is then unknown, and
+    /// reading it anyway would report what the other file holds as missing.
+    unreadable: bool,
 }
 
 impl TreeBuilder {
@@ -176,6 +238,7 @@ impl TreeBuilder {
             }
             Event::DocumentEnd => {}
             Event::Scalar(text, style, anchor, tag) => {
+                self.check_tag(tag.as_deref(), span);
                 let forced_string = tag.as_ref().is_some_and(|t| t.suffix == "str");
                 let value = if style == ScalarStyle::Plain && !forced_string {
                     resolve_plain(&text)
@@ -186,6 +249,7 @@ impl TreeBuilder {
                     value,
                     span,
                     raw: Some(text.to_string()),
+                    owner: None,
                 };
                 self.complete(node, anchor);
             }
@@ -199,12 +263,17 @@ impl TreeBuilder {
                         value: Value::Null,
                         span,
                         raw: None,
+                        owner: None,
                     },
                 };
                 self.complete(node, 0);
             }
-            Event::SequenceStart(anchor, _) => self.stack.push(Open::Seq(Vec::new(), span, anchor)),
-            Event::MappingStart(anchor, _) => {
+            Event::SequenceStart(anchor, tag) => {
+                self.check_tag(tag.as_deref(), span);
+                self.stack.push(Open::Seq(Vec::new(), span, anchor));
+            }
+            Event::MappingStart(anchor, tag) => {
+                self.check_tag(tag.as_deref(), span);
                 self.stack
                     .push(Open::Map(MapBuilder::default(), span, anchor));
             }
@@ -214,6 +283,7 @@ impl TreeBuilder {
                         value: Value::Seq(items),
                         span: start,
                         raw: None,
+                        owner: None,
                     };
                     self.complete(node, anchor);
                 }
@@ -224,6 +294,7 @@ impl TreeBuilder {
                         value: Value::Map(map.entries),
                         span: start,
                         raw: None,
+                        owner: None,
                     };
                     self.complete(node, anchor);
                 }
@@ -233,16 +304,44 @@ impl TreeBuilder {
         false
     }
 
-    fn complete(&mut self, node: Node, anchor: usize) {
+    /// Core-schema tags (`!!str`) are understood; Platform.sh's own tags (`!include`, `!archive`)
+    /// would pull other files in, which Lockstep does not do yet, so they must not pass unnoticed.
+    fn check_tag(&mut self, tag: Option<&Tag>, span: Span) {
+        let Some(tag) = tag.filter(|t| !t.is_yaml_core_schema() && !t.suffix.is_empty()) else {
+            return;
+        };
+        let (message, help) = if matches!(tag.suffix.as_str(), "include" | "archive") {
+            (
+                format!(
+                    "the YAML tag `{tag}` is a Platform.sh feature that Lockstep does not support yet"
+                ),
+                "write the content of the included file here instead",
+            )
+        } else {
+            (format!("unknown YAML tag `{tag}`"), "remove the tag")
+        };
+        self.unreadable = true;
+        self.problems.push(SyntaxProblem {
+            span,
+            message,
+            help: Some(help.into()),
+        });
+    }
+
+    fn complete(&mut self, mut node: Node, anchor: usize) {
         if anchor != 0 {
             self.anchors.insert(anchor, node.clone());
         }
         match self.stack.last_mut() {
             None => self.root = Some(node),
-            Some(Open::Seq(items, ..)) => items.push(node),
+            Some(Open::Seq(items, ..)) => {
+                node.owner = Some(node.span);
+                items.push(node);
+            }
             Some(Open::Map(map, ..)) => match map.pending_key.take() {
                 None => map.pending_key = Some(node),
                 Some(key) => {
+                    node.owner = Some(key.span);
                     if let Some(problem) = map.insert(key, node) {
                         self.problems.push(problem);
                     }
@@ -322,26 +421,27 @@ fn resolve_plain(text: &str) -> Value {
         ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN),
         _ => {}
     }
-    if let Some(hex) = text.strip_prefix("0x") {
-        if let Ok(i) = i64::from_str_radix(hex, 16) {
-            return Value::Int(i);
-        }
+    if let Some(hex) = text.strip_prefix("0x")
+        && let Ok(i) = i64::from_str_radix(hex, 16)
+    {
+        return Value::Int(i);
     }
-    if let Some(octal) = text.strip_prefix("0o") {
-        if let Ok(i) = i64::from_str_radix(octal, 8) {
-            return Value::Int(i);
-        }
+    if let Some(octal) = text.strip_prefix("0o")
+        && let Ok(i) = i64::from_str_radix(octal, 8)
+    {
+        return Value::Int(i);
     }
     let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
-    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        if let Ok(i) = text.parse::<i64>() {
-            return Value::Int(i);
-        }
+    if !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(i) = text.parse::<i64>()
+    {
+        return Value::Int(i);
     }
-    if looks_like_float(digits) {
-        if let Ok(f) = text.parse::<f64>() {
-            return Value::Float(f);
-        }
+    if looks_like_float(digits)
+        && let Ok(f) = text.parse::<f64>()
+    {
+        return Value::Float(f);
     }
     Value::Str(text.to_owned())
 }
@@ -434,6 +534,37 @@ mod tests {
         assert!(node.is_none());
         assert_eq!(problems.len(), 1);
         assert!(problems[0].span.line >= 1);
+    }
+
+    #[test]
+    fn values_know_the_key_that_holds_them() {
+        let node = root("web:\n  commands:\n");
+        let Value::Map(entries) = node.value else {
+            panic!("not a map")
+        };
+        let commands = &entries[0].1;
+        assert_eq!(commands.owner.map(|s| (s.line, s.column)), Some((1, 1)));
+        assert_eq!(node.owner, None);
+    }
+
+    #[test]
+    fn tabs_and_open_brackets_are_reported_where_they_are() {
+        let (_, tab) = parse("web:\n\tcommands: x\n");
+        assert_eq!((tab[0].span.line, tab[0].span.column), (2, 1));
+        assert!(tab[0].message.contains("tab"));
+        let (_, bracket) = parse("a:\n  b: [1, 2\n  c: 3\n");
+        assert_eq!((bracket[0].span.line, bracket[0].span.column), (2, 6));
+        assert!(bracket[0].message.contains("`[`"));
+    }
+
+    #[test]
+    fn include_tags_make_the_file_unreadable() {
+        let (node, problems) = parse("- !include app.yaml\n");
+        assert_eq!(node, None);
+        assert!(problems[0].message.contains("`!include`"));
+        let (node, problems) = parse("a: !!str 1\n");
+        assert!(problems.is_empty());
+        assert_eq!(node.unwrap().to_json()["a"], "1");
     }
 
     #[test]
