@@ -105,7 +105,7 @@ fn generate_tree(root: &Path) -> u64 {
     while written < TREE_BYTES {
         let folder = root.join(format!("pkg{:03}/mod{:02}", index / 100, index % 100 / 10));
         fs::create_dir_all(&folder).expect("folder");
-        let size = if index % 50 == 0 {
+        let size = if index.is_multiple_of(50) {
             4 * 1024 * 1024
         } else {
             4 + random.next() % 48_000
@@ -113,7 +113,7 @@ fn generate_tree(root: &Path) -> u64 {
         let mut data = Vec::with_capacity(size as usize);
         while (data.len() as u64) < size {
             // Words from a small vocabulary compress like source code; raw bytes like assets.
-            if index % 50 == 0 && random.next() % 4 == 0 {
+            if index.is_multiple_of(50) && random.next().is_multiple_of(4) {
                 data.extend_from_slice(&random.next().to_le_bytes());
             } else {
                 let word = [

@@ -428,19 +428,19 @@ fn resolves_inside(root: &Path, link: &Path) -> Result<bool, ImageError> {
         }
         resolved.push(part);
         let here: PathBuf = root.join(resolved.iter().collect::<PathBuf>());
-        if let Ok(meta) = fs::symlink_metadata(&here) {
-            if meta.file_type().is_symlink() {
-                hops += 1;
-                if hops > MAX_HOPS {
-                    return Ok(false);
-                }
-                let next = fs::read_link(&here).map_err(ImageError::io_at("read link", &here))?;
-                if next.is_absolute() {
-                    return Ok(false);
-                }
-                resolved.pop();
-                pending.extend(next.components().rev().map(|c| c.as_os_str().to_owned()));
+        if let Ok(meta) = fs::symlink_metadata(&here)
+            && meta.file_type().is_symlink()
+        {
+            hops += 1;
+            if hops > MAX_HOPS {
+                return Ok(false);
             }
+            let next = fs::read_link(&here).map_err(ImageError::io_at("read link", &here))?;
+            if next.is_absolute() {
+                return Ok(false);
+            }
+            resolved.pop();
+            pending.extend(next.components().rev().map(|c| c.as_os_str().to_owned()));
         }
     }
     Ok(true)

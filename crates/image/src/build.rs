@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use lockstep_config::{BuildFlavor, Diagnostic};
 
 use crate::hook::{HookFailure, HookSpec, run_hook};
@@ -31,6 +30,8 @@ pub struct BuildRequest<'a> {
     /// others go into `PLATFORM_VARIABLES`. They override the app config's `variables`.
     pub variables: &'a BTreeMap<String, serde_json::Value>,
     pub timeout: Duration,
+    /// Extra environment for git, such as a receive hook's quarantine directories.
+    pub git_env: &'a crate::checkout::GitEnv,
 }
 
 #[derive(Debug)]
@@ -95,7 +96,7 @@ impl Builder {
     ) -> Result<BuildOutcome, BuildError> {
         let started = Instant::now();
         let built_at = chrono::Utc::now();
-        let tree_id = checkout::resolve_tree(request.repo, request.git_ref)?;
+        let tree_id = checkout::resolve_tree(request.repo, request.git_ref, request.git_env)?;
         let build_key = build_key(&tree_id, request.variables);
         if let Some(manifest) = self.store.find_build(&build_key)? {
             log(&format!(
@@ -127,7 +128,7 @@ impl Builder {
                 source,
             })?;
         }
-        checkout::checkout(request.repo, &tree_id, &app_dir)?;
+        checkout::checkout(request.repo, &tree_id, &app_dir, request.git_env)?;
         let checked = lockstep_config::check_dir(&app_dir).map_err(|e| BuildError::Workspace {
             path: app_dir.clone(),
             source: std::io::Error::other(e),
@@ -168,6 +169,7 @@ impl Builder {
                 dir: app_dir.clone(),
                 env,
                 timeout: request.timeout,
+                run_as: None,
             };
             run_hook(&spec, &mut |line| log(&format!("    {line}"))).map_err(BuildError::Hook)?;
         }
@@ -256,23 +258,6 @@ fn build_env(build: &BuildEnv<'_>) -> BTreeMap<String, String> {
         "PLATFORM_CACHE_DIR".into(),
         build.cache_dir.display().to_string(),
     );
-    let mut platform_variables = serde_json::Map::new();
-    for (name, value) in build.variables {
-        match name.strip_prefix("env:") {
-            Some(env_name) => {
-                let text = match value {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                env.insert(env_name.into(), text);
-            }
-            None => {
-                platform_variables.insert(name.clone(), value.clone());
-            }
-        }
-    }
-    let encoded = base64::engine::general_purpose::STANDARD
-        .encode(serde_json::Value::Object(platform_variables).to_string());
-    env.insert("PLATFORM_VARIABLES".into(), encoded);
+    env.extend(crate::variables_env(build.variables));
     env
 }

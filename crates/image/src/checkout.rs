@@ -6,10 +6,14 @@ use std::process::Command;
 
 use crate::build::BuildError;
 
+/// Extra environment for every git command: a receive hook passes the quarantine's object
+/// directories this way, so that pushed objects are readable before the push is accepted.
+pub type GitEnv = [(String, String)];
+
 /// The tree id that `git_ref` points at in `repo`: the key of build reuse, `PLATFORM_TREE_ID`.
-pub fn resolve_tree(repo: &Path, git_ref: &str) -> Result<String, BuildError> {
+pub fn resolve_tree(repo: &Path, git_ref: &str, env: &GitEnv) -> Result<String, BuildError> {
     let spec = format!("{git_ref}^{{tree}}");
-    let output = git(repo)
+    let output = git(repo, env)
         .args([
             "rev-parse",
             "--verify",
@@ -29,20 +33,20 @@ pub fn resolve_tree(repo: &Path, git_ref: &str) -> Result<String, BuildError> {
 }
 
 /// Writes the files of `tree` into `dest` (an empty folder), leaving the repository untouched.
-pub fn checkout(repo: &Path, tree: &str, dest: &Path) -> Result<(), BuildError> {
+pub fn checkout(repo: &Path, tree: &str, dest: &Path, env: &GitEnv) -> Result<(), BuildError> {
     let index = tempfile::NamedTempFile::new()
         .map_err(|e| BuildError::Git(format!("cannot create a temporary index: {e}")))?;
     // read-tree refuses to overwrite the empty file it is given, so let it create its own.
     let index_path = index.path().with_extension("index");
     let _remove_index = RemoveOnDrop(&index_path);
-    run(git(repo)
+    run(git(repo, env)
         .env("GIT_INDEX_FILE", &index_path)
         .args(["read-tree", tree]))?;
     let mut prefix = dest.as_os_str().to_owned();
     prefix.push("/");
     let mut prefix_arg = std::ffi::OsString::from("--prefix=");
     prefix_arg.push(&prefix);
-    run(git(repo)
+    run(git(repo, env)
         .env("GIT_INDEX_FILE", &index_path)
         .args(["checkout-index", "--all", "--force"])
         .arg(prefix_arg))
@@ -56,9 +60,12 @@ impl Drop for RemoveOnDrop<'_> {
     }
 }
 
-fn git(repo: &Path) -> Command {
+fn git(repo: &Path, env: &GitEnv) -> Command {
     let mut command = Command::new("git");
-    command.arg("-C").arg(repo);
+    command
+        .arg("-C")
+        .arg(repo)
+        .envs(env.iter().map(|(k, v)| (k, v)));
     command
 }
 

@@ -22,6 +22,8 @@ pub struct HookSpec {
     /// The whole environment: the hook inherits nothing else.
     pub env: BTreeMap<String, String>,
     pub timeout: Duration,
+    /// Run as this uid and gid (std clears the supplementary groups when root drops them).
+    pub run_as: Option<(u32, u32)>,
 }
 
 #[derive(Debug)]
@@ -80,6 +82,10 @@ pub fn run_hook(
         .stdout(writer.try_clone().map_err(HookFailure::Spawn)?)
         .stderr(writer);
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    if let Some((uid, gid)) = spec.run_as {
+        std::os::unix::process::CommandExt::uid(&mut command, uid);
+        std::os::unix::process::CommandExt::gid(&mut command, gid);
+    }
     let mut child = command.spawn().map_err(HookFailure::Spawn)?;
     // Our copies of the pipe's write end must go, or the reader would never see its end.
     drop(command);
@@ -179,6 +185,7 @@ mod tests {
             dir: std::env::temp_dir(),
             env,
             timeout,
+            run_as: None,
         }
     }
 

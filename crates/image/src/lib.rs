@@ -11,6 +11,7 @@ mod build;
 mod checkout;
 mod hook;
 mod store;
+mod variables;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ pub use build::{
 pub use checkout::{checkout, resolve_tree};
 pub use hook::{HookFailure, HookOutcome, HookSpec, run_hook};
 pub use store::{ImageInfo, ImageStore, Manifest};
+pub use variables::{base64_json, variables_env};
 
 /// The blake3 hash of an image file, in hex: the image's name everywhere in Lockstep.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -90,6 +90,7 @@ fn build(
         project: "shop",
         variables,
         timeout: Duration::from_secs(120),
+        git_env: &[],
     };
     let result = builder.build(&request, &mut |line| log.push(line.to_owned()));
     (result, log)
@@ -240,6 +241,7 @@ fn a_build_hook_past_its_timeout_is_stopped() {
         project: "shop",
         variables: &no_variables(),
         timeout: Duration::from_millis(500),
+        git_env: &[],
     };
     let result = builder.build(&request, &mut |_| {});
     assert!(
@@ -279,6 +281,7 @@ fn an_unknown_ref_is_a_clear_error() {
         project: "shop",
         variables: &no_variables(),
         timeout: Duration::from_secs(60),
+        git_env: &[],
     };
     let error = builder.build(&request, &mut |_| {}).unwrap_err();
     assert!(
