@@ -33,6 +33,8 @@ enum Command {
     Config(commands::config::ConfigCommand),
     /// Build a git ref of a local repository into an image.
     Build(commands::build::BuildArgs),
+    /// Run the node agent: releases, processes, crons, hooks and the router of each instance.
+    Agent(commands::agent::AgentArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,14 +42,16 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let data_dir = cli.data_dir.unwrap_or_else(default_data_dir);
     let result = match cli.command {
         Command::Config(command) => commands::config::run(command),
         Command::Build(args) => commands::build::run(args, &data_dir),
+        Command::Agent(args) => commands::agent::run(args, &data_dir),
     };
     match result {
         Ok(code) => code,
@@ -55,6 +59,16 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM, for daemons to stop cleanly.
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
     }
 }
 

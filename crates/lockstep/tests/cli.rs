@@ -1,47 +1,9 @@
 //! The `lockstep` binary as a user runs it, on the sample app.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod support;
 
 use assert_cmd::cargo::cargo_bin_cmd;
-
-fn sample_app() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/app")
-}
-
-/// A git repository holding a copy of the sample app, as a user's project would.
-fn sample_repo() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let status = Command::new("cp")
-        .arg("-r")
-        .arg(sample_app().join("."))
-        .arg(dir.path())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    for args in [
-        &["init", "-q", "-b", "main"][..],
-        &["add", "-A"],
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-qm",
-            "sample app",
-        ],
-    ] {
-        let status = Command::new("git")
-            .arg("-C")
-            .arg(dir.path())
-            .args(args)
-            .status()
-            .unwrap();
-        assert!(status.success(), "git {args:?}");
-    }
-    dir
-}
+use support::{Project, sample_app};
 
 fn stdout_of(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -82,7 +44,7 @@ fn config_check_prints_every_error_and_fails() {
 
 #[test]
 fn building_the_sample_app_twice_reuses_the_image() {
-    let repo = sample_repo();
+    let repo = Project::sample();
     let data = tempfile::tempdir().unwrap();
     let run = || {
         cargo_bin_cmd!("lockstep")
@@ -121,7 +83,7 @@ fn building_the_sample_app_twice_reuses_the_image() {
 
 #[test]
 fn a_failing_build_exits_non_zero_and_shows_the_hook_output() {
-    let repo = sample_repo();
+    let repo = Project::sample();
     let data = tempfile::tempdir().unwrap();
     let output = cargo_bin_cmd!("lockstep")
         .arg("--data-dir")

@@ -1,0 +1,222 @@
+//! The agent's HTTP API. Every route, `/metrics` included, requires the bearer token.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use lockstep_proto::agent::{
+    Closed, HookKind, HookOutcome, HookRequest, InstanceConfig, InstanceStatus, Staged, Step,
+    SwapRequest,
+};
+
+use crate::Agent;
+use crate::error::AgentError;
+
+type Answer<T> = Result<Json<T>, AgentError>;
+
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/v1/instances", get(list))
+        .route("/v1/instances/{env}", put(configure).get(status))
+        .route("/v1/instances/{env}/images/{image}", put(stage))
+        .route("/v1/instances/{env}/quiesce", post(quiesce))
+        .route("/v1/instances/{env}/close", post(close))
+        .route("/v1/instances/{env}/swap", post(swap))
+        .route("/v1/instances/{env}/hooks", post(run_hook))
+        .route(
+            "/v1/instances/{env}/hooks/{deployment}/{hook}",
+            get(hook_outcome),
+        )
+        .route("/v1/instances/{env}/open", post(open))
+        .route("/v1/instances/{env}/background", post(background))
+        .route("/v1/instances/{env}/crons/{name}/run", post(run_cron))
+        .route("/v1/instances/{env}/logs/{process}", get(log))
+        .layer(axum::middleware::from_fn_with_state(
+            agent.clone(),
+            authenticate,
+        ))
+        // Images are streamed to disk with their own limit; JSON bodies are small.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(agent)
+}
+
+async fn authenticate(State(agent): State<Arc<Agent>>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if presented.is_some_and(|token| agent.token_matches(token)) {
+        return next.run(request).await;
+    }
+    agent.metrics.command("-", "unauthenticated", false);
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(lockstep_proto::agent::ApiError {
+            error: "this agent requires its bearer token".into(),
+        }),
+    )
+        .into_response()
+}
+
+async fn metrics(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        agent.metrics.encode(),
+    )
+}
+
+async fn list(State(agent): State<Arc<Agent>>) -> Json<Vec<String>> {
+    Json(agent.instance_names().await)
+}
+
+async fn configure(
+    State(agent): State<Arc<Agent>>,
+    Path(env): Path<String>,
+    Json(config): Json<InstanceConfig>,
+) -> Answer<InstanceStatus> {
+    agent.configure(&env, config).await.map(Json)
+}
+
+async fn status(
+    State(agent): State<Arc<Agent>>,
+    Path(env): Path<String>,
+) -> Answer<InstanceStatus> {
+    Ok(Json(agent.instance(&env).await?.status().await))
+}
+
+async fn stage(
+    State(agent): State<Arc<Agent>>,
+    Path((env, image)): Path<(String, String)>,
+    body: Body,
+) -> Answer<Staged> {
+    let instance = agent.instance(&env).await?;
+    let result = instance.stage(&image, body.into_data_stream()).await;
+    agent.metrics.command(&env, "stage", result.is_ok());
+    result.map(Json)
+}
+
+async fn quiesce(
+    State(agent): State<Arc<Agent>>,
+    Path(env): Path<String>,
+    Json(step): Json<Step>,
+) -> Answer<InstanceStatus> {
+    let instance = agent.instance(&env).await?;
+    let result = instance.quiesce(&step).await;
+    agent.metrics.command(&env, "quiesce", result.is_ok());
+    result?;
+    Ok(Json(instance.status().await))
+}
+
+async fn close(
+    State(agent): State<Arc<Agent>>,
+    Path(env): Path<String>,
+    Json(step): Json<Step>,
+) -> Answer<Closed> {
+    let instance = agent.instance(&env).await?;
+    let result = instance.close(&step).await;
+    agent.metrics.command(&env, "close", result.is_ok());
+    result.map(Json)
+}
+
+async fn swap(
+    State(agent): State<Arc<Agent>>,
+    Path(env): Path<String>,
+    Json(request): Json<SwapRequest>,
+) -> Answer<InstanceStatus> {
+    let instance = agent.instance(&env).await?;
+    let result = instance.swap(&request).await;
+    agent.metrics.command(&env, "swap", result.is_ok());
+    result.map(Json)
+}
+
+async fn run_hook(
+    State(agent): State<Arc<Agent>>,
+    Path(env): Path<String>,
+    Json(request): Json<HookRequest>,
+) -> Answer<HookOutcome> {
+    let instance = agent.instance(&env).await?;
+    let result = instance.run_hook(&request).await;
+    agent.metrics.command(&env, "hook", result.is_ok());
+    result.map(Json)
+}
+
+async fn hook_outcome(
+    State(agent): State<Arc<Agent>>,
+    Path((env, deployment, hook)): Path<(String, String, String)>,
+) -> Answer<HookOutcome> {
+    let hook = match hook.as_str() {
+        "deploy" => HookKind::Deploy,
+        "post_deploy" => HookKind::PostDeploy,
+        other => return Err(AgentError::BadRequest(format!("`{other}` is not a hook"))),
+    };
+    agent
+        .instance(&env)
+        .await?
+        .hook_outcome(&deployment, hook)?
+        .map(Json)
+        .ok_or_else(|| {
+            AgentError::Refused(format!(
+                "no {} hook was run for deployment {deployment}",
+                hook.as_str()
+            ))
+        })
+}
+
+async fn open(
+    State(agent): State<Arc<Agent>>,
+    Path(env): Path<String>,
+    Json(step): Json<Step>,
+) -> Answer<InstanceStatus> {
+    let instance = agent.instance(&env).await?;
+    let result = instance.open(&step).await;
+    agent.metrics.command(&env, "open", result.is_ok());
+    result?;
+    Ok(Json(instance.status().await))
+}
+
+async fn background(
+    State(agent): State<Arc<Agent>>,
+    Path(env): Path<String>,
+    Json(step): Json<Step>,
+) -> Answer<InstanceStatus> {
+    let instance = agent.instance(&env).await?;
+    let result = instance.start_background(&step).await;
+    agent.metrics.command(&env, "background", result.is_ok());
+    result?;
+    Ok(Json(instance.status().await))
+}
+
+async fn run_cron(
+    State(agent): State<Arc<Agent>>,
+    Path((env, name)): Path<(String, String)>,
+) -> Result<StatusCode, AgentError> {
+    agent.instance(&env).await?.run_cron(&name).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+#[derive(serde::Deserialize)]
+struct LogQuery {
+    bytes: Option<u64>,
+}
+
+async fn log(
+    State(agent): State<Arc<Agent>>,
+    Path((env, process)): Path<(String, String)>,
+    Query(query): Query<LogQuery>,
+) -> Result<String, AgentError> {
+    agent
+        .instance(&env)
+        .await?
+        .log(&process, query.bytes.unwrap_or(64 * 1024))
+}

@@ -1,0 +1,69 @@
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use lockstep_proto::agent::ApiError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("no instance of environment `{0}` on this node; configure it first")]
+    UnknownInstance(String),
+    #[error("{0}")]
+    BadRequest(String),
+    /// The command is refused in the instance's present state; nothing changed.
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Image(#[from] lockstep_image::ImageError),
+    #[error(
+        "the web process did not accept connections on port {port} within {seconds} s; nothing opened. Its last output:\n{output}"
+    )]
+    WebDidNotStart {
+        port: u16,
+        seconds: u64,
+        output: String,
+    },
+    #[error(transparent)]
+    Supervisor(#[from] lockstep_supervisor::SupervisorError),
+    #[error("cannot {action}")]
+    Io {
+        action: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl AgentError {
+    pub fn io(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
+        let action = action.into();
+        move |source| AgentError::Io { action, source }
+    }
+
+    fn status(&self) -> StatusCode {
+        use lockstep_image::ImageError as Image;
+        match self {
+            AgentError::UnknownInstance(_) => StatusCode::NOT_FOUND,
+            AgentError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AgentError::Refused(_) => StatusCode::CONFLICT,
+            AgentError::Image(
+                Image::HashMismatch { .. }
+                | Image::UnsafeEntry { .. }
+                | Image::Corrupt(_)
+                | Image::TooLarge(_)
+                | Image::InvalidId(_),
+            ) => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for AgentError {
+    fn into_response(self) -> Response {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(&self);
+        while let Some(cause) = source {
+            text.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        tracing::warn!(error = %text, "command failed");
+        (self.status(), axum::Json(ApiError { error: text })).into_response()
+    }
+}

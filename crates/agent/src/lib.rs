@@ -1,0 +1,163 @@
+//! The node agent: the only thing that touches a node's app processes.
+//!
+//! Owns: for each environment instance on the node, its staged releases, the active one, its
+//! processes and crons, its hook outcomes, and its node router with the gate.
+//! Must never: open a gate without a generation from the controller, or at any generation but
+//! the active release's (I1); run a hook twice for one deployment (I2); run a cron or a worker
+//! between quiesce and start of background work (I3); answer a caller without the token.
+
+mod api;
+mod durable;
+mod error;
+mod hooks;
+mod instance;
+mod metrics;
+mod release;
+mod router;
+mod runtime_env;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use lockstep_proto::agent::{InstanceConfig, InstanceStatus};
+pub use lockstep_supervisor::RunAs;
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+
+pub use error::AgentError;
+use instance::Instance;
+use metrics::Metrics;
+
+pub struct AgentOptions {
+    pub data_dir: PathBuf,
+    pub token: String,
+    /// The user the app's processes run as; `None` runs them as the agent's own user.
+    pub run_as: Option<RunAs>,
+}
+
+pub struct Agent {
+    data_dir: PathBuf,
+    token: String,
+    run_as: Option<RunAs>,
+    instances: Mutex<BTreeMap<String, Arc<Instance>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Agent {
+    /// Loads every instance found in the data directory. Each comes up closed.
+    pub async fn load(options: AgentOptions) -> Result<Arc<Agent>, AgentError> {
+        let instances_dir = options.data_dir.join("instances");
+        std::fs::create_dir_all(&instances_dir).map_err(AgentError::io(format!(
+            "create {}",
+            instances_dir.display()
+        )))?;
+        let agent = Arc::new(Agent {
+            data_dir: options.data_dir,
+            token: options.token,
+            run_as: options.run_as,
+            instances: Mutex::new(BTreeMap::new()),
+            metrics: Arc::new(Metrics::new()),
+        });
+        let entries = std::fs::read_dir(&instances_dir)
+            .map_err(AgentError::io(format!("read {}", instances_dir.display())))?;
+        let mut instances = agent.instances.lock().await;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let instance =
+                Instance::load(entry.path(), None, agent.run_as, agent.metrics.clone()).await?;
+            tracing::info!(environment = %name, "instance loaded, closed");
+            instances.insert(name, instance);
+        }
+        drop(instances);
+        Ok(agent)
+    }
+
+    /// Serves the API on `listener` until `shutdown` completes, then stops every instance.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, api::router(self.clone()))
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        for instance in self.instances.lock().await.values() {
+            instance.shutdown().await;
+        }
+        Ok(())
+    }
+
+    fn token_matches(&self, presented: &str) -> bool {
+        // Compare every byte so the time taken does not tell how much of a guess was right.
+        presented.len() == self.token.len()
+            && presented
+                .bytes()
+                .zip(self.token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+
+    async fn instance_names(&self) -> Vec<String> {
+        self.instances.lock().await.keys().cloned().collect()
+    }
+
+    async fn instance(&self, name: &str) -> Result<Arc<Instance>, AgentError> {
+        self.instances
+            .lock()
+            .await
+            .get(name)
+            .cloned()
+            .ok_or_else(|| AgentError::UnknownInstance(name.to_owned()))
+    }
+
+    async fn configure(
+        &self,
+        name: &str,
+        config: InstanceConfig,
+    ) -> Result<InstanceStatus, AgentError> {
+        check_instance_name(name)?;
+        if config.environment != name {
+            return Err(AgentError::BadRequest(format!(
+                "the configuration is for environment `{}`, not `{name}`",
+                config.environment
+            )));
+        }
+        let mut instances = self.instances.lock().await;
+        if let Some(instance) = instances.get(name) {
+            let instance = instance.clone();
+            drop(instances);
+            return instance.configure(config).await;
+        }
+        let dir = self.instance_dir(name);
+        let instance = Instance::load(dir, Some(config), self.run_as, self.metrics.clone()).await?;
+        instances.insert(name.to_owned(), instance.clone());
+        drop(instances);
+        Ok(instance.status().await)
+    }
+
+    fn instance_dir(&self, name: &str) -> PathBuf {
+        self.data_dir.join("instances").join(name)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+/// Environment names become folder names.
+fn check_instance_name(name: &str) -> Result<(), AgentError> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if valid {
+        Ok(())
+    } else {
+        Err(AgentError::BadRequest(format!(
+            "`{name}` is not an environment name"
+        )))
+    }
+}

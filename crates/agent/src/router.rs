@@ -1,0 +1,284 @@
+//! The node router of one instance: the instance's public port, which proxies to its web process
+//! only while the gate is open, and counts requests in flight so that close can drain them.
+//!
+//! The gate's state and the in-flight count change under one lock, so a request is either
+//! admitted before close (and counted, and drained) or refused after it: never in between.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode, header};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use lockstep_proto::agent::{GATE_HEADER, GENERATION_HEADER, Gate, GateSettings};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+struct GateInner {
+    open_at: Option<u64>,
+    in_flight: u64,
+    upstream_port: Option<u16>,
+    settings: GateSettings,
+}
+
+pub struct GateControl {
+    inner: Mutex<GateInner>,
+    in_flight: watch::Sender<u64>,
+}
+
+/// Held by an admitted request until its response body is done.
+struct InFlight(Arc<GateControl>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut inner = self.0.inner.lock().expect("gate lock");
+        inner.in_flight -= 1;
+        self.0.in_flight.send_replace(inner.in_flight);
+    }
+}
+
+impl GateControl {
+    /// Every instance starts closed: only an open command opens it.
+    pub fn new(settings: GateSettings) -> Arc<GateControl> {
+        Arc::new(GateControl {
+            inner: Mutex::new(GateInner {
+                open_at: None,
+                in_flight: 0,
+                upstream_port: None,
+                settings,
+            }),
+            in_flight: watch::channel(0).0,
+        })
+    }
+
+    pub fn state(&self) -> Gate {
+        match self.inner.lock().expect("gate lock").open_at {
+            Some(generation) => Gate::Open { generation },
+            None => Gate::Closed,
+        }
+    }
+
+    pub fn set_settings(&self, settings: GateSettings) {
+        self.inner.lock().expect("gate lock").settings = settings;
+    }
+
+    pub fn set_upstream(&self, port: Option<u16>) {
+        self.inner.lock().expect("gate lock").upstream_port = port;
+    }
+
+    pub fn upstream(&self) -> Option<u16> {
+        self.inner.lock().expect("gate lock").upstream_port
+    }
+
+    pub fn open(&self, generation: u64) {
+        self.inner.lock().expect("gate lock").open_at = Some(generation);
+    }
+
+    /// Closes the gate, then waits up to the drain timeout for admitted requests to finish.
+    /// Returns how many were still running when it gave up.
+    pub async fn close(&self) -> u64 {
+        let timeout = {
+            let mut inner = self.inner.lock().expect("gate lock");
+            inner.open_at = None;
+            Duration::from_millis(inner.settings.drain_timeout_ms)
+        };
+        let mut in_flight = self.in_flight.subscribe();
+        let drained = tokio::time::timeout(timeout, in_flight.wait_for(|n| *n == 0))
+            .await
+            .is_ok();
+        if drained { 0 } else { *in_flight.borrow() }
+    }
+
+    fn admit(self: &Arc<Self>) -> Result<(InFlight, u64, Option<u16>), GateSettings> {
+        let mut inner = self.inner.lock().expect("gate lock");
+        match inner.open_at {
+            Some(generation) => {
+                inner.in_flight += 1;
+                self.in_flight.send_replace(inner.in_flight);
+                Ok((InFlight(self.clone()), generation, inner.upstream_port))
+            }
+            None => Err(inner.settings.clone()),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct NodeRouter {
+    gate: Arc<GateControl>,
+    client: Client<HttpConnector, Incoming>,
+    environment: String,
+    metrics: Arc<Metrics>,
+}
+
+impl NodeRouter {
+    pub fn new(gate: Arc<GateControl>, environment: String, metrics: Arc<Metrics>) -> NodeRouter {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_nodelay(true);
+        NodeRouter {
+            gate,
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            environment,
+            metrics,
+        }
+    }
+
+    /// Serves the router port until the task is dropped.
+    pub async fn serve(self, listener: TcpListener) {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "router accept failed");
+                    continue;
+                }
+            };
+            let router = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let router = router.clone();
+                    async move { Ok::<_, Infallible>(router.handle(request).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+
+    async fn handle(&self, mut request: Request<Incoming>) -> Response<ProxyBody> {
+        let (guard, generation, port) = match self.gate.admit() {
+            Ok(admitted) => admitted,
+            Err(settings) => {
+                self.metrics.router_request(&self.environment, "closed");
+                return closed_response(&settings);
+            }
+        };
+        let Some(port) = port else {
+            self.metrics.router_request(&self.environment, "no_process");
+            return text_response(
+                StatusCode::BAD_GATEWAY,
+                "the web process is not running\n",
+                generation,
+            );
+        };
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        *request.uri_mut() = format!("http://127.0.0.1:{port}{path}")
+            .parse()
+            .expect("a local URI parses");
+        match self.client.request(request).await {
+            Ok(response) => {
+                self.metrics.router_request(&self.environment, "proxied");
+                let (mut parts, body) = response.into_parts();
+                insert_gate_headers(&mut parts.headers, generation);
+                // The guard lives as long as the body, so close waits for streaming answers too.
+                let body = body.map_frame(move |frame| {
+                    let _counted = &guard;
+                    frame
+                });
+                Response::from_parts(parts, body.boxed())
+            }
+            Err(error) => {
+                self.metrics
+                    .router_request(&self.environment, "upstream_error");
+                tracing::warn!(%error, "web process did not answer");
+                text_response(
+                    StatusCode::BAD_GATEWAY,
+                    "the web process did not answer\n",
+                    generation,
+                )
+            }
+        }
+    }
+}
+
+fn insert_gate_headers(headers: &mut header::HeaderMap, generation: u64) {
+    headers.insert(GATE_HEADER, header::HeaderValue::from_static("open"));
+    headers.insert(GENERATION_HEADER, generation.into());
+}
+
+fn closed_response(settings: &GateSettings) -> Response<ProxyBody> {
+    let status =
+        StatusCode::from_u16(settings.closed_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    Response::builder()
+        .status(status)
+        .header(header::RETRY_AFTER, settings.retry_after_secs)
+        .header(GATE_HEADER, "closed")
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(full(
+            "This site is being deployed. Please retry in a few seconds.\n",
+        ))
+        .expect("a fixed response builds")
+}
+
+fn text_response(status: StatusCode, text: &'static str, generation: u64) -> Response<ProxyBody> {
+    let mut response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(full(text))
+        .expect("a fixed response builds");
+    insert_gate_headers(response.headers_mut(), generation);
+    response
+}
+
+fn full(text: &'static str) -> ProxyBody {
+    Full::new(Bytes::from_static(text.as_bytes()))
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_closed_gate_admits_nothing_and_close_waits_for_admitted_requests() {
+        let gate = GateControl::new(GateSettings::default());
+        assert!(gate.admit().is_err(), "a new gate is closed");
+        gate.open(7);
+        let (request, generation, _) = gate.admit().expect("open gate admits");
+        assert_eq!(generation, 7);
+        let closing = {
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.close().await })
+        };
+        // Close has begun (or will) — a new request must be refused from now on.
+        tokio::task::yield_now().await;
+        while gate.state() != Gate::Closed {
+            tokio::task::yield_now().await;
+        }
+        assert!(gate.admit().is_err());
+        assert!(
+            !closing.is_finished(),
+            "close waits for the admitted request"
+        );
+        drop(request);
+        assert_eq!(closing.await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn close_gives_up_after_the_drain_timeout() {
+        let settings = GateSettings {
+            drain_timeout_ms: 50,
+            ..GateSettings::default()
+        };
+        let gate = GateControl::new(settings);
+        gate.open(1);
+        let _stuck = gate.admit().expect("admitted");
+        assert_eq!(gate.close().await, 1);
+    }
+}

@@ -1,0 +1,536 @@
+//! The node agent as the controller drives it: a real `lockstep agent` process, the sample app
+//! built into real images, every command over HTTP.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use lockstep_proto::agent::{Gate, HookKind, HookState, RuntimeInputs};
+use support::*;
+
+const ENV: &str = "production";
+
+fn runtime(variables: &[(&str, &str)]) -> RuntimeInputs {
+    RuntimeInputs {
+        variables: variables
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+            .collect::<BTreeMap<_, _>>(),
+        relationships: serde_json::json!({}),
+        routes: serde_json::json!({}),
+    }
+}
+
+struct Setup {
+    _data: tempfile::TempDir,
+    storage: tempfile::TempDir,
+    _images: tempfile::TempDir,
+    project: Project,
+    agent: AgentProcess,
+    v1: BuiltImage,
+}
+
+async fn setup() -> Setup {
+    let data = shared_tempdir();
+    let storage = shared_tempdir();
+    let images = tempfile::tempdir().unwrap();
+    let project = Project::sample();
+    let v1 = build_image(&project, images.path());
+    let agent = AgentProcess::start(data.path()).await;
+    agent
+        .client()
+        .configure(&instance_config(ENV, storage.path()))
+        .await;
+    Setup {
+        _data: data,
+        storage,
+        _images: images,
+        project,
+        agent,
+        v1,
+    }
+}
+
+impl Setup {
+    fn images(&self) -> &std::path::Path {
+        self._images.path()
+    }
+
+    fn read_storage(&self, name: &str) -> String {
+        std::fs::read_to_string(self.storage.path().join("storage").join(name)).unwrap_or_default()
+    }
+}
+
+#[tokio::test]
+async fn a_deploy_swaps_releases_and_closed_means_503_while_in_flight_requests_finish() {
+    let setup = setup().await;
+    let client = setup.agent.client();
+    let port = client.status(ENV).await.router_port;
+
+    let (status, _, headers) = get_router(port, "/").await;
+    assert_eq!(status, 503, "a new instance is closed");
+    assert_eq!(headers["x-lockstep-gate"], "closed");
+
+    client.deploy(ENV, &setup.v1, "d1", 1, runtime(&[])).await;
+    let (status, release, headers) = get_router(port, "/").await;
+    assert_eq!(status, 200);
+    assert_eq!(release.as_deref(), Some(setup.v1.tree_id.as_str()));
+    assert_eq!(headers["x-lockstep-generation"], "1");
+
+    setup.project.new_version("v2");
+    let v2 = build_image(&setup.project, setup.images());
+    // Staging happens while the old release serves.
+    assert_eq!(client.stage(ENV, &v2).await.ok()["already_staged"], false);
+    assert_eq!(get_router(port, "/").await.0, 200);
+    assert_eq!(client.stage(ENV, &v2).await.ok()["already_staged"], true);
+
+    client.step(ENV, "quiesce", "d2", 2).await.ok();
+    let in_flight = tokio::spawn(async move { get_router(port, "/slow?ms=1500").await });
+    support::eventually(
+        Duration::from_secs(10),
+        "the slow request to reach the app",
+        || async {
+            std::fs::read_to_string(setup._data.path().join("instances/production/logs/web.log"))
+                .map(|log| log.contains("/slow"))
+                .unwrap_or(false)
+        },
+    )
+    .await;
+    let closed = client.step(ENV, "close", "d2", 2).await.ok();
+    assert_eq!(closed["abandoned_requests"], 0);
+    let (status, release, _) = in_flight.await.unwrap();
+    assert_eq!(status, 200, "a request begun before close completes");
+    assert_eq!(release.as_deref(), Some(setup.v1.tree_id.as_str()));
+
+    let (status, _, headers) = get_router(port, "/").await;
+    assert_eq!(status, 503);
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(headers["x-lockstep-gate"], "closed");
+
+    client.swap(ENV, "d2", 2, &v2.id, runtime(&[])).await.ok();
+    assert_eq!(get_router(port, "/").await.0, 503, "swap does not open");
+    let outcome = client.hook(ENV, "d2", 2, HookKind::Deploy).await;
+    assert_eq!(outcome.state, HookState::Succeeded);
+    client.step(ENV, "open", "d2", 2).await.ok();
+    let (status, release, _) = get_router(port, "/").await;
+    assert_eq!(status, 200);
+    assert_eq!(release.as_deref(), Some(v2.tree_id.as_str()));
+    let status = client.status(ENV).await;
+    assert_eq!(status.active.unwrap().image, v2.id);
+    assert_eq!(status.releases, vec![setup.v1.id.clone(), v2.id.clone()]);
+}
+
+#[tokio::test]
+async fn a_killed_agent_comes_back_closed_and_opens_only_at_the_active_generation() {
+    let mut setup = setup().await;
+    let client = setup.agent.client();
+    client.deploy(ENV, &setup.v1, "d1", 1, runtime(&[])).await;
+    let port = client.status(ENV).await.router_port;
+    assert_eq!(get_router(port, "/").await.0, 200);
+
+    let agent_port = setup.agent.port;
+    setup.agent.kill();
+    setup.agent = AgentProcess::start_on(&setup.agent.data_dir.clone(), agent_port).await;
+    let client = setup.agent.client();
+    let status = client.status(ENV).await;
+    assert_eq!(status.gate, Gate::Closed);
+    assert_eq!(status.router_port, port, "the router keeps its port");
+    assert_eq!(status.active.as_ref().unwrap().image, setup.v1.id);
+    assert_eq!(status.hooks.len(), 1, "hook outcomes survive");
+    assert_eq!(get_router(port, "/").await.0, 503);
+
+    let refused = client.step(ENV, "open", "d1", 2).await;
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert_eq!(get_router(port, "/").await.0, 503);
+    client.step(ENV, "open", "d1", 1).await.ok();
+    assert_eq!(get_router(port, "/").await.0, 200);
+}
+
+#[tokio::test]
+async fn the_same_hook_asked_twice_runs_once() {
+    let setup = setup().await;
+    let client = setup.agent.client();
+    client.stage(ENV, &setup.v1).await.ok();
+    client.step(ENV, "close", "d1", 1).await.ok();
+    client
+        .swap(ENV, "d1", 1, &setup.v1.id, runtime(&[]))
+        .await
+        .ok();
+    let first = client.hook(ENV, "d1", 1, HookKind::Deploy).await;
+    let second = client.hook(ENV, "d1", 1, HookKind::Deploy).await;
+    assert_eq!(first, second);
+    assert_eq!(first.state, HookState::Succeeded);
+    assert_eq!(setup.read_storage("deploy-count").trim(), "1");
+    // A new deployment runs it again.
+    client.hook(ENV, "d2", 1, HookKind::Deploy).await;
+    assert_eq!(setup.read_storage("deploy-count").trim(), "2");
+}
+
+#[tokio::test]
+async fn a_failing_hook_is_recorded_as_failed_with_its_output() {
+    let setup = setup().await;
+    let client = setup.agent.client();
+    client.stage(ENV, &setup.v1).await.ok();
+    client.step(ENV, "close", "d1", 1).await.ok();
+    client
+        .swap(
+            ENV,
+            "d1",
+            1,
+            &setup.v1.id,
+            runtime(&[("env:DEPLOY_HOOK_FAIL", "1")]),
+        )
+        .await
+        .ok();
+    let outcome = client.hook(ENV, "d1", 1, HookKind::Deploy).await;
+    assert_eq!(outcome.state, HookState::Failed);
+    assert_eq!(outcome.exit_code, Some(1));
+    assert!(!outcome.output.is_empty());
+}
+
+/// Timestamps (seconds) of the lines of a JSON-lines log whose `key` matches.
+fn times(log: &str, event: Option<&str>) -> Vec<f64> {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|record| event.is_none_or(|e| record["event"] == e))
+        .filter_map(|record| record["t"].as_f64())
+        .collect()
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[tokio::test]
+async fn no_cron_and_no_worker_runs_between_quiesce_and_open() {
+    let setup = setup().await;
+    let client = setup.agent.client();
+    let slow_cron = runtime(&[("env:CRON_SLEEP", "30")]);
+    client
+        .deploy(ENV, &setup.v1, "d1", 1, slow_cron.clone())
+        .await;
+    let worker_log = "worker-production-1.log";
+    support::eventually(Duration::from_secs(20), "the worker to write", || async {
+        !setup.read_storage(worker_log).is_empty()
+    })
+    .await;
+    let run = client
+        .send(
+            client
+                .http
+                .post(client.url("/v1/instances/production/crons/tick/run")),
+        )
+        .await;
+    assert_eq!(run.status, 202, "{}", run.body);
+    support::eventually(Duration::from_secs(20), "the cron to start", || async {
+        !times(&setup.read_storage("cron.log"), Some("start")).is_empty()
+    })
+    .await;
+
+    client.step(ENV, "quiesce", "d2", 2).await.ok();
+    let quiesced_at = now();
+    let status = client.status(ENV).await;
+    assert!(status.background_stopped);
+    assert_eq!(status.cron_runs[0].outcome.as_deref(), Some("stopped"));
+    client.step(ENV, "close", "d2", 2).await.ok();
+    client
+        .swap(ENV, "d2", 2, &setup.v1.id, slow_cron)
+        .await
+        .ok();
+    client.hook(ENV, "d2", 2, HookKind::Deploy).await;
+    // Long enough for a worker that was left running to write several lines.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let opened_at = now();
+    client.step(ENV, "open", "d2", 2).await.ok();
+    client.step(ENV, "background", "d2", 2).await.ok();
+    support::eventually(
+        Duration::from_secs(20),
+        "the worker to write again",
+        || async {
+            times(&setup.read_storage(worker_log), None)
+                .iter()
+                .any(|t| *t > opened_at)
+        },
+    )
+    .await;
+
+    let worker_times = times(&setup.read_storage(worker_log), None);
+    let inside: Vec<_> = worker_times
+        .iter()
+        .filter(|t| **t > quiesced_at && **t < opened_at)
+        .collect();
+    assert!(
+        inside.is_empty(),
+        "worker wrote at {inside:?} between quiesce and open"
+    );
+    assert!(
+        worker_times.iter().any(|t| *t < quiesced_at),
+        "the worker ran before"
+    );
+    let cron_log = setup.read_storage("cron.log");
+    let cron_inside: Vec<_> = times(&cron_log, None)
+        .into_iter()
+        .filter(|t| *t > quiesced_at && *t < opened_at)
+        .collect();
+    assert!(
+        cron_inside.is_empty(),
+        "cron wrote at {cron_inside:?} between quiesce and open:\n{cron_log}"
+    );
+    assert!(
+        cron_log.contains("stop-command"),
+        "the cron's stop command ran:\n{cron_log}"
+    );
+}
+
+#[tokio::test]
+async fn a_crashing_web_process_is_restarted() {
+    let setup = setup().await;
+    let client = setup.agent.client();
+    client
+        .deploy(
+            ENV,
+            &setup.v1,
+            "d1",
+            1,
+            runtime(&[("env:SERVER_CRASH_AFTER", "1")]),
+        )
+        .await;
+    support::eventually(
+        Duration::from_secs(30),
+        "a restart of the web process",
+        || async {
+            let status = client.status(ENV).await;
+            status
+                .processes
+                .iter()
+                .any(|p| p.name == "web" && p.restarts >= 1)
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_web_process_that_never_listens_fails_the_swap_and_the_node_stays_closed() {
+    let setup = setup().await;
+    let client = setup.agent.client();
+    let mut config = instance_config(ENV, setup.storage.path());
+    config.gate.start_timeout_ms = 2_000;
+    client.configure(&config).await;
+    client.stage(ENV, &setup.v1).await.ok();
+    client.step(ENV, "close", "d1", 1).await.ok();
+    let failed = client
+        .swap(
+            ENV,
+            "d1",
+            1,
+            &setup.v1.id,
+            runtime(&[("env:SERVER_NEVER_LISTEN", "1")]),
+        )
+        .await;
+    assert_eq!(failed.status, 500);
+    assert!(
+        failed.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not accept connections"),
+        "{}",
+        failed.body
+    );
+    let refused = client.step(ENV, "open", "d1", 1).await;
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    let port = client.status(ENV).await.router_port;
+    assert_eq!(get_router(port, "/").await.0, 503);
+}
+
+#[tokio::test]
+async fn a_tampered_or_escaping_image_is_rejected_and_nothing_changes() {
+    let setup = setup().await;
+    let client = setup.agent.client();
+    let mut tampered = std::fs::read(&setup.v1.path).unwrap();
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 0xff;
+    let answer = client.stage_bytes(ENV, &setup.v1.id, tampered).await;
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    assert!(
+        answer.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("does not match its id")
+    );
+
+    // A well-formed image whose id matches its bytes, holding a path that leaves its folder.
+    let mut archive = tar_header("app/../../escaped").to_vec();
+    archive.extend_from_slice(&[0u8; 1024]);
+    let compressed = zstd_compress(&archive);
+    let id = blake3_hex(&compressed);
+    let answer = client.stage_bytes(ENV, &id, compressed).await;
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    assert!(
+        answer.body["error"].as_str().unwrap().contains("`..`"),
+        "{}",
+        answer.body
+    );
+
+    let status = client.status(ENV).await;
+    assert!(status.releases.is_empty());
+    assert!(status.active.is_none());
+    let releases = setup.agent.data_dir.join("instances/production/releases");
+    assert_eq!(std::fs::read_dir(releases).unwrap().count(), 0);
+}
+
+/// A ustar header for an empty regular file at `path`, written by hand since tar libraries
+/// refuse such paths.
+fn tar_header(path: &str) -> [u8; 512] {
+    let mut header = [0u8; 512];
+    header[..path.len()].copy_from_slice(path.as_bytes());
+    header[100..107].copy_from_slice(b"0000644");
+    header[108..115].copy_from_slice(b"0000000");
+    header[116..123].copy_from_slice(b"0000000");
+    header[124..135].copy_from_slice(b"00000000000");
+    header[136..147].copy_from_slice(b"00000000000");
+    header[156] = b'0';
+    header[257..263].copy_from_slice(b"ustar\0");
+    header[263..265].copy_from_slice(b"00");
+    header[148..156].copy_from_slice(b"        ");
+    let sum: u32 = header.iter().map(|b| u32::from(*b)).sum();
+    header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    header
+}
+
+fn zstd_compress(data: &[u8]) -> Vec<u8> {
+    let mut child = std::process::Command::new("zstd")
+        .args(["-q", "-c"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    child.wait_with_output().unwrap().stdout
+}
+
+fn blake3_hex(data: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("image");
+    std::fs::write(&path, data).unwrap();
+    lockstep_image::hash_file(&path).unwrap().to_string()
+}
+
+#[tokio::test]
+async fn every_endpoint_refuses_requests_without_the_token() {
+    let setup = setup().await;
+    let client = setup.agent.client();
+    let http = reqwest::Client::new();
+    let endpoints: &[(&str, &str)] = &[
+        ("GET", "/metrics"),
+        ("GET", "/v1/instances"),
+        ("PUT", "/v1/instances/production"),
+        ("GET", "/v1/instances/production"),
+        (
+            "PUT",
+            &format!("/v1/instances/production/images/{}", setup.v1.id),
+        ),
+        ("POST", "/v1/instances/production/quiesce"),
+        ("POST", "/v1/instances/production/close"),
+        ("POST", "/v1/instances/production/swap"),
+        ("POST", "/v1/instances/production/hooks"),
+        ("GET", "/v1/instances/production/hooks/d1/deploy"),
+        ("POST", "/v1/instances/production/open"),
+        ("POST", "/v1/instances/production/background"),
+        ("POST", "/v1/instances/production/crons/tick/run"),
+        ("GET", "/v1/instances/production/logs/web"),
+        ("GET", "/no/such/route"),
+    ];
+    for (method, path) in endpoints {
+        for token in [None, Some("wrong-token-0123456789abcdef")] {
+            let mut request = http.request(method.parse().unwrap(), client.url(path));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let status = request.send().await.unwrap().status().as_u16();
+            assert_eq!(status, 401, "{method} {path} with {token:?}");
+        }
+    }
+    let metrics = client.send(client.http.get(client.url("/metrics"))).await;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .body
+            .as_str()
+            .unwrap()
+            .contains("lockstep_agent_commands")
+    );
+}
+
+#[tokio::test]
+async fn the_app_sees_platform_variables_and_runs_unprivileged() {
+    let setup = setup().await;
+    let client = setup.agent.client();
+    let mut inputs = runtime(&[
+        ("env:GREETING", "hello from the environment"),
+        ("theme", "dark"),
+    ]);
+    inputs.relationships = serde_json::json!({"database": [{"host": "db.internal", "port": 5432}]});
+    inputs.routes =
+        serde_json::json!({"https://shop.localhost/": {"type": "upstream", "upstream": "app"}});
+    client.deploy(ENV, &setup.v1, "d1", 1, inputs.clone()).await;
+    let port = client.status(ENV).await.router_port;
+    let report: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/env"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let env = &report["env"];
+    assert_eq!(env["PLATFORM_APPLICATION_NAME"], "app");
+    assert_eq!(env["PLATFORM_PROJECT"], "shop");
+    assert_eq!(env["PLATFORM_BRANCH"], "production");
+    assert_eq!(env["PLATFORM_ENVIRONMENT"], "production");
+    assert_eq!(env["PLATFORM_ENVIRONMENT_TYPE"], "production");
+    assert_eq!(env["PLATFORM_TREE_ID"], setup.v1.tree_id.as_str());
+    assert_eq!(env["PLATFORM_MODE"], "enterprise");
+    assert_eq!(env["PLATFORM_CLUSTER"], "shop-production");
+    assert_eq!(env["LOCKSTEP_NODE"], "production-1");
+    assert!(
+        env["PLATFORM_APP_DIR"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("releases/{}/app", setup.v1.id))
+    );
+    // The environment's value overrides the app config's, and is a real environment variable.
+    assert_eq!(
+        report["env_variables"]["GREETING"],
+        "hello from the environment"
+    );
+    assert_eq!(report["variables"], serde_json::json!({"theme": "dark"}));
+    assert_eq!(report["relationships"], inputs.relationships);
+    assert_eq!(report["routes"], inputs.routes);
+
+    // As root, the app runs as an unprivileged user, and only its mounts are writable.
+    if nix::unistd::Uid::effective().is_root() {
+        let web = client
+            .status(ENV)
+            .await
+            .processes
+            .into_iter()
+            .find(|p| p.name == "web")
+            .unwrap();
+        let owner = std::fs::metadata(format!("/proc/{}", web.pid.unwrap()))
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+            .unwrap();
+        assert_ne!(owner, 0, "the web process runs as root");
+        let storage_owner = std::fs::metadata(setup.storage.path().join("storage"))
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+            .unwrap();
+        assert_eq!(
+            storage_owner, owner,
+            "the storage mount belongs to the app's user"
+        );
+    } else {
+        eprintln!("not root: the privilege drop is not exercised");
+    }
+}

@@ -1,0 +1,239 @@
+//! The agent's API, used by the controller (and by tests and operators through the CLI).
+//!
+//! Every command that changes an instance names the deployment and the generation it belongs to,
+//! so that a command repeated after a lost answer or a controller restart is recognised and does
+//! nothing new.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The header that carries the instance's gate state on every answer of a node router.
+pub const GATE_HEADER: &str = "x-lockstep-gate";
+/// The header that carries the generation a node router is open at.
+pub const GENERATION_HEADER: &str = "x-lockstep-generation";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnvironmentType {
+    Production,
+    Staging,
+    Development,
+}
+
+impl EnvironmentType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnvironmentType::Production => "production",
+            EnvironmentType::Staging => "staging",
+            EnvironmentType::Development => "development",
+        }
+    }
+}
+
+/// What an instance of an environment on a node is: sent before any other command, and again
+/// whenever a setting changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceConfig {
+    pub project: String,
+    pub environment: String,
+    pub branch: String,
+    pub environment_type: EnvironmentType,
+    /// This node's name, given to the app as `LOCKSTEP_NODE`.
+    pub node: String,
+    /// `PLATFORM_CLUSTER` on production and staging.
+    pub cluster: Option<String>,
+    /// The node router's port; 0 lets the agent pick one, which it keeps across restarts.
+    #[serde(default)]
+    pub router_port: u16,
+    /// Where `source: storage` mounts live: shared by every node of the environment.
+    pub storage_dir: PathBuf,
+    /// Whether crons run on this node (exactly one node of an environment).
+    pub cron_node: bool,
+    #[serde(default)]
+    pub gate: GateSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateSettings {
+    /// What a closed router answers: 503 (default) or 500 (Platform.sh's old behaviour).
+    pub closed_status: u16,
+    pub retry_after_secs: u64,
+    /// How long close waits for requests in flight.
+    pub drain_timeout_ms: u64,
+    /// How long swap waits for the new web process to accept connections.
+    pub start_timeout_ms: u64,
+}
+
+impl Default for GateSettings {
+    fn default() -> Self {
+        GateSettings {
+            closed_status: 503,
+            retry_after_secs: 5,
+            drain_timeout_ms: 10_000,
+            start_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// The deployment a command belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    pub deployment: String,
+    pub generation: u64,
+}
+
+/// What the app sees of its environment at runtime, besides what the agent knows itself.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeInputs {
+    /// Runtime-visible variables by full name (`env:NAME`, `django:secret`), already merged
+    /// by precedence.
+    pub variables: BTreeMap<String, serde_json::Value>,
+    /// `PLATFORM_RELATIONSHIPS` before encoding.
+    pub relationships: serde_json::Value,
+    /// `PLATFORM_ROUTES` before encoding.
+    pub routes: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwapRequest {
+    #[serde(flatten)]
+    pub step: Step,
+    pub image: String,
+    pub runtime: RuntimeInputs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookKind {
+    Deploy,
+    PostDeploy,
+}
+
+impl HookKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookKind::Deploy => "deploy",
+            HookKind::PostDeploy => "post_deploy",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookRequest {
+    #[serde(flatten)]
+    pub step: Step,
+    pub hook: HookKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookState {
+    Running,
+    Succeeded,
+    Failed,
+    /// The agent stopped while the hook ran. Never run again: the outcome is unknown, and the
+    /// deploy procedure treats it as a failure.
+    Interrupted,
+}
+
+/// A hook run, as stored durably on the node that ran it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookOutcome {
+    pub deployment: String,
+    pub hook: HookKind,
+    pub image: String,
+    pub state: HookState,
+    pub exit_code: Option<i32>,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    /// The last lines of the hook's output.
+    pub output: Vec<String>,
+}
+
+/// The answer to stage: whether this call unpacked the image or found it already there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Staged {
+    pub image: String,
+    pub already_staged: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Closed {
+    /// Requests still in flight when the drain timeout ran out (0 when all finished).
+    pub abandoned_requests: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum Gate {
+    Open { generation: u64 },
+    Closed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveRelease {
+    pub image: String,
+    pub generation: u64,
+    pub deployment: String,
+    pub activated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessState {
+    Running,
+    BackingOff,
+    Stopped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub name: String,
+    pub state: ProcessState,
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+    pub since: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CronRunInfo {
+    pub name: String,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    /// `succeeded`, `failed`, `timed_out`, `stopped`, or null while running.
+    pub outcome: Option<String>,
+    pub exit_code: Option<i32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskUse {
+    pub releases_bytes: u64,
+    pub mounts_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub environment: String,
+    pub node: String,
+    pub router_port: u16,
+    pub gate: Gate,
+    pub active: Option<ActiveRelease>,
+    /// Staged images, oldest first; the active one among them.
+    pub releases: Vec<String>,
+    /// True between quiesce and start of background work.
+    pub background_stopped: bool,
+    pub processes: Vec<ProcessInfo>,
+    pub cron_runs: Vec<CronRunInfo>,
+    pub hooks: Vec<HookOutcome>,
+    pub disk: DiskUse,
+}
+
+/// Every error answer of the agent's API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}
