@@ -47,6 +47,7 @@ pub fn run(args: BuildArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
         project: &project,
         variables: &variables,
         timeout: Duration::from_secs(args.timeout),
+        git_env: &[],
     };
     let outcome = match builder.build(&request, &mut |line| println!("{line}")) {
         Ok(outcome) => outcome,
