@@ -4,6 +4,7 @@
 //! generation. The gate opens only on `open` with the generation of the active release (I1); it
 //! is closed whenever the agent starts.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use lockstep_supervisor::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 
 use crate::durable;
 use crate::error::AgentError;
@@ -38,6 +39,9 @@ const STOP_GRACE: Duration = Duration::from_secs(15);
 /// Platform.sh sets no limit on deploy hooks; this only guards against one that hangs forever.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 const HOOK_OUTPUT_LINES: usize = 40;
+
+/// Sees a running hook's outcome once it is stored.
+type HookWatch = watch::Receiver<Option<HookOutcome>>;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Active {
@@ -66,6 +70,8 @@ pub struct Instance {
     crons: CronRunner,
     run_as: Option<RunAs>,
     router_task: tokio::task::JoinHandle<()>,
+    /// Hooks running now, by deployment and hook, so a repeated request waits for the outcome.
+    running_hooks: std::sync::Mutex<HashMap<(String, HookKind), HookWatch>>,
 }
 
 impl Drop for Instance {
@@ -144,6 +150,7 @@ impl Instance {
             hooks,
             run_as,
             router_task,
+            running_hooks: Default::default(),
         });
         instance.restart_web_after_load().await;
         Ok(instance)
@@ -257,13 +264,43 @@ impl Instance {
     }
 
     /// Runs a hook of the active release once per deployment (I2); asked again, returns the
-    /// stored outcome without running anything.
-    pub async fn run_hook(&self, request: &HookRequest) -> Result<HookOutcome, AgentError> {
+    /// stored outcome without running anything, waiting for it if the hook still runs.
+    ///
+    /// The hook runs in a task of its own: a caller that goes away (a controller that crashed)
+    /// does not cut it short, and its outcome is stored whatever happens to the request.
+    pub async fn run_hook(
+        self: &Arc<Self>,
+        request: &HookRequest,
+    ) -> Result<HookOutcome, AgentError> {
         check_deployment_id(&request.step.deployment)?;
-        let state = self.state.lock().await;
-        if let Some(outcome) = self.hooks.get(&request.step.deployment, request.hook)? {
-            return Ok(outcome);
-        }
+        let key = (request.step.deployment.clone(), request.hook);
+        let mut finished = {
+            let state = self.state.lock().await;
+            match self.hooks.get(&request.step.deployment, request.hook)? {
+                Some(outcome) if outcome.state != HookState::Running => return Ok(outcome),
+                Some(outcome) => match self.running_hooks.lock().expect("hooks lock").get(&key) {
+                    Some(running) => running.clone(),
+                    // Running on disk but not here: only possible before `mark_interrupted`.
+                    None => return Ok(outcome),
+                },
+                None => self.start_hook(&state, request)?,
+            }
+        };
+        let outcome = finished
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| AgentError::Refused("the hook's task ended without an outcome".into()))?
+            .clone()
+            .expect("waited for an outcome");
+        Ok(outcome)
+    }
+
+    /// Records the hook as running and starts it; the receiver sees its outcome.
+    fn start_hook(
+        self: &Arc<Self>,
+        state: &Persisted,
+        request: &HookRequest,
+    ) -> Result<HookWatch, AgentError> {
         let Some(active) = state.active.clone() else {
             return Err(AgentError::Refused(
                 "no release is active on this node".into(),
@@ -285,15 +322,18 @@ impl Instance {
             ended_at: None,
             output: Vec::new(),
         };
+        let (sender, receiver) = watch::channel(None);
         let Some(script) = script.filter(|s| !s.trim().is_empty()) else {
             outcome.state = HookState::Succeeded;
             outcome.exit_code = Some(0);
             outcome.ended_at = Some(Utc::now());
             self.hooks.put(&outcome)?;
-            return Ok(outcome);
+            sender.send_replace(Some(outcome));
+            return Ok(receiver);
         };
+        // Written before the hook starts: if the agent dies now, the hook counts as run.
         self.hooks.put(&outcome)?;
-        let mut env = self.env_for(&state, &active, &info);
+        let mut env = self.env_for(state, &active, &info);
         env.insert(
             "LOCKSTEP_DEPLOYMENT".into(),
             request.step.deployment.clone(),
@@ -309,39 +349,55 @@ impl Instance {
             .dir
             .join("logs")
             .join(format!("hook-{}.log", request.hook.as_str()));
-        let result = tokio::task::spawn_blocking(move || {
-            let mut log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log_path)
-                .ok();
-            lockstep_image::run_hook(&spec, &mut |line| {
-                if let Some(log) = log.as_mut() {
-                    let _ = std::io::Write::write_all(log, format!("{line}\n").as_bytes());
-                }
+        let key = (request.step.deployment.clone(), request.hook);
+        self.running_hooks
+            .lock()
+            .expect("hooks lock")
+            .insert(key.clone(), receiver.clone());
+        let instance = self.clone();
+        tokio::spawn(async move {
+            let result = tokio::task::spawn_blocking(move || {
+                let mut log = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log_path)
+                    .ok();
+                lockstep_image::run_hook(&spec, &mut |line| {
+                    if let Some(log) = log.as_mut() {
+                        let _ = std::io::Write::write_all(log, format!("{line}\n").as_bytes());
+                    }
+                })
             })
-        })
-        .await
-        .expect("hook task does not panic");
-        outcome.ended_at = Some(Utc::now());
-        match result {
-            Ok(_) => {
-                outcome.state = HookState::Succeeded;
-                outcome.exit_code = Some(0);
-            }
-            Err(failure) => {
-                outcome.state = HookState::Failed;
-                if let lockstep_image::HookFailure::Exited { status, .. } = &failure {
-                    outcome.exit_code = status.code();
+            .await
+            .expect("hook task does not panic");
+            outcome.ended_at = Some(Utc::now());
+            match result {
+                Ok(_) => {
+                    outcome.state = HookState::Succeeded;
+                    outcome.exit_code = Some(0);
                 }
-                let lines = failure.last_lines();
-                let skip = lines.len().saturating_sub(HOOK_OUTPUT_LINES);
-                outcome.output = lines[skip..].to_vec();
-                outcome.output.push(failure.to_string());
+                Err(failure) => {
+                    outcome.state = HookState::Failed;
+                    if let lockstep_image::HookFailure::Exited { status, .. } = &failure {
+                        outcome.exit_code = status.code();
+                    }
+                    let lines = failure.last_lines();
+                    let skip = lines.len().saturating_sub(HOOK_OUTPUT_LINES);
+                    outcome.output = lines[skip..].to_vec();
+                    outcome.output.push(failure.to_string());
+                }
             }
-        }
-        self.hooks.put(&outcome)?;
-        Ok(outcome)
+            if let Err(error) = instance.hooks.put(&outcome) {
+                tracing::error!(%error, "cannot store a hook outcome");
+            }
+            instance
+                .running_hooks
+                .lock()
+                .expect("hooks lock")
+                .remove(&key);
+            sender.send_replace(Some(outcome));
+        });
+        Ok(receiver)
     }
 
     pub fn hook_outcome(
@@ -690,7 +746,8 @@ async fn wait_for_listener(port: u16, timeout: Duration) -> bool {
         {
             return true;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Short: every step of this wait is part of the closed window of a deploy.
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     false
 }

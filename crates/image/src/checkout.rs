@@ -42,14 +42,13 @@ pub fn checkout(repo: &Path, tree: &str, dest: &Path, env: &GitEnv) -> Result<()
     run(git(repo, env)
         .env("GIT_INDEX_FILE", &index_path)
         .args(["read-tree", tree]))?;
-    let mut prefix = dest.as_os_str().to_owned();
-    prefix.push("/");
-    let mut prefix_arg = std::ffi::OsString::from("--prefix=");
-    prefix_arg.push(&prefix);
+    // An explicit work tree lets this work in bare repositories too.
+    let mut work_tree = std::ffi::OsString::from("--work-tree=");
+    work_tree.push(dest);
     run(git(repo, env)
+        .arg(work_tree)
         .env("GIT_INDEX_FILE", &index_path)
-        .args(["checkout-index", "--all", "--force"])
-        .arg(prefix_arg))
+        .args(["checkout-index", "--all", "--force"]))
 }
 
 struct RemoveOnDrop<'a>(&'a Path);

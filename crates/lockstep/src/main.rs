@@ -4,6 +4,7 @@
 //! exit codes. Must never: hold logic a library could hold; every decision it shows comes from a
 //! library crate.
 
+mod client;
 mod commands;
 mod output;
 
@@ -35,6 +36,65 @@ enum Command {
     Build(commands::build::BuildArgs),
     /// Run the node agent: releases, processes, crons, hooks and the router of each instance.
     Agent(commands::agent::AgentArgs),
+    /// Run the embedded default: a controller and five nodes on this machine.
+    Up(commands::up::UpArgs),
+    /// Environments, their nodes, releases, gates and running activities.
+    Status {
+        #[command(flatten)]
+        connection: commands::ops::Connection,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Environments.
+    Env {
+        #[command(flatten)]
+        connection: commands::ops::Connection,
+        #[command(subcommand)]
+        command: commands::ops::EnvCommand,
+    },
+    /// Activities: pushes, deploys, rollbacks, with their phases and logs.
+    Activity {
+        #[command(flatten)]
+        connection: commands::ops::Connection,
+        #[command(subcommand)]
+        command: commands::ops::ActivityCommand,
+    },
+    /// Redeploy an environment's current release through the whole procedure.
+    Deploy {
+        env: String,
+        #[command(flatten)]
+        connection: commands::ops::Connection,
+        #[command(flatten)]
+        wait: commands::ops::WaitArgs,
+    },
+    /// Deploy the release that served before the current one.
+    Rollback {
+        env: String,
+        #[command(flatten)]
+        connection: commands::ops::Connection,
+        #[command(flatten)]
+        wait: commands::ops::WaitArgs,
+    },
+    /// An app process's log on a node.
+    Logs {
+        env: String,
+        /// The node [default: the environment's first].
+        #[arg(long)]
+        node: Option<String>,
+        /// `web`, `worker-NAME`, `cron-NAME`, `hook-deploy`, `hook-post_deploy` [default: web].
+        #[arg(long)]
+        process: Option<String>,
+        #[command(flatten)]
+        connection: commands::ops::Connection,
+    },
+    /// A git credential helper that answers with the token of a running `lockstep up`.
+    Credential {
+        /// What git asks: `get`, `store` or `erase`.
+        operation: String,
+    },
+    /// Run by the project's git repository on a push; not for direct use.
+    #[command(hide = true)]
+    GitHook { hook: String },
 }
 
 fn main() -> ExitCode {
@@ -52,6 +112,48 @@ fn main() -> ExitCode {
         Command::Config(command) => commands::config::run(command),
         Command::Build(args) => commands::build::run(args, &data_dir),
         Command::Agent(args) => commands::agent::run(args, &data_dir),
+        Command::Up(args) => commands::up::run(args, &data_dir),
+        Command::GitHook { hook } => commands::git_hook::run(&hook),
+        Command::Credential { operation } => commands::credential::run(&operation, &data_dir),
+        Command::Status { connection, json } => {
+            remote(connection, &data_dir, |client| async move {
+                commands::ops::status(&client, json).await
+            })
+        }
+        Command::Env {
+            connection,
+            command,
+        } => remote(connection, &data_dir, |client| async move {
+            commands::ops::env(&client, command).await
+        }),
+        Command::Activity {
+            connection,
+            command,
+        } => remote(connection, &data_dir, |client| async move {
+            commands::ops::activity(&client, command).await
+        }),
+        Command::Deploy {
+            env,
+            connection,
+            wait,
+        } => remote(connection, &data_dir, |client| async move {
+            commands::ops::operation(&client, &env, "deploy", wait).await
+        }),
+        Command::Rollback {
+            env,
+            connection,
+            wait,
+        } => remote(connection, &data_dir, |client| async move {
+            commands::ops::operation(&client, &env, "rollback", wait).await
+        }),
+        Command::Logs {
+            env,
+            node,
+            process,
+            connection,
+        } => remote(connection, &data_dir, |client| async move {
+            commands::ops::logs(&client, &env, node, process).await
+        }),
     };
     match result {
         Ok(code) => code,
@@ -60,6 +162,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs a command against the controller found through `connection` or the data directory.
+fn remote<F, Fut>(
+    connection: commands::ops::Connection,
+    data_dir: &std::path::Path,
+    run: F,
+) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(client::ApiClient) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<ExitCode>>,
+{
+    let client = client::ApiClient::find(connection.api, connection.token, data_dir)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(client))
 }
 
 /// Completes on Ctrl-C or SIGTERM, for daemons to stop cleanly.

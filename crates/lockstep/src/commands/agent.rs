@@ -48,6 +48,10 @@ pub fn run(args: AgentArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
+        // `lockstep up` finds agents it did not start (after its own crash) through this file.
+        let pid_file = data_dir.join("agent.pid");
+        std::fs::write(&pid_file, std::process::id().to_string())
+            .with_context(|| format!("cannot write {}", pid_file.display()))?;
         tracing::info!(address = %args.listen, data_dir = %data_dir.display(), "agent listening");
         agent
             .serve(listener, crate::shutdown_signal())

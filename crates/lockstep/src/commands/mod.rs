@@ -1,3 +1,7 @@
 pub mod agent;
 pub mod build;
 pub mod config;
+pub mod credential;
+pub mod git_hook;
+pub mod ops;
+pub mod up;

@@ -388,3 +388,285 @@ pub async fn get_router(
         .map(|v| v.to_str().unwrap().to_owned());
     (status, release, headers)
 }
+
+/// A real `lockstep up`: controller and five agents, on free ports.
+pub struct Platform {
+    child: Child,
+    pub data_dir: tempfile::TempDir,
+    pub api: String,
+    pub git: String,
+    pub token: String,
+    pub listen: u16,
+}
+
+impl Platform {
+    pub async fn start() -> Platform {
+        let data_dir = shared_tempdir();
+        let listen = free_port();
+        let mut platform = Platform {
+            child: spawn_up(data_dir.path(), listen, None),
+            data_dir,
+            api: String::new(),
+            git: String::new(),
+            token: String::new(),
+            listen,
+        };
+        platform.wait_until_up().await;
+        platform
+    }
+
+    /// Stops `up` with SIGINT, as Ctrl-C would, and waits for it to finish.
+    pub fn stop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
+        }
+        let _ = self.child.wait();
+    }
+
+    /// SIGKILL on the controller alone: its agents live on, as they would on other hosts.
+    pub fn kill_controller(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub async fn restart(&mut self) {
+        self.restart_with_failpoint(None).await;
+    }
+
+    /// Restarts `up`, optionally armed to exit at a phase boundary (`after:close`, ...).
+    pub async fn restart_with_failpoint(&mut self, failpoint: Option<&str>) {
+        self.stop();
+        self.child = spawn_up(self.data_dir.path(), self.listen, failpoint);
+        self.wait_until_up().await;
+    }
+
+    /// Waits for `up` to exit by itself (a failpoint); returns its exit status.
+    pub async fn wait_for_exit(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "lockstep up did not exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until an activity has ended; returns it.
+    pub async fn wait_for_activity(&self, id: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let activity = self.get(&format!("/activities/{id}")).await;
+            if activity["state"] == "complete" || activity["state"] == "cancelled" {
+                return activity;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "activity {id} did not end: {activity}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The pid of a node's agent, from the file it writes.
+    pub fn agent_pid(&self, node: &str) -> i32 {
+        let path = self
+            .data_dir
+            .path()
+            .join("agents")
+            .join(node)
+            .join("agent.pid");
+        std::fs::read_to_string(path)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    async fn wait_until_up(&mut self) {
+        let endpoints_path = self.data_dir.path().join("endpoints.json");
+        let _ = std::fs::remove_file(&endpoints_path);
+        eventually(
+            Duration::from_secs(60),
+            "lockstep up to write endpoints.json",
+            || async { endpoints_path.exists() },
+        )
+        .await;
+        let endpoints: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&endpoints_path).unwrap()).unwrap();
+        self.api = endpoints["api"].as_str().unwrap().to_owned();
+        self.git = endpoints["git"].as_str().unwrap().to_owned();
+        self.token = endpoints["token"].as_str().unwrap().to_owned();
+        let (api, token) = (self.api.clone(), self.token.clone());
+        eventually(Duration::from_secs(30), "the API to answer", || {
+            let (api, token) = (api.clone(), token.clone());
+            async move {
+                reqwest::Client::new()
+                    .get(format!("{api}/api/v1/status"))
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await;
+    }
+
+    /// Runs the `lockstep` command line against this platform.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(assert_cmd::cargo::cargo_bin!("lockstep"))
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .args(args)
+            .env_remove("LOCKSTEP_API")
+            .env_remove("LOCKSTEP_TOKEN")
+            .output()
+            .unwrap()
+    }
+
+    /// `git push` of `refspec` with the real git client, authenticated by `lockstep credential`.
+    pub fn push(&self, project: &Project, refspec: &str) -> std::process::Output {
+        let helper = format!(
+            "!{} --data-dir {} credential",
+            assert_cmd::cargo::cargo_bin!("lockstep").display(),
+            self.data_dir.path().display()
+        );
+        Command::new("git")
+            .arg("-C")
+            .arg(project.path())
+            .args([
+                "-c",
+                &format!("credential.helper={helper}"),
+                "push",
+                "--porcelain",
+                &self.git,
+                refspec,
+            ])
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .output()
+            .unwrap()
+    }
+
+    /// `GET` on the API, as JSON.
+    pub async fn get(&self, path: &str) -> serde_json::Value {
+        reqwest::Client::new()
+            .get(format!("{}/api/v1{path}", self.api))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        self.get("/status").await
+    }
+
+    pub async fn latest_activity(&self) -> serde_json::Value {
+        self.get("/activities?limit=1").await[0].clone()
+    }
+
+    /// The router URLs of an environment's nodes.
+    pub async fn routers(&self, env: &str) -> Vec<String> {
+        let status = self.status().await;
+        let env = status["environments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == env)
+            .unwrap_or_else(|| panic!("no environment {env}"))
+            .clone();
+        env["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["router"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    pub fn storage(&self, env: &str, name: &str) -> String {
+        std::fs::read_to_string(
+            self.data_dir
+                .path()
+                .join("controller/storage")
+                .join(env)
+                .join("storage")
+                .join(name),
+        )
+        .unwrap_or_default()
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spawn_up(data_dir: &Path, listen: u16, failpoint: Option<&str>) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data_dir.join("up.log"))
+        .unwrap();
+    let mut command = Command::new(assert_cmd::cargo::cargo_bin!("lockstep"));
+    if let Some(failpoint) = failpoint {
+        command.env("LOCKSTEP_FAILPOINT", failpoint);
+    }
+    command
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["up", "--listen", &format!("127.0.0.1:{listen}")])
+        .env("LOCKSTEP_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// The tree id of the project's HEAD: what the sample app reports as its release.
+pub fn tree_of(project: &Project) -> String {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(project.path())
+        .args(["rev-parse", "HEAD^{tree}"])
+        .output()
+        .unwrap();
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// `GET /` on a node router: status (0 when nothing answers) and the release that answered.
+pub async fn release_of(router: &str) -> (u16, Option<String>) {
+    match reqwest::get(format!("{router}/")).await {
+        Ok(response) => (
+            response.status().as_u16(),
+            response
+                .headers()
+                .get("x-release")
+                .map(|v| v.to_str().unwrap().to_owned()),
+        ),
+        Err(_) => (0, None),
+    }
+}
+
+/// Requests `/` from the routers in turn until `stop` is set; returns every answer in order.
+pub fn request_loop(
+    routers: Vec<String>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<(u16, Option<String>)>> {
+    tokio::spawn(async move {
+        let mut answers = Vec::new();
+        let mut turn = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            answers.push(release_of(&routers[turn % routers.len()]).await);
+            turn += 1;
+        }
+        answers
+    })
+}

@@ -1,0 +1,559 @@
+//! The controller's HTTP surface: git, the hooks' internal routes, the API and `/metrics`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::push::{HookCall, HookLine};
+use crate::{Activity, Controller, ControllerError, DeployJob, Environment, StoreError};
+
+pub fn router(controller: Arc<Controller>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/environments", get(environments))
+        .route("/api/v1/environments/{env}", get(environment))
+        .route("/api/v1/environments/{env}/deploy", post(deploy))
+        .route("/api/v1/environments/{env}/rollback", post(rollback))
+        .route("/api/v1/environments/{env}/logs", get(app_log))
+        .route("/api/v1/environments/{env}/settings", post(set_setting))
+        .route("/api/v1/activities", get(activities))
+        .route("/api/v1/activities/{id}", get(activity))
+        .route("/api/v1/activities/{id}/log", get(activity_log))
+        .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            controller.clone(),
+            require_admin,
+        ));
+    Router::new()
+        .route("/git/{*path}", any(git))
+        .route("/internal/hooks/{hook}", post(hook))
+        .merge(api)
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(controller)
+}
+
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<ControllerError> for ApiError {
+    fn from(error: ControllerError) -> Self {
+        let status = match &error {
+            ControllerError::Store(
+                StoreError::UnknownEnvironment(_) | StoreError::UnknownActivity(_),
+            ) => StatusCode::NOT_FOUND,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, error.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        ControllerError::from(error).into()
+    }
+}
+
+fn token_matches(expected: &str, presented: &str) -> bool {
+    presented.len() == expected.len()
+        && presented
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+async fn require_admin(
+    State(controller): State<Arc<Controller>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match bearer(request.headers()) {
+        Some(token) if token_matches(&controller.options.admin_token, token) => {
+            next.run(request).await
+        }
+        _ => ApiError(
+            StatusCode::UNAUTHORIZED,
+            "a valid API token is required (LOCKSTEP_TOKEN)".into(),
+        )
+        .into_response(),
+    }
+}
+
+/// Git authenticates with HTTP basic: any user name, a token as the password.
+async fn git(
+    State(controller): State<Arc<Controller>>,
+    Path(path): Path<String>,
+    request: Request,
+) -> Response {
+    let password = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+        .and_then(|v| String::from_utf8(v).ok())
+        .and_then(|v| {
+            v.split_once(':')
+                .map(|(user, password)| (user.to_owned(), password.to_owned()))
+        });
+    let Some((user, _)) =
+        password.filter(|(_, p)| token_matches(&controller.options.admin_token, p))
+    else {
+        return Response::builder()
+            .status(StatusCode::UNAUTHORIZED)
+            .header(header::WWW_AUTHENTICATE, "Basic realm=\"Lockstep\"")
+            .body(Body::from("a Lockstep token is required as the password\n"))
+            .expect("a fixed response builds");
+    };
+    let (parts, body) = request.into_parts();
+    let path_info = format!("/{path}");
+    let query = parts.uri.query().unwrap_or_default().to_owned();
+    let repos = controller.options.data_dir.join("repos");
+    let contact = controller.hook_contact();
+    crate::git::serve(
+        crate::git::CgiRequest {
+            repos_root: &repos,
+            path_info: &path_info,
+            method: &parts.method,
+            query: &query,
+            headers: &parts.headers,
+            user: if user.is_empty() { "lockstep" } else { &user },
+            contact: &contact,
+        },
+        body,
+    )
+    .await
+}
+
+async fn hook(
+    State(controller): State<Arc<Controller>>,
+    Path(hook): Path<String>,
+    headers: HeaderMap,
+    Json(call): Json<HookCall>,
+) -> Response {
+    if !bearer(&headers).is_some_and(|t| token_matches(&controller.hook_token, t)) {
+        return ApiError(
+            StatusCode::UNAUTHORIZED,
+            "only the repository's hooks call this".into(),
+        )
+        .into_response();
+    }
+    let (out, lines) = mpsc::unbounded_channel();
+    match hook.as_str() {
+        "pre-receive" => {
+            tokio::spawn(controller.pre_receive(call, out));
+        }
+        "post-receive" => {
+            tokio::spawn(controller.post_receive(call, out));
+        }
+        _ => return ApiError(StatusCode::NOT_FOUND, format!("no hook {hook}")).into_response(),
+    }
+    let stream = tokio_stream_lines(lines);
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .expect("a fixed response builds")
+}
+
+fn tokio_stream_lines(
+    mut lines: mpsc::UnboundedReceiver<HookLine>,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    async_stream(move |sender| async move {
+        while let Some(line) = lines.recv().await {
+            let mut text = serde_json::to_string(&line).expect("hook lines serialise");
+            text.push('\n');
+            if sender.send(Ok(bytes::Bytes::from(text))).await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
+/// A stream fed by a task, for answers produced bit by bit.
+fn async_stream<F, Fut>(
+    produce: F,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>>
+where
+    F: FnOnce(mpsc::Sender<Result<bytes::Bytes, std::io::Error>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (sender, receiver) = mpsc::channel(16);
+    tokio::spawn(produce(sender));
+    futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    })
+}
+
+#[derive(Serialize)]
+struct NodeStatus {
+    name: String,
+    agent: String,
+    router: Option<String>,
+    gate: Option<lockstep_proto::agent::Gate>,
+    active: Option<lockstep_proto::agent::ActiveRelease>,
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct EnvironmentStatus {
+    #[serde(flatten)]
+    environment: Environment,
+    url: String,
+    nodes: Vec<NodeStatus>,
+    running: Option<Activity>,
+}
+
+#[derive(Serialize)]
+struct Status {
+    project: String,
+    git: String,
+    environments: Vec<EnvironmentStatus>,
+}
+
+async fn environment_status(
+    controller: &Controller,
+    environment: Environment,
+) -> Result<EnvironmentStatus, ApiError> {
+    let mut nodes = Vec::new();
+    for node in controller.store.nodes(&environment.name)? {
+        let status = controller
+            .agents
+            .status(&node.agent_url, &environment.name)
+            .await;
+        let (gate, active, error) = match status {
+            Ok(status) => (Some(status.gate), status.active, None),
+            Err(error) => (None, None, Some(error.to_string())),
+        };
+        nodes.push(NodeStatus {
+            router: node.router_port.map(|p| format!("http://127.0.0.1:{p}")),
+            name: node.name,
+            agent: node.agent_url,
+            gate,
+            active,
+            error,
+        });
+    }
+    let running = controller
+        .store
+        .activities(Some(&environment.name), 20)?
+        .into_iter()
+        .find(|a| a.state == "in_progress");
+    Ok(EnvironmentStatus {
+        url: format!("http://{}/", controller.host(&environment.name)),
+        environment,
+        nodes,
+        running,
+    })
+}
+
+async fn status(State(controller): State<Arc<Controller>>) -> Result<Json<Status>, ApiError> {
+    let mut environments = Vec::new();
+    for environment in controller.store.environments()? {
+        environments.push(environment_status(&controller, environment).await?);
+    }
+    Ok(Json(Status {
+        project: controller.options.project.clone(),
+        git: controller.git_remote(),
+        environments,
+    }))
+}
+
+async fn environments(
+    State(controller): State<Arc<Controller>>,
+) -> Result<Json<Vec<Environment>>, ApiError> {
+    Ok(Json(controller.store.environments()?))
+}
+
+async fn environment(
+    State(controller): State<Arc<Controller>>,
+    Path(env): Path<String>,
+) -> Result<Json<EnvironmentStatus>, ApiError> {
+    let environment = controller.store.environment(&env)?;
+    Ok(Json(environment_status(&controller, environment).await?))
+}
+
+/// Redeploys what the environment serves, through the whole procedure.
+async fn deploy(
+    State(controller): State<Arc<Controller>>,
+    Path(env): Path<String>,
+) -> Result<Json<Activity>, ApiError> {
+    let environment = controller.store.environment(&env)?;
+    let Some(serving) = environment.serving else {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("{env} has no release yet; push a branch first"),
+        ));
+    };
+    start(
+        &controller,
+        "deploy",
+        &env,
+        &serving.image,
+        &format!("Redeploy of {}", short(&serving.image)),
+    )
+}
+
+/// Deploys the release that served before the current one.
+async fn rollback(
+    State(controller): State<Arc<Controller>>,
+    Path(env): Path<String>,
+) -> Result<Json<Activity>, ApiError> {
+    let environment = controller.store.environment(&env)?;
+    let Some(previous) = environment.previous else {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("{env} has no previous release to roll back to"),
+        ));
+    };
+    start(
+        &controller,
+        "rollback",
+        &env,
+        &previous.image,
+        &format!("Rollback to {}", short(&previous.image)),
+    )
+}
+
+fn start(
+    controller: &Arc<Controller>,
+    kind: &str,
+    env: &str,
+    image: &str,
+    description: &str,
+) -> Result<Json<Activity>, ApiError> {
+    let activity = controller.store.create_activity(kind, env, description)?;
+    controller.store.set_activity_image(&activity.id, image)?;
+    controller.enqueue(DeployJob {
+        activity: activity.id.clone(),
+        environment: env.to_owned(),
+        image: image.to_owned(),
+    });
+    Ok(Json(controller.store.activity(&activity.id)?))
+}
+
+fn short(image: &str) -> &str {
+    &image[..image.len().min(12)]
+}
+
+#[derive(Deserialize)]
+struct Setting {
+    key: String,
+    value: String,
+}
+
+/// `lockstep env set ENV KEY VALUE`: one setting of SPEC section 7.
+async fn set_setting(
+    State(controller): State<Arc<Controller>>,
+    Path(env): Path<String>,
+    Json(setting): Json<Setting>,
+) -> Result<Json<Environment>, ApiError> {
+    let mut settings = controller.store.environment(&env)?.settings;
+    let bad = |what: &str| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("`{}` must be {what}, not `{}`", setting.key, setting.value),
+        )
+    };
+    let seconds = |value: &str| {
+        value
+            .trim_end_matches('s')
+            .parse::<u64>()
+            .map_err(|_| bad("a number of seconds"))
+    };
+    match setting.key.as_str() {
+        "on_hook_failure" => {
+            settings.on_hook_failure =
+                serde_json::from_value(serde_json::Value::String(setting.value.clone()))
+                    .map_err(|_| bad("`rollback`, `open` or `stay-closed`"))?;
+        }
+        "closed_status" => {
+            settings.closed_status = match setting.value.as_str() {
+                "500" => 500,
+                "503" => 503,
+                _ => return Err(bad("503 or 500")),
+            };
+        }
+        "closed_mode" => {
+            if !["hold", "error"].contains(&setting.value.as_str()) {
+                return Err(bad("`hold` or `error`"));
+            }
+            settings.closed_mode = setting.value.clone();
+        }
+        "max_hold" => settings.max_hold_secs = seconds(&setting.value)?,
+        "grace" => settings.grace_secs = seconds(&setting.value)?,
+        "drain_timeout" => settings.drain_timeout_secs = seconds(&setting.value)?,
+        other => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "unknown setting `{other}`; settings are on_hook_failure, closed_status, closed_mode, max_hold, grace, drain_timeout"
+                ),
+            ));
+        }
+    }
+    controller.store.set_settings(&env, &settings)?;
+    // The nodes take gate settings at once; the rest applies to the next deployment.
+    let nodes = controller.store.nodes(&env)?;
+    if let Err(error) = controller.configure_instances(&env, &nodes).await {
+        tracing::warn!(%error, "a node did not take the new settings yet; it will at the next deployment");
+    }
+    Ok(Json(controller.store.environment(&env)?))
+}
+
+#[derive(Deserialize)]
+struct ActivityQuery {
+    environment: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn activities(
+    State(controller): State<Arc<Controller>>,
+    Query(query): Query<ActivityQuery>,
+) -> Result<Json<Vec<Activity>>, ApiError> {
+    Ok(Json(controller.store.activities(
+        query.environment.as_deref(),
+        query.limit.unwrap_or(50),
+    )?))
+}
+
+async fn activity(
+    State(controller): State<Arc<Controller>>,
+    Path(id): Path<String>,
+) -> Result<Json<Activity>, ApiError> {
+    Ok(Json(controller.store.activity(&id)?))
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+/// The activity's log; with `follow`, streamed until the activity ends.
+async fn activity_log(
+    State(controller): State<Arc<Controller>>,
+    Path(id): Path<String>,
+    Query(query): Query<LogQuery>,
+) -> Result<Response, ApiError> {
+    let log = controller.store.log(&id)?;
+    if !query.follow {
+        return Ok(log.into_response());
+    }
+    let stream = async_stream(move |sender| async move {
+        let mut shown = 0;
+        loop {
+            let (Ok(log), Ok(activity)) =
+                (controller.store.log(&id), controller.store.activity(&id))
+            else {
+                return;
+            };
+            if log.len() > shown {
+                if sender
+                    .send(Ok(bytes::Bytes::from(log[shown..].to_owned())))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                shown = log.len();
+            }
+            if activity.state == "complete" || activity.state == "cancelled" {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Body::from_stream(stream))
+        .expect("a fixed response builds"))
+}
+
+#[derive(Deserialize)]
+struct AppLogQuery {
+    node: Option<String>,
+    process: Option<String>,
+}
+
+/// An app process's log on one node of the environment (the first, unless named).
+async fn app_log(
+    State(controller): State<Arc<Controller>>,
+    Path(env): Path<String>,
+    Query(query): Query<AppLogQuery>,
+) -> Result<String, ApiError> {
+    let nodes = controller.store.nodes(&env)?;
+    let node = match &query.node {
+        Some(name) => nodes.iter().find(|n| &n.name == name),
+        None => nodes.first(),
+    }
+    .ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!(
+                "{env} has no node {}",
+                query.node.clone().unwrap_or_default()
+            ),
+        )
+    })?;
+    let process = query.process.as_deref().unwrap_or("web");
+    controller
+        .agents
+        .log(&node.agent_url, &env, process)
+        .await
+        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("{}: {e:?}", node.name)))
+}
+
+async fn metrics(State(controller): State<Arc<Controller>>) -> impl IntoResponse {
+    let activities = controller
+        .store
+        .activities(None, u32::MAX)
+        .unwrap_or_default();
+    let mut text = String::from(
+        "# HELP lockstep_controller_activities Activities by type, state and result.\n# TYPE lockstep_controller_activities gauge\n",
+    );
+    let mut counts = std::collections::BTreeMap::new();
+    for activity in &activities {
+        *counts
+            .entry((
+                activity.kind.clone(),
+                activity.state.clone(),
+                activity.result.clone().unwrap_or_default(),
+            ))
+            .or_insert(0u64) += 1;
+    }
+    for ((kind, state, result), count) in counts {
+        text.push_str(&format!(
+            "lockstep_controller_activities{{type=\"{kind}\",state=\"{state}\",result=\"{result}\"}} {count}\n"
+        ));
+    }
+    text.push_str("# EOF\n");
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+}

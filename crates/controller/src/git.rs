@@ -1,0 +1,160 @@
+//! Git over smart HTTP: the system `git http-backend` as a CGI child, after authentication.
+//!
+//! No Rust library serves receive-pack; git's own backend also runs the repository's hooks,
+//! where the controller validates and builds a push before its refs move (pre-receive) and
+//! deploys it after (post-receive).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use futures_util::TryStreamExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio_util::io::{ReaderStream, StreamReader};
+
+/// What git needs to reach the controller from inside its hooks.
+pub struct HookContact {
+    pub url: String,
+    pub token: String,
+    pub lockstep_binary: PathBuf,
+}
+
+/// Creates the project's bare repository with Lockstep's hooks, if it does not exist yet.
+pub fn ensure_repository(path: &Path, contact: &HookContact) -> std::io::Result<()> {
+    if !path.join("HEAD").exists() {
+        let status = std::process::Command::new("git")
+            .args(["init", "--quiet", "--bare", "--initial-branch=production"])
+            .arg(path)
+            .status()?;
+        if !status.success() {
+            return Err(std::io::Error::other(format!(
+                "git init --bare {} failed",
+                path.display()
+            )));
+        }
+    }
+    for hook in ["pre-receive", "post-receive"] {
+        let script = format!(
+            "#!/bin/sh\n# Installed by Lockstep: hands the push to the controller.\nexec '{}' git-hook {hook}\n",
+            contact.lockstep_binary.display()
+        );
+        let hook_path = path.join("hooks").join(hook);
+        std::fs::write(&hook_path, script)?;
+        std::fs::set_permissions(
+            &hook_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
+    }
+    Ok(())
+}
+
+pub struct CgiRequest<'a> {
+    pub repos_root: &'a Path,
+    /// The path below the git route, such as `/shop.git/info/refs`.
+    pub path_info: &'a str,
+    pub method: &'a Method,
+    pub query: &'a str,
+    pub headers: &'a HeaderMap,
+    pub user: &'a str,
+    pub contact: &'a HookContact,
+}
+
+/// Runs `git http-backend` for one request, streaming the body in and the answer out.
+pub async fn serve(request: CgiRequest<'_>, body: Body) -> Response<Body> {
+    match run_backend(request, body).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::error!(%error, "git http-backend failed");
+            Response::builder()
+                .status(StatusCode::INTERNAL_SERVER_ERROR)
+                .body(Body::from(format!("git backend error: {error}\n")))
+                .expect("a fixed response builds")
+        }
+    }
+}
+
+async fn run_backend(request: CgiRequest<'_>, body: Body) -> std::io::Result<Response<Body>> {
+    let header = |name: header::HeaderName| {
+        request
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let mut command = tokio::process::Command::new("git");
+    command
+        .arg("http-backend")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("GIT_PROJECT_ROOT", request.repos_root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("PATH_INFO", request.path_info)
+        .env("REQUEST_METHOD", request.method.as_str())
+        .env("QUERY_STRING", request.query)
+        .env("CONTENT_TYPE", header(header::CONTENT_TYPE))
+        .env("REMOTE_USER", request.user)
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .env(
+            "GIT_PROTOCOL",
+            request
+                .headers
+                .get("git-protocol")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default(),
+        )
+        .env("HTTP_CONTENT_ENCODING", header(header::CONTENT_ENCODING))
+        .env("LOCKSTEP_HOOK_URL", &request.contact.url)
+        .env("LOCKSTEP_HOOK_TOKEN", &request.contact.token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    let length = header(header::CONTENT_LENGTH);
+    if !length.is_empty() {
+        command.env("CONTENT_LENGTH", length);
+    }
+    let mut child = command.spawn()?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    tokio::spawn(async move {
+        let mut reader = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
+        let _ = tokio::io::copy(&mut reader, &mut stdin).await;
+        let _ = stdin.shutdown().await;
+    });
+    let mut stdout = BufReader::new(stdout);
+    let mut response = Response::builder();
+    let mut status = StatusCode::OK;
+    loop {
+        let mut line = String::new();
+        if stdout.read_line(&mut line).await? == 0 {
+            break;
+        }
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.is_empty() {
+            break;
+        }
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("status") {
+            let code = value.split_whitespace().next().and_then(|c| c.parse().ok());
+            status = code
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::OK);
+        } else if let Ok(value) = HeaderValue::from_str(value) {
+            response = response.header(name, value);
+        }
+    }
+    // The body streams the rest of the output; the child is reaped once it exits.
+    let body_stream = ReaderStream::new(stdout);
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    Ok(response
+        .status(status)
+        .body(Body::from_stream(body_stream))
+        .expect("CGI headers were checked"))
+}

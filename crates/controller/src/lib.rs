@@ -1,0 +1,352 @@
+//! The controller: the project's git server, builder, state store, deploy orchestrator and API.
+//!
+//! Owns: which environments exist and on which nodes, every activity and its log, the deploy
+//! journals, the images, and carrying out deployments (`orchestrator`).
+//! Must never: decide a step of the deploy procedure itself (the `lockstep_deploy` state machine
+//! decides; the orchestrator carries out), let a push whose configuration or build fails move
+//! its branch, or answer an API call without a valid token.
+
+mod agents;
+mod api;
+mod git;
+mod orchestrator;
+mod push;
+mod store;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lockstep_proto::agent::{EnvironmentType, GateSettings, InstanceConfig};
+
+pub use orchestrator::DeployJob;
+pub use store::{Activity, EnvSettings, Environment, Node, PhaseTiming, StoreError};
+
+/// A node of an environment, and the agent that hosts it.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub name: String,
+    pub agent_url: String,
+}
+
+/// Which nodes host which environments.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub production: Vec<NodeSpec>,
+    pub staging: Vec<NodeSpec>,
+    /// Hosts every development environment.
+    pub development: NodeSpec,
+}
+
+pub struct ControllerOptions {
+    pub data_dir: PathBuf,
+    pub project: String,
+    /// `<env>.<domain>` is environment `<env>`; `<domain>` is production.
+    pub domain: String,
+    pub admin_token: String,
+    pub agent_token: String,
+    /// The controller's own base URL, as git hooks and users reach it.
+    pub public_url: String,
+    /// The `lockstep` binary, which git hooks run to reach the controller.
+    pub lockstep_binary: PathBuf,
+    pub topology: Topology,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("node {node}: {message}")]
+    Agent { node: String, message: String },
+    #[error("the deploy journal is unreadable: {0}")]
+    Journal(String),
+    #[error(transparent)]
+    Image(#[from] lockstep_image::ImageError),
+    #[error(transparent)]
+    Build(#[from] lockstep_image::BuildError),
+    #[error("cannot {action}")]
+    Io {
+        action: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ControllerError {
+    fn agent(node: &Node) -> impl FnOnce(agents::CallError) -> ControllerError + '_ {
+        move |error| ControllerError::Agent {
+            node: node.name.clone(),
+            message: error.to_string(),
+        }
+    }
+
+    fn image(error: lockstep_image::ImageError) -> ControllerError {
+        ControllerError::Image(error)
+    }
+
+    fn io(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> ControllerError {
+        let action = action.into();
+        move |source| ControllerError::Io { action, source }
+    }
+}
+
+pub struct Controller {
+    options: ControllerOptions,
+    store: store::Store,
+    agents: agents::AgentClient,
+    images: lockstep_image::ImageStore,
+    builder: lockstep_image::Builder,
+    queues: orchestrator::Queues,
+    /// Lets git hooks, and only them, call the controller's internal routes.
+    hook_token: String,
+    /// Pushes built by pre-receive and not yet deployed by post-receive: (branch, commit) to
+    /// activity.
+    pending_pushes: Mutex<HashMap<(String, String), String>>,
+}
+
+impl Controller {
+    /// Opens (or creates) the controller's state, its repository and its clusters.
+    pub fn open(options: ControllerOptions) -> Result<Arc<Controller>, ControllerError> {
+        let dir = &options.data_dir;
+        for sub in ["repos", "storage"] {
+            std::fs::create_dir_all(dir.join(sub))
+                .map_err(ControllerError::io(format!("create {}", dir.display())))?;
+        }
+        // The app's unprivileged user must reach the shared storage below it.
+        for path in [dir.clone(), dir.join("storage")] {
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .map_err(ControllerError::io(format!("open up {}", path.display())))?;
+        }
+        let store = store::Store::open(&dir.join("lockstep.db"))?;
+        let builder = lockstep_image::Builder::new(&dir.join("build"))?;
+        let images = builder.store().clone();
+        let hook_token = random_token();
+        let controller = Controller {
+            agents: agents::AgentClient::new(options.agent_token.clone()),
+            store,
+            images,
+            builder,
+            queues: Default::default(),
+            hook_token,
+            pending_pushes: Mutex::new(HashMap::new()),
+            options,
+        };
+        git::ensure_repository(&controller.repository(), &controller.hook_contact())
+            .map_err(ControllerError::io("create the project's git repository"))?;
+        controller.ensure_cluster("production", EnvironmentType::Production)?;
+        controller.ensure_cluster("staging", EnvironmentType::Staging)?;
+        Ok(Arc::new(controller))
+    }
+
+    /// Serves the API and git until `shutdown`; resumes unfinished deployments and keeps nodes
+    /// caught up meanwhile.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let controller = self.clone();
+        let background = tokio::spawn(async move {
+            if let Err(error) = controller.resume_unfinished().await {
+                tracing::error!(%error, "cannot resume unfinished deployments");
+            }
+            loop {
+                if let Err(error) = controller.catch_up().await {
+                    tracing::warn!(%error, "catch-up failed");
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        });
+        let result = axum::serve(listener, api::router(self.clone()))
+            .with_graceful_shutdown(shutdown)
+            .await;
+        background.abort();
+        result
+    }
+
+    pub fn git_remote(&self) -> String {
+        format!(
+            "{}/git/{}.git",
+            self.options.public_url, self.options.project
+        )
+    }
+
+    fn repository(&self) -> PathBuf {
+        self.options
+            .data_dir
+            .join("repos")
+            .join(format!("{}.git", self.options.project))
+    }
+
+    fn hook_contact(&self) -> git::HookContact {
+        git::HookContact {
+            url: self.options.public_url.clone(),
+            token: self.hook_token.clone(),
+            lockstep_binary: self.options.lockstep_binary.clone(),
+        }
+    }
+
+    fn ensure_cluster(&self, name: &str, kind: EnvironmentType) -> Result<(), ControllerError> {
+        let specs = match kind {
+            EnvironmentType::Production => &self.options.topology.production,
+            EnvironmentType::Staging => &self.options.topology.staging,
+            EnvironmentType::Development => unreachable!("clusters are production and staging"),
+        };
+        self.ensure_environment(name, name, kind, None, specs)
+    }
+
+    fn ensure_environment(
+        &self,
+        name: &str,
+        branch: &str,
+        kind: EnvironmentType,
+        parent: Option<&str>,
+        specs: &[NodeSpec],
+    ) -> Result<(), ControllerError> {
+        if self.store.environment_for_branch(branch)?.is_some() {
+            return Ok(());
+        }
+        let env = Environment {
+            name: name.to_owned(),
+            kind,
+            branch: branch.to_owned(),
+            parent: parent.map(str::to_owned),
+            generation: 0,
+            serving: None,
+            previous: None,
+            settings: EnvSettings::default(),
+            created_at: store::timestamp(chrono::Utc::now()),
+        };
+        let nodes: Vec<Node> = specs
+            .iter()
+            .enumerate()
+            .map(|(position, spec)| Node {
+                environment: name.to_owned(),
+                name: spec.name.clone(),
+                position: position as u32,
+                agent_url: spec.agent_url.clone(),
+                router_port: None,
+            })
+            .collect();
+        self.store.create_environment(&env, &nodes)?;
+        Ok(())
+    }
+
+    /// The environment a branch deploys to, created on its first push.
+    fn environment_for_branch(&self, branch: &str) -> Result<Environment, ControllerError> {
+        if let Some(env) = self.store.environment_for_branch(branch)? {
+            return Ok(env);
+        }
+        let name = environment_name(branch);
+        let development = [self.options.topology.development.clone()];
+        self.ensure_environment(
+            &name,
+            branch,
+            EnvironmentType::Development,
+            Some("production"),
+            &development,
+        )?;
+        Ok(self.store.environment(&name)?)
+    }
+
+    fn instance_config(&self, env: &Environment, node: &Node) -> InstanceConfig {
+        let cluster = (env.kind != EnvironmentType::Development)
+            .then(|| format!("{}-{}", self.options.project, env.name));
+        InstanceConfig {
+            project: self.options.project.clone(),
+            environment: env.name.clone(),
+            branch: env.branch.clone(),
+            environment_type: env.kind,
+            node: node.name.clone(),
+            cluster,
+            router_port: node.router_port.unwrap_or(0),
+            storage_dir: self.options.data_dir.join("storage").join(&env.name),
+            cron_node: node.position == 0,
+            gate: GateSettings {
+                closed_status: env.settings.closed_status,
+                drain_timeout_ms: env.settings.drain_timeout_secs * 1000,
+                ..GateSettings::default()
+            },
+        }
+    }
+
+    /// The host name of an environment on the edge.
+    fn host(&self, environment: &str) -> String {
+        if environment == "production" {
+            self.options.domain.clone()
+        } else {
+            format!("{environment}.{}", self.options.domain)
+        }
+    }
+
+    /// `PLATFORM_ROUTES` for an environment running `image`, as Platform.sh shapes it.
+    fn platform_routes(
+        &self,
+        environment: &str,
+        image: &str,
+    ) -> Result<serde_json::Value, ControllerError> {
+        let manifest = self
+            .images
+            .manifest(&image.parse().map_err(ControllerError::image)?)?;
+        let host = self.host(environment);
+        let resolve = |url: &str| url.replace("{default}", &host).replace("{all}", &host);
+        let mut routes = serde_json::Map::new();
+        for route in &manifest.info.config.routes {
+            let mut entry = serde_json::json!({
+                "primary": route.primary,
+                "id": route.id,
+                "attributes": {},
+                "original_url": route.url,
+            });
+            match &route.kind {
+                lockstep_config::RouteKind::Upstream { app } => {
+                    entry["type"] = "upstream".into();
+                    entry["upstream"] = app.clone().into();
+                }
+                lockstep_config::RouteKind::Redirect { to } => {
+                    entry["type"] = "redirect".into();
+                    entry["to"] = resolve(to).into();
+                }
+            }
+            routes.insert(resolve(&route.url), entry);
+        }
+        Ok(serde_json::Value::Object(routes))
+    }
+}
+
+/// Branch names become environment names (and folder names on the nodes).
+fn environment_name(branch: &str) -> String {
+    let name: String = branch
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    name.trim_matches('-').chars().take(64).collect()
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 24];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .expect("the kernel's random source is readable");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn branch_names_become_safe_environment_names() {
+        assert_eq!(environment_name("feature/Login-Page"), "feature-login-page");
+        assert_eq!(environment_name("main"), "main");
+        assert_eq!(environment_name("/weird//"), "weird");
+    }
+}

@@ -1,0 +1,619 @@
+//! Carries out deployments: one queue per environment, the deploy state machine's commands run
+//! against the agents, its journal written to the store before anything else happens, and every
+//! deployment in flight resumed after a restart.
+//!
+//! No decision about the procedure is made here; `lockstep_deploy` makes them all. The one
+//! procedure outside it is catch-up: bringing a node that missed deployments to the release its
+//! environment serves, without any hook, before it may open again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lockstep_deploy::{
+    Command, Deployment, Event, HookKind, NodeFailure, Plan, Record, Release, Reply, Request,
+};
+use lockstep_proto::agent::{HookRequest, HookState, RuntimeInputs, Step, SwapRequest};
+use tokio::sync::mpsc;
+
+use crate::agents::{Call, CallError};
+use crate::store::Node;
+use crate::{Controller, ControllerError};
+
+/// A deployment waiting for its environment, or running.
+#[derive(Debug, Clone)]
+pub struct DeployJob {
+    pub activity: String,
+    pub environment: String,
+    pub image: String,
+}
+
+#[derive(Default)]
+pub struct Queues {
+    /// Environments with a deployment running, and the newest one waiting behind it.
+    running: Mutex<HashMap<String, Option<DeployJob>>>,
+}
+
+impl Controller {
+    /// Queues a deployment. One runs per environment at a time; of those that wait, only the
+    /// newest will run, and the others are recorded as superseded.
+    pub fn enqueue(self: &Arc<Self>, job: DeployJob) {
+        let mut running = self.queues.running.lock().expect("queue lock");
+        match running.get_mut(&job.environment) {
+            Some(waiting) => {
+                if let Some(older) = waiting.replace(job.clone()) {
+                    self.supersede(&older, &job);
+                }
+                let _ = self.store.append_log(
+                    &job.activity,
+                    "Waiting for the deployment in progress to end",
+                );
+            }
+            None => {
+                running.insert(job.environment.clone(), None);
+                let controller = self.clone();
+                tokio::spawn(async move { controller.run_queue(job).await });
+            }
+        }
+    }
+
+    fn supersede(&self, older: &DeployJob, newer: &DeployJob) {
+        let _ = self.store.append_log(
+            &older.activity,
+            &format!(
+                "Superseded by {}, which arrived while this one waited",
+                newer.activity
+            ),
+        );
+        let _ = self
+            .store
+            .finish_activity(&older.activity, "cancelled", "superseded");
+    }
+
+    async fn run_queue(self: Arc<Self>, first: DeployJob) {
+        let environment = first.environment.clone();
+        let mut job = first;
+        loop {
+            if let Err(error) = self.deploy(&job).await {
+                tracing::error!(activity = %job.activity, %error, "deployment failed to run");
+                let _ = self
+                    .store
+                    .append_log(&job.activity, &format!("Error: {error}"));
+                let _ = self
+                    .store
+                    .finish_activity(&job.activity, "complete", "failure");
+            }
+            let mut running = self.queues.running.lock().expect("queue lock");
+            match running.get_mut(&environment).and_then(Option::take) {
+                Some(next) => job = next,
+                None => {
+                    running.remove(&environment);
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn deploy(&self, job: &DeployJob) -> Result<(), ControllerError> {
+        let env = self.store.environment(&job.environment)?;
+        let nodes = self.store.nodes(&env.name)?;
+        self.store
+            .set_activity_state(&job.activity, "in_progress")?;
+        self.configure_instances(&env.name, &nodes).await?;
+        let plan = Plan {
+            deployment: job.activity.clone(),
+            nodes: nodes.iter().map(|n| n.name.clone()).collect(),
+            image: job.image.clone(),
+            generation: self.store.next_generation(&env.name)?,
+            previous: env.serving.clone(),
+            on_hook_failure: env.settings.on_hook_failure,
+        };
+        let (machine, commands) = Deployment::start(plan.clone());
+        self.execute(&job.activity, &env.name, &plan, machine, commands)
+            .await
+    }
+
+    /// Resumes every deployment the controller was carrying out when it stopped, from its
+    /// journal, and re-queues those that had not begun.
+    pub async fn resume_unfinished(self: &Arc<Self>) -> Result<(), ControllerError> {
+        for activity in self.store.unfinished_activities()? {
+            let journal = self.store.journal(&activity.id)?;
+            if journal.is_empty() {
+                match activity.image.clone() {
+                    Some(image) => self.enqueue(DeployJob {
+                        activity: activity.id.clone(),
+                        environment: activity.environment.clone(),
+                        image,
+                    }),
+                    None => {
+                        self.store.append_log(
+                            &activity.id,
+                            "The controller stopped before the build ended",
+                        )?;
+                        self.store
+                            .finish_activity(&activity.id, "complete", "failure")?;
+                    }
+                }
+                continue;
+            }
+            let plan = match journal.first() {
+                Some(Record::Started { plan }) => plan.clone(),
+                _ => {
+                    return Err(ControllerError::Journal(format!(
+                        "the journal of {} does not start with its plan",
+                        activity.id
+                    )));
+                }
+            };
+            let (machine, commands) = Deployment::resume(&journal)
+                .map_err(|e| ControllerError::Journal(e.to_string()))?;
+            self.store.append_log(
+                &activity.id,
+                "The controller restarted; resuming from the journal",
+            )?;
+            self.queues
+                .running
+                .lock()
+                .expect("queue lock")
+                .insert(activity.environment.clone(), None);
+            let controller = self.clone();
+            tokio::spawn(async move {
+                let id = activity.id.clone();
+                let env = activity.environment.clone();
+                if let Err(error) = controller
+                    .execute(&id, &env, &plan, machine, commands)
+                    .await
+                {
+                    tracing::error!(activity = %id, %error, "resumed deployment failed to run");
+                }
+                let next = controller
+                    .queues
+                    .running
+                    .lock()
+                    .expect("queue lock")
+                    .remove(&env)
+                    .flatten();
+                if let Some(next) = next {
+                    controller.enqueue(next);
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// The state machine's loop: carry out commands, feed back answers, until it finishes.
+    async fn execute(
+        &self,
+        activity: &str,
+        environment: &str,
+        plan: &Plan,
+        mut machine: Deployment,
+        mut commands: Vec<Command>,
+    ) -> Result<(), ControllerError> {
+        let nodes: HashMap<String, Node> = self
+            .store
+            .nodes(environment)?
+            .into_iter()
+            .map(|n| (n.name.clone(), n))
+            .collect();
+        let runtime = self.runtime_inputs(environment, &plan.image)?;
+        let (events, mut inbox) = mpsc::unbounded_channel();
+        loop {
+            for command in commands.drain(..) {
+                match command {
+                    Command::Append(record) => {
+                        self.store.append_journal(activity, &record)?;
+                        self.apply_record(activity, environment, &record)?;
+                    }
+                    Command::Log(line) => self.store.append_log(activity, &line)?,
+                    Command::Send {
+                        id,
+                        node,
+                        request,
+                        timeout_ms,
+                    } => {
+                        let Some(node) = nodes.get(&node).cloned() else {
+                            let _ = events.send(Event::Reply {
+                                id,
+                                result: Err(NodeFailure::Failed(format!("unknown node {node}"))),
+                            });
+                            continue;
+                        };
+                        let context = SendContext {
+                            environment: environment.to_owned(),
+                            deployment: activity.to_owned(),
+                            generation: plan.generation,
+                            runtime: runtime.clone(),
+                        };
+                        let controller = self.agents.clone();
+                        let images = self.images.clone();
+                        let events = events.clone();
+                        tokio::spawn(async move {
+                            let timeout = Duration::from_millis(timeout_ms);
+                            let answer = send_retrying(
+                                &controller,
+                                &images,
+                                &node,
+                                &context,
+                                request,
+                                timeout,
+                            )
+                            .await;
+                            let event = match answer {
+                                Ok(reply) => Event::Reply {
+                                    id,
+                                    result: Ok(reply),
+                                },
+                                Err(CallError::TimedOut) => Event::Timeout { id },
+                                Err(CallError::Node(failure)) => Event::Reply {
+                                    id,
+                                    result: Err(failure),
+                                },
+                            };
+                            let _ = events.send(event);
+                        });
+                    }
+                }
+            }
+            if machine.outcome().is_some() {
+                return Ok(());
+            }
+            let event = inbox.recv().await.expect("the loop holds a sender");
+            commands = machine.handle(event);
+        }
+    }
+
+    fn apply_record(
+        &self,
+        activity: &str,
+        environment: &str,
+        record: &Record,
+    ) -> Result<(), ControllerError> {
+        match record {
+            Record::PhaseStarted { phase } => {
+                self.store.phase_started(activity, phase_name(*phase))?;
+                failpoint::phase_started(*phase);
+            }
+            Record::PhaseEnded { phase } => {
+                self.store.phase_ended(activity, phase_name(*phase))?;
+                failpoint::phase_ended(*phase);
+            }
+            Record::Serving { release } => self.store.set_serving(environment, release.as_ref())?,
+            Record::Finished { outcome } => {
+                // The state machine has already logged how it ended, in its own words.
+                let result = if outcome.succeeded() {
+                    "success"
+                } else {
+                    "failure"
+                };
+                self.store.finish_activity(activity, "complete", result)?;
+            }
+            Record::Started { .. }
+            | Record::NodeLost { .. }
+            | Record::HookNode { .. }
+            | Record::HookOutcome { .. }
+            | Record::Failure { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Brings every node of every environment to the release its environment serves, and opens
+    /// the ones that may open. Runs at start and then periodically, for nodes that come back.
+    pub async fn catch_up(&self) -> Result<(), ControllerError> {
+        let busy: Vec<String> = self
+            .queues
+            .running
+            .lock()
+            .expect("queue lock")
+            .keys()
+            .cloned()
+            .collect();
+        for env in self.store.environments()? {
+            let Some(serving) = env.serving.clone() else {
+                continue;
+            };
+            if busy.contains(&env.name) {
+                continue;
+            }
+            let nodes = self.store.nodes(&env.name)?;
+            for node in nodes {
+                if let Err(error) = self.catch_up_node(&env.name, &node, &serving).await {
+                    tracing::debug!(environment = %env.name, node = %node.name, %error, "node not caught up yet");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn catch_up_node(
+        &self,
+        environment: &str,
+        node: &Node,
+        serving: &Release,
+    ) -> Result<(), ControllerError> {
+        let status = match self.agents.status(&node.agent_url, environment).await {
+            Ok(status) => status,
+            Err(CallError::Node(NodeFailure::Failed(_))) => {
+                self.configure_instances(environment, std::slice::from_ref(node))
+                    .await?;
+                self.agents
+                    .status(&node.agent_url, environment)
+                    .await
+                    .map_err(ControllerError::agent(node))?
+            }
+            Err(error) => return Err(ControllerError::agent(node)(error)),
+        };
+        let open_at_serving = status.gate
+            == (lockstep_proto::agent::Gate::Open {
+                generation: serving.generation,
+            });
+        if open_at_serving && !status.background_stopped {
+            return Ok(());
+        }
+        let step = Step {
+            deployment: format!("catch-up-{}", serving.generation),
+            generation: serving.generation,
+        };
+        let current = status
+            .active
+            .as_ref()
+            .is_some_and(|a| a.image == serving.image && a.generation == serving.generation);
+        let timeout = Duration::from_secs(120);
+        let agent = &node.agent_url;
+        if !current || !status.processes.iter().any(|p| p.name == "web") {
+            tracing::info!(environment, node = %node.name, image = %serving.image, "catching up");
+            let image_path = self
+                .images
+                .image_path(&serving.image.parse().map_err(ControllerError::image)?);
+            let _: serde_json::Value = self
+                .agents
+                .call(
+                    agent,
+                    environment,
+                    Call::Stage {
+                        image: &serving.image,
+                        path: &image_path,
+                    },
+                    timeout,
+                )
+                .await
+                .map_err(ControllerError::agent(node))?;
+            let _: serde_json::Value = self
+                .agents
+                .call(agent, environment, Call::Quiesce(&step), timeout)
+                .await
+                .map_err(ControllerError::agent(node))?;
+            let _: serde_json::Value = self
+                .agents
+                .call(agent, environment, Call::Close(&step), timeout)
+                .await
+                .map_err(ControllerError::agent(node))?;
+            let swap = SwapRequest {
+                step: step.clone(),
+                image: serving.image.clone(),
+                runtime: self.runtime_inputs(environment, &serving.image)?,
+            };
+            let _: serde_json::Value = self
+                .agents
+                .call(agent, environment, Call::Swap(&swap), timeout)
+                .await
+                .map_err(ControllerError::agent(node))?;
+        }
+        let _: serde_json::Value = self
+            .agents
+            .call(agent, environment, Call::Open(&step), timeout)
+            .await
+            .map_err(ControllerError::agent(node))?;
+        let _: serde_json::Value = self
+            .agents
+            .call(agent, environment, Call::Background(&step), timeout)
+            .await
+            .map_err(ControllerError::agent(node))?;
+        tracing::info!(environment, node = %node.name, generation = serving.generation, "node open");
+        Ok(())
+    }
+
+    /// Sends every node its instance configuration; idempotent.
+    pub async fn configure_instances(
+        &self,
+        environment: &str,
+        nodes: &[Node],
+    ) -> Result<(), ControllerError> {
+        let env = self.store.environment(environment)?;
+        for node in nodes {
+            let config = self.instance_config(&env, node);
+            let status: lockstep_proto::agent::InstanceStatus = self
+                .agents
+                .call(
+                    &node.agent_url,
+                    environment,
+                    Call::Configure(&config),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(ControllerError::agent(node))?;
+            if node.router_port != Some(status.router_port) {
+                self.store
+                    .set_router_port(environment, &node.name, status.router_port)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn runtime_inputs(
+        &self,
+        environment: &str,
+        image: &str,
+    ) -> Result<RuntimeInputs, ControllerError> {
+        Ok(RuntimeInputs {
+            variables: Default::default(),
+            relationships: serde_json::json!({}),
+            routes: self.platform_routes(environment, image)?,
+        })
+    }
+}
+
+struct SendContext {
+    environment: String,
+    deployment: String,
+    generation: u64,
+    runtime: RuntimeInputs,
+}
+
+/// How long an unreachable agent is retried before the state machine hears of it: an agent
+/// that restarts takes about a second, and the machine counts every `Unreachable` as a try.
+const UNREACHABLE_PATIENCE: Duration = Duration::from_secs(5);
+
+/// `send`, with connection failures retried under a backoff within the request's timeout.
+async fn send_retrying(
+    agents: &crate::agents::AgentClient,
+    images: &lockstep_image::ImageStore,
+    node: &Node,
+    context: &SendContext,
+    request: Request,
+    timeout: Duration,
+) -> Result<Reply, CallError> {
+    let started = tokio::time::Instant::now();
+    let patience = UNREACHABLE_PATIENCE.min(timeout);
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match send(agents, images, node, context, request.clone(), timeout).await {
+            Err(CallError::Node(NodeFailure::Unreachable))
+                if started.elapsed() + pause < patience =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            answer => return answer,
+        }
+    }
+}
+
+/// One request of the state machine, as an agent call.
+async fn send(
+    agents: &crate::agents::AgentClient,
+    images: &lockstep_image::ImageStore,
+    node: &Node,
+    context: &SendContext,
+    request: Request,
+    timeout: Duration,
+) -> Result<Reply, CallError> {
+    let agent = node.agent_url.as_str();
+    let env = context.environment.as_str();
+    let step = |generation| Step {
+        deployment: context.deployment.clone(),
+        generation,
+    };
+    let done = |_: serde_json::Value| Reply::Done;
+    match request {
+        Request::Stage { image } => {
+            let id = image.parse().map_err(|_| {
+                CallError::Node(NodeFailure::Failed(format!("`{image}` is not an image id")))
+            })?;
+            let path = images.image_path(&id);
+            agents
+                .call(
+                    agent,
+                    env,
+                    Call::Stage {
+                        image: &image,
+                        path: &path,
+                    },
+                    timeout,
+                )
+                .await
+                .map(done)
+        }
+        Request::Quiesce => agents
+            .call(
+                agent,
+                env,
+                Call::Quiesce(&step(context.generation)),
+                timeout,
+            )
+            .await
+            .map(done),
+        Request::Close => agents
+            .call(agent, env, Call::Close(&step(context.generation)), timeout)
+            .await
+            .map(done),
+        Request::Swap { image, generation } => {
+            let swap = SwapRequest {
+                step: step(generation),
+                image,
+                runtime: context.runtime.clone(),
+            };
+            agents
+                .call(agent, env, Call::Swap(&swap), timeout)
+                .await
+                .map(done)
+        }
+        Request::RunHook { hook } => {
+            let request = HookRequest {
+                step: step(context.generation),
+                hook: match hook {
+                    HookKind::Deploy => lockstep_proto::agent::HookKind::Deploy,
+                    HookKind::PostDeploy => lockstep_proto::agent::HookKind::PostDeploy,
+                },
+            };
+            let outcome = agents.hook(agent, env, &request, timeout).await?;
+            Ok(Reply::Hook {
+                succeeded: outcome.state == HookState::Succeeded,
+            })
+        }
+        Request::Open { generation } => agents
+            .call(agent, env, Call::Open(&step(generation)), timeout)
+            .await
+            .map(done),
+        Request::StartBackground { generation } => agents
+            .call(agent, env, Call::Background(&step(generation)), timeout)
+            .await
+            .map(done),
+    }
+}
+
+pub fn phase_name(phase: lockstep_deploy::Phase) -> &'static str {
+    use lockstep_deploy::Phase;
+    match phase {
+        Phase::Stage => "stage",
+        Phase::Quiesce => "quiesce",
+        Phase::Close => "close",
+        Phase::Swap => "swap",
+        Phase::DeployHook => "deploy_hook",
+        Phase::Open => "open",
+        Phase::PostDeploy => "post_deploy",
+        Phase::Rollback => "rollback",
+    }
+}
+
+/// Crash points for the tests that kill the controller at a phase boundary (I4), set with
+/// `LOCKSTEP_FAILPOINT=after:<phase>` (exit once the phase's end is journaled) or
+/// `during:<phase>` (exit half a second after it began). Unset, they do nothing.
+mod failpoint {
+    use lockstep_deploy::Phase;
+
+    /// The exit status of a failpoint, so a test can tell it from a real failure.
+    const EXIT_STATUS: i32 = 86;
+
+    fn armed(kind: &str, phase: Phase) -> bool {
+        std::env::var("LOCKSTEP_FAILPOINT")
+            .is_ok_and(|point| point == format!("{kind}:{}", super::phase_name(phase)))
+    }
+
+    pub fn phase_ended(phase: Phase) {
+        if armed("after", phase) {
+            tracing::warn!(?phase, "failpoint: exiting after the phase");
+            std::process::exit(EXIT_STATUS);
+        }
+    }
+
+    pub fn phase_started(phase: Phase) {
+        if armed("during", phase) {
+            std::thread::spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                tracing::warn!("failpoint: exiting during a phase");
+                std::process::exit(EXIT_STATUS);
+            });
+        }
+    }
+}

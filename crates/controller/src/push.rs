@@ -1,0 +1,242 @@
+//! What happens to a push, called from the repository's hooks through `lockstep git-hook`:
+//! pre-receive validates and builds every pushed branch (a failure rejects the push, so the
+//! branch does not move); post-receive queues the deployments and streams their logs back to
+//! `git push` until they end.
+//!
+//! The hook's answer is a stream of JSON lines: `{"line": "..."}` to print, then `{"exit": N}`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::{Controller, DeployJob};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefUpdate {
+    pub old: String,
+    pub new: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HookCall {
+    pub refs: Vec<RefUpdate>,
+    /// The hook's quarantine: git's object directories holding the pushed objects.
+    #[serde(default)]
+    pub git_env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum HookLine {
+    Line { line: String },
+    Exit { exit: i32 },
+}
+
+pub type HookOutput = mpsc::UnboundedSender<HookLine>;
+
+fn say(out: &HookOutput, line: impl Into<String>) {
+    let _ = out.send(HookLine::Line { line: line.into() });
+}
+
+const ZERO: &str = "0000000000000000000000000000000000000000";
+
+impl Controller {
+    pub async fn pre_receive(self: Arc<Self>, call: HookCall, out: HookOutput) {
+        let mut exit = 0;
+        for update in &call.refs {
+            let Some(branch) = update.name.strip_prefix("refs/heads/") else {
+                say(
+                    &out,
+                    format!("Lockstep deploys branches; {} is not one", update.name),
+                );
+                exit = 1;
+                continue;
+            };
+            if update.new == ZERO {
+                continue;
+            }
+            if !self
+                .build_push(branch, &update.new, &call.git_env, &out)
+                .await
+            {
+                exit = 1;
+            }
+        }
+        if exit != 0 {
+            say(
+                &out,
+                "Push rejected: the branch did not move, and nothing was deployed.",
+            );
+        }
+        let _ = out.send(HookLine::Exit { exit });
+    }
+
+    /// Builds a pushed commit into an image, in an activity that deploys it after the push.
+    async fn build_push(
+        self: &Arc<Self>,
+        branch: &str,
+        commit: &str,
+        git_env: &BTreeMap<String, String>,
+        out: &HookOutput,
+    ) -> bool {
+        let environment = match self.environment_for_branch(branch) {
+            Ok(env) => env,
+            Err(error) => {
+                say(out, format!("error: {error}"));
+                return false;
+            }
+        };
+        let description = format!("Push of {} to {branch}", &commit[..commit.len().min(7)]);
+        let Ok(activity) = self
+            .store
+            .create_activity("push", &environment.name, &description)
+        else {
+            say(out, "error: cannot record the activity");
+            return false;
+        };
+        let _ = self.store.set_activity_state(&activity.id, "in_progress");
+        let _ = self.store.phase_started(&activity.id, "build");
+        say(
+            out,
+            format!(
+                "Activity {}: building {branch} for environment {}",
+                activity.id, environment.name
+            ),
+        );
+
+        let (lines, mut incoming) = mpsc::unbounded_channel::<String>();
+        let controller = self.clone();
+        let git_env: Vec<(String, String)> = git_env.clone().into_iter().collect();
+        let commit_owned = commit.to_owned();
+        let build = tokio::task::spawn_blocking(move || {
+            let variables = BTreeMap::new();
+            let request = lockstep_image::BuildRequest {
+                repo: &controller.repository(),
+                git_ref: &commit_owned,
+                project: &controller.options.project,
+                variables: &variables,
+                timeout: lockstep_image::DEFAULT_BUILD_TIMEOUT,
+                git_env: &git_env,
+            };
+            controller.builder.build(&request, &mut |line| {
+                let _ = lines.send(line.to_owned());
+            })
+        });
+        while let Some(line) = incoming.recv().await {
+            let _ = self.store.append_log(&activity.id, &line);
+            say(out, line);
+        }
+        let result = build.await.expect("the build task does not panic");
+        let _ = self.store.phase_ended(&activity.id, "build");
+        let manifest = match result {
+            Ok(outcome) => outcome.manifest,
+            Err(lockstep_image::BuildError::InvalidConfig(diagnostics)) => {
+                for diagnostic in diagnostics {
+                    for line in diagnostic.to_string().lines() {
+                        say(out, line);
+                        let _ = self.store.append_log(&activity.id, line);
+                    }
+                }
+                return self.fail_push(&activity.id, "the configuration is invalid", out);
+            }
+            Err(error) => {
+                let reason = match &error {
+                    lockstep_image::BuildError::Hook(failure) => {
+                        format!("the build hook failed: {failure}")
+                    }
+                    other => other.to_string(),
+                };
+                return self.fail_push(&activity.id, &reason, out);
+            }
+        };
+        if !manifest.info.config.services.is_empty() {
+            return self.fail_push(
+                &activity.id,
+                "the project defines services in .platform/services.yaml, which Lockstep does not run yet",
+                out,
+            );
+        }
+        let _ = self.store.record_image(&manifest);
+        let _ = self
+            .store
+            .set_activity_image(&activity.id, manifest.id.as_str());
+        self.pending_pushes
+            .lock()
+            .expect("pending pushes lock")
+            .insert((branch.to_owned(), commit.to_owned()), activity.id.clone());
+        true
+    }
+
+    fn fail_push(&self, activity: &str, reason: &str, out: &HookOutput) -> bool {
+        let _ = self
+            .store
+            .append_log(activity, &format!("Push rejected: {reason}"));
+        let _ = self.store.finish_activity(activity, "complete", "failure");
+        say(out, format!("error: {reason}"));
+        false
+    }
+
+    pub async fn post_receive(self: Arc<Self>, call: HookCall, out: HookOutput) {
+        let mut activities = Vec::new();
+        for update in &call.refs {
+            let Some(branch) = update.name.strip_prefix("refs/heads/") else {
+                continue;
+            };
+            let key = (branch.to_owned(), update.new.clone());
+            let Some(activity) = self
+                .pending_pushes
+                .lock()
+                .expect("pending pushes lock")
+                .remove(&key)
+            else {
+                continue;
+            };
+            let Ok(record) = self.store.activity(&activity) else {
+                continue;
+            };
+            let Some(image) = record.image.clone() else {
+                continue;
+            };
+            self.enqueue(DeployJob {
+                activity: activity.clone(),
+                environment: record.environment.clone(),
+                image,
+            });
+            activities.push(activity);
+        }
+        let mut exit = 0;
+        for activity in activities {
+            if !self.follow(&activity, &out).await {
+                exit = 1;
+            }
+        }
+        let _ = out.send(HookLine::Exit { exit });
+    }
+
+    /// Streams an activity's log until it ends; returns whether it succeeded.
+    async fn follow(&self, activity: &str, out: &HookOutput) -> bool {
+        let mut shown = self.store.log(activity).map(|l| l.len()).unwrap_or(0);
+        loop {
+            let Ok(record) = self.store.activity(activity) else {
+                return false;
+            };
+            if let Ok(log) = self.store.log(activity) {
+                for line in log[shown.min(log.len())..].lines() {
+                    say(out, line);
+                }
+                shown = log.len();
+            }
+            if record.state == "complete" || record.state == "cancelled" {
+                return record.result.as_deref() == Some("success");
+            }
+            if out.is_closed() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

@@ -1,0 +1,608 @@
+//! The controller's state in SQLite: environments, their nodes, images, activities with their
+//! phases and logs, and the deploy journals. Migrations are numbered by `PRAGMA user_version`.
+//!
+//! Calls are short and synchronous behind one connection; the journal append is a committed
+//! transaction before it returns, which is what makes a deployment resumable (I4).
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the state database failed")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("a stored value is unreadable")]
+    Json(#[from] serde_json::Error),
+    #[error("no environment `{0}`")]
+    UnknownEnvironment(String),
+    #[error("no activity `{0}`")]
+    UnknownActivity(String),
+}
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE environments (
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    branch TEXT NOT NULL UNIQUE,
+    parent TEXT,
+    generation INTEGER NOT NULL DEFAULT 0,
+    serving TEXT,
+    previous TEXT,
+    settings TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE nodes (
+    environment TEXT NOT NULL REFERENCES environments(name),
+    name TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    agent_url TEXT NOT NULL,
+    router_port INTEGER,
+    PRIMARY KEY (environment, name)
+);
+CREATE TABLE images (
+    id TEXT PRIMARY KEY,
+    tree_id TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE activities (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    state TEXT NOT NULL,
+    result TEXT,
+    description TEXT NOT NULL,
+    image TEXT,
+    created_at TEXT NOT NULL,
+    completed_at TEXT,
+    phases TEXT NOT NULL DEFAULT '[]',
+    log TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE journal (
+    deployment TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (deployment, seq)
+);
+"#];
+
+pub fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Per-environment settings of SPEC section 7 (`lockstep env set`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnvSettings {
+    pub on_hook_failure: lockstep_deploy::HookFailurePolicy,
+    pub closed_status: u16,
+    pub closed_mode: String,
+    pub max_hold_secs: u64,
+    pub grace_secs: u64,
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for EnvSettings {
+    fn default() -> Self {
+        EnvSettings {
+            on_hook_failure: lockstep_deploy::HookFailurePolicy::Rollback,
+            closed_status: 503,
+            closed_mode: "hold".into(),
+            max_hold_secs: 30,
+            grace_secs: 12 * 3600,
+            drain_timeout_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Environment {
+    pub name: String,
+    pub kind: lockstep_proto::agent::EnvironmentType,
+    pub branch: String,
+    pub parent: Option<String>,
+    /// The last generation used by a deployment of this environment.
+    pub generation: u64,
+    pub serving: Option<lockstep_deploy::Release>,
+    /// What served before `serving`: the target of `lockstep rollback`.
+    pub previous: Option<lockstep_deploy::Release>,
+    pub settings: EnvSettings,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub environment: String,
+    pub name: String,
+    pub position: u32,
+    pub agent_url: String,
+    pub router_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseTiming {
+    pub name: String,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+}
+
+/// An activity in the shape of SPEC section 7's `--json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Activity {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub environment: String,
+    pub state: String,
+    pub result: Option<String>,
+    pub description: String,
+    /// The image the activity deploys, once known.
+    pub image: Option<String>,
+    pub created_at: String,
+    pub completed_at: Option<String>,
+    pub phases: Vec<PhaseTiming>,
+}
+
+pub struct Store {
+    connection: Mutex<Connection>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let mut connection = Connection::open(path)?;
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        connection.pragma_update(None, "foreign_keys", "ON")?;
+        migrate(&mut connection)?;
+        Ok(Store {
+            connection: Mutex::new(connection),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let connection = self.connection.lock().expect("store lock");
+        f(&connection)
+    }
+
+    pub fn create_environment(&self, env: &Environment, nodes: &[Node]) -> Result<(), StoreError> {
+        let mut connection = self.connection.lock().expect("store lock");
+        let tx = connection.transaction()?;
+        tx.execute(
+            "INSERT INTO environments (name, kind, branch, parent, generation, serving, previous, settings, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                env.name,
+                env.kind.as_str(),
+                env.branch,
+                env.parent,
+                env.generation,
+                serde_json::to_string(&env.serving)?,
+                serde_json::to_string(&env.previous)?,
+                serde_json::to_string(&env.settings)?,
+                env.created_at,
+            ],
+        )?;
+        for node in nodes {
+            tx.execute(
+                "INSERT INTO nodes (environment, name, position, agent_url, router_port) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![node.environment, node.name, node.position, node.agent_url, node.router_port],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn environments(&self) -> Result<Vec<Environment>, StoreError> {
+        self.with(|c| {
+            let mut statement = c.prepare(
+                "SELECT name, kind, branch, parent, generation, serving, previous, settings, created_at
+                 FROM environments ORDER BY created_at, name",
+            )?;
+            let rows = statement.query_map([], read_environment)?;
+            let mut environments = Vec::new();
+            for row in rows {
+                environments.push(row??);
+            }
+            Ok(environments)
+        })
+    }
+
+    pub fn environment(&self, name: &str) -> Result<Environment, StoreError> {
+        self.find_environment("name", name)?
+            .ok_or_else(|| StoreError::UnknownEnvironment(name.to_owned()))
+    }
+
+    pub fn environment_for_branch(&self, branch: &str) -> Result<Option<Environment>, StoreError> {
+        self.find_environment("branch", branch)
+    }
+
+    fn find_environment(
+        &self,
+        column: &str,
+        value: &str,
+    ) -> Result<Option<Environment>, StoreError> {
+        self.with(|c| {
+            let sql = format!(
+                "SELECT name, kind, branch, parent, generation, serving, previous, settings, created_at
+                 FROM environments WHERE {column} = ?1"
+            );
+            c.query_row(&sql, [value], read_environment).optional()?.transpose()
+        })
+    }
+
+    /// Takes the next generation of an environment: every deployment opens at a new one.
+    pub fn next_generation(&self, environment: &str) -> Result<u64, StoreError> {
+        self.with(|c| {
+            let updated = c.execute(
+                "UPDATE environments SET generation = generation + 1 WHERE name = ?1",
+                [environment],
+            )?;
+            if updated == 0 {
+                return Err(StoreError::UnknownEnvironment(environment.to_owned()));
+            }
+            Ok(c.query_row(
+                "SELECT generation FROM environments WHERE name = ?1",
+                [environment],
+                |row| row.get::<_, u64>(0),
+            )?)
+        })
+    }
+
+    /// Records what an environment serves after a deployment; the release it replaces becomes
+    /// the rollback target.
+    pub fn set_serving(
+        &self,
+        environment: &str,
+        serving: Option<&lockstep_deploy::Release>,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            let current: Option<String> = c.query_row(
+                "SELECT serving FROM environments WHERE name = ?1",
+                [environment],
+                |row| row.get(0),
+            )?;
+            let current: Option<lockstep_deploy::Release> =
+                serde_json::from_str(current.as_deref().unwrap_or("null"))?;
+            let changed = current.as_ref().map(|r| &r.image) != serving.map(|r| &r.image);
+            if changed && current.is_some() {
+                c.execute(
+                    "UPDATE environments SET previous = ?2 WHERE name = ?1",
+                    params![environment, serde_json::to_string(&current)?],
+                )?;
+            }
+            c.execute(
+                "UPDATE environments SET serving = ?2 WHERE name = ?1",
+                params![environment, serde_json::to_string(&serving)?],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn set_settings(
+        &self,
+        environment: &str,
+        settings: &EnvSettings,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE environments SET settings = ?2 WHERE name = ?1",
+                params![environment, serde_json::to_string(settings)?],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn nodes(&self, environment: &str) -> Result<Vec<Node>, StoreError> {
+        self.with(|c| {
+            let mut statement = c.prepare(
+                "SELECT environment, name, position, agent_url, router_port FROM nodes
+                 WHERE environment = ?1 ORDER BY position",
+            )?;
+            let rows = statement.query_map([environment], |row| {
+                Ok(Node {
+                    environment: row.get(0)?,
+                    name: row.get(1)?,
+                    position: row.get(2)?,
+                    agent_url: row.get(3)?,
+                    router_port: row.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    pub fn set_router_port(
+        &self,
+        environment: &str,
+        node: &str,
+        port: u16,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE nodes SET router_port = ?3 WHERE environment = ?1 AND name = ?2",
+                params![environment, node, port],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn record_image(&self, manifest: &lockstep_image::Manifest) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO images (id, tree_id, manifest, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    manifest.id.as_str(),
+                    manifest.info.tree_id,
+                    serde_json::to_string(manifest)?,
+                    timestamp(Utc::now()),
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn create_activity(
+        &self,
+        kind: &str,
+        environment: &str,
+        description: &str,
+    ) -> Result<Activity, StoreError> {
+        self.with(|c| {
+            let seq: u64 = c.query_row(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM activities",
+                [],
+                |r| r.get(0),
+            )?;
+            let activity = Activity {
+                id: format!("a{seq:06}"),
+                kind: kind.to_owned(),
+                environment: environment.to_owned(),
+                state: "pending".into(),
+                result: None,
+                description: description.to_owned(),
+                image: None,
+                created_at: timestamp(Utc::now()),
+                completed_at: None,
+                phases: Vec::new(),
+            };
+            c.execute(
+                "INSERT INTO activities (id, seq, kind, environment, state, description, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    activity.id,
+                    seq,
+                    activity.kind,
+                    activity.environment,
+                    activity.state,
+                    activity.description,
+                    activity.created_at
+                ],
+            )?;
+            Ok(activity)
+        })
+    }
+
+    pub fn activities(
+        &self,
+        environment: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Activity>, StoreError> {
+        self.with(|c| {
+            let mut statement = c.prepare(
+                "SELECT id, kind, environment, state, result, description, image, created_at, completed_at, phases
+                 FROM activities WHERE (?1 IS NULL OR environment = ?1) ORDER BY seq DESC LIMIT ?2",
+            )?;
+            let rows = statement.query_map(params![environment, limit], read_activity)?;
+            let mut activities = Vec::new();
+            for row in rows {
+                activities.push(row??);
+            }
+            Ok(activities)
+        })
+    }
+
+    pub fn activity(&self, id: &str) -> Result<Activity, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT id, kind, environment, state, result, description, image, created_at, completed_at, phases
+                 FROM activities WHERE id = ?1",
+                [id],
+                read_activity,
+            )
+            .optional()?
+            .transpose()?
+            .ok_or_else(|| StoreError::UnknownActivity(id.to_owned()))
+        })
+    }
+
+    /// Activities not finished when the controller stopped.
+    pub fn unfinished_activities(&self) -> Result<Vec<Activity>, StoreError> {
+        Ok(self
+            .activities(None, u32::MAX)?
+            .into_iter()
+            .filter(|a| a.state != "complete" && a.state != "cancelled")
+            .rev()
+            .collect())
+    }
+
+    pub fn set_activity_image(&self, id: &str, image: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE activities SET image = ?2 WHERE id = ?1",
+                params![id, image],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn set_activity_state(&self, id: &str, state: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE activities SET state = ?2 WHERE id = ?1",
+                params![id, state],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn finish_activity(&self, id: &str, state: &str, result: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE activities SET state = ?2, result = ?3, completed_at = ?4 WHERE id = ?1",
+                params![id, state, result, timestamp(Utc::now())],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn phase_started(&self, id: &str, phase: &str) -> Result<(), StoreError> {
+        self.update_phases(id, |phases| {
+            phases.push(PhaseTiming {
+                name: phase.to_owned(),
+                started_at: timestamp(Utc::now()),
+                ended_at: None,
+            });
+        })
+    }
+
+    pub fn phase_ended(&self, id: &str, phase: &str) -> Result<(), StoreError> {
+        self.update_phases(id, |phases| {
+            if let Some(timing) = phases
+                .iter_mut()
+                .rev()
+                .find(|p| p.name == phase && p.ended_at.is_none())
+            {
+                timing.ended_at = Some(timestamp(Utc::now()));
+            }
+        })
+    }
+
+    fn update_phases(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut Vec<PhaseTiming>),
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            let text: String =
+                c.query_row("SELECT phases FROM activities WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })?;
+            let mut phases: Vec<PhaseTiming> = serde_json::from_str(&text)?;
+            change(&mut phases);
+            c.execute(
+                "UPDATE activities SET phases = ?2 WHERE id = ?1",
+                params![id, serde_json::to_string(&phases)?],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn append_log(&self, id: &str, line: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE activities SET log = log || ?2 || char(10) WHERE id = ?1",
+                params![id, line],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn log(&self, id: &str) -> Result<String, StoreError> {
+        self.with(|c| {
+            c.query_row("SELECT log FROM activities WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .ok_or_else(|| StoreError::UnknownActivity(id.to_owned()))
+        })
+    }
+
+    /// Appends a journal record, committed before it returns.
+    pub fn append_journal(
+        &self,
+        deployment: &str,
+        record: &lockstep_deploy::Record,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO journal (deployment, seq, record)
+                 VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM journal WHERE deployment = ?1), ?2)",
+                params![deployment, serde_json::to_string(record)?],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn journal(&self, deployment: &str) -> Result<Vec<lockstep_deploy::Record>, StoreError> {
+        self.with(|c| {
+            let mut statement =
+                c.prepare("SELECT record FROM journal WHERE deployment = ?1 ORDER BY seq")?;
+            let rows = statement.query_map([deployment], |row| row.get::<_, String>(0))?;
+            let mut records = Vec::new();
+            for row in rows {
+                records.push(serde_json::from_str(&row?)?);
+            }
+            Ok(records)
+        })
+    }
+}
+
+fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
+    let version: usize = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = connection.transaction()?;
+        tx.execute_batch(migration)?;
+        tx.pragma_update(None, "user_version", index + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+type Row<T> = Result<T, StoreError>;
+
+fn read_environment(row: &rusqlite::Row<'_>) -> rusqlite::Result<Row<Environment>> {
+    let kind: String = row.get(1)?;
+    let serving: Option<String> = row.get(5)?;
+    let previous: Option<String> = row.get(6)?;
+    let settings: String = row.get(7)?;
+    let parse = || -> Row<Environment> {
+        Ok(Environment {
+            name: row.get(0)?,
+            kind: serde_json::from_value(serde_json::Value::String(kind))?,
+            branch: row.get(2)?,
+            parent: row.get(3)?,
+            generation: row.get(4)?,
+            serving: serde_json::from_str(serving.as_deref().unwrap_or("null"))?,
+            previous: serde_json::from_str(previous.as_deref().unwrap_or("null"))?,
+            settings: serde_json::from_str(&settings)?,
+            created_at: row.get(8)?,
+        })
+    };
+    Ok(parse())
+}
+
+fn read_activity(row: &rusqlite::Row<'_>) -> rusqlite::Result<Row<Activity>> {
+    let phases: String = row.get(9)?;
+    let parse = || -> Row<Activity> {
+        Ok(Activity {
+            id: row.get(0)?,
+            kind: row.get(1)?,
+            environment: row.get(2)?,
+            state: row.get(3)?,
+            result: row.get(4)?,
+            description: row.get(5)?,
+            image: row.get(6)?,
+            created_at: row.get(7)?,
+            completed_at: row.get(8)?,
+            phases: serde_json::from_str(&phases)?,
+        })
+    };
+    Ok(parse())
+}

@@ -1,0 +1,161 @@
+//! The lines a user reads in the activity log: what happens, on which nodes, and what a failure
+//! means for the site.
+
+use crate::progress::Progress;
+use crate::timing::TRIES;
+use crate::work::{Work, action};
+use crate::{NodeName, Outcome, Phase, Plan, Request};
+
+/// The first 12 characters of an image id, as the CLI shows it.
+pub(crate) fn short(image: &str) -> String {
+    image.chars().take(12).collect()
+}
+
+fn nodes(count: usize) -> String {
+    if count == 1 {
+        "1 node".into()
+    } else {
+        format!("{count} nodes")
+    }
+}
+
+pub(crate) fn introduction(plan: &Plan) -> String {
+    let replacing = match &plan.previous {
+        Some(previous) => format!(
+            "replacing image {} (generation {})",
+            short(&previous.image),
+            previous.generation
+        ),
+        None => "the environment's first deployment".into(),
+    };
+    format!(
+        "Deploying image {} at generation {} to {} ({}); {replacing}",
+        short(&plan.image),
+        plan.generation,
+        nodes(plan.nodes.len()),
+        plan.nodes.join(", "),
+    )
+}
+
+pub(crate) fn resuming(progress: &Progress) -> String {
+    match progress.in_progress() {
+        Some(phase) => format!(
+            "The controller restarted; resuming deployment {} in phase {}",
+            progress.plan.deployment,
+            phase_name(phase)
+        ),
+        None => format!(
+            "The controller restarted; resuming deployment {}",
+            progress.plan.deployment
+        ),
+    }
+}
+
+pub(crate) fn beginning(work: Work, plan: &Plan, targets: &[NodeName]) -> String {
+    let image = short(&plan.image);
+    let generation = plan.generation;
+    let count = nodes(targets.len());
+    let first = targets.first().map_or("no node", String::as_str);
+    let previous = plan.previous.as_ref().map_or_else(String::new, |p| {
+        format!("image {} (generation {})", short(&p.image), p.generation)
+    });
+    match work {
+        Work::Phase(Phase::Stage) => format!("Staging image {image} on {count}"),
+        Work::Phase(Phase::Quiesce) => format!("Stopping crons and workers on {count}"),
+        Work::Phase(Phase::Close) => format!("Closing {count} to requests"),
+        Work::Phase(Phase::Swap) => {
+            format!("Switching {count} to image {image} (generation {generation})")
+        }
+        Work::Phase(Phase::DeployHook) => format!("Running the deploy hook on {first}"),
+        Work::Phase(Phase::Open) => {
+            format!("Opening {count} at generation {generation}, then starting crons and workers")
+        }
+        Work::Phase(Phase::PostDeploy) => format!("Running the post_deploy hook on {first}"),
+        Work::Phase(Phase::Rollback) => format!("Rolling {count} back to {previous}"),
+        Work::Restore => format!(
+            "Restarting crons and workers of {previous} on {count}; it kept serving throughout"
+        ),
+    }
+}
+
+pub(crate) fn retry(node: &str, request: &Request, failed_tries: u32, reopening: bool) -> String {
+    if reopening {
+        format!(
+            "{node} closed again before its crons and workers started (it restarted); \
+             opening it again (try {failed_tries} of {TRIES})"
+        )
+    } else {
+        format!(
+            "{node} did not answer to {} (try {failed_tries} of {TRIES}); asking again",
+            action(request)
+        )
+    }
+}
+
+pub(crate) fn lost(node: &str, why: &str, past_close: bool) -> String {
+    if past_close {
+        format!("{node} {why}; it stays closed and will catch up")
+    } else {
+        format!("{node} {why}")
+    }
+}
+
+pub(crate) fn hook_outcome(
+    hook: &str,
+    node: &str,
+    succeeded: bool,
+    detail: Option<&str>,
+) -> String {
+    let detail = detail.map_or_else(String::new, |d| format!(" ({d})"));
+    if succeeded {
+        format!("The {hook} hook succeeded on {node}")
+    } else if hook == "post_deploy" {
+        format!("The post_deploy hook failed on {node}{detail}; the new release serves anyway")
+    } else {
+        format!("The {hook} hook failed on {node}{detail}")
+    }
+}
+
+pub(crate) fn failure(reason: &str, before_close: bool) -> String {
+    if before_close {
+        format!("Aborting before close: {reason}. The previous release keeps serving")
+    } else {
+        format!("The deployment failed past close: {reason}")
+    }
+}
+
+pub(crate) fn ending(outcome: &Outcome) -> String {
+    let lost = |lost_nodes: &[NodeName]| match lost_nodes {
+        [] => String::new(),
+        [node] => format!("; {node} stays closed until it catches up"),
+        nodes => format!("; {} stay closed until they catch up", nodes.join(", ")),
+    };
+    match outcome {
+        Outcome::Completed { lost_nodes } => format!("Deployment completed{}", lost(lost_nodes)),
+        Outcome::Aborted { reason } => format!("Deployment aborted: {reason}"),
+        Outcome::OpenedDespiteHookFailure { reason, lost_nodes } => format!(
+            "Deployment failed, opened with the new release anyway: {reason}{}",
+            lost(lost_nodes)
+        ),
+        Outcome::RolledBack { reason, lost_nodes } => format!(
+            "Deployment failed and was rolled back: {reason}{}",
+            lost(lost_nodes)
+        ),
+        Outcome::StayedClosed { reason } => format!(
+            "Deployment failed; the environment stays closed until an operator deploys or rolls back: {reason}"
+        ),
+    }
+}
+
+fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Stage => "stage",
+        Phase::Quiesce => "quiesce",
+        Phase::Close => "close",
+        Phase::Swap => "swap",
+        Phase::DeployHook => "deploy hook",
+        Phase::Open => "open",
+        Phase::PostDeploy => "post_deploy",
+        Phase::Rollback => "rollback",
+    }
+}

@@ -1,0 +1,313 @@
+//! The commands that talk to a running controller (SPEC section 7): status, environments,
+//! activities, deploy, rollback, logs.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use futures_util::StreamExt;
+use lockstep_controller::{Activity, Environment};
+
+use crate::client::ApiClient;
+
+#[derive(Args)]
+pub struct Connection {
+    /// The controller's base URL [default: from endpoints.json].
+    #[arg(long, env = "LOCKSTEP_API", global = true)]
+    pub api: Option<String>,
+    /// The API token [default: from endpoints.json].
+    #[arg(long, env = "LOCKSTEP_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum EnvCommand {
+    /// List the environments.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an environment: its nodes, release and settings.
+    Info {
+        env: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a setting: on_hook_failure, closed_status, closed_mode, max_hold, grace, drain_timeout.
+    Set {
+        env: String,
+        key: String,
+        value: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ActivityCommand {
+    /// List activities, newest first.
+    List {
+        /// Only this environment's.
+        #[arg(long, short)]
+        environment: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print an activity's log.
+    Log {
+        id: String,
+        /// Keep printing until the activity ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct WaitArgs {
+    /// Return once the operation is queued, without waiting for it.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+pub async fn status(client: &ApiClient, json: bool) -> anyhow::Result<ExitCode> {
+    let status: serde_json::Value = client.get("/status").await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "project {}   git {}",
+        status["project"].as_str().unwrap_or("?"),
+        status["git"].as_str().unwrap_or("?")
+    );
+    for env in status["environments"].as_array().into_iter().flatten() {
+        print_environment(env);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_environment(env: &serde_json::Value) {
+    let release = match env["serving"].as_object() {
+        Some(serving) => format!(
+            "release {} at generation {}",
+            serving["image"].as_str().map(|i| &i[..12]).unwrap_or("?"),
+            serving["generation"]
+        ),
+        None => "no release yet".to_owned(),
+    };
+    println!();
+    println!(
+        "{} ({}, branch {})  {}",
+        env["name"].as_str().unwrap_or("?"),
+        env["kind"].as_str().unwrap_or("?"),
+        env["branch"].as_str().unwrap_or("?"),
+        release
+    );
+    if let Some(running) = env["running"].as_object() {
+        println!(
+            "  running: {} {}",
+            running["id"].as_str().unwrap_or("?"),
+            running["description"].as_str().unwrap_or("")
+        );
+    }
+    for node in env["nodes"].as_array().into_iter().flatten() {
+        let gate = match node["gate"]["state"].as_str() {
+            Some("open") => format!("open at generation {}", node["gate"]["generation"]),
+            Some(state) => state.to_owned(),
+            None => format!("unreachable: {}", node["error"].as_str().unwrap_or("?")),
+        };
+        println!(
+            "  {:<14} {:<28} router {}",
+            node["name"].as_str().unwrap_or("?"),
+            gate,
+            node["router"].as_str().unwrap_or("-")
+        );
+    }
+}
+
+pub async fn env(client: &ApiClient, command: EnvCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        EnvCommand::List { json } => {
+            let environments: Vec<Environment> = client.get("/environments").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&environments)?);
+            } else {
+                println!(
+                    "{:<20} {:<12} {:<20} {:<14} GENERATION",
+                    "NAME", "TYPE", "BRANCH", "RELEASE"
+                );
+                for env in environments {
+                    let release = env
+                        .serving
+                        .as_ref()
+                        .map(|r| r.image[..12].to_owned())
+                        .unwrap_or_else(|| "-".into());
+                    println!(
+                        "{:<20} {:<12} {:<20} {:<14} {}",
+                        env.name,
+                        env.kind.as_str(),
+                        env.branch,
+                        release,
+                        env.generation
+                    );
+                }
+            }
+        }
+        EnvCommand::Info { env, json } => {
+            let info: serde_json::Value = client.get(&format!("/environments/{env}")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                print_environment(&info);
+                println!("  url {}", info["url"].as_str().unwrap_or("?"));
+                println!("  settings:");
+                for (key, value) in info["settings"].as_object().into_iter().flatten() {
+                    println!("    {key:<20} {value}");
+                }
+            }
+        }
+        EnvCommand::Set { env, key, value } => {
+            let _: Environment = client
+                .post(
+                    &format!("/environments/{env}/settings"),
+                    &serde_json::json!({ "key": key, "value": value }),
+                )
+                .await?;
+            println!("{env}: {key} = {value}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn activity(client: &ApiClient, command: ActivityCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ActivityCommand::List {
+            environment,
+            limit,
+            json,
+        } => {
+            let mut path = format!("/activities?limit={limit}");
+            if let Some(env) = environment {
+                path.push_str(&format!("&environment={env}"));
+            }
+            let activities: Vec<Activity> = client.get(&path).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&activities)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<8} {:<9} {:<14} {:<12} {:<11} {:<24} DESCRIPTION",
+                "ID", "TYPE", "ENVIRONMENT", "STATE", "RESULT", "CREATED"
+            );
+            for a in activities {
+                println!(
+                    "{:<8} {:<9} {:<14} {:<12} {:<11} {:<24} {}",
+                    a.id,
+                    a.kind,
+                    a.environment,
+                    a.state,
+                    a.result.as_deref().unwrap_or("-"),
+                    a.created_at,
+                    a.description
+                );
+                for phase in &a.phases {
+                    println!(
+                        "         {:<12} {} -> {}",
+                        phase.name,
+                        phase.started_at,
+                        phase.ended_at.as_deref().unwrap_or("...")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ActivityCommand::Log { id, follow } => follow_log(client, &id, follow).await,
+    }
+}
+
+/// Prints an activity's log (until it ends, with `follow`); the exit code is its result.
+pub async fn follow_log(client: &ApiClient, id: &str, follow: bool) -> anyhow::Result<ExitCode> {
+    let response = client
+        .text(&format!("/activities/{id}/log?follow={follow}"))
+        .await?;
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        print!(
+            "{}",
+            String::from_utf8_lossy(&chunk.context("the log stream broke off")?)
+        );
+    }
+    let activity: Activity = client.get(&format!("/activities/{id}")).await?;
+    print_phases(&activity);
+    Ok(match activity.result.as_deref() {
+        Some("success") => ExitCode::SUCCESS,
+        None if !follow => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    })
+}
+
+fn print_phases(activity: &Activity) {
+    if activity.phases.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "{} {}: {}",
+        activity.id,
+        activity.description,
+        activity.result.as_deref().unwrap_or(&activity.state)
+    );
+    for phase in &activity.phases {
+        let took = match (
+            &phase.ended_at,
+            chrono::DateTime::parse_from_rfc3339(&phase.started_at),
+        ) {
+            (Some(end), Ok(start)) => chrono::DateTime::parse_from_rfc3339(end)
+                .map(|end| format!("{} ms", (end - start).num_milliseconds()))
+                .unwrap_or_default(),
+            _ => "running".into(),
+        };
+        println!("  {:<12} {took}", phase.name);
+    }
+}
+
+/// `deploy` and `rollback`: start the operation, then follow it unless told not to.
+pub async fn operation(
+    client: &ApiClient,
+    env: &str,
+    kind: &str,
+    wait: WaitArgs,
+) -> anyhow::Result<ExitCode> {
+    let activity: Activity = client
+        .post(
+            &format!("/environments/{env}/{kind}"),
+            &serde_json::json!({}),
+        )
+        .await?;
+    println!("Activity {}: {}", activity.id, activity.description);
+    if wait.no_wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Give the log stream a moment to have something; it follows until the end either way.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    follow_log(client, &activity.id, true).await
+}
+
+pub async fn logs(
+    client: &ApiClient,
+    env: &str,
+    node: Option<String>,
+    process: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let mut path = format!(
+        "/environments/{env}/logs?process={}",
+        process.as_deref().unwrap_or("web")
+    );
+    if let Some(node) = node {
+        path.push_str(&format!("&node={node}"));
+    }
+    let text = client.text(&path).await?.text().await?;
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,350 @@
+//! `lockstep up`: the embedded default on one machine. A controller, and five agents, each its
+//! own OS process with its own data folder and port: three production nodes, one staging node,
+//! one development node.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use lockstep_controller::{Controller, ControllerOptions, NodeSpec, Topology};
+use serde::{Deserialize, Serialize};
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// Address of the controller: API, git and dashboard.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
+    /// The project's name, in its git remote and `PLATFORM_PROJECT`.
+    #[arg(long, default_value = "shop")]
+    project: String,
+}
+
+const NODES: [&str; 5] = [
+    "production-1",
+    "production-2",
+    "production-3",
+    "staging-1",
+    "development-1",
+];
+
+/// What `up` keeps between runs so that it comes back the same: tokens and agent ports.
+#[derive(Serialize, Deserialize)]
+struct Layout {
+    admin_token: String,
+    agent_token: String,
+    agent_ports: Vec<u16>,
+}
+
+/// What users and tools read to find the running platform (SPEC section 7).
+#[derive(Serialize, Deserialize)]
+pub struct Endpoints {
+    pub api: String,
+    pub git: String,
+    pub edge: Option<String>,
+    pub token: String,
+}
+
+pub fn run(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let layout = load_layout(data_dir)?;
+    let binary = std::env::current_exe().context("cannot find the lockstep binary")?;
+    let token_file = data_dir.join("agent-token");
+    write_private(&token_file, &layout.agent_token)?;
+    let mut agents = Agents::default();
+    for (node, port) in NODES.iter().zip(&layout.agent_ports) {
+        agents.start(&binary, data_dir, node, *port, &token_file)?;
+    }
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let result = runtime.block_on(async {
+        agents.wait_until_answering(&layout.agent_token).await?;
+        let url = |i: usize| format!("http://127.0.0.1:{}", layout.agent_ports[i]);
+        let node = |i: usize| NodeSpec {
+            name: NODES[i].into(),
+            agent_url: url(i),
+        };
+        let public_url = format!("http://{}", args.listen);
+        let controller = Controller::open(ControllerOptions {
+            data_dir: data_dir.join("controller"),
+            project: args.project.clone(),
+            domain: "localhost".into(),
+            admin_token: layout.admin_token.clone(),
+            agent_token: layout.agent_token.clone(),
+            public_url: public_url.clone(),
+            lockstep_binary: binary.clone(),
+            topology: Topology {
+                production: vec![node(0), node(1), node(2)],
+                staging: vec![node(3)],
+                development: node(4),
+            },
+        })
+        .context("cannot start the controller")?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}; is another Lockstep running? (--listen picks another address)", args.listen))?;
+        let endpoints = Endpoints {
+            api: public_url.clone(),
+            git: controller.git_remote(),
+            edge: None,
+            token: layout.admin_token.clone(),
+        };
+        write_private(&data_dir.join("endpoints.json"), &serde_json::to_string_pretty(&endpoints)?)?;
+        print_banner(&endpoints, data_dir);
+        tokio::select! {
+            result = controller.serve(listener, crate::shutdown_signal()) => result.context("the controller failed"),
+            () = agents.keep_alive(&binary, &token_file) => unreachable!("keep_alive never ends"),
+        }
+    });
+    println!("Stopping the nodes...");
+    agents.stop();
+    result?;
+    println!("Lockstep stopped. `lockstep up` with the same data directory brings it back.");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_banner(endpoints: &Endpoints, data_dir: &Path) {
+    println!("Lockstep is running: 3 production nodes, 1 staging node, 1 development node.");
+    println!();
+    println!("  git remote   {}", endpoints.git);
+    println!("  API          {}", endpoints.api);
+    println!("  data         {}", data_dir.display());
+    println!();
+    println!("Authenticate git with any user name and this token as the password, or let");
+    println!("lockstep answer for you:");
+    println!();
+    println!(
+        "  git config credential.helper '!lockstep --data-dir {} credential'",
+        data_dir.display()
+    );
+    println!("  git remote add lockstep {}", endpoints.git);
+    println!("  git push lockstep HEAD:production");
+    println!();
+    println!(
+        "The CLI finds this instance through {}/endpoints.json.",
+        data_dir.display()
+    );
+    println!("Press Ctrl-C to stop.");
+}
+
+fn load_layout(data_dir: &Path) -> anyhow::Result<Layout> {
+    let path = data_dir.join("up.json");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return serde_json::from_str(&text)
+            .with_context(|| format!("{} is unreadable", path.display()));
+    }
+    let layout = Layout {
+        admin_token: random_token()?,
+        agent_token: random_token()?,
+        agent_ports: (0..NODES.len())
+            .map(|_| free_port())
+            .collect::<anyhow::Result<_>>()?,
+    };
+    write_private(&path, &serde_json::to_string_pretty(&layout)?)?;
+    Ok(layout)
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+fn random_token() -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The five agents: started by `up`, or adopted when a previous `up` left them running, and
+/// restarted when one dies.
+#[derive(Default)]
+struct Agents {
+    nodes: Vec<AgentNode>,
+}
+
+struct AgentNode {
+    name: String,
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Agents {
+    fn start(
+        &mut self,
+        binary: &Path,
+        data_dir: &Path,
+        node: &str,
+        port: u16,
+        token_file: &Path,
+    ) -> anyhow::Result<()> {
+        let dir: PathBuf = data_dir.join("agents").join(node);
+        std::fs::create_dir_all(&dir)?;
+        // The app's unprivileged user must reach the releases below these folders.
+        for path in [data_dir, &data_dir.join("agents"), &dir] {
+            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        }
+        let mut agent = AgentNode {
+            name: node.to_owned(),
+            port,
+            dir,
+            child: None,
+        };
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            tracing::info!(node, port, "adopting the agent already running");
+        } else {
+            agent.spawn(binary, token_file)?;
+        }
+        self.nodes.push(agent);
+        Ok(())
+    }
+
+    async fn wait_until_answering(&mut self, token: &str) -> anyhow::Result<()> {
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for agent in &mut self.nodes {
+            loop {
+                if let Some(child) = agent.child.as_mut()
+                    && let Some(status) = child.try_wait()?
+                {
+                    bail!(
+                        "the agent of {} exited ({status}); see {}/agent.log",
+                        agent.name,
+                        agent.dir.display()
+                    );
+                }
+                let answer = http
+                    .get(format!("http://127.0.0.1:{}/v1/instances", agent.port))
+                    .bearer_auth(token)
+                    .send()
+                    .await;
+                match answer {
+                    Ok(response) if response.status().is_success() => break,
+                    Ok(response) => bail!(
+                        "something else answers on port {} ({}); stop it or use another data directory",
+                        agent.port,
+                        response.status()
+                    ),
+                    Err(_) if Instant::now() > deadline => {
+                        bail!(
+                            "the agent of {} did not answer on port {}; see its agent.log",
+                            agent.name,
+                            agent.port
+                        )
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Restarts agents that died, as a service manager would on a real host.
+    async fn keep_alive(&mut self, binary: &Path, token_file: &Path) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for agent in &mut self.nodes {
+                let alive = match agent.child.as_mut() {
+                    Some(child) => matches!(child.try_wait(), Ok(None)),
+                    None => std::net::TcpStream::connect(("127.0.0.1", agent.port)).is_ok(),
+                };
+                if !alive {
+                    tracing::warn!(node = %agent.name, "agent died; restarting it");
+                    if let Err(error) = agent.spawn(binary, token_file) {
+                        tracing::error!(node = %agent.name, %error, "cannot restart the agent");
+                    }
+                }
+            }
+        }
+    }
+
+    /// SIGTERM lets each agent stop its app's processes; SIGKILL whatever remains after 30 s.
+    fn stop(&mut self) {
+        for agent in &self.nodes {
+            if let Some(pid) = agent.pid() {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for agent in &mut self.nodes {
+            while agent.running() {
+                if Instant::now() > deadline {
+                    tracing::warn!(node = %agent.name, "agent did not stop; killing it");
+                    if let Some(pid) = agent.pid() {
+                        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                    }
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if let Some(child) = agent.child.as_mut() {
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+impl AgentNode {
+    fn spawn(&mut self, binary: &Path, token_file: &Path) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))?;
+        let mut command = Command::new(binary);
+        command
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["agent", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--token-file")
+            .arg(token_file)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // Its own process group: Ctrl-C in the terminal reaches `up` alone, which stops the
+        // agents in order; and an agent outlives a crash of `up`, as on a separate host.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start the agent of {}", self.name))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The agent's process: ours, or the one an earlier `up` started (from its pid file).
+    fn pid(&self) -> Option<nix::unistd::Pid> {
+        match &self.child {
+            Some(child) => Some(nix::unistd::Pid::from_raw(child.id() as i32)),
+            None => std::fs::read_to_string(self.dir.join("agent.pid"))
+                .ok()
+                .and_then(|pid| pid.trim().parse().ok())
+                .map(nix::unistd::Pid::from_raw),
+        }
+    }
+
+    fn running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => self
+                .pid()
+                .is_some_and(|pid| nix::sys::signal::kill(pid, None).is_ok()),
+        }
+    }
+}

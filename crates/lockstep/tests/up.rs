@@ -1,0 +1,261 @@
+//! `git push` to a running `lockstep up`, end to end: the real git client, real agents, the
+//! sample app, pages fetched from the nodes' routers.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+fn text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_to_production_deploys_every_node_with_every_phase_and_the_hook_once() {
+    let platform = Platform::start().await;
+    let project = Project::sample();
+    let pushed = platform.push(&project, "HEAD:production");
+    let log = text(&pushed);
+    assert!(pushed.status.success(), "{log}");
+    assert!(log.contains("Deployment complete"), "{log}");
+
+    let tree = tree_of(&project);
+    for router in platform.routers("production").await {
+        assert_eq!(
+            release_of(&router).await,
+            (200, Some(tree.clone())),
+            "{router}"
+        );
+    }
+
+    let activities = platform.cli(&["activity", "list", "--json"]);
+    assert!(activities.status.success(), "{}", text(&activities));
+    let activities: serde_json::Value = serde_json::from_slice(&activities.stdout).unwrap();
+    let push = &activities[0];
+    assert_eq!(push["type"], "push");
+    assert_eq!(push["environment"], "production");
+    assert_eq!(push["state"], "complete");
+    assert_eq!(push["result"], "success");
+    let phases: Vec<&str> = push["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "build",
+            "stage",
+            "quiesce",
+            "close",
+            "swap",
+            "deploy_hook",
+            "open",
+            "post_deploy"
+        ]
+    );
+    for phase in push["phases"].as_array().unwrap() {
+        for key in ["started_at", "ended_at"] {
+            let at = phase[key].as_str().unwrap_or_else(|| panic!("{phase}"));
+            assert!(chrono::DateTime::parse_from_rfc3339(at).is_ok(), "{at}");
+            assert_eq!(
+                at.len(),
+                "2026-01-01T00:00:00.000Z".len(),
+                "milliseconds: {at}"
+            );
+        }
+    }
+
+    let hooks: Vec<serde_json::Value> = platform
+        .storage("production", "hooks.log")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &serde_json::Value| r["hook"] == "deploy")
+        .collect();
+    assert_eq!(hooks.len(), 1, "{hooks:?}");
+    assert_eq!(hooks[0]["node"], "production-1");
+
+    // Staging deploys only staging.
+    project.new_version("staging only");
+    let pushed = platform.push(&project, "HEAD:staging");
+    assert!(pushed.status.success(), "{}", text(&pushed));
+    let staging_tree = tree_of(&project);
+    for router in platform.routers("staging").await {
+        assert_eq!(release_of(&router).await, (200, Some(staging_tree.clone())));
+    }
+    for router in platform.routers("production").await {
+        assert_eq!(
+            release_of(&router).await,
+            (200, Some(tree.clone())),
+            "production untouched"
+        );
+    }
+
+    // Any other branch gets a development environment.
+    let pushed = platform.push(&project, "HEAD:feature/login");
+    assert!(pushed.status.success(), "{}", text(&pushed));
+    let routers = platform.routers("feature-login").await;
+    assert_eq!(routers.len(), 1);
+    assert_eq!(
+        release_of(&routers[0]).await,
+        (200, Some(staging_tree.clone()))
+    );
+    let status = platform.status().await;
+    let dev = status["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "feature-login")
+        .unwrap();
+    assert_eq!(dev["kind"], "development");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_with_a_config_error_or_a_failing_build_is_rejected_while_production_serves() {
+    let platform = Platform::start().await;
+    let project = Project::sample();
+    let first = platform.push(&project, "HEAD:production");
+    assert!(first.status.success(), "{}", text(&first));
+    let tree = tree_of(&project);
+    let routers = platform.routers("production").await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loop_task = request_loop(routers.clone(), stop.clone());
+
+    std::fs::write(
+        project.path().join(".platform.app.yaml"),
+        std::fs::read_to_string(project.path().join(".platform.app.yaml"))
+            .unwrap()
+            .replace("hooks:", "hoks:"),
+    )
+    .unwrap();
+    project.commit("typo");
+    let rejected = platform.push(&project, "HEAD:production");
+    let log = text(&rejected);
+    assert!(!rejected.status.success(), "{log}");
+    assert!(log.contains("did you mean `hooks`?"), "{log}");
+
+    std::fs::write(
+        project.path().join(".platform.app.yaml"),
+        std::fs::read_to_string(project.path().join(".platform.app.yaml"))
+            .unwrap()
+            .replace("hoks:", "hooks:")
+            .replace("python3 build.py", "python3 build.py && exit 3"),
+    )
+    .unwrap();
+    project.commit("failing build");
+    let rejected = platform.push(&project, "HEAD:production");
+    let log = text(&rejected);
+    assert!(!rejected.status.success(), "{log}");
+    assert!(log.contains("build hook failed"), "{log}");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers = loop_task.await.unwrap();
+    assert!(answers.len() > 10);
+    assert!(
+        answers.iter().all(|a| *a == (200, Some(tree.clone()))),
+        "{answers:?}"
+    );
+    // The branch did not move.
+    let repository = platform.data_dir.path().join("controller/repos/shop.git");
+    let branch = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(&repository)
+        .args(["rev-parse", "production^{tree}"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&branch.stdout).trim(), tree);
+    let status = platform.status().await;
+    let production = status["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "production")
+        .unwrap();
+    assert_eq!(production["generation"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_and_new_releases_never_serve_at_once_through_a_deploy() {
+    let platform = Platform::start().await;
+    let project = Project::sample();
+    assert!(platform.push(&project, "HEAD:production").status.success());
+    let old = tree_of(&project);
+    let routers = platform.routers("production").await;
+    project.new_version("v2");
+    let new = tree_of(&project);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loop_task = request_loop(routers.clone(), stop.clone());
+    let pushed = platform.push(&project, "HEAD:production");
+    assert!(pushed.status.success(), "{}", text(&pushed));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers = loop_task.await.unwrap();
+
+    // The whole sequence is: old 200s, then closed 503s, then new 200s; nothing else.
+    let first_new = answers
+        .iter()
+        .position(|a| a.1.as_deref() == Some(new.as_str()))
+        .expect("the new release served");
+    let last_old = answers
+        .iter()
+        .rposition(|a| a.1.as_deref() == Some(old.as_str()))
+        .expect("the old release served");
+    assert!(last_old < first_new, "old release after the new one");
+    for (i, answer) in answers.iter().enumerate() {
+        match answer {
+            (200, Some(release)) if *release == old && i < first_new => {}
+            (200, Some(release)) if *release == new && i > last_old => {}
+            (503, None) if i > last_old && i < first_new => {}
+            other => panic!("answer {i} of {}: {other:?}", answers.len()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_and_starting_again_brings_every_environment_back_open_at_its_release() {
+    let mut platform = Platform::start().await;
+    let project = Project::sample();
+    assert!(platform.push(&project, "HEAD:production").status.success());
+    assert!(platform.push(&project, "HEAD:staging").status.success());
+    let tree = tree_of(&project);
+    let before = [
+        platform.routers("production").await,
+        platform.routers("staging").await,
+    ]
+    .concat();
+
+    platform.stop();
+    for router in &before {
+        assert_eq!(
+            release_of(router).await,
+            (0, None),
+            "{router} still answers after Ctrl-C"
+        );
+    }
+    platform.restart().await;
+    let after = [
+        platform.routers("production").await,
+        platform.routers("staging").await,
+    ]
+    .concat();
+    assert_eq!(before, after, "routers keep their ports");
+    for router in &after {
+        let mut answer = (0, None);
+        for _ in 0..200 {
+            answer = release_of(router).await;
+            if answer.0 == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(answer, (200, Some(tree.clone())), "{router}");
+    }
+}
