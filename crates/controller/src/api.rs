@@ -238,13 +238,18 @@ async fn environment_status(
 ) -> Result<EnvironmentStatus, ApiError> {
     let mut nodes = Vec::new();
     for node in controller.store.nodes(&environment.name)? {
-        let status = controller
-            .agents
-            .status(&node.agent_url, &environment.name)
-            .await;
-        let (gate, active, error) = match status {
-            Ok(status) => (Some(status.gate), status.active, None),
-            Err(error) => (None, None, Some(error.to_string())),
+        // A node that never received the environment has nothing to say yet.
+        let (gate, active, error) = if node.router_port.is_none() {
+            (None, None, Some("no release yet".to_owned()))
+        } else {
+            match controller
+                .agents
+                .status(&node.agent_url, &environment.name)
+                .await
+            {
+                Ok(status) => (Some(status.gate), status.active, None),
+                Err(error) => (None, None, Some(error.to_string())),
+            }
         };
         nodes.push(NodeStatus {
             router: node.router_port.map(|p| format!("http://127.0.0.1:{p}")),

@@ -259,3 +259,72 @@ async fn stopping_and_starting_again_brings_every_environment_back_open_at_its_r
         assert_eq!(answer, (200, Some(tree.clone())), "{router}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_serves_the_previous_release_and_queued_deploys_are_superseded() {
+    let platform = Platform::start().await;
+    let project = Project::sample();
+    // A deploy hook that takes a while, so that later requests queue behind the deploy.
+    let config = project.path().join(".platform.app.yaml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        original.replace(
+            "    GREETING:",
+            "    DEPLOY_HOOK_SLEEP: \"1\"\n    GREETING:",
+        ),
+    )
+    .unwrap();
+    project.commit("slow hook");
+    assert!(platform.push(&project, "HEAD:production").status.success());
+    let v1 = tree_of(&project);
+    project.new_version("v2");
+    assert!(platform.push(&project, "HEAD:production").status.success());
+    let v2 = tree_of(&project);
+
+    let rolled_back = platform.cli(&["rollback", "production"]);
+    assert!(rolled_back.status.success(), "{}", text(&rolled_back));
+    for router in platform.routers("production").await {
+        assert_eq!(
+            release_of(&router).await,
+            (200, Some(v1.clone())),
+            "{router}"
+        );
+    }
+
+    // Three redeploys in a row: the first runs, the second waits and is superseded by the third.
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let queued = platform.cli(&["deploy", "production", "--no-wait"]);
+        assert!(queued.status.success(), "{}", text(&queued));
+        ids.push(
+            String::from_utf8_lossy(&queued.stdout)
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .trim_end_matches(':')
+                .to_owned(),
+        );
+    }
+    let results: Vec<serde_json::Value> = {
+        let mut results = Vec::new();
+        for id in &ids {
+            results.push(platform.wait_for_activity(id).await);
+        }
+        results
+    };
+    assert_eq!(results[0]["result"], "success", "{results:?}");
+    assert_eq!(results[1]["result"], "superseded", "{results:?}");
+    assert_eq!(results[1]["state"], "cancelled");
+    assert_eq!(results[2]["result"], "success", "{results:?}");
+    // A redeploy of the rolled-back release keeps serving it; rolling back again returns to v2.
+    let rolled_back = platform.cli(&["rollback", "production"]);
+    assert!(rolled_back.status.success(), "{}", text(&rolled_back));
+    for router in platform.routers("production").await {
+        assert_eq!(
+            release_of(&router).await,
+            (200, Some(v2.clone())),
+            "{router}"
+        );
+    }
+}

@@ -115,7 +115,7 @@ fn print_environment(env: &serde_json::Value) {
         let gate = match node["gate"]["state"].as_str() {
             Some("open") => format!("open at generation {}", node["gate"]["generation"]),
             Some(state) => state.to_owned(),
-            None => format!("unreachable: {}", node["error"].as_str().unwrap_or("?")),
+            None => node["error"].as_str().unwrap_or("unknown").to_owned(),
         };
         println!(
             "  {:<14} {:<28} router {}",

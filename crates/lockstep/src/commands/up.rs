@@ -92,7 +92,7 @@ pub fn run(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
             token: layout.admin_token.clone(),
         };
         write_private(&data_dir.join("endpoints.json"), &serde_json::to_string_pretty(&endpoints)?)?;
-        print_banner(&endpoints, data_dir);
+        print_banner(&endpoints, data_dir, &binary);
         tokio::select! {
             result = controller.serve(listener, crate::shutdown_signal()) => result.context("the controller failed"),
             () = agents.keep_alive(&binary, &token_file) => unreachable!("keep_alive never ends"),
@@ -105,18 +105,20 @@ pub fn run(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_banner(endpoints: &Endpoints, data_dir: &Path) {
+fn print_banner(endpoints: &Endpoints, data_dir: &Path, binary: &Path) {
     println!("Lockstep is running: 3 production nodes, 1 staging node, 1 development node.");
     println!();
     println!("  git remote   {}", endpoints.git);
     println!("  API          {}", endpoints.api);
+    println!("  token        {}", endpoints.token);
     println!("  data         {}", data_dir.display());
     println!();
-    println!("Authenticate git with any user name and this token as the password, or let");
-    println!("lockstep answer for you:");
+    println!("Git takes any user name with the token as the password; or let lockstep answer");
+    println!("for you, in your project:");
     println!();
     println!(
-        "  git config credential.helper '!lockstep --data-dir {} credential'",
+        "  git config credential.helper '!{} --data-dir {} credential'",
+        binary.display(),
         data_dir.display()
     );
     println!("  git remote add lockstep {}", endpoints.git);
