@@ -15,7 +15,7 @@ use hyper::{Request, Response, StatusCode, header};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use lockstep_proto::agent::{GATE_HEADER, GENERATION_HEADER, Gate, GateSettings};
+use lockstep_proto::agent::{GATE_HEADER, GATE_PATH, GENERATION_HEADER, Gate, GateSettings};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -156,6 +156,9 @@ impl NodeRouter {
     }
 
     async fn handle(&self, mut request: Request<Incoming>) -> Response<ProxyBody> {
+        if request.uri().path() == GATE_PATH {
+            return gate_response(&self.gate.state());
+        }
         let (guard, generation, port) = match self.gate.admit() {
             Ok(admitted) => admitted,
             Err(settings) => {
@@ -203,6 +206,29 @@ impl NodeRouter {
             }
         }
     }
+}
+
+/// The router's own answer to the edge's health check: the gate, without touching the app.
+fn gate_response(gate: &Gate) -> Response<ProxyBody> {
+    let body = serde_json::to_string(gate).expect("a gate serialises");
+    let mut response = Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(
+            Full::new(Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+        .expect("a fixed response builds");
+    match gate {
+        Gate::Open { generation } => insert_gate_headers(response.headers_mut(), *generation),
+        Gate::Closed => {
+            response
+                .headers_mut()
+                .insert(GATE_HEADER, header::HeaderValue::from_static("closed"));
+        }
+    }
+    response
 }
 
 fn insert_gate_headers(headers: &mut header::HeaderMap, generation: u64) {

@@ -25,6 +25,11 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/api/v1/environments/{env}/rollback", post(rollback))
         .route("/api/v1/environments/{env}/logs", get(app_log))
         .route("/api/v1/environments/{env}/settings", post(set_setting))
+        .route("/api/v1/variables", get(list_variables))
+        .route(
+            "/api/v1/variables/{name}",
+            get(get_variable).put(set_variable).delete(delete_variable),
+        )
         .route("/api/v1/activities", get(activities))
         .route("/api/v1/activities/{id}", get(activity))
         .route("/api/v1/activities/{id}/log", get(activity_log))
@@ -354,6 +359,7 @@ fn start(
         activity: activity.id.clone(),
         environment: env.to_owned(),
         image: image.to_owned(),
+        rebuild_from: None,
     });
     Ok(Json(controller.store.activity(&activity.id)?))
 }
@@ -561,4 +567,50 @@ async fn metrics(State(controller): State<Arc<Controller>>) -> impl IntoResponse
         )],
         text,
     )
+}
+
+#[derive(Deserialize)]
+struct VariableQuery {
+    environment: Option<String>,
+    #[serde(default)]
+    no_redeploy: bool,
+}
+
+async fn list_variables(
+    State(controller): State<Arc<Controller>>,
+    Query(query): Query<VariableQuery>,
+) -> Result<Json<Vec<crate::Variable>>, ApiError> {
+    Ok(Json(
+        controller.list_variables(query.environment.as_deref())?,
+    ))
+}
+
+async fn get_variable(
+    State(controller): State<Arc<Controller>>,
+    Path(name): Path<String>,
+    Query(query): Query<VariableQuery>,
+) -> Result<Json<crate::Variable>, ApiError> {
+    Ok(Json(
+        controller.get_variable(query.environment.as_deref(), &name)?,
+    ))
+}
+
+async fn set_variable(
+    State(controller): State<Arc<Controller>>,
+    Path(name): Path<String>,
+    Json(input): Json<crate::SetVariable>,
+) -> Result<Json<crate::VariableChange>, ApiError> {
+    Ok(Json(controller.set_variable(&name, input)?))
+}
+
+async fn delete_variable(
+    State(controller): State<Arc<Controller>>,
+    Path(name): Path<String>,
+    Query(query): Query<VariableQuery>,
+) -> Result<Json<crate::VariableChange>, ApiError> {
+    Ok(Json(controller.delete_variable(
+        query.environment.as_deref(),
+        &name,
+        query.no_redeploy,
+    )?))
 }

@@ -11,7 +11,9 @@ mod api;
 mod git;
 mod orchestrator;
 mod push;
+mod secrets;
 mod store;
+mod variables;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,6 +24,7 @@ use lockstep_proto::agent::{EnvironmentType, GateSettings, InstanceConfig};
 
 pub use orchestrator::DeployJob;
 pub use store::{Activity, EnvSettings, Environment, Node, PhaseTiming, StoreError};
+pub use variables::{SetVariable, Variable, VariableChange, VariableError, Visibility};
 
 /// A node of an environment, and the agent that hosts it.
 #[derive(Debug, Clone)]
@@ -65,6 +68,10 @@ pub enum ControllerError {
     Image(#[from] lockstep_image::ImageError),
     #[error(transparent)]
     Build(#[from] lockstep_image::BuildError),
+    #[error("{0}")]
+    Secret(String),
+    #[error(transparent)]
+    Variable(#[from] VariableError),
     #[error("cannot {action}")]
     Io {
         action: String,
@@ -97,6 +104,7 @@ pub struct Controller {
     agents: agents::AgentClient,
     images: lockstep_image::ImageStore,
     builder: lockstep_image::Builder,
+    secrets: secrets::Secrets,
     queues: orchestrator::Queues,
     /// Lets git hooks, and only them, call the controller's internal routes.
     hook_token: String,
@@ -122,7 +130,10 @@ impl Controller {
         let builder = lockstep_image::Builder::new(&dir.join("build"))?;
         let images = builder.store().clone();
         let hook_token = random_token();
+        let secrets = secrets::Secrets::open(&dir.join("secret.key"))
+            .map_err(|e| ControllerError::Secret(e.to_string()))?;
         let controller = Controller {
+            secrets,
             agents: agents::AgentClient::new(options.agent_token.clone()),
             store,
             images,

@@ -26,6 +26,9 @@ pub struct DeployJob {
     pub activity: String,
     pub environment: String,
     pub image: String,
+    /// Build this git ref first (with the environment's build variables) and deploy the result
+    /// instead of `image`: a build-visible variable changed.
+    pub rebuild_from: Option<String>,
 }
 
 #[derive(Default)]
@@ -99,11 +102,15 @@ impl Controller {
         let nodes = self.store.nodes(&env.name)?;
         self.store
             .set_activity_state(&job.activity, "in_progress")?;
+        let image = match &job.rebuild_from {
+            Some(git_ref) => self.rebuild(job, git_ref).await?,
+            None => job.image.clone(),
+        };
         self.configure_instances(&env.name, &nodes).await?;
         let plan = Plan {
             deployment: job.activity.clone(),
             nodes: nodes.iter().map(|n| n.name.clone()).collect(),
-            image: job.image.clone(),
+            image,
             generation: self.store.next_generation(&env.name)?,
             previous: env.serving.clone(),
             on_hook_failure: env.settings.on_hook_failure,
@@ -124,6 +131,7 @@ impl Controller {
                         activity: activity.id.clone(),
                         environment: activity.environment.clone(),
                         image,
+                        rebuild_from: None,
                     }),
                     None => {
                         self.store.append_log(
@@ -440,13 +448,50 @@ impl Controller {
         Ok(())
     }
 
+    /// Builds an environment's branch again, with its build variables, within the activity.
+    async fn rebuild(&self, job: &DeployJob, git_ref: &str) -> Result<String, ControllerError> {
+        self.store.phase_started(&job.activity, "build")?;
+        let variables = self.variables_for(&job.environment, crate::variables::Audience::Build)?;
+        let (lines, mut incoming) = mpsc::unbounded_channel::<String>();
+        let request = lockstep_image::BuildRequest {
+            repo: &self.repository(),
+            git_ref,
+            project: &self.options.project,
+            variables: &variables,
+            timeout: lockstep_image::DEFAULT_BUILD_TIMEOUT,
+            git_env: &[],
+        };
+        // The build blocks its thread; its lines reach the activity log as they come.
+        let build = async {
+            let result = tokio::task::block_in_place(|| {
+                self.builder.build(&request, &mut |line| {
+                    let _ = lines.send(line.to_owned());
+                })
+            });
+            drop(lines);
+            result
+        };
+        let log = async {
+            while let Some(line) = incoming.recv().await {
+                let _ = self.store.append_log(&job.activity, &line);
+            }
+        };
+        let (result, ()) = tokio::join!(build, log);
+        let manifest = result?.manifest;
+        self.store.phase_ended(&job.activity, "build")?;
+        self.store.record_image(&manifest)?;
+        self.store
+            .set_activity_image(&job.activity, manifest.id.as_str())?;
+        Ok(manifest.id.to_string())
+    }
+
     fn runtime_inputs(
         &self,
         environment: &str,
         image: &str,
     ) -> Result<RuntimeInputs, ControllerError> {
         Ok(RuntimeInputs {
-            variables: Default::default(),
+            variables: self.variables_for(environment, crate::variables::Audience::Runtime)?,
             relationships: serde_json::json!({}),
             routes: self.platform_routes(environment, image)?,
         })

@@ -112,8 +112,12 @@ impl Controller {
         let controller = self.clone();
         let git_env: Vec<(String, String)> = git_env.clone().into_iter().collect();
         let commit_owned = commit.to_owned();
+        let variables =
+            match self.variables_for(&environment.name, crate::variables::Audience::Build) {
+                Ok(variables) => variables,
+                Err(error) => return self.fail_push(&activity.id, &error.to_string(), out),
+            };
         let build = tokio::task::spawn_blocking(move || {
-            let variables = BTreeMap::new();
             let request = lockstep_image::BuildRequest {
                 repo: &controller.repository(),
                 git_ref: &commit_owned,
@@ -205,6 +209,7 @@ impl Controller {
                 activity: activity.clone(),
                 environment: record.environment.clone(),
                 image,
+                rebuild_from: None,
             });
             activities.push(activity);
         }

@@ -23,7 +23,8 @@ pub enum StoreError {
     UnknownActivity(String),
 }
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE environments (
     name TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -69,7 +70,22 @@ CREATE TABLE journal (
     record TEXT NOT NULL,
     PRIMARY KEY (deployment, seq)
 );
-"#];
+"#,
+    r#"
+CREATE TABLE variables (
+    environment TEXT NOT NULL,
+    name TEXT NOT NULL,
+    stored TEXT NOT NULL,
+    sensitive INTEGER NOT NULL,
+    json INTEGER NOT NULL,
+    visible_build INTEGER NOT NULL,
+    visible_runtime INTEGER NOT NULL,
+    inheritable INTEGER NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (environment, name)
+);
+"#,
+];
 
 pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -550,6 +566,79 @@ impl Store {
                 records.push(serde_json::from_str(&row?)?);
             }
             Ok(records)
+        })
+    }
+}
+
+/// A variable as stored: `stored` is the value's text, sealed when sensitive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredVariable {
+    /// Empty for a project-level variable.
+    pub environment: String,
+    pub name: String,
+    pub stored: String,
+    pub sensitive: bool,
+    pub json: bool,
+    pub visible_build: bool,
+    pub visible_runtime: bool,
+    pub inheritable: bool,
+    pub updated_at: String,
+}
+
+impl Store {
+    pub fn put_variable(&self, variable: &StoredVariable) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO variables (environment, name, stored, sensitive, json, visible_build, visible_runtime, inheritable, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (environment, name) DO UPDATE SET stored = ?3, sensitive = ?4, json = ?5,
+                   visible_build = ?6, visible_runtime = ?7, inheritable = ?8, updated_at = ?9",
+                params![
+                    variable.environment,
+                    variable.name,
+                    variable.stored,
+                    variable.sensitive,
+                    variable.json,
+                    variable.visible_build,
+                    variable.visible_runtime,
+                    variable.inheritable,
+                    variable.updated_at
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn delete_variable(&self, environment: &str, name: &str) -> Result<bool, StoreError> {
+        self.with(|c| {
+            Ok(c.execute(
+                "DELETE FROM variables WHERE environment = ?1 AND name = ?2",
+                params![environment, name],
+            )? > 0)
+        })
+    }
+
+    /// The variables set at one level (`""` for the project), by name.
+    pub fn variables(&self, environment: &str) -> Result<Vec<StoredVariable>, StoreError> {
+        self.with(|c| {
+            let mut statement = c.prepare(
+                "SELECT environment, name, stored, sensitive, json, visible_build, visible_runtime, inheritable, updated_at
+                 FROM variables WHERE environment = ?1 ORDER BY name",
+            )?;
+            let rows = statement.query_map([environment], |row| {
+                Ok(StoredVariable {
+                    environment: row.get(0)?,
+                    name: row.get(1)?,
+                    stored: row.get(2)?,
+                    sensitive: row.get(3)?,
+                    json: row.get(4)?,
+                    visible_build: row.get(5)?,
+                    visible_runtime: row.get(6)?,
+                    inheritable: row.get(7)?,
+                    updated_at: row.get(8)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
         })
     }
 }

@@ -237,7 +237,8 @@ struct BuildEnv<'a> {
 
 /// The build hook's whole environment (SPEC section 5, "Build").
 fn build_env(build: &BuildEnv<'_>) -> BTreeMap<String, String> {
-    let mut env = BTreeMap::new();
+    // Variables first: what the platform provides below overrides them, as on Platform.sh.
+    let mut env = crate::variables_env(build.variables);
     let host_path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
     let global_bin = build.app_dir.join(".global/bin");
     env.insert(
@@ -258,6 +259,5 @@ fn build_env(build: &BuildEnv<'_>) -> BTreeMap<String, String> {
         "PLATFORM_CACHE_DIR".into(),
         build.cache_dir.display().to_string(),
     );
-    env.extend(crate::variables_env(build.variables));
     env
 }

@@ -57,6 +57,18 @@ impl ApiClient {
         self.send(self.http.post(self.url(path)).json(body)).await
     }
 
+    pub async fn put<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<T> {
+        self.send(self.http.put(self.url(path)).json(body)).await
+    }
+
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.http.delete(self.url(path))).await
+    }
+
     pub async fn text(&self, path: &str) -> anyhow::Result<reqwest::Response> {
         let response = self
             .http

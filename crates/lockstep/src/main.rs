@@ -87,6 +87,13 @@ enum Command {
         #[command(flatten)]
         connection: commands::ops::Connection,
     },
+    /// Project and environment variables.
+    Var {
+        #[command(flatten)]
+        connection: commands::ops::Connection,
+        #[command(subcommand)]
+        command: commands::ops::VarCommand,
+    },
     /// A git credential helper that answers with the token of a running `lockstep up`.
     Credential {
         /// What git asks: `get`, `store` or `erase`.
@@ -145,6 +152,12 @@ fn main() -> ExitCode {
             wait,
         } => remote(connection, &data_dir, |client| async move {
             commands::ops::operation(&client, &env, "rollback", wait).await
+        }),
+        Command::Var {
+            connection,
+            command,
+        } => remote(connection, &data_dir, |client| async move {
+            commands::ops::var(&client, command).await
         }),
         Command::Logs {
             env,

@@ -143,8 +143,21 @@ async fn a_killed_agent_comes_back_closed_and_opens_only_at_the_active_generatio
     let refused = client.step(ENV, "open", "d1", 2).await;
     assert_eq!(refused.status, 409, "{}", refused.body);
     assert_eq!(get_router(port, "/").await.0, 503);
+    let gate = |port: u16| async move {
+        reqwest::get(format!("http://127.0.0.1:{port}/.lockstep/gate"))
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    assert_eq!(gate(port).await, serde_json::json!({"state": "closed"}));
     client.step(ENV, "open", "d1", 1).await.ok();
     assert_eq!(get_router(port, "/").await.0, 200);
+    assert_eq!(
+        gate(port).await,
+        serde_json::json!({"state": "open", "generation": 1})
+    );
 }
 
 #[tokio::test]

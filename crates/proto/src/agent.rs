@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 
 /// The header that carries the instance's gate state on every answer of a node router.
 pub const GATE_HEADER: &str = "x-lockstep-gate";
+/// A path every node router answers itself, open or closed, with its `Gate` as JSON: the
+/// edge's health check.
+pub const GATE_PATH: &str = "/.lockstep/gate";
 /// The header that carries the generation a node router is open at.
 pub const GENERATION_HEADER: &str = "x-lockstep-generation";
 

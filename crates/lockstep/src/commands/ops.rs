@@ -311,3 +311,185 @@ pub async fn logs(
     print!("{text}");
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Subcommand)]
+pub enum VarCommand {
+    /// List the variables of the project, or of one environment.
+    List {
+        #[arg(long, short)]
+        env: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one variable (a sensitive value is never shown again).
+    Get {
+        name: String,
+        #[arg(long, short)]
+        env: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a variable; `env:NAME` becomes an environment variable of the app.
+    Set {
+        name: String,
+        value: String,
+        /// An environment's variable, instead of the project's.
+        #[arg(long, short)]
+        env: Option<String>,
+        /// Encrypted at rest and never shown again.
+        #[arg(long)]
+        sensitive: bool,
+        #[arg(long, value_enum, default_value = "both")]
+        visibility: VisibilityArg,
+        /// Whether child environments inherit it.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        inheritable: bool,
+        /// The value is JSON.
+        #[arg(long)]
+        json: bool,
+        /// Do not redeploy the environment now.
+        #[arg(long)]
+        no_redeploy: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Delete a variable.
+    Delete {
+        name: String,
+        #[arg(long, short)]
+        env: Option<String>,
+        #[arg(long)]
+        no_redeploy: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum VisibilityArg {
+    Build,
+    Runtime,
+    Both,
+}
+
+fn variable_path(name: &str, env: &Option<String>, extra: &str) -> String {
+    let mut path = format!("/variables/{name}?no_redeploy={extra}");
+    if let Some(env) = env {
+        path.push_str(&format!("&environment={env}"));
+    }
+    path
+}
+
+fn print_variable(variable: &serde_json::Value) {
+    let level = variable["environment"].as_str().unwrap_or("project");
+    let value = match &variable["value"] {
+        serde_json::Value::Null => "(sensitive)".to_owned(),
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    println!(
+        "{:<28} {:<12} {:<8} {:<12} {value}",
+        variable["name"].as_str().unwrap_or("?"),
+        level,
+        variable["visibility"].as_str().unwrap_or("?"),
+        if variable["inheritable"] == true {
+            "inheritable"
+        } else {
+            "this only"
+        },
+    );
+}
+
+pub async fn var(client: &ApiClient, command: VarCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        VarCommand::List { env, json } => {
+            let mut path = "/variables".to_owned();
+            if let Some(env) = &env {
+                path.push_str(&format!("?environment={env}"));
+            }
+            let variables: Vec<serde_json::Value> = client.get(&path).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&variables)?);
+            } else {
+                println!(
+                    "{:<28} {:<12} {:<8} {:<12} VALUE",
+                    "NAME", "LEVEL", "VISIBLE", "INHERITANCE"
+                );
+                variables.iter().for_each(print_variable);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        VarCommand::Get { name, env, json } => {
+            let variable: serde_json::Value =
+                client.get(&variable_path(&name, &env, "false")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&variable)?);
+            } else {
+                print_variable(&variable);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        VarCommand::Set {
+            name,
+            value,
+            env,
+            sensitive,
+            visibility,
+            inheritable,
+            json,
+            no_redeploy,
+            wait,
+        } => {
+            let visibility = match visibility {
+                VisibilityArg::Build => "build",
+                VisibilityArg::Runtime => "runtime",
+                VisibilityArg::Both => "both",
+            };
+            let body = serde_json::json!({
+                "environment": env, "value": value, "json": json, "sensitive": sensitive,
+                "visibility": visibility, "inheritable": inheritable, "no_redeploy": no_redeploy,
+            });
+            let change: serde_json::Value =
+                client.put(&format!("/variables/{name}"), &body).await?;
+            println!(
+                "{name} set{}",
+                env.as_ref().map(|e| format!(" on {e}")).unwrap_or_default()
+            );
+            report_change(client, &change, wait).await
+        }
+        VarCommand::Delete {
+            name,
+            env,
+            no_redeploy,
+            wait,
+        } => {
+            let change: serde_json::Value = client
+                .delete(&variable_path(&name, &env, &no_redeploy.to_string()))
+                .await?;
+            println!("{name} deleted");
+            report_change(client, &change, wait).await
+        }
+    }
+}
+
+/// Follows the redeploy a variable change started, or says why there is none.
+async fn report_change(
+    client: &ApiClient,
+    change: &serde_json::Value,
+    wait: WaitArgs,
+) -> anyhow::Result<ExitCode> {
+    if let Some(note) = change["note"].as_str() {
+        println!("{note}");
+    }
+    let Some(id) = change["activity"]["id"].as_str() else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    println!(
+        "Activity {id}: {}",
+        change["activity"]["description"].as_str().unwrap_or("")
+    );
+    if wait.no_wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    follow_log(client, id, true).await
+}
