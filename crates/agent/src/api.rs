@@ -37,6 +37,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/instances/{env}/background", post(background))
         .route("/v1/instances/{env}/crons/{name}/run", post(run_cron))
         .route("/v1/instances/{env}/logs/{process}", get(log))
+        .route("/v1/instances/{env}/users", put(users))
+        .route("/v1/instances/{env}/exec", post(exec))
         .layer(axum::middleware::from_fn_with_state(
             agent.clone(),
             authenticate,
@@ -219,4 +221,22 @@ async fn log(
         .instance(&env)
         .await?
         .log(&process, query.bytes.unwrap_or(64 * 1024))
+}
+
+async fn users(
+    State(agent): State<Arc<Agent>>,
+    Path(env): Path<String>,
+    Json(users): Json<Vec<lockstep_proto::agent::NodeUser>>,
+) -> Answer<serde_json::Value> {
+    let count = users.len();
+    agent.instance(&env).await?.set_users(users).await?;
+    Ok(Json(serde_json::json!({ "users": count })))
+}
+
+async fn exec(
+    State(agent): State<Arc<Agent>>,
+    Path(env): Path<String>,
+    Json(request): Json<lockstep_proto::agent::ExecRequest>,
+) -> Answer<lockstep_proto::agent::ExecOutcome> {
+    agent.instance(&env).await?.exec(&request).await.map(Json)
 }

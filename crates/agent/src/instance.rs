@@ -12,9 +12,9 @@ use std::time::Duration;
 use chrono::Utc;
 use lockstep_image::{HookSpec, ImageId, ImageInfo};
 use lockstep_proto::agent::{
-    ActiveRelease, Closed, CronRunInfo, DiskUse, Gate, HookKind, HookOutcome, HookRequest,
-    HookState, InstanceConfig, InstanceStatus, ProcessInfo, ProcessState, RuntimeInputs, Staged,
-    Step, SwapRequest,
+    ActiveRelease, Closed, CronRunInfo, DiskUse, ExecOutcome, ExecRequest, Gate, HookKind,
+    HookOutcome, HookRequest, HookState, InstanceConfig, InstanceStatus, NodeUser, ProcessInfo,
+    ProcessState, RuntimeInputs, Staged, Step, SwapRequest,
 };
 use lockstep_supervisor::{
     CronOutcome, CronRunner, CronSpec, LogLimits, ProcessSpec, RunAs, Supervisor,
@@ -39,6 +39,9 @@ const STOP_GRACE: Duration = Duration::from_secs(15);
 /// Platform.sh sets no limit on deploy hooks; this only guards against one that hangs forever.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 const HOOK_OUTPUT_LINES: usize = 40;
+/// How long a `lockstep ssh` command may run, and how much of its output comes back.
+const EXEC_TIMEOUT: Duration = Duration::from_secs(600);
+const EXEC_OUTPUT_BYTES: usize = 1024 * 1024;
 
 /// Sees a running hook's outcome once it is stored.
 type HookWatch = watch::Receiver<Option<HookOutcome>>;
@@ -258,6 +261,8 @@ impl Instance {
         state.active = Some(active.clone());
         self.prune(&mut state);
         self.persist(&state)?;
+        // The new release's `access.ssh` decides who may come in.
+        self.write_authorized_keys(&state, &self.users())?;
         self.start_web(&state, &active).await?;
         drop(state);
         Ok(self.status().await)
@@ -407,6 +412,124 @@ impl Instance {
     ) -> Result<Option<HookOutcome>, AgentError> {
         check_deployment_id(deployment)?;
         self.hooks.get(deployment, hook)
+    }
+
+    /// Takes the project's users with their role on this environment's type, and lets in, by
+    /// their SSH keys, those whose role the app's `access.ssh` allows (contributor by default).
+    pub async fn set_users(&self, users: Vec<NodeUser>) -> Result<(), AgentError> {
+        let state = self.state.lock().await;
+        let path = self.dir.join("users.json");
+        durable::write_json(&path, &users)
+            .map_err(AgentError::io(format!("write {}", path.display())))?;
+        self.write_authorized_keys(&state, &users)
+    }
+
+    fn users(&self) -> Vec<NodeUser> {
+        durable::read_json(&self.dir.join("users.json"))
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    fn write_authorized_keys(
+        &self,
+        state: &Persisted,
+        users: &[NodeUser],
+    ) -> Result<(), AgentError> {
+        let least = state
+            .active
+            .as_ref()
+            .and_then(|a| a.release.image.parse::<ImageId>().ok())
+            .and_then(|id| self.releases.info(&id).ok())
+            .map_or(lockstep_config::Role::Contributor, |info| {
+                info.config.app.access.ssh
+            });
+        let rank = |role: &str| match role {
+            "admin" => 2,
+            "contributor" => 1,
+            _ => 0,
+        };
+        let needed = match least {
+            lockstep_config::Role::Admin => 2,
+            lockstep_config::Role::Contributor => 1,
+            lockstep_config::Role::Viewer => 0,
+        };
+        let mut lines = String::from(
+            "# Written by Lockstep from the project's users; changes are overwritten.\n",
+        );
+        for user in users.iter().filter(|u| rank(&u.role) >= needed) {
+            for key in &user.ssh_keys {
+                lines.push_str(&format!("{} lockstep:{}\n", key.trim(), user.name));
+            }
+        }
+        let ssh_dir = self.dir.join("home/.ssh");
+        std::fs::create_dir_all(&ssh_dir)
+            .map_err(AgentError::io(format!("create {}", ssh_dir.display())))?;
+        let keys_path = ssh_dir.join("authorized_keys");
+        std::fs::write(&keys_path, lines)
+            .map_err(AgentError::io(format!("write {}", keys_path.display())))?;
+        use std::os::unix::fs::PermissionsExt;
+        for (path, mode) in [
+            (&self.dir.join("home"), 0o755),
+            (&ssh_dir, 0o700),
+            (&keys_path, 0o600),
+        ] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(
+                AgentError::io(format!("set permissions on {}", path.display())),
+            )?;
+            if let Some(run_as) = &self.run_as {
+                nix::unistd::chown(
+                    path.as_path(),
+                    Some(run_as.uid.into()),
+                    Some(run_as.gid.into()),
+                )
+                .map_err(|e| AgentError::Io {
+                    action: format!("give {} to the app user", path.display()),
+                    source: e.into(),
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a command in the active release's runtime environment, as the app's user.
+    pub async fn exec(&self, request: &ExecRequest) -> Result<ExecOutcome, AgentError> {
+        let state = self.state.lock().await;
+        let Some(active) = state.active.clone() else {
+            return Err(AgentError::Refused(
+                "no release is active on this node".into(),
+            ));
+        };
+        let id: ImageId = active.release.image.parse()?;
+        let info = self.releases.info(&id)?;
+        let spec = HookSpec {
+            script: request.command.clone(),
+            dir: self.releases.app_dir(&id),
+            env: self.env_for(&state, &active, &info),
+            timeout: EXEC_TIMEOUT,
+            run_as: self.run_as.as_ref().map(|r| (r.uid, r.gid)),
+        };
+        drop(state);
+        tracing::info!(user = %request.user, command = %request.command, "running a command for a user");
+        let result = tokio::task::spawn_blocking(move || {
+            let mut output = String::new();
+            let result = lockstep_image::run_hook(&spec, &mut |line| {
+                if output.len() < EXEC_OUTPUT_BYTES {
+                    output.push_str(line);
+                    output.push('\n');
+                }
+            });
+            (result, output)
+        })
+        .await
+        .expect("exec task does not panic");
+        let (result, output) = result;
+        let exit_code = match result {
+            Ok(_) => Some(0),
+            Err(lockstep_image::HookFailure::Exited { status, .. }) => status.code(),
+            Err(_) => None,
+        };
+        Ok(ExecOutcome { exit_code, output })
     }
 
     /// Opens the gate at `generation`, which must be the active release's.

@@ -51,6 +51,8 @@ pub enum Call<'a> {
     Hook(&'a HookRequest),
     Open(&'a Step),
     Background(&'a Step),
+    Users(&'a [lockstep_proto::agent::NodeUser]),
+    Exec(&'a lockstep_proto::agent::ExecRequest),
 }
 
 impl AgentClient {
@@ -104,6 +106,8 @@ impl AgentClient {
             Call::Hook(request) => post(&self.http, &base, "hooks", request),
             Call::Open(step) => post(&self.http, &base, "open", step),
             Call::Background(step) => post(&self.http, &base, "background", step),
+            Call::Users(users) => self.http.put(format!("{base}/users")).json(users),
+            Call::Exec(request) => post(&self.http, &base, "exec", request),
         };
         let response = request
             .bearer_auth(&self.token)

@@ -8,13 +8,15 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::access::{Action, Principal, allowed, may_manage_project};
 use crate::push::{HookCall, HookLine};
 use crate::{Activity, Controller, ControllerError, DeployJob, Environment, StoreError};
+use lockstep_proto::agent::EnvironmentType;
 
 pub fn router(controller: Arc<Controller>) -> Router {
     let api = Router::new()
@@ -30,13 +32,20 @@ pub fn router(controller: Arc<Controller>) -> Router {
             "/api/v1/variables/{name}",
             get(get_variable).put(set_variable).delete(delete_variable),
         )
+        .route("/api/v1/environments/{env}/exec", post(exec))
+        .route("/api/v1/users", get(list_users))
+        .route(
+            "/api/v1/users/{email}",
+            post(add_user).patch(update_user).delete(delete_user),
+        )
+        .route("/api/v1/users/{email}/token", post(new_token))
         .route("/api/v1/activities", get(activities))
         .route("/api/v1/activities/{id}", get(activity))
         .route("/api/v1/activities/{id}/log", get(activity_log))
         .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(
             controller.clone(),
-            require_admin,
+            identify,
         ));
     Router::new()
         .route("/git/{*path}", any(git))
@@ -62,7 +71,13 @@ impl From<ControllerError> for ApiError {
             ) => StatusCode::NOT_FOUND,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiError(status, error.to_string())
+        let mut message = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            message.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        ApiError(status, message)
     }
 }
 
@@ -72,7 +87,7 @@ impl From<StoreError> for ApiError {
     }
 }
 
-fn token_matches(expected: &str, presented: &str) -> bool {
+pub(crate) fn token_matches(expected: &str, presented: &str) -> bool {
     presented.len() == expected.len()
         && presented
             .bytes()
@@ -89,20 +104,68 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .strip_prefix("Bearer ")
 }
 
-async fn require_admin(
+/// Identifies the caller by token; every API route then checks what the caller may do.
+async fn identify(
     State(controller): State<Arc<Controller>>,
-    request: Request,
+    mut request: Request,
     next: axum::middleware::Next,
 ) -> Response {
-    match bearer(request.headers()) {
-        Some(token) if token_matches(&controller.options.admin_token, token) => {
+    let principal = bearer(request.headers()).map(|token| controller.principal(token));
+    match principal {
+        Some(Ok(Some(principal))) => {
+            request.extensions_mut().insert(principal);
             next.run(request).await
         }
+        Some(Err(error)) => ApiError::from(error).into_response(),
         _ => ApiError(
             StatusCode::UNAUTHORIZED,
             "a valid API token is required (LOCKSTEP_TOKEN)".into(),
         )
         .into_response(),
+    }
+}
+
+/// Refuses unless `principal` may do `action` on environment `env`.
+fn check(
+    controller: &Controller,
+    principal: &Principal,
+    action: Action,
+    env: &str,
+) -> Result<Environment, ApiError> {
+    let environment = controller.store.environment(env)?;
+    if allowed(principal, action, environment.kind) {
+        Ok(environment)
+    } else {
+        Err(forbidden(principal, action, &environment))
+    }
+}
+
+fn forbidden(principal: &Principal, action: Action, environment: &Environment) -> ApiError {
+    let what = match action {
+        Action::Read => "see",
+        Action::Push => "push to",
+        Action::Ssh => "open a shell on",
+        Action::Manage => "deploy or change the settings and variables of",
+    };
+    ApiError(
+        StatusCode::FORBIDDEN,
+        format!(
+            "{} may not {what} {} ({} environments need a role that allows it)",
+            principal.name(),
+            environment.name,
+            environment.kind.as_str()
+        ),
+    )
+}
+
+fn check_project_admin(principal: &Principal) -> Result<(), ApiError> {
+    if may_manage_project(principal) {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!("{} is not a project admin", principal.name()),
+        ))
     }
 }
 
@@ -123,15 +186,39 @@ async fn git(
             v.split_once(':')
                 .map(|(user, password)| (user.to_owned(), password.to_owned()))
         });
-    let Some((user, _)) =
-        password.filter(|(_, p)| token_matches(&controller.options.admin_token, p))
-    else {
+    let principal = password.and_then(|(_, token)| controller.principal(&token).ok().flatten());
+    let Some(principal) = principal else {
         return Response::builder()
             .status(StatusCode::UNAUTHORIZED)
             .header(header::WWW_AUTHENTICATE, "Basic realm=\"Lockstep\"")
             .body(Body::from("a Lockstep token is required as the password\n"))
             .expect("a fixed response builds");
     };
+    // Pushes are checked per branch in pre-receive; here, only whether the caller may push or
+    // read anything at all.
+    let pushing = path.ends_with("git-receive-pack")
+        || request
+            .uri()
+            .query()
+            .is_some_and(|q| q.contains("service=git-receive-pack"));
+    let needed = if pushing { Action::Push } else { Action::Read };
+    let kinds = [
+        EnvironmentType::Production,
+        EnvironmentType::Staging,
+        EnvironmentType::Development,
+    ];
+    if !kinds.iter().any(|kind| allowed(&principal, needed, *kind)) {
+        return ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} may not {} this project",
+                principal.name(),
+                if pushing { "push to" } else { "read" }
+            ),
+        )
+        .into_response();
+    }
+    let user = principal.name().to_owned();
     let (parts, body) = request.into_parts();
     let path_info = format!("/{path}");
     let query = parts.uri.query().unwrap_or_default().to_owned();
@@ -144,7 +231,7 @@ async fn git(
             method: &parts.method,
             query: &query,
             headers: &parts.headers,
-            user: if user.is_empty() { "lockstep" } else { &user },
+            user: &user,
             contact: &contact,
         },
         body,
@@ -278,9 +365,12 @@ async fn environment_status(
     })
 }
 
-async fn status(State(controller): State<Arc<Controller>>) -> Result<Json<Status>, ApiError> {
+async fn status(
+    State(controller): State<Arc<Controller>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Status>, ApiError> {
     let mut environments = Vec::new();
-    for environment in controller.store.environments()? {
+    for environment in visible(&controller, &principal)? {
         environments.push(environment_status(&controller, environment).await?);
     }
     Ok(Json(Status {
@@ -292,15 +382,27 @@ async fn status(State(controller): State<Arc<Controller>>) -> Result<Json<Status
 
 async fn environments(
     State(controller): State<Arc<Controller>>,
+    Extension(principal): Extension<Principal>,
 ) -> Result<Json<Vec<Environment>>, ApiError> {
-    Ok(Json(controller.store.environments()?))
+    Ok(Json(visible(&controller, &principal)?))
+}
+
+/// The environments the caller may see.
+fn visible(controller: &Controller, principal: &Principal) -> Result<Vec<Environment>, ApiError> {
+    Ok(controller
+        .store
+        .environments()?
+        .into_iter()
+        .filter(|e| allowed(principal, Action::Read, e.kind))
+        .collect())
 }
 
 async fn environment(
     State(controller): State<Arc<Controller>>,
     Path(env): Path<String>,
+    Extension(principal): Extension<Principal>,
 ) -> Result<Json<EnvironmentStatus>, ApiError> {
-    let environment = controller.store.environment(&env)?;
+    let environment = check(&controller, &principal, Action::Read, &env)?;
     Ok(Json(environment_status(&controller, environment).await?))
 }
 
@@ -308,8 +410,9 @@ async fn environment(
 async fn deploy(
     State(controller): State<Arc<Controller>>,
     Path(env): Path<String>,
+    Extension(principal): Extension<Principal>,
 ) -> Result<Json<Activity>, ApiError> {
-    let environment = controller.store.environment(&env)?;
+    let environment = check(&controller, &principal, Action::Manage, &env)?;
     let Some(serving) = environment.serving else {
         return Err(ApiError(
             StatusCode::CONFLICT,
@@ -329,8 +432,9 @@ async fn deploy(
 async fn rollback(
     State(controller): State<Arc<Controller>>,
     Path(env): Path<String>,
+    Extension(principal): Extension<Principal>,
 ) -> Result<Json<Activity>, ApiError> {
-    let environment = controller.store.environment(&env)?;
+    let environment = check(&controller, &principal, Action::Manage, &env)?;
     let Some(previous) = environment.previous else {
         return Err(ApiError(
             StatusCode::CONFLICT,
@@ -378,9 +482,10 @@ struct Setting {
 async fn set_setting(
     State(controller): State<Arc<Controller>>,
     Path(env): Path<String>,
+    Extension(principal): Extension<Principal>,
     Json(setting): Json<Setting>,
 ) -> Result<Json<Environment>, ApiError> {
-    let mut settings = controller.store.environment(&env)?.settings;
+    let mut settings = check(&controller, &principal, Action::Manage, &env)?.settings;
     let bad = |what: &str| {
         ApiError(
             StatusCode::BAD_REQUEST,
@@ -442,17 +547,29 @@ struct ActivityQuery {
 async fn activities(
     State(controller): State<Arc<Controller>>,
     Query(query): Query<ActivityQuery>,
+    Extension(principal): Extension<Principal>,
 ) -> Result<Json<Vec<Activity>>, ApiError> {
-    Ok(Json(controller.store.activities(
-        query.environment.as_deref(),
-        query.limit.unwrap_or(50),
-    )?))
+    let kinds: std::collections::BTreeMap<String, EnvironmentType> =
+        visible(&controller, &principal)?
+            .into_iter()
+            .map(|e| (e.name, e.kind))
+            .collect();
+    let activities = controller
+        .store
+        .activities(query.environment.as_deref(), query.limit.unwrap_or(50))?
+        .into_iter()
+        .filter(|a| kinds.contains_key(&a.environment))
+        .collect();
+    Ok(Json(activities))
 }
 
 async fn activity(
     State(controller): State<Arc<Controller>>,
     Path(id): Path<String>,
+    Extension(principal): Extension<Principal>,
 ) -> Result<Json<Activity>, ApiError> {
+    let environment = controller.store.activity(&id)?.environment;
+    check(&controller, &principal, Action::Read, &environment)?;
     Ok(Json(controller.store.activity(&id)?))
 }
 
@@ -467,7 +584,10 @@ async fn activity_log(
     State(controller): State<Arc<Controller>>,
     Path(id): Path<String>,
     Query(query): Query<LogQuery>,
+    Extension(principal): Extension<Principal>,
 ) -> Result<Response, ApiError> {
+    let environment = controller.store.activity(&id)?.environment;
+    check(&controller, &principal, Action::Read, &environment)?;
     let log = controller.store.log(&id)?;
     if !query.follow {
         return Ok(log.into_response());
@@ -513,7 +633,9 @@ async fn app_log(
     State(controller): State<Arc<Controller>>,
     Path(env): Path<String>,
     Query(query): Query<AppLogQuery>,
+    Extension(principal): Extension<Principal>,
 ) -> Result<String, ApiError> {
+    check(&controller, &principal, Action::Read, &env)?;
     let nodes = controller.store.nodes(&env)?;
     let node = match &query.node {
         Some(name) => nodes.iter().find(|n| &n.name == name),
@@ -579,7 +701,11 @@ struct VariableQuery {
 async fn list_variables(
     State(controller): State<Arc<Controller>>,
     Query(query): Query<VariableQuery>,
+    Extension(principal): Extension<Principal>,
 ) -> Result<Json<Vec<crate::Variable>>, ApiError> {
+    if let Some(env) = &query.environment {
+        check(&controller, &principal, Action::Read, env)?;
+    }
     Ok(Json(
         controller.list_variables(query.environment.as_deref())?,
     ))
@@ -589,7 +715,11 @@ async fn get_variable(
     State(controller): State<Arc<Controller>>,
     Path(name): Path<String>,
     Query(query): Query<VariableQuery>,
+    Extension(principal): Extension<Principal>,
 ) -> Result<Json<crate::Variable>, ApiError> {
+    if let Some(env) = &query.environment {
+        check(&controller, &principal, Action::Read, env)?;
+    }
     Ok(Json(
         controller.get_variable(query.environment.as_deref(), &name)?,
     ))
@@ -598,8 +728,13 @@ async fn get_variable(
 async fn set_variable(
     State(controller): State<Arc<Controller>>,
     Path(name): Path<String>,
+    Extension(principal): Extension<Principal>,
     Json(input): Json<crate::SetVariable>,
 ) -> Result<Json<crate::VariableChange>, ApiError> {
+    match &input.environment {
+        Some(env) => drop(check(&controller, &principal, Action::Manage, env)?),
+        None => check_project_admin(&principal)?,
+    }
     Ok(Json(controller.set_variable(&name, input)?))
 }
 
@@ -607,10 +742,107 @@ async fn delete_variable(
     State(controller): State<Arc<Controller>>,
     Path(name): Path<String>,
     Query(query): Query<VariableQuery>,
+    Extension(principal): Extension<Principal>,
 ) -> Result<Json<crate::VariableChange>, ApiError> {
+    match &query.environment {
+        Some(env) => drop(check(&controller, &principal, Action::Manage, env)?),
+        None => check_project_admin(&principal)?,
+    }
     Ok(Json(controller.delete_variable(
         query.environment.as_deref(),
         &name,
         query.no_redeploy,
     )?))
+}
+
+async fn list_users(
+    State(controller): State<Arc<Controller>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Vec<crate::User>>, ApiError> {
+    check_project_admin(&principal)?;
+    Ok(Json(controller.list_users()?))
+}
+
+async fn add_user(
+    State(controller): State<Arc<Controller>>,
+    Path(email): Path<String>,
+    Extension(principal): Extension<Principal>,
+    Json(change): Json<crate::UserChange>,
+) -> Result<Json<crate::UserWithToken>, ApiError> {
+    check_project_admin(&principal)?;
+    Ok(Json(controller.add_user(&email, change).await?))
+}
+
+async fn update_user(
+    State(controller): State<Arc<Controller>>,
+    Path(email): Path<String>,
+    Extension(principal): Extension<Principal>,
+    Json(change): Json<crate::UserChange>,
+) -> Result<Json<crate::User>, ApiError> {
+    check_project_admin(&principal)?;
+    Ok(Json(controller.update_user(&email, change).await?))
+}
+
+async fn delete_user(
+    State(controller): State<Arc<Controller>>,
+    Path(email): Path<String>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_project_admin(&principal)?;
+    controller.delete_user(&email).await?;
+    Ok(Json(serde_json::json!({ "deleted": email })))
+}
+
+async fn new_token(
+    State(controller): State<Arc<Controller>>,
+    Path(email): Path<String>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<crate::UserWithToken>, ApiError> {
+    check_project_admin(&principal)?;
+    Ok(Json(controller.new_token(&email).await?))
+}
+
+#[derive(Deserialize)]
+struct ExecQuery {
+    node: Option<String>,
+    command: String,
+}
+
+/// `lockstep ssh`: a command in the app's runtime environment on one node.
+async fn exec(
+    State(controller): State<Arc<Controller>>,
+    Path(env): Path<String>,
+    Extension(principal): Extension<Principal>,
+    Json(query): Json<ExecQuery>,
+) -> Result<Json<lockstep_proto::agent::ExecOutcome>, ApiError> {
+    check(&controller, &principal, Action::Ssh, &env)?;
+    let nodes = controller.store.nodes(&env)?;
+    let node = match &query.node {
+        Some(name) => nodes.iter().find(|n| &n.name == name),
+        None => nodes.first(),
+    }
+    .ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!(
+                "{env} has no node {}",
+                query.node.clone().unwrap_or_default()
+            ),
+        )
+    })?;
+    let request = lockstep_proto::agent::ExecRequest {
+        command: query.command,
+        user: principal.name().to_owned(),
+    };
+    controller
+        .agents
+        .call(
+            &node.agent_url,
+            &env,
+            crate::agents::Call::Exec(&request),
+            Duration::from_secs(600),
+        )
+        .await
+        .map(Json)
+        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("{}: {e}", node.name)))
 }

@@ -6,6 +6,7 @@
 //! decides; the orchestrator carries out), let a push whose configuration or build fails move
 //! its branch, or answer an API call without a valid token.
 
+mod access;
 mod agents;
 mod api;
 mod git;
@@ -13,6 +14,7 @@ mod orchestrator;
 mod push;
 mod secrets;
 mod store;
+mod users;
 mod variables;
 
 use std::collections::HashMap;
@@ -22,8 +24,10 @@ use std::time::Duration;
 
 use lockstep_proto::agent::{EnvironmentType, GateSettings, InstanceConfig};
 
+pub use access::{Role, Roles};
 pub use orchestrator::DeployJob;
 pub use store::{Activity, EnvSettings, Environment, Node, PhaseTiming, StoreError};
+pub use users::{User, UserChange, UserError, UserWithToken};
 pub use variables::{SetVariable, Variable, VariableChange, VariableError, Visibility};
 
 /// A node of an environment, and the agent that hosts it.
@@ -72,6 +76,10 @@ pub enum ControllerError {
     Secret(String),
     #[error(transparent)]
     Variable(#[from] VariableError),
+    #[error(transparent)]
+    User(#[from] UserError),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("cannot {action}")]
     Io {
         action: String,
@@ -341,7 +349,7 @@ fn environment_name(branch: &str) -> String {
     name.trim_matches('-').chars().take(64).collect()
 }
 
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     let mut bytes = [0u8; 24];
     use std::io::Read;
     std::fs::File::open("/dev/urandom")

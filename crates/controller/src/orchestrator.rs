@@ -444,6 +444,7 @@ impl Controller {
                 self.store
                     .set_router_port(environment, &node.name, status.router_port)?;
             }
+            self.send_users(environment, env.kind, node).await?;
         }
         Ok(())
     }

@@ -27,6 +27,9 @@ pub struct HookCall {
     /// The hook's quarantine: git's object directories holding the pushed objects.
     #[serde(default)]
     pub git_env: BTreeMap<String, String>,
+    /// Who pushes: the name the git route authenticated (`owner` or a user's email).
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -59,6 +62,11 @@ impl Controller {
             if update.new == ZERO {
                 continue;
             }
+            if let Err(refusal) = self.may_push(call.user.as_deref(), branch) {
+                say(&out, format!("error: {refusal}"));
+                exit = 1;
+                continue;
+            }
             if !self
                 .build_push(branch, &update.new, &call.git_env, &out)
                 .await
@@ -73,6 +81,36 @@ impl Controller {
             );
         }
         let _ = out.send(HookLine::Exit { exit });
+    }
+
+    /// Whether the pusher's role on the branch's environment type allows a push; a new branch
+    /// becomes a development environment.
+    fn may_push(&self, user: Option<&str>, branch: &str) -> Result<(), String> {
+        let principal = match user {
+            Some("owner") => crate::access::Principal::Owner,
+            Some(email) => match self.store.user(email) {
+                Ok(Some(user)) => crate::access::Principal::User {
+                    email: user.email,
+                    roles: user.roles,
+                },
+                _ => return Err(format!("{email} is not a user of this project")),
+            },
+            None => return Err("the push is not authenticated".into()),
+        };
+        let kind = match self.store.environment_for_branch(branch) {
+            Ok(Some(env)) => env.kind,
+            Ok(None) => lockstep_proto::agent::EnvironmentType::Development,
+            Err(error) => return Err(error.to_string()),
+        };
+        if crate::access::allowed(&principal, crate::access::Action::Push, kind) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} may not push to {branch}: pushing to {} environments needs the contributor or admin role",
+                principal.name(),
+                kind.as_str()
+            ))
+        }
     }
 
     /// Builds a pushed commit into an image, in an activity that deploys it after the push.

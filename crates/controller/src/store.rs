@@ -85,6 +85,15 @@ CREATE TABLE variables (
     PRIMARY KEY (environment, name)
 );
 "#,
+    r#"
+CREATE TABLE users (
+    email TEXT PRIMARY KEY,
+    roles TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    ssh_keys TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+"#,
 ];
 
 pub fn timestamp(at: DateTime<Utc>) -> String {
@@ -639,6 +648,85 @@ impl Store {
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+}
+
+/// A user as stored: the token only as its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredUser {
+    pub email: String,
+    pub roles: crate::access::Roles,
+    pub token_hash: String,
+    pub ssh_keys: Vec<String>,
+    pub created_at: String,
+}
+
+impl Store {
+    pub fn put_user(&self, user: &StoredUser) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO users (email, roles, token_hash, ssh_keys, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (email) DO UPDATE SET roles = ?2, token_hash = ?3, ssh_keys = ?4",
+                params![
+                    user.email,
+                    serde_json::to_string(&user.roles)?,
+                    user.token_hash,
+                    serde_json::to_string(&user.ssh_keys)?,
+                    user.created_at
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn delete_user(&self, email: &str) -> Result<bool, StoreError> {
+        self.with(|c| Ok(c.execute("DELETE FROM users WHERE email = ?1", [email])? > 0))
+    }
+
+    pub fn users(&self) -> Result<Vec<StoredUser>, StoreError> {
+        self.find_users("1 = 1 OR ?1 IS NULL", None)
+    }
+
+    pub fn user(&self, email: &str) -> Result<Option<StoredUser>, StoreError> {
+        Ok(self.find_users("email = ?1", Some(email))?.pop())
+    }
+
+    pub fn user_by_token_hash(&self, hash: &str) -> Result<Option<StoredUser>, StoreError> {
+        Ok(self.find_users("token_hash = ?1", Some(hash))?.pop())
+    }
+
+    fn find_users(
+        &self,
+        condition: &str,
+        value: Option<&str>,
+    ) -> Result<Vec<StoredUser>, StoreError> {
+        self.with(|c| {
+            let sql = format!(
+                "SELECT email, roles, token_hash, ssh_keys, created_at FROM users WHERE {condition} ORDER BY email"
+            );
+            let mut statement = c.prepare(&sql)?;
+            let rows = statement.query_map([value], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
+                ))
+            })?;
+            let mut users = Vec::new();
+            for row in rows {
+                let (email, roles, token_hash, keys, created_at) = row?;
+                users.push(StoredUser {
+                    email,
+                    roles: serde_json::from_str(&roles)?,
+                    token_hash,
+                    ssh_keys: serde_json::from_str(&keys)?,
+                    created_at,
+                });
+            }
+            Ok(users)
         })
     }
 }

@@ -65,6 +65,14 @@ impl ApiClient {
         self.send(self.http.put(self.url(path)).json(body)).await
     }
 
+    pub async fn patch<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<T> {
+        self.send(self.http.patch(self.url(path)).json(body)).await
+    }
+
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.send(self.http.delete(self.url(path))).await
     }

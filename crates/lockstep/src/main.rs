@@ -94,6 +94,25 @@ enum Command {
         #[command(subcommand)]
         command: commands::ops::VarCommand,
     },
+    /// The project's users, their roles, tokens and SSH keys.
+    User {
+        #[command(flatten)]
+        connection: commands::ops::Connection,
+        #[command(subcommand)]
+        command: commands::ops::UserCommand,
+    },
+    /// Run a command (or each line of standard input) in the app's runtime environment on a node.
+    Ssh {
+        env: String,
+        /// The node [default: the environment's first].
+        #[arg(long)]
+        node: Option<String>,
+        #[command(flatten)]
+        connection: commands::ops::Connection,
+        /// The command, after `--`.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// A git credential helper that answers with the token of a running `lockstep up`.
     Credential {
         /// What git asks: `get`, `store` or `erase`.
@@ -158,6 +177,20 @@ fn main() -> ExitCode {
             command,
         } => remote(connection, &data_dir, |client| async move {
             commands::ops::var(&client, command).await
+        }),
+        Command::User {
+            connection,
+            command,
+        } => remote(connection, &data_dir, |client| async move {
+            commands::ops::user(&client, command).await
+        }),
+        Command::Ssh {
+            env,
+            node,
+            connection,
+            command,
+        } => remote(connection, &data_dir, |client| async move {
+            commands::ops::ssh(&client, &env, node, command).await
         }),
         Command::Logs {
             env,

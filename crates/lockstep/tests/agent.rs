@@ -456,6 +456,8 @@ async fn every_endpoint_refuses_requests_without_the_token() {
         ("POST", "/v1/instances/production/background"),
         ("POST", "/v1/instances/production/crons/tick/run"),
         ("GET", "/v1/instances/production/logs/web"),
+        ("PUT", "/v1/instances/production/users"),
+        ("POST", "/v1/instances/production/exec"),
         ("GET", "/no/such/route"),
     ];
     for (method, path) in endpoints {

@@ -240,3 +240,27 @@ pub struct InstanceStatus {
 pub struct ApiError {
     pub error: String,
 }
+
+/// A user as a node knows it: enough to let them in with their keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeUser {
+    pub name: String,
+    /// The user's role on this environment's type: `admin`, `contributor` or `viewer`.
+    pub role: String,
+    pub ssh_keys: Vec<String>,
+}
+
+/// A command to run in the app's runtime environment on a node (`lockstep ssh`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub command: String,
+    /// Who asked, for the node's log.
+    pub user: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecOutcome {
+    pub exit_code: Option<i32>,
+    /// Standard output and error, merged.
+    pub output: String,
+}

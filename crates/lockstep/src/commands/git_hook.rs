@@ -45,7 +45,11 @@ pub fn run(hook: &str) -> anyhow::Result<ExitCode> {
         let response = reqwest::Client::new()
             .post(format!("{url}/internal/hooks/{hook}"))
             .bearer_auth(token)
-            .json(&serde_json::json!({ "refs": refs, "git_env": git_env }))
+            .json(&serde_json::json!({
+                "refs": refs,
+                "git_env": git_env,
+                "user": std::env::var("REMOTE_USER").ok(),
+            }))
             .send()
             .await
             .context("cannot reach the Lockstep controller")?

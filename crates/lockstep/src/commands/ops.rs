@@ -493,3 +493,159 @@ async fn report_change(
     }
     follow_log(client, id, true).await
 }
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// List the project's users and their roles.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a user; prints their API token, once.
+    Add {
+        email: String,
+        /// Roles per environment type: `production:admin,staging:contributor,development:viewer`.
+        #[arg(long, short)]
+        role: Option<String>,
+        /// Project admin: every action, users and project variables included.
+        #[arg(long)]
+        project_admin: bool,
+        /// An SSH public key (repeat for several).
+        #[arg(long = "ssh-key")]
+        ssh_keys: Vec<String>,
+    },
+    /// Change a user's roles, admin status or keys.
+    Update {
+        email: String,
+        #[arg(long, short)]
+        role: Option<String>,
+        #[arg(long)]
+        project_admin: Option<bool>,
+        /// Replaces the user's keys (repeat for several).
+        #[arg(long = "ssh-key")]
+        ssh_keys: Vec<String>,
+    },
+    /// Remove a user; their token stops working and their keys leave every node.
+    Delete { email: String },
+    /// Give a user a new token (the old one stops working); prints it, once.
+    Token { email: String },
+}
+
+fn print_user(user: &serde_json::Value) {
+    let roles = &user["roles"];
+    let role = |kind: &str| roles[kind].as_str().unwrap_or("-").to_owned();
+    println!(
+        "{:<32} {:<14} {:<12} {:<12} {:<12} {} key(s)",
+        user["email"].as_str().unwrap_or("?"),
+        if roles["project_admin"] == true {
+            "project admin"
+        } else {
+            ""
+        },
+        role("production"),
+        role("staging"),
+        role("development"),
+        user["ssh_keys"].as_array().map_or(0, Vec::len)
+    );
+}
+
+pub async fn user(client: &ApiClient, command: UserCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        UserCommand::List { json } => {
+            let users: Vec<serde_json::Value> = client.get("/users").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&users)?);
+            } else {
+                println!(
+                    "{:<32} {:<14} {:<12} {:<12} {:<12} KEYS",
+                    "EMAIL", "PROJECT", "PRODUCTION", "STAGING", "DEVELOPMENT"
+                );
+                users.iter().for_each(print_user);
+            }
+        }
+        UserCommand::Add {
+            email,
+            role,
+            project_admin,
+            ssh_keys,
+        } => {
+            let body = serde_json::json!({ "roles": role, "project_admin": project_admin, "ssh_keys": ssh_keys });
+            let user: serde_json::Value = client.post(&format!("/users/{email}"), &body).await?;
+            print_user(&user);
+            println!("token: {}", user["token"].as_str().unwrap_or("?"));
+            println!(
+                "(shown once: give it to {email}; `lockstep user token {email}` makes a new one)"
+            );
+        }
+        UserCommand::Update {
+            email,
+            role,
+            project_admin,
+            ssh_keys,
+        } => {
+            let keys = (!ssh_keys.is_empty()).then_some(ssh_keys);
+            let body = serde_json::json!({ "roles": role, "project_admin": project_admin, "ssh_keys": keys });
+            let user: serde_json::Value = client.patch(&format!("/users/{email}"), &body).await?;
+            print_user(&user);
+        }
+        UserCommand::Delete { email } => {
+            let _: serde_json::Value = client.delete(&format!("/users/{email}")).await?;
+            println!("{email} deleted");
+        }
+        UserCommand::Token { email } => {
+            let user: serde_json::Value = client
+                .post(&format!("/users/{email}/token"), &serde_json::json!({}))
+                .await?;
+            println!("token: {}", user["token"].as_str().unwrap_or("?"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `lockstep ssh`: a command on a node, or, without one, each line of standard input in turn.
+pub async fn ssh(
+    client: &ApiClient,
+    env: &str,
+    node: Option<String>,
+    command: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let run = |command: String| {
+        let body = serde_json::json!({ "node": node, "command": command });
+        async move {
+            client
+                .post::<serde_json::Value>(&format!("/environments/{env}/exec"), &body)
+                .await
+        }
+    };
+    if !command.is_empty() {
+        let outcome = run(command.join(" ")).await?;
+        print!("{}", outcome["output"].as_str().unwrap_or(""));
+        return Ok(match outcome["exit_code"].as_i64() {
+            Some(0) => ExitCode::SUCCESS,
+            _ => ExitCode::FAILURE,
+        });
+    }
+    // No terminal is attached to the node: each line runs as a command of its own, in the
+    // app's folder with the app's environment.
+    let mut last = ExitCode::SUCCESS;
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin());
+    loop {
+        if interactive {
+            eprint!("{env}$ ");
+        }
+        let mut line = String::new();
+        if std::io::stdin().read_line(&mut line)? == 0 {
+            return Ok(last);
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        let outcome = run(line.trim().to_owned()).await?;
+        print!("{}", outcome["output"].as_str().unwrap_or(""));
+        last = if outcome["exit_code"].as_i64() == Some(0) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+}

@@ -1,0 +1,242 @@
+//! Users and roles: the permission table enforced on the API and on git push for every role
+//! on every environment type; users reaching the nodes with no deploy; `lockstep ssh`.
+
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGl0c2FrZXlmb3J0ZXN0aW5nbG9ja3N0ZXBvbmx5 test@example";
+
+fn text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Adds a user through the CLI and returns their token.
+fn add_user(platform: &Platform, email: &str, extra: &[&str]) -> String {
+    let mut args = vec!["user", "add", email];
+    args.extend_from_slice(extra);
+    let output = platform.cli(&args);
+    assert!(output.status.success(), "{}", text(&output));
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .expect("the token is printed")
+        .to_owned()
+}
+
+async fn status_as(
+    platform: &Platform,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: serde_json::Value,
+) -> u16 {
+    reqwest::Client::new()
+        .request(method, format!("{}/api/v1{path}", platform.api))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Pushes a new commit to `branch` with a user's token in the URL.
+fn push_as(platform: &Platform, project: &Project, token: &str, branch: &str) -> bool {
+    project.new_version(&format!("{branch} {token}"));
+    let url = platform
+        .git
+        .replacen("http://", &format!("http://user:{token}@"), 1);
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(project.path())
+        .args(["push", "--porcelain", &url, &format!("HEAD:{branch}")])
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .unwrap();
+    output.status.success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_role_on_every_environment_type_may_do_exactly_what_the_table_says() {
+    let platform = Platform::start().await;
+    let project = Project::sample();
+    for branch in ["production", "staging", "feature"] {
+        let pushed = platform.push(&project, &format!("HEAD:{branch}"));
+        assert!(pushed.status.success(), "{}", text(&pushed));
+    }
+    let targets = [
+        ("production", "production"),
+        ("staging", "staging"),
+        ("development", "feature"),
+    ];
+    let roles = [None, Some("viewer"), Some("contributor"), Some("admin")];
+
+    let mut checked = 0;
+    for (kind, _) in targets {
+        for role in roles {
+            let email = format!("{}-{kind}@example.com", role.unwrap_or("none"));
+            let spec = role.map(|r| format!("{kind}:{r}"));
+            let extra: Vec<&str> = spec
+                .as_deref()
+                .map(|s| vec!["--role", s])
+                .unwrap_or_default();
+            let token = add_user(&platform, &email, &extra);
+            for (target_kind, env) in targets {
+                let role_here = if target_kind == kind { role } else { None };
+                let may_read = role_here.is_some();
+                let may_push = matches!(role_here, Some("contributor" | "admin"));
+                let may_manage = role_here == Some("admin");
+                let expect = |allowed: bool| if allowed { 200 } else { 403 };
+                let read = status_as(
+                    &platform,
+                    &token,
+                    reqwest::Method::GET,
+                    &format!("/environments/{env}"),
+                    serde_json::json!({}),
+                )
+                .await;
+                assert_eq!(read, expect(may_read), "{email} reads {env}");
+                let manage = status_as(
+                    &platform,
+                    &token,
+                    reqwest::Method::POST,
+                    &format!("/environments/{env}/settings"),
+                    serde_json::json!({"key": "grace", "value": "3600"}),
+                )
+                .await;
+                assert_eq!(
+                    manage,
+                    expect(may_manage),
+                    "{email} changes a setting of {env}"
+                );
+                let ssh = status_as(
+                    &platform,
+                    &token,
+                    reqwest::Method::POST,
+                    &format!("/environments/{env}/exec"),
+                    serde_json::json!({"command": "true"}),
+                )
+                .await;
+                assert_eq!(ssh, expect(may_push), "{email} runs a command on {env}");
+                assert_eq!(
+                    push_as(&platform, &project, &token, env),
+                    may_push,
+                    "{email} pushes to {env}"
+                );
+                checked += 4;
+            }
+            let users = status_as(
+                &platform,
+                &token,
+                reqwest::Method::GET,
+                "/users",
+                serde_json::json!({}),
+            )
+            .await;
+            assert_eq!(users, 403, "{email} is not a project admin");
+        }
+    }
+    assert_eq!(checked, 3 * 4 * 3 * 4);
+    let wrong = status_as(
+        &platform,
+        "not-a-token",
+        reqwest::Method::GET,
+        "/status",
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(wrong, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_change_reaches_every_production_node_with_no_deploy() {
+    let platform = Platform::start().await;
+    let project = Project::sample();
+    assert!(platform.push(&project, "HEAD:production").status.success());
+    let activities = platform.get("/activities").await.as_array().unwrap().len();
+    let keys_of = |node: &str| {
+        std::fs::read_to_string(
+            platform
+                .data_dir
+                .path()
+                .join("agents")
+                .join(node)
+                .join("instances/production/home/.ssh/authorized_keys"),
+        )
+        .unwrap_or_default()
+    };
+
+    add_user(
+        &platform,
+        "dev@example.com",
+        &["--role", "production:contributor", "--ssh-key", KEY],
+    );
+    add_user(
+        &platform,
+        "watcher@example.com",
+        &[
+            "--role",
+            "production:viewer",
+            "--ssh-key",
+            &KEY.replace("test@", "viewer@"),
+        ],
+    );
+    for node in ["production-1", "production-2", "production-3"] {
+        let keys = keys_of(node);
+        assert!(keys.contains("lockstep:dev@example.com"), "{node}: {keys}");
+        assert!(
+            !keys.contains("watcher@example.com"),
+            "{node}: a viewer may not ssh: {keys}"
+        );
+    }
+    assert_eq!(
+        platform.get("/activities").await.as_array().unwrap().len(),
+        activities,
+        "no deploy"
+    );
+
+    let deleted = platform.cli(&["user", "delete", "dev@example.com"]);
+    assert!(deleted.status.success(), "{}", text(&deleted));
+    for node in ["production-1", "production-2", "production-3"] {
+        assert!(!keys_of(node).contains("dev@example.com"), "{node}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockstep_ssh_runs_in_the_apps_runtime_environment_on_the_chosen_node() {
+    let platform = Platform::start().await;
+    let project = Project::sample();
+    assert!(platform.push(&project, "HEAD:production").status.success());
+    let output = platform.cli(&[
+        "ssh",
+        "production",
+        "--node",
+        "production-2",
+        "--",
+        "echo $PLATFORM_ENVIRONMENT $LOCKSTEP_NODE $(pwd) && id -u",
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let out = String::from_utf8_lossy(&output.stdout);
+    let mut lines = out.lines();
+    let first = lines.next().unwrap();
+    assert!(first.starts_with("production production-2 "), "{out}");
+    assert!(first.ends_with("/app"), "{out}");
+    if nix::unistd::Uid::effective().is_root() {
+        assert_ne!(
+            lines.next().unwrap().trim(),
+            "0",
+            "commands run as the app's user"
+        );
+    }
+    let failed = platform.cli(&["ssh", "production", "--", "exit 3"]);
+    assert!(!failed.status.success());
+}
