@@ -815,7 +815,8 @@ async fn exec(
     Extension(principal): Extension<Principal>,
     Json(query): Json<ExecQuery>,
 ) -> Result<Json<lockstep_proto::agent::ExecOutcome>, ApiError> {
-    check(&controller, &principal, Action::Ssh, &env)?;
+    let environment = check(&controller, &principal, Action::Ssh, &env)?;
+    check_app_ssh_access(&controller, &principal, &environment)?;
     let nodes = controller.store.nodes(&env)?;
     let node = match &query.node {
         Some(name) => nodes.iter().find(|n| &n.name == name),
@@ -845,4 +846,42 @@ async fn exec(
         .await
         .map(Json)
         .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("{}: {e}", node.name)))
+}
+
+/// The app's own `access.ssh` may ask for more than the contributor role the table needs.
+fn check_app_ssh_access(
+    controller: &Controller,
+    principal: &Principal,
+    environment: &Environment,
+) -> Result<(), ApiError> {
+    let Principal::User { roles, .. } = principal else {
+        return Ok(());
+    };
+    let Some(serving) = &environment.serving else {
+        return Ok(());
+    };
+    let Ok(id) = serving.image.parse() else {
+        return Ok(());
+    };
+    let least = match controller
+        .images
+        .manifest(&id)
+        .map(|m| m.info.config.app.access.ssh)
+    {
+        Ok(lockstep_config::Role::Admin) => crate::access::Role::Admin,
+        Ok(lockstep_config::Role::Viewer) => crate::access::Role::Viewer,
+        _ => crate::access::Role::Contributor,
+    };
+    if roles.project_admin || roles.on(environment.kind).is_some_and(|role| role >= least) {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} may not open a shell on {}: the app's access.ssh asks for {least:?}",
+                principal.name(),
+                environment.name
+            ),
+        ))
+    }
 }
