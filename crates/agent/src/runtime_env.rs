@@ -32,6 +32,10 @@ pub fn runtime_env(context: &RuntimeContext<'_>) -> BTreeMap<String, String> {
             ),
         ),
         ("HOME", context.home.display().to_string()),
+        (
+            "PYTHONUSERBASE",
+            context.app_dir.join(".global").display().to_string(),
+        ),
         ("LANG", "C.UTF-8".to_owned()),
         ("PLATFORM_APPLICATION_NAME", app.name.clone()),
         ("PLATFORM_PROJECT", context.config.project.clone()),

@@ -155,6 +155,10 @@ impl Builder {
             variables: &variables,
         });
         let mut script = String::new();
+        if let Some(install) = dependencies_script(&config.app.dependencies) {
+            log("  Installing global dependencies into .global");
+            script.push_str(&install);
+        }
         if needs_npm_install(&config.app, &app_dir) {
             log("  Installing dependencies with npm (the nodejs default build flavor)");
             script.push_str("npm prune --userconfig .npmrc && npm install --userconfig .npmrc\n");
@@ -204,6 +208,45 @@ fn build_key(tree_id: &str, variables: &BTreeMap<String, serde_json::Value>) -> 
     blake3::hash(inputs.to_string().as_bytes())
         .to_hex()
         .to_string()
+}
+
+/// Shell commands that install `dependencies` (global build tools per language) into the app's
+/// `.global` folder, as Platform.sh does, so that the build and the runtime both find them:
+/// `.global/bin` is on their `PATH`, and Python's user base is `.global`.
+fn dependencies_script(
+    dependencies: &BTreeMap<String, BTreeMap<String, String>>,
+) -> Option<String> {
+    let mut script = String::new();
+    for (language, packages) in dependencies {
+        if packages.is_empty() {
+            continue;
+        }
+        let specs: Vec<String> = packages
+            .iter()
+            .map(|(name, version)| match language.as_str() {
+                "nodejs" if version == "*" => shell_quote(name),
+                "nodejs" => shell_quote(&format!("{name}@{version}")),
+                _ if version == "*" => shell_quote(name),
+                _ if version.starts_with(|c: char| c.is_ascii_digit()) => {
+                    shell_quote(&format!("{name}=={version}"))
+                }
+                _ => shell_quote(&format!("{name}{version}")),
+            })
+            .collect();
+        let command = match language.as_str() {
+            "nodejs" => "npm install --global --prefix \"$PLATFORM_APP_DIR/.global\"",
+            // The config check admits only python, python3 and nodejs.
+            _ => {
+                "PYTHONUSERBASE=\"$PLATFORM_APP_DIR/.global\" python3 -m pip install --user --no-warn-script-location"
+            }
+        };
+        script.push_str(&format!("{command} {}\n", specs.join(" ")));
+    }
+    (!script.is_empty()).then_some(script)
+}
+
+fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
 }
 
 fn needs_npm_install(app: &lockstep_config::AppConfig, app_dir: &Path) -> bool {
@@ -259,5 +302,39 @@ fn build_env(build: &BuildEnv<'_>) -> BTreeMap<String, String> {
         "PLATFORM_CACHE_DIR".into(),
         build.cache_dir.display().to_string(),
     );
+    // Python tools installed from `dependencies` live in the app's `.global`.
+    env.insert(
+        "PYTHONUSERBASE".into(),
+        build.app_dir.join(".global").display().to_string(),
+    );
     env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dependencies_install_into_global_with_pinned_versions() {
+        let mut dependencies = BTreeMap::new();
+        dependencies.insert(
+            "python3".to_owned(),
+            BTreeMap::from([
+                ("pipenv".to_owned(), "2023.2.4".to_owned()),
+                ("poetry".to_owned(), ">=1.8".to_owned()),
+            ]),
+        );
+        dependencies.insert(
+            "nodejs".to_owned(),
+            BTreeMap::from([("yarn".to_owned(), "*".to_owned())]),
+        );
+        let script = dependencies_script(&dependencies).unwrap();
+        assert_eq!(
+            script,
+            "npm install --global --prefix \"$PLATFORM_APP_DIR/.global\" 'yarn'\n\
+             PYTHONUSERBASE=\"$PLATFORM_APP_DIR/.global\" python3 -m pip install --user --no-warn-script-location 'pipenv==2023.2.4' 'poetry>=1.8'\n"
+        );
+        assert_eq!(dependencies_script(&BTreeMap::new()), None);
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
 }
