@@ -532,6 +532,9 @@ async fn set_setting(
     controller.store.set_settings(&env, &settings)?;
     // The nodes take gate settings at once; the rest applies to the next deployment.
     let nodes = controller.store.nodes(&env)?;
+    if let Err(error) = controller.sync_edge().await {
+        tracing::warn!(%error, "the edge did not take the new settings yet");
+    }
     if let Err(error) = controller.configure_instances(&env, &nodes).await {
         tracing::warn!(%error, "a node did not take the new settings yet; it will at the next deployment");
     }

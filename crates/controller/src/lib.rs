@@ -9,6 +9,7 @@
 mod access;
 mod agents;
 mod api;
+mod edge;
 mod git;
 mod orchestrator;
 mod push;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use lockstep_proto::agent::{EnvironmentType, GateSettings, InstanceConfig};
 
 pub use access::{Role, Roles};
+pub use edge::EdgeContact;
 pub use orchestrator::DeployJob;
 pub use store::{Activity, EnvSettings, Environment, Node, PhaseTiming, StoreError};
 pub use users::{User, UserChange, UserError, UserWithToken};
@@ -58,6 +60,8 @@ pub struct ControllerOptions {
     /// The `lockstep` binary, which git hooks run to reach the controller.
     pub lockstep_binary: PathBuf,
     pub topology: Topology,
+    /// The caching edge in front of the environments, if there is one.
+    pub edge: Option<EdgeContact>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +117,7 @@ pub struct Controller {
     images: lockstep_image::ImageStore,
     builder: lockstep_image::Builder,
     secrets: secrets::Secrets,
+    edge: Option<edge::EdgeClient>,
     queues: orchestrator::Queues,
     /// Lets git hooks, and only them, call the controller's internal routes.
     hook_token: String,
@@ -142,6 +147,7 @@ impl Controller {
             .map_err(|e| ControllerError::Secret(e.to_string()))?;
         let controller = Controller {
             secrets,
+            edge: options.edge.clone().map(edge::EdgeClient::new),
             agents: agents::AgentClient::new(options.agent_token.clone()),
             store,
             images,
@@ -173,6 +179,9 @@ impl Controller {
             loop {
                 if let Err(error) = controller.catch_up().await {
                     tracing::warn!(%error, "catch-up failed");
+                }
+                if let Err(error) = controller.sync_edge().await {
+                    tracing::warn!(%error, "the edge is not up to date");
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lockstep_deploy::{
-    Command, Deployment, Event, HookKind, NodeFailure, Plan, Record, Release, Reply, Request,
+    Command, Deployment, Event, HookKind, NodeFailure, Phase, Plan, Record, Release, Reply, Request,
 };
 use lockstep_proto::agent::{HookRequest, HookState, RuntimeInputs, Step, SwapRequest};
 use tokio::sync::mpsc;
@@ -212,6 +212,7 @@ impl Controller {
                     Command::Append(record) => {
                         self.store.append_journal(activity, &record)?;
                         self.apply_record(activity, environment, &record)?;
+                        self.tell_edge(environment, plan, &record).await;
                     }
                     Command::Log(line) => self.store.append_log(activity, &line)?,
                     Command::Send {
@@ -305,17 +306,41 @@ impl Controller {
         Ok(())
     }
 
-    /// Brings every node of every environment to the release its environment serves, and opens
-    /// the ones that may open. Runs at start and then periodically, for nodes that come back.
-    pub async fn catch_up(&self) -> Result<(), ControllerError> {
-        let busy: Vec<String> = self
-            .queues
+    /// The edge follows the nodes' gate: closed before they close, open once they opened.
+    async fn tell_edge(&self, environment: &str, plan: &Plan, record: &Record) {
+        match record {
+            Record::PhaseStarted {
+                phase: Phase::Close,
+            } => self.edge_closing(environment).await,
+            Record::PhaseEnded { phase: Phase::Open } => {
+                self.edge_opened(environment, plan.generation).await;
+            }
+            Record::PhaseEnded {
+                phase: Phase::Rollback,
+            } => {
+                if let Some(previous) = &plan.previous {
+                    self.edge_opened(environment, previous.generation).await;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Environments with a deployment running or waiting.
+    pub(crate) fn busy_environments(&self) -> Vec<String> {
+        self.queues
             .running
             .lock()
             .expect("queue lock")
             .keys()
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// Brings every node of every environment to the release its environment serves, and opens
+    /// the ones that may open. Runs at start and then periodically, for nodes that come back.
+    pub async fn catch_up(&self) -> Result<(), ControllerError> {
+        let busy = self.busy_environments();
         for env in self.store.environments()? {
             let Some(serving) = env.serving.clone() else {
                 continue;

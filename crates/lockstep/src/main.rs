@@ -36,6 +36,8 @@ enum Command {
     Build(commands::build::BuildArgs),
     /// Run the node agent: releases, processes, crons, hooks and the router of each instance.
     Agent(commands::agent::AgentArgs),
+    /// Run the caching edge in front of the environments.
+    Edge(commands::edge::EdgeArgs),
     /// Run the embedded default: a controller and five nodes on this machine.
     Up(commands::up::UpArgs),
     /// Environments, their nodes, releases, gates and running activities.
@@ -139,6 +141,7 @@ fn main() -> ExitCode {
         Command::Build(args) => commands::build::run(args, &data_dir),
         Command::Agent(args) => commands::agent::run(args, &data_dir),
         Command::Up(args) => commands::up::run(args, &data_dir),
+        Command::Edge(args) => commands::edge::run(args),
         Command::GitHook { hook } => commands::git_hook::run(&hook),
         Command::Credential { operation } => commands::credential::run(&operation, &data_dir),
         Command::Status { connection, json } => {

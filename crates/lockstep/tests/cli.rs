@@ -3,7 +3,7 @@
 mod support;
 
 use assert_cmd::cargo::cargo_bin_cmd;
-use support::{Project, sample_app};
+use support::{Project, TOKEN, sample_app};
 
 fn stdout_of(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -102,4 +102,48 @@ fn a_failing_build_exits_non_zero_and_shows_the_hook_output() {
         "{stderr}"
     );
     assert!(!stdout.contains("image       "), "{stdout}");
+}
+
+#[tokio::test]
+async fn lockstep_edge_serves_its_admin_api_behind_its_token_and_refuses_unknown_hosts() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let (public, admin) = (support::free_port(), support::free_port());
+    let mut edge = std::process::Command::new(assert_cmd::cargo::cargo_bin!("lockstep"))
+        .args(["edge", "--listen", &format!("127.0.0.1:{public}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .arg("--token-file")
+        .arg(&token_file)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let admin_url = format!("http://127.0.0.1:{admin}/v1/environments");
+    support::eventually(
+        std::time::Duration::from_secs(30),
+        "the edge to answer",
+        || async { http.get(&admin_url).bearer_auth(TOKEN).send().await.is_ok() },
+    )
+    .await;
+    let listed = http
+        .get(&admin_url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    assert_eq!(
+        listed.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!([])
+    );
+    assert_eq!(http.get(&admin_url).send().await.unwrap().status(), 401);
+    let unknown = http
+        .get(format!("http://127.0.0.1:{public}/"))
+        .header("host", "nowhere.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let _ = edge.kill();
+    let _ = edge.wait();
 }

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use lockstep_controller::{Controller, ControllerOptions, NodeSpec, Topology};
+use lockstep_controller::{Controller, ControllerOptions, EdgeContact, NodeSpec, Topology};
+use lockstep_edge::{Edge, EdgeOptions};
 use serde::{Deserialize, Serialize};
 
 #[derive(Args)]
@@ -20,6 +21,12 @@ pub struct UpArgs {
     /// The project's name, in its git remote and `PLATFORM_PROJECT`.
     #[arg(long, default_value = "shop")]
     project: String,
+    /// Address of the caching edge: production at `localhost`, others at `ENV.localhost`.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    edge_listen: SocketAddr,
+    /// Memory the edge may use for its cache, in megabytes.
+    #[arg(long, default_value_t = 256)]
+    edge_cache_mb: u64,
 }
 
 const NODES: [&str; 5] = [
@@ -35,6 +42,7 @@ const NODES: [&str; 5] = [
 struct Layout {
     admin_token: String,
     agent_token: String,
+    edge_token: String,
     agent_ports: Vec<u16>,
 }
 
@@ -67,6 +75,21 @@ pub fn run(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
             agent_url: url(i),
         };
         let public_url = format!("http://{}", args.listen);
+        let edge = Edge::new(EdgeOptions {
+            domain: "localhost".into(),
+            admin_token: layout.edge_token.clone(),
+            cache_bytes: args.edge_cache_mb * 1024 * 1024,
+            ..EdgeOptions::default()
+        });
+        let edge_public = tokio::net::TcpListener::bind(args.edge_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} for the edge; --edge-listen picks another address", args.edge_listen))?;
+        let edge_admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("cannot listen for the edge's admin API")?;
+        let edge_admin_url = format!("http://{}", edge_admin.local_addr()?);
+        let (stop_edge, edge_stopped) = tokio::sync::oneshot::channel::<()>();
+        let edge_task = tokio::spawn(edge.serve(edge_public, edge_admin, async move {
+            let _ = edge_stopped.await;
+        }));
         let controller = Controller::open(ControllerOptions {
             data_dir: data_dir.join("controller"),
             project: args.project.clone(),
@@ -80,6 +103,10 @@ pub fn run(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
                 staging: vec![node(3)],
                 development: node(4),
             },
+            edge: Some(EdgeContact {
+                admin_url: edge_admin_url,
+                token: layout.edge_token.clone(),
+            }),
         })
         .context("cannot start the controller")?;
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -88,15 +115,18 @@ pub fn run(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
         let endpoints = Endpoints {
             api: public_url.clone(),
             git: controller.git_remote(),
-            edge: None,
+            edge: Some(edge_url(args.edge_listen, None)),
             token: layout.admin_token.clone(),
         };
         write_private(&data_dir.join("endpoints.json"), &serde_json::to_string_pretty(&endpoints)?)?;
-        print_banner(&endpoints, data_dir, &binary);
-        tokio::select! {
+        print_banner(&endpoints, data_dir, &binary, args.edge_listen);
+        let served = tokio::select! {
             result = controller.serve(listener, crate::shutdown_signal()) => result.context("the controller failed"),
             () = agents.keep_alive(&binary, &token_file) => unreachable!("keep_alive never ends"),
-        }
+        };
+        let _ = stop_edge.send(());
+        let _ = edge_task.await;
+        served
     });
     println!("Stopping the nodes...");
     agents.stop();
@@ -105,9 +135,11 @@ pub fn run(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_banner(endpoints: &Endpoints, data_dir: &Path, binary: &Path) {
+fn print_banner(endpoints: &Endpoints, data_dir: &Path, binary: &Path, edge: SocketAddr) {
     println!("Lockstep is running: 3 production nodes, 1 staging node, 1 development node.");
     println!();
+    println!("  production   {}", edge_url(edge, None));
+    println!("  staging      {}", edge_url(edge, Some("staging")));
     println!("  git remote   {}", endpoints.git);
     println!("  API          {}", endpoints.api);
     println!("  token        {}", endpoints.token);
@@ -131,6 +163,15 @@ fn print_banner(endpoints: &Endpoints, data_dir: &Path, binary: &Path) {
     println!("Press Ctrl-C to stop.");
 }
 
+/// An environment's address on the edge: browsers resolve `*.localhost` to loopback.
+fn edge_url(edge: SocketAddr, environment: Option<&str>) -> String {
+    let host = match environment {
+        Some(env) => format!("{env}.localhost"),
+        None => "localhost".into(),
+    };
+    format!("http://{host}:{}/", edge.port())
+}
+
 fn load_layout(data_dir: &Path) -> anyhow::Result<Layout> {
     let path = data_dir.join("up.json");
     if let Ok(text) = std::fs::read_to_string(&path) {
@@ -140,6 +181,7 @@ fn load_layout(data_dir: &Path) -> anyhow::Result<Layout> {
     let layout = Layout {
         admin_token: random_token()?,
         agent_token: random_token()?,
+        edge_token: random_token()?,
         agent_ports: (0..NODES.len())
             .map(|_| free_port())
             .collect::<anyhow::Result<_>>()?,

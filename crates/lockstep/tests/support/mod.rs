@@ -397,19 +397,23 @@ pub struct Platform {
     pub git: String,
     pub token: String,
     pub listen: u16,
+    /// The caching edge's port: production is `localhost`, others `ENV.localhost`.
+    pub edge: u16,
 }
 
 impl Platform {
     pub async fn start() -> Platform {
         let data_dir = shared_tempdir();
         let listen = free_port();
+        let edge = free_port();
         let mut platform = Platform {
-            child: spawn_up(data_dir.path(), listen, None),
+            child: spawn_up(data_dir.path(), listen, edge, None),
             data_dir,
             api: String::new(),
             git: String::new(),
             token: String::new(),
             listen,
+            edge,
         };
         platform.wait_until_up().await;
         platform
@@ -439,7 +443,7 @@ impl Platform {
     /// Restarts `up`, optionally armed to exit at a phase boundary (`after:close`, ...).
     pub async fn restart_with_failpoint(&mut self, failpoint: Option<&str>) {
         self.stop();
-        self.child = spawn_up(self.data_dir.path(), self.listen, failpoint);
+        self.child = spawn_up(self.data_dir.path(), self.listen, self.edge, failpoint);
         self.wait_until_up().await;
     }
 
@@ -608,7 +612,7 @@ impl Drop for Platform {
     }
 }
 
-fn spawn_up(data_dir: &Path, listen: u16, failpoint: Option<&str>) -> Child {
+fn spawn_up(data_dir: &Path, listen: u16, edge: u16, failpoint: Option<&str>) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -622,6 +626,7 @@ fn spawn_up(data_dir: &Path, listen: u16, failpoint: Option<&str>) -> Child {
         .arg("--data-dir")
         .arg(data_dir)
         .args(["up", "--listen", &format!("127.0.0.1:{listen}")])
+        .args(["--edge-listen", &format!("127.0.0.1:{edge}")])
         .env("LOCKSTEP_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())

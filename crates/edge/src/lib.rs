@@ -1,0 +1,321 @@
+//! The caching edge: one public port for every environment, in front of the environments' node
+//! routers, with an admin API for the controller.
+//!
+//! It owns: routing by host; the pooled keep-alive connections to the nodes, load balancing over
+//! open nodes with active health checks, retries on another node; the HTTP cache (Platform.sh
+//! `routes.yaml` cache rules, RFC 9111 freshness, `Vary`, grace, stale-while-revalidate, request
+//! coalescing, a memory bound in bytes); what it knows of each environment's gate, from the
+//! controller and from the nodes; holding requests while an environment is closed.
+//!
+//! It must never:
+//! - serve a response from one environment to another (every cache key starts with the
+//!   environment and its incarnation);
+//! - let a 5xx replace a stored response, or store a response with `Set-Cookie`, `private`,
+//!   `no-store` or `no-cache`, or a response to a request with `Authorization` or with cookies
+//!   the `cookies` rule does not ignore;
+//! - contact a node for a request it can answer from the store while the environment is closed;
+//! - send a request to a node that said it is closed (except with `closed_mode: error`), or to a
+//!   node at an older generation than another open node;
+//! - send a request with a body twice, or retry a non-idempotent request;
+//! - decide the gate: it only follows the controller and the nodes.
+//!
+//! Code map: `routing` (environments and hosts), `proxy` (the request pipeline; `cached` the
+//! cacheable path, `answers` the edge's own responses), `client` (node connections, choice of
+//! node, retries), `gate` (the gate and node states), `hold` (held requests), `health` (active
+//! checks), `cache` (`rules` and keys, `policy`, `store`, `flight` coalescing, `tee`), `admin`
+//! (the API), `metrics`, `wire` (the API's types), `headers`, `error`.
+//!
+//! The integration tests (`tests/integration`) run the edge against real origin processes,
+//! `tests/origin.py`, which speak the node routers' gate protocol.
+
+mod admin;
+mod cache;
+mod client;
+mod error;
+mod gate;
+mod headers;
+mod health;
+mod hold;
+mod metrics;
+mod proxy;
+mod routing;
+pub mod wire;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+pub use cache::CacheResult;
+pub use error::{OriginError, RouteError};
+pub use headers::CACHE_HEADER;
+pub use wire::{
+    CacheRules, ClosedMode, EffectiveState, EnvironmentRoute, EnvironmentView, ErrorBody,
+    GateCommand, GateState, NodeState, NodeView,
+};
+
+use crate::cache::flight::Flights;
+use crate::cache::store::Store;
+use crate::client::Origin;
+use crate::metrics::Metrics;
+use crate::routing::Router;
+
+/// How long `serve` waits for open connections to finish after shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The edge's settings.
+#[derive(Debug, Clone)]
+pub struct EdgeOptions {
+    /// `<env>.<domain>` is an environment's host when its route names none. `localhost` in the
+    /// embedded default.
+    pub domain: String,
+    /// The bearer token of the admin API. Empty refuses every admin request.
+    pub admin_token: String,
+    /// The cache's memory bound. One response may take at most a quarter of it (and 64 MiB).
+    pub cache_bytes: u64,
+    /// How long a node may take to send a response's head.
+    pub origin_timeout: Duration,
+    /// How long connecting to a node may take.
+    pub connect_timeout: Duration,
+    /// How often each node's gate is checked.
+    pub health_interval: Duration,
+}
+
+impl Default for EdgeOptions {
+    fn default() -> Self {
+        EdgeOptions {
+            domain: "localhost".into(),
+            admin_token: String::new(),
+            cache_bytes: 256 << 20,
+            origin_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(2),
+            health_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+pub struct Edge {
+    options: EdgeOptions,
+    router: Router,
+    store: Arc<Store>,
+    flights: Arc<Flights>,
+    origin: Arc<Origin>,
+    metrics: Arc<Metrics>,
+}
+
+impl Edge {
+    pub fn new(options: EdgeOptions) -> Arc<Edge> {
+        let metrics = Arc::new(Metrics::new());
+        let origin = Arc::new(Origin::new(
+            options.origin_timeout,
+            options.connect_timeout,
+            metrics.clone(),
+        ));
+        Arc::new(Edge {
+            store: Arc::new(Store::new(options.cache_bytes)),
+            options,
+            router: Router::default(),
+            flights: Arc::new(Flights::default()),
+            origin,
+            metrics,
+        })
+    }
+
+    pub fn options(&self) -> &EdgeOptions {
+        &self.options
+    }
+
+    /// Serves public traffic on `public` and the admin API on `admin` until `shutdown`, then
+    /// lets open connections finish (for at most 10 s).
+    pub async fn serve(
+        self: Arc<Self>,
+        public: TcpListener,
+        admin: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        });
+        tracing::info!(
+            public = %public.local_addr()?,
+            admin = %admin.local_addr()?,
+            "edge listening"
+        );
+        let admin_server = {
+            let mut stopped = stopped.clone();
+            let app = admin::router(self.clone());
+            tokio::spawn(async move {
+                axum::serve(admin, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    })
+                    .await
+            })
+        };
+        let public_result = self.clone().serve_public(public, stopped).await;
+        let admin_result = match admin_server.await {
+            Ok(result) => result,
+            Err(error) => Err(std::io::Error::other(error)),
+        };
+        public_result.and(admin_result)
+    }
+
+    async fn serve_public(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut stopped: watch::Receiver<bool>,
+    ) -> std::io::Result<()> {
+        let (open, mut all_closed) = mpsc::channel::<()>(1);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let edge = self.clone();
+                        let open = open.clone();
+                        let stopped = stopped.clone();
+                        tokio::spawn(async move {
+                            edge.connection(stream, peer, stopped).await;
+                            drop(open);
+                        });
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                () = stop_signal(&mut stopped) => break,
+            }
+        }
+        drop(listener);
+        drop(open);
+        // Held requests get their answer now, so that connections can finish.
+        for env in self.router.all() {
+            env.stop();
+        }
+        if tokio::time::timeout(SHUTDOWN_GRACE, all_closed.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after the shutdown grace period");
+        }
+        Ok(())
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        mut stopped: watch::Receiver<bool>,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let edge = self.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let edge = edge.clone();
+            async move {
+                // The answer speaks the client's HTTP version, whatever the node spoke.
+                let version = request.version();
+                let mut response = proxy::handle(edge, request, peer.ip()).await;
+                *response.version_mut() = version;
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        tokio::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, %peer, "connection ended with an error");
+                }
+            }
+            () = stop_signal(&mut stopped) => {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.as_mut().await;
+            }
+        }
+    }
+
+    /// Creates or replaces an environment (`PUT /v1/environments/{env}`). Call within a Tokio
+    /// runtime: a new environment starts its health checks.
+    pub fn put_environment(
+        &self,
+        name: &str,
+        route: EnvironmentRoute,
+    ) -> Result<EnvironmentView, RouteError> {
+        let put = self.router.put(name, route, &self.options.domain)?;
+        let env = put.environment;
+        if put.created {
+            tracing::info!(environment = %env.name, "environment added");
+            env.add_task(tokio::spawn(health::check_forever(
+                env.clone(),
+                self.origin.clone(),
+                self.options.health_interval,
+            )));
+            let releaser = env.clone();
+            env.add_task(tokio::spawn(async move {
+                releaser.held.release(releaser.gate.subscribe()).await;
+            }));
+        }
+        Ok(env.view())
+    }
+
+    /// The controller's word on a gate (`POST /v1/environments/{env}/gate`).
+    pub fn set_gate(
+        &self,
+        name: &str,
+        command: GateCommand,
+    ) -> Result<EnvironmentView, RouteError> {
+        let env = self
+            .router
+            .by_name(name)
+            .ok_or_else(|| RouteError::UnknownEnvironment(name.to_owned()))?;
+        tracing::info!(environment = %env.name, state = ?command.state, generation = ?command.generation, "gate set by the controller");
+        env.gate.command(command.state, command.generation);
+        env.check_now.notify_one();
+        Ok(env.view())
+    }
+
+    /// Forgets an environment and its stored responses (`DELETE /v1/environments/{env}`).
+    /// Returns whether it existed.
+    pub fn delete_environment(&self, name: &str) -> bool {
+        match self.router.delete(name) {
+            Some(env) => {
+                env.stop();
+                self.store.forget_scope(&env.scope);
+                tracing::info!(environment = %env.name, "environment removed");
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn environment(&self, name: &str) -> Option<EnvironmentView> {
+        self.router.by_name(name).map(|env| env.view())
+    }
+
+    /// Every environment, sorted by name (`GET /v1/environments`).
+    pub fn environments(&self) -> Vec<EnvironmentView> {
+        self.router.all().iter().map(|env| env.view()).collect()
+    }
+
+    /// The metrics in the OpenMetrics text format (`GET /metrics`).
+    pub fn metrics_text(&self) -> String {
+        let (bytes, keys) = self.store.usage();
+        self.metrics.encode(bytes, keys)
+    }
+}
+
+/// Resolves when the shutdown signal is given (or can no longer be).
+async fn stop_signal(stopped: &mut watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}

@@ -1,0 +1,226 @@
+//! The request pipeline: the host picks the environment; a request passes to the nodes or goes
+//! through the cache (`cached`); while the environment is closed, stored responses answer and
+//! the rest waits (or, with `closed_mode: error`, gets the nodes' answer at once). `answers`
+//! makes the responses the edge writes itself.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, request};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+
+mod answers;
+mod cached;
+
+use self::answers::{closed_response, error_response, text, to_client};
+use self::cached::cached;
+use crate::Edge;
+use crate::cache::CacheResult;
+use crate::cache::rules::Classified;
+use crate::client::{Body, Dispatch, Reply};
+use crate::error::OriginError;
+use crate::headers::{self, CACHE_HEADER};
+use crate::hold::{Held, Turn};
+use crate::routing::{EnvConfig, Environment, normalise_host};
+use crate::wire::{ClosedMode, EffectiveState};
+
+/// One request's environment.
+#[derive(Clone)]
+pub(super) struct Ctx {
+    pub(super) edge: Arc<Edge>,
+    pub(super) env: Arc<Environment>,
+    pub(super) config: Arc<EnvConfig>,
+}
+
+/// Answers one public request.
+pub(crate) async fn handle(
+    edge: Arc<Edge>,
+    mut request: Request<Incoming>,
+    client: IpAddr,
+) -> Response<Body> {
+    let raw_host = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            request
+                .headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let host = normalise_host(&raw_host);
+    let Some(env) = edge.router.by_host(&host) else {
+        edge.metrics.unknown_host();
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("No environment is served at host \"{host}\" on this edge.\n"),
+        );
+    };
+    let config = env.config();
+    let ctx = Ctx { edge, env, config };
+    let upgrade = headers::is_upgrade(request.headers());
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let (mut parts, body) = request.into_parts();
+    let class = ctx.config.rules.classify(&parts, &ctx.env.scope, &host);
+    // Decided before `Transfer-Encoding` goes with the hop-by-hop headers.
+    let body = headers::has_body(&parts.headers).then_some(body);
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::add_forwarded(&mut parts.headers, client, &raw_host);
+    let (mut response, result) = match class {
+        Classified::Pass(reason) => {
+            tracing::debug!(environment = %ctx.env.name, uri = %parts.uri, reason, "pass");
+            (pass(&ctx, parts, body, on_upgrade).await, CacheResult::Pass)
+        }
+        Classified::Cache(key) => {
+            drop(body);
+            cached(&ctx, parts, key).await
+        }
+    };
+    response
+        .headers_mut()
+        .insert(CACHE_HEADER, HeaderValue::from_static(result.as_str()));
+    ctx.edge.metrics.request(&ctx.env.name, result);
+    response
+}
+
+impl Ctx {
+    pub(super) fn dispatch(&self, any_node: bool, turn: Option<Turn>) -> Dispatch {
+        Dispatch {
+            environment: self.env.name.clone(),
+            any_node,
+            turn,
+        }
+    }
+
+    /// Waits while the environment is closed, or while earlier requests still wait. `None`
+    /// when `max_hold` ran out.
+    pub(super) async fn hold_if_closed(&self, deadline: Instant) -> Option<Option<Turn>> {
+        if self.env.gate.effective() != EffectiveState::Closed && self.env.held.is_empty() {
+            return Some(None);
+        }
+        let mut record = HoldRecord::start(self);
+        match self.env.held.wait(deadline).await {
+            Held::Released(turn) => {
+                record.end("released");
+                Some(Some(turn))
+            }
+            Held::TimedOut => {
+                record.end("timed_out");
+                None
+            }
+        }
+    }
+}
+
+/// Counts a held request in the metrics, including one whose client went away.
+struct HoldRecord<'a> {
+    ctx: &'a Ctx,
+    started: Instant,
+    ended: bool,
+}
+
+impl<'a> HoldRecord<'a> {
+    fn start(ctx: &'a Ctx) -> HoldRecord<'a> {
+        ctx.edge.metrics.hold_started(&ctx.env.name);
+        HoldRecord {
+            ctx,
+            started: Instant::now(),
+            ended: false,
+        }
+    }
+
+    fn end(&mut self, outcome: &str) {
+        if !self.ended {
+            self.ended = true;
+            let waited = self.started.elapsed().as_secs_f64();
+            self.ctx
+                .edge
+                .metrics
+                .hold_ended(&self.ctx.env.name, outcome, waited);
+        }
+    }
+}
+
+impl Drop for HoldRecord<'_> {
+    fn drop(&mut self) {
+        self.end("dropped");
+    }
+}
+
+/// A request the cache does not take: to the nodes as it is, streamed both ways.
+async fn pass(
+    ctx: &Ctx,
+    parts: request::Parts,
+    body: Option<Incoming>,
+    on_upgrade: Option<OnUpgrade>,
+) -> Response<Body> {
+    match reach(ctx, &parts, body).await {
+        Ok(reply) => {
+            let mut response = reply.response;
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                && let Some(client_side) = on_upgrade
+            {
+                let origin_side = hyper::upgrade::on(&mut response);
+                tokio::spawn(splice(client_side, origin_side));
+            }
+            to_client(response, parts.method == Method::HEAD)
+        }
+        Err(response) => response,
+    }
+}
+
+/// Sends a request to the nodes, holding it first while the environment is closed.
+async fn reach(
+    ctx: &Ctx,
+    parts: &request::Parts,
+    mut body: Option<Incoming>,
+) -> Result<Reply, Response<Body>> {
+    let deadline = Instant::now() + ctx.config.max_hold;
+    let any_node = ctx.config.closed_mode == ClosedMode::Error;
+    loop {
+        let turn = if any_node {
+            None
+        } else {
+            match ctx.hold_if_closed(deadline).await {
+                Some(turn) => turn,
+                None => return Err(closed_response(ctx)),
+            }
+        };
+        let resend = body.is_none();
+        let sent = ctx
+            .edge
+            .origin
+            .send(
+                &ctx.env.gate,
+                parts,
+                body.take(),
+                ctx.dispatch(any_node, turn),
+            )
+            .await;
+        match sent {
+            Ok(reply) => return Ok(reply),
+            Err(OriginError::AllClosed) if resend && Instant::now() < deadline => continue,
+            Err(error) => return Err(error_response(ctx, &error)),
+        }
+    }
+}
+
+/// Copies bytes both ways between an upgraded client connection and node connection.
+async fn splice(client: OnUpgrade, origin: OnUpgrade) {
+    match tokio::try_join!(client, origin) {
+        Ok((client, origin)) => {
+            let mut client = TokioIo::new(client);
+            let mut origin = TokioIo::new(origin);
+            if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut origin).await {
+                tracing::debug!(%error, "upgraded connection ended");
+            }
+        }
+        Err(error) => tracing::warn!(%error, "protocol upgrade failed"),
+    }
+}

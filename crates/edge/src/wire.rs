@@ -1,0 +1,182 @@
+//! The admin API's wire types. The controller imports these to tell the edge what to serve.
+
+use serde::{Deserialize, Serialize};
+
+/// Where an environment is served, and how: the body of `PUT /v1/environments/{env}`, which
+/// replaces whatever the edge knew of the environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvironmentRoute {
+    /// Host names (no port, any case) whose requests go to this environment, e.g.
+    /// `["localhost"]` for production and `["staging.localhost"]` for staging. Empty means
+    /// `<env>.<domain>`. A host belongs to one environment at a time.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// The node routers' base URLs, e.g. `http://127.0.0.1:34567`, in cluster order.
+    pub nodes: Vec<String>,
+    /// The gate as the controller knows it.
+    #[serde(default)]
+    pub gate: GateState,
+    /// The primary route's `cache` block, with Platform.sh's defaults.
+    #[serde(default)]
+    pub cache: CacheRules,
+    #[serde(default)]
+    pub closed_mode: ClosedMode,
+    /// How long a request may wait for a closed environment to open (`closed_mode: hold`).
+    #[serde(default = "default_max_hold_secs")]
+    pub max_hold_secs: u64,
+    /// How long a stored response may be served stale when the origin fails or the environment
+    /// is closed (unless the response sets `stale-if-error` itself).
+    #[serde(default = "default_grace_secs")]
+    pub grace_secs: u64,
+    /// How long a stored response may be served stale while it is refreshed in the background
+    /// (unless the response sets `stale-while-revalidate` itself).
+    #[serde(default = "default_swr_secs")]
+    pub swr_secs: u64,
+}
+
+pub const DEFAULT_MAX_HOLD_SECS: u64 = 30;
+pub const DEFAULT_GRACE_SECS: u64 = 43_200;
+pub const DEFAULT_SWR_SECS: u64 = 10;
+
+fn default_max_hold_secs() -> u64 {
+    DEFAULT_MAX_HOLD_SECS
+}
+
+fn default_grace_secs() -> u64 {
+    DEFAULT_GRACE_SECS
+}
+
+fn default_swr_secs() -> u64 {
+    DEFAULT_SWR_SECS
+}
+
+impl EnvironmentRoute {
+    /// A route with every setting at its default.
+    pub fn new(hosts: Vec<String>, nodes: Vec<String>) -> EnvironmentRoute {
+        EnvironmentRoute {
+            hosts,
+            nodes,
+            gate: GateState::default(),
+            cache: CacheRules::default(),
+            closed_mode: ClosedMode::default(),
+            max_hold_secs: DEFAULT_MAX_HOLD_SECS,
+            grace_secs: DEFAULT_GRACE_SECS,
+            swr_secs: DEFAULT_SWR_SECS,
+        }
+    }
+}
+
+/// The `cache` block of a Platform.sh route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CacheRules {
+    pub enabled: bool,
+    /// Seconds a response is fresh when it carries neither `Cache-Control` nor `Expires`;
+    /// 0 means such responses are not stored.
+    pub default_ttl: u64,
+    /// `["*"]`: any request cookie passes the request to the origin. `[]`: cookies are
+    /// ignored. Names, or `/regex/` patterns: those cookies' values join the cache key and the
+    /// others are ignored.
+    pub cookies: Vec<String>,
+    /// Request headers whose values join the cache key (besides the response's `Vary`).
+    /// `Cookie` and `Accept-Encoding` are refused.
+    pub headers: Vec<String>,
+}
+
+impl Default for CacheRules {
+    fn default() -> Self {
+        CacheRules {
+            enabled: true,
+            default_ttl: 0,
+            cookies: vec!["*".into()],
+            headers: vec!["Accept".into(), "Accept-Language".into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GateState {
+    #[default]
+    Open,
+    Closed,
+}
+
+/// What happens to requests that must reach the origin while the environment is closed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClosedMode {
+    /// Held until the environment opens, up to `max_hold_secs`, then `503` with `Retry-After`.
+    #[default]
+    Hold,
+    /// Forwarded at once; the client gets the node's answer (Platform.sh's behaviour).
+    Error,
+}
+
+/// The body of `POST /v1/environments/{env}/gate`: the controller's fast path at close and
+/// open. Call it with `closed` before closing the nodes, and with `open` after they opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateCommand {
+    pub state: GateState,
+    /// The generation the nodes opened at. Stored responses from older generations are then
+    /// refreshed before they are served again (they stay usable as grace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+}
+
+/// What the edge acts on for an environment, combining the controller's word and what the nodes
+/// answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EffectiveState {
+    /// At least one node may be sent requests.
+    Open,
+    /// The controller closed the environment, or every node answered closed.
+    Closed,
+    /// No node answers at all: requests fail (or get grace).
+    Down,
+}
+
+/// One environment as the edge sees it: `GET /v1/environments` returns a list of these, sorted by
+/// name; `PUT` and `POST .../gate` return the one they changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvironmentView {
+    pub name: String,
+    /// The route as last put, with `gate` as last set by the controller (or learned, see
+    /// `state`).
+    pub route: EnvironmentRoute,
+    pub state: EffectiveState,
+    /// The newest generation a node was seen open at.
+    pub generation: Option<u64>,
+    /// Requests waiting for the environment to open.
+    pub held: u64,
+    pub nodes: Vec<NodeView>,
+}
+
+/// What the edge learned of one node, from health checks and from its answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub url: String,
+    pub state: NodeState,
+    pub generation: Option<u64>,
+    /// Milliseconds since the last health check answered or failed; `None` before the first.
+    pub checked_ms_ago: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Not checked yet: tried as if open.
+    Unknown,
+    Open,
+    Closed,
+    /// Refused or failed the last connection or health check.
+    Down,
+}
+
+/// The body of every admin error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}

@@ -1,0 +1,8 @@
+//! Integration tests of the edge (SPEC.md section 4) against real origin processes
+//! (`tests/origin.py`) that can be switched between healthy, 500, refusing, slow and closed.
+
+mod balance;
+mod cache;
+mod closed;
+mod routing;
+mod support;

@@ -1,0 +1,60 @@
+//! `lockstep edge`: the caching edge on its own, for hosts where the controller runs apart.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use lockstep_edge::{Edge, EdgeOptions};
+
+#[derive(Args)]
+pub struct EdgeArgs {
+    /// Address of the public port, for every environment.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Address of the admin API the controller talks to.
+    #[arg(long, default_value = "127.0.0.1:7702")]
+    admin_listen: SocketAddr,
+    /// File holding the bearer token of the admin API.
+    #[arg(long)]
+    token_file: PathBuf,
+    /// `ENV.DOMAIN` is environment ENV; `DOMAIN` is production.
+    #[arg(long, default_value = "localhost")]
+    domain: String,
+    /// Memory the cache may use, in megabytes.
+    #[arg(long, default_value_t = 256)]
+    cache_mb: u64,
+}
+
+pub fn run(args: EdgeArgs) -> anyhow::Result<ExitCode> {
+    let token = std::fs::read_to_string(&args.token_file)
+        .with_context(|| format!("cannot read the token file {}", args.token_file.display()))?
+        .trim()
+        .to_owned();
+    if token.len() < 16 {
+        bail!(
+            "the token in {} is shorter than 16 characters; use a long random one",
+            args.token_file.display()
+        );
+    }
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let public = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let admin = tokio::net::TcpListener::bind(args.admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.admin_listen))?;
+        let edge = Edge::new(EdgeOptions {
+            domain: args.domain,
+            admin_token: token,
+            cache_bytes: args.cache_mb * 1024 * 1024,
+            ..EdgeOptions::default()
+        });
+        edge.serve(public, admin, crate::shutdown_signal())
+            .await
+            .context("the edge failed")?;
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,200 @@
+//! The caching edge in front of a real cluster, through production deploys whose deploy hook
+//! takes 5 s: anonymous visitors are served from cache, logged-in visitors are held (or, with
+//! `closed_mode: error`, get 503 only inside the closed window), and no client sees the old
+//! release after the new one.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use support::*;
+
+fn text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// One answer through the edge: status, `X-Release`, `X-Lockstep-Cache`.
+type Answer = (u16, Option<String>, Option<String>);
+
+async fn get(edge: u16, path: &str, cookie: Option<&str>) -> Answer {
+    let mut request = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{edge}{path}"))
+        .header("host", "localhost")
+        .timeout(Duration::from_secs(60));
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    match request.send().await {
+        Ok(response) => {
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_owned())
+            };
+            (
+                response.status().as_u16(),
+                header("x-release"),
+                header("x-lockstep-cache"),
+            )
+        }
+        Err(_) => (0, None, None),
+    }
+}
+
+fn client_loop(
+    edge: u16,
+    path: &'static str,
+    cookie: Option<&'static str>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<Answer>> {
+    tokio::spawn(async move {
+        let mut answers = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            answers.push(get(edge, path, cookie).await);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        answers
+    })
+}
+
+fn slow_hook_project() -> Project {
+    let project = Project::sample();
+    let config = project.path().join(".platform.app.yaml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        original.replace(
+            "    GREETING:",
+            "    DEPLOY_HOOK_SLEEP: \"5\"\n    GREETING:",
+        ),
+    )
+    .unwrap();
+    project.commit("a deploy hook that takes 5 s");
+    project
+}
+
+/// Deploys a new version while anonymous and logged-in clients load the edge; returns their
+/// answers and the old and new releases.
+async fn deploy_under_load(
+    platform: &Platform,
+    project: &Project,
+    label: &str,
+) -> (Vec<Answer>, Vec<Answer>, String, String) {
+    let old = tree_of(project);
+    // Warm the cache for anonymous visitors.
+    let first = get(platform.edge, "/", None).await;
+    assert_eq!(first.0, 200, "{first:?}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let anonymous = client_loop(platform.edge, "/", None, stop.clone());
+    let logged_in = client_loop(
+        platform.edge,
+        "/private",
+        Some("session=alice"),
+        stop.clone(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    project.new_version(label);
+    let new = tree_of(project);
+    let pushed = platform.push(project, "HEAD:production");
+    assert!(pushed.status.success(), "{}", text(&pushed));
+    // Past the deploy, until both kinds of client have seen the new release.
+    support::eventually(
+        Duration::from_secs(30),
+        "the new release through the edge",
+        || async {
+            get(platform.edge, "/private", Some("session=bob"))
+                .await
+                .1
+                .as_deref()
+                == Some(new.as_str())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    (anonymous.await.unwrap(), logged_in.await.unwrap(), old, new)
+}
+
+/// Old releases, then new ones, never old after new; `allowed` says what may stand between.
+fn assert_switches_once(
+    answers: &[Answer],
+    old: &str,
+    new: &str,
+    allowed_between: impl Fn(&Answer) -> bool,
+) {
+    let first_new = answers.iter().position(|a| a.1.as_deref() == Some(new));
+    let last_old = answers.iter().rposition(|a| a.1.as_deref() == Some(old));
+    if let (Some(first_new), Some(last_old)) = (first_new, last_old) {
+        assert!(
+            last_old < first_new,
+            "the old release answered after the new one: {answers:?}"
+        );
+    }
+    for answer in answers {
+        let known = answer.0 == 200
+            && (answer.1.as_deref() == Some(old) || answer.1.as_deref() == Some(new));
+        assert!(
+            known || allowed_between(answer),
+            "unexpected answer {answer:?} in {answers:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn visitors_see_no_error_through_a_deploy_and_never_the_old_release_after_the_new() {
+    let platform = Platform::start().await;
+    let project = slow_hook_project();
+    assert!(platform.push(&project, "HEAD:production").status.success());
+
+    // closed_mode: hold (the default).
+    let (anonymous, logged_in, old, new) = deploy_under_load(&platform, &project, "v2").await;
+    assert!(
+        anonymous.len() > 50 && logged_in.len() > 3,
+        "{} {}",
+        anonymous.len(),
+        logged_in.len()
+    );
+    assert!(
+        anonymous.iter().all(|a| a.0 == 200),
+        "anonymous visitors got errors: {anonymous:?}"
+    );
+    assert!(
+        anonymous
+            .iter()
+            .any(|a| a.2.as_deref() == Some("HIT") || a.2.as_deref() == Some("STALE")),
+        "anonymous visitors were served from cache: {anonymous:?}"
+    );
+    assert!(
+        logged_in.iter().all(|a| a.0 == 200),
+        "logged-in visitors got errors: {logged_in:?}"
+    );
+    assert_switches_once(&logged_in, &old, &new, |_| false);
+
+    // closed_mode: error gives Platform.sh's behaviour: 503, and only while closed.
+    let set = platform.cli(&["env", "set", "production", "closed_mode", "error"]);
+    assert!(set.status.success(), "{}", text(&set));
+    let (anonymous, logged_in, old, new) = deploy_under_load(&platform, &project, "v3").await;
+    assert!(
+        anonymous.iter().all(|a| a.0 == 200),
+        "anonymous visitors got errors: {anonymous:?}"
+    );
+    let errors = logged_in.iter().filter(|a| a.0 == 503).count();
+    assert!(
+        errors > 0,
+        "a 5 s closed window gives logged-in visitors 503s: {logged_in:?}"
+    );
+    assert_switches_once(&logged_in, &old, &new, |a| a.0 == 503);
+    let first_503 = logged_in.iter().position(|a| a.0 == 503).unwrap();
+    let last_503 = logged_in.iter().rposition(|a| a.0 == 503).unwrap();
+    assert!(
+        logged_in[first_503..=last_503].iter().all(|a| a.0 == 503),
+        "503s only inside the closed window: {logged_in:?}"
+    );
+}
