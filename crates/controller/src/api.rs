@@ -412,20 +412,7 @@ async fn deploy(
     Path(env): Path<String>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Json<Activity>, ApiError> {
-    let environment = check(&controller, &principal, Action::Manage, &env)?;
-    let Some(serving) = environment.serving else {
-        return Err(ApiError(
-            StatusCode::CONFLICT,
-            format!("{env} has no release yet; push a branch first"),
-        ));
-    };
-    start(
-        &controller,
-        "deploy",
-        &env,
-        &serving.image,
-        &format!("Redeploy of {}", short(&serving.image)),
-    )
+    redeploy(&controller, &principal, &env, Redeploy::Current)
 }
 
 /// Deploys the release that served before the current one.
@@ -434,19 +421,44 @@ async fn rollback(
     Path(env): Path<String>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Json<Activity>, ApiError> {
-    let environment = check(&controller, &principal, Action::Manage, &env)?;
-    let Some(previous) = environment.previous else {
-        return Err(ApiError(
-            StatusCode::CONFLICT,
-            format!("{env} has no previous release to roll back to"),
-        ));
+    redeploy(&controller, &principal, &env, Redeploy::Previous)
+}
+
+enum Redeploy {
+    Current,
+    Previous,
+}
+
+fn redeploy(
+    controller: &Arc<Controller>,
+    principal: &Principal,
+    env: &str,
+    which: Redeploy,
+) -> Result<Json<Activity>, ApiError> {
+    let environment = check(controller, principal, Action::Manage, env)?;
+    let (release, kind, description, missing) = match which {
+        Redeploy::Current => (
+            environment.serving,
+            "deploy",
+            "Redeploy of",
+            "has no release yet; push a branch first",
+        ),
+        Redeploy::Previous => (
+            environment.previous,
+            "rollback",
+            "Rollback to",
+            "has no previous release to roll back to",
+        ),
+    };
+    let Some(release) = release else {
+        return Err(ApiError(StatusCode::CONFLICT, format!("{env} {missing}")));
     };
     start(
-        &controller,
-        "rollback",
-        &env,
-        &previous.image,
-        &format!("Rollback to {}", short(&previous.image)),
+        controller,
+        kind,
+        env,
+        &release.image,
+        &format!("{description} {}", short(&release.image)),
     )
 }
 

@@ -25,16 +25,7 @@ pub struct AgentArgs {
 }
 
 pub fn run(args: AgentArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
-    let token = std::fs::read_to_string(&args.token_file)
-        .with_context(|| format!("cannot read the token file {}", args.token_file.display()))?
-        .trim()
-        .to_owned();
-    if token.len() < 16 {
-        bail!(
-            "the token in {} is shorter than 16 characters; use a long random one",
-            args.token_file.display()
-        );
-    }
+    let token = super::read_token_file(&args.token_file)?;
     let run_as = resolve_run_as(&args)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
 use lockstep_edge::{Edge, EdgeOptions};
 
@@ -28,16 +28,7 @@ pub struct EdgeArgs {
 }
 
 pub fn run(args: EdgeArgs) -> anyhow::Result<ExitCode> {
-    let token = std::fs::read_to_string(&args.token_file)
-        .with_context(|| format!("cannot read the token file {}", args.token_file.display()))?
-        .trim()
-        .to_owned();
-    if token.len() < 16 {
-        bail!(
-            "the token in {} is shorter than 16 characters; use a long random one",
-            args.token_file.display()
-        );
-    }
+    let token = super::read_token_file(&args.token_file)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let public = tokio::net::TcpListener::bind(args.listen)
