@@ -198,20 +198,29 @@ impl Origin {
                 .await
                 .map_err(|e| e.to_string())?
                 .to_bytes();
+            // A plain HTTP origin, with no node router in front, knows no gate path: it is up,
+            // and open with no generation.
+            if status == http::StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
             if !status.is_success() && status != http::StatusCode::SERVICE_UNAVAILABLE {
                 return Err(format!("gate check answered {status}"));
             }
             serde_json::from_slice::<lockstep_proto::agent::Gate>(&body)
+                .map(Some)
                 .map_err(|e| format!("gate check answered no gate: {e}"))
         })
         .await;
         match answered {
             Err(_) => Answer::Down(format!("gate check timed out after {limit:?}")),
             Ok(Err(error)) => Answer::Down(error),
-            Ok(Ok(lockstep_proto::agent::Gate::Open { generation })) => {
+            Ok(Ok(None)) => Answer::Open(None),
+            Ok(Ok(Some(lockstep_proto::agent::Gate::Open { generation }))) => {
                 Answer::Open(Some(generation))
             }
-            Ok(Ok(lockstep_proto::agent::Gate::Closed)) => Answer::Closed { retry_after: None },
+            Ok(Ok(Some(lockstep_proto::agent::Gate::Closed))) => {
+                Answer::Closed { retry_after: None }
+            }
         }
     }
 

@@ -142,3 +142,35 @@ async fn metrics_count_requests_by_cache_result() {
         );
     }
 }
+
+/// A plain HTTP origin, with no node router in front: its gate path is a 404.
+async fn plain_origin() -> String {
+    let app = axum::Router::new().route(
+        "/plain",
+        axum::routing::get(|| async { ([("cache-control", "max-age=60")], "plain") }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_origin_that_knows_no_gate_counts_as_open() {
+    let url = plain_origin().await;
+    let edge = TestEdge::start().await;
+    edge.put(
+        "main",
+        &lockstep_edge::EnvironmentRoute::new(vec!["localhost".into()], vec![url]),
+    )
+    .await;
+    edge.wait_nodes("main", NodeState::Open).await;
+    let view = edge.view("main").await;
+    assert_eq!(view.state, lockstep_edge::EffectiveState::Open);
+    assert_eq!(view.nodes[0].generation, None);
+    assert_eq!(view.nodes[0].last_error, None);
+
+    let first = edge.fetch("/plain").await;
+    assert_eq!((first.status, first.body.as_str()), (200, "plain"));
+    assert_eq!(edge.fetch("/plain").await.cache, "HIT");
+}
