@@ -26,6 +26,7 @@ use tokio::sync::{Mutex, watch};
 use crate::durable;
 use crate::error::AgentError;
 use crate::hooks::HookStore;
+use crate::locations::Served;
 use crate::metrics::Metrics;
 use crate::release::{MountRoots, Releases, disk_use, link_mounts};
 use crate::router::{GateControl, NodeRouter};
@@ -227,7 +228,7 @@ impl Instance {
                 && a.release.generation == request.step.generation
                 && a.release.deployment == request.step.deployment
         });
-        if already && self.gate.upstream().is_some() {
+        if already && self.gate.serving() {
             drop(state);
             return Ok(self.status().await);
         }
@@ -238,6 +239,7 @@ impl Instance {
             )));
         }
         self.gate.set_upstream(None);
+        self.gate.set_served(None);
         self.supervisor.stop(WEB).await;
         self.stop_background(&state).await;
         state.background_stopped = true;
@@ -546,7 +548,7 @@ impl Instance {
                 active.release.generation, step.generation, step.generation
             )));
         }
-        if self.gate.upstream().is_none() {
+        if !self.gate.serving() {
             return Err(AgentError::Refused(
                 "the web process of the active release is not running".into(),
             ));
@@ -712,21 +714,30 @@ impl Instance {
     async fn start_web(&self, state: &Persisted, active: &Active) -> Result<(), AgentError> {
         let id: ImageId = active.release.image.parse()?;
         let info = self.releases.info(&id)?;
+        let app_dir = self.releases.app_dir(&id);
+        let served = Served::new(app_dir.clone(), &info.config.app.web);
         let Some(start) = info.config.app.web.start.clone() else {
-            return Err(AgentError::Refused(
-                "this app has no `web.commands.start`: serving a static site from `web.locations` alone is not supported by Lockstep yet".into(),
-            ));
+            // A static site: its locations only serve files (the config check makes sure), so
+            // the router answers every request itself and no web process runs.
+            if served.passes_to_app() {
+                return Err(AgentError::Refused(
+                    "this app passes requests to the app but has no `web.commands.start`".into(),
+                ));
+            }
+            self.gate.set_upstream(None);
+            self.gate.set_served(Some(served));
+            return Ok(());
         };
         let port = free_port()?;
         let mut env = self.env_for(state, active, &info);
         env.insert("PORT".into(), port.to_string());
-        let app_dir = self.releases.app_dir(&id);
         self.supervisor
             .start(self.process_spec(WEB, &start, &app_dir, env))
             .await?;
         let timeout = Duration::from_millis(state.config.gate.start_timeout_ms);
         if wait_for_listener(port, timeout).await {
             self.gate.set_upstream(Some(port));
+            self.gate.set_served(Some(served));
             return Ok(());
         }
         self.supervisor.stop(WEB).await;

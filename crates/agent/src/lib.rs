@@ -11,6 +11,7 @@ mod durable;
 mod error;
 mod hooks;
 mod instance;
+mod locations;
 mod metrics;
 mod release;
 mod router;

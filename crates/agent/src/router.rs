@@ -1,17 +1,22 @@
 //! The node router of one instance: the instance's public port, which proxies to its web process
 //! only while the gate is open, and counts requests in flight so that close can drain them.
 //!
+//! Under the active release's `web.locations` it also answers requests itself, as Platform.sh's
+//! router does: files from a location's `root`, 404 where nothing passes through; only while the
+//! gate admits the request, which then counts as in flight like a proxied one.
+//!
 //! The gate's state and the in-flight count change under one lock, so a request is either
 //! admitted before close (and counted, and drained) or refused after it: never in between.
 
 use std::convert::Infallible;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Empty, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -19,15 +24,27 @@ use lockstep_proto::agent::{GATE_HEADER, GATE_PATH, GENERATION_HEADER, Gate, Gat
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::locations::{Decision, Served, content_type};
 use crate::metrics::Metrics;
 
-type ProxyBody = BoxBody<Bytes, hyper::Error>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type ProxyBody = BoxBody<Bytes, BoxError>;
 
 struct GateInner {
     open_at: Option<u64>,
     in_flight: u64,
     upstream_port: Option<u16>,
+    /// What the active release serves: its app folder and `web.locations`.
+    served: Option<Arc<Served>>,
     settings: GateSettings,
+}
+
+/// An admitted request: counted until dropped, with what it may reach.
+struct Admitted {
+    guard: InFlight,
+    generation: u64,
+    upstream: Option<u16>,
+    served: Option<Arc<Served>>,
 }
 
 pub struct GateControl {
@@ -54,6 +71,7 @@ impl GateControl {
                 open_at: None,
                 in_flight: 0,
                 upstream_port: None,
+                served: None,
                 settings,
             }),
             in_flight: watch::channel(0).0,
@@ -75,8 +93,19 @@ impl GateControl {
         self.inner.lock().expect("gate lock").upstream_port = port;
     }
 
-    pub fn upstream(&self) -> Option<u16> {
-        self.inner.lock().expect("gate lock").upstream_port
+    /// Set next to the upstream when a release's web side starts; `None` once it stops.
+    pub fn set_served(&self, served: Option<Served>) {
+        self.inner.lock().expect("gate lock").served = served.map(Arc::new);
+    }
+
+    /// Whether the active release can answer requests: its web process listens, or it is a
+    /// static site that needs none.
+    pub fn serving(&self) -> bool {
+        let inner = self.inner.lock().expect("gate lock");
+        match &inner.served {
+            Some(served) => inner.upstream_port.is_some() || !served.passes_to_app(),
+            None => inner.upstream_port.is_some(),
+        }
     }
 
     pub fn open(&self, generation: u64) {
@@ -98,13 +127,18 @@ impl GateControl {
         if drained { 0 } else { *in_flight.borrow() }
     }
 
-    fn admit(self: &Arc<Self>) -> Result<(InFlight, u64, Option<u16>), GateSettings> {
+    fn admit(self: &Arc<Self>) -> Result<Admitted, GateSettings> {
         let mut inner = self.inner.lock().expect("gate lock");
         match inner.open_at {
             Some(generation) => {
                 inner.in_flight += 1;
                 self.in_flight.send_replace(inner.in_flight);
-                Ok((InFlight(self.clone()), generation, inner.upstream_port))
+                Ok(Admitted {
+                    guard: InFlight(self.clone()),
+                    generation,
+                    upstream: inner.upstream_port,
+                    served: inner.served.clone(),
+                })
             }
             None => Err(inner.settings.clone()),
         }
@@ -159,14 +193,50 @@ impl NodeRouter {
         if request.uri().path() == GATE_PATH {
             return gate_response(&self.gate.state());
         }
-        let (guard, generation, port) = match self.gate.admit() {
+        let Admitted {
+            guard,
+            generation,
+            upstream,
+            served,
+        } = match self.gate.admit() {
             Ok(admitted) => admitted,
             Err(settings) => {
                 self.metrics.router_request(&self.environment, "closed");
                 return closed_response(&settings);
             }
         };
-        let Some(port) = port else {
+        let files = matches!(*request.method(), Method::GET | Method::HEAD);
+        let decision = match &served {
+            Some(served) => served.decide(request.uri().path(), files),
+            None => Decision::App(None),
+        };
+        let new_path = match decision {
+            Decision::App(new_path) => new_path,
+            Decision::File {
+                path,
+                expires,
+                headers,
+            } => {
+                let head = *request.method() == Method::HEAD;
+                return self
+                    .file_response(&path, expires, &headers, head, guard, generation)
+                    .await;
+            }
+            Decision::NotFound => {
+                self.metrics.router_request(&self.environment, "not_found");
+                return text_response(StatusCode::NOT_FOUND, "not found\n", generation);
+            }
+            Decision::Refused => {
+                self.metrics.router_request(&self.environment, "refused");
+                return text_response(StatusCode::FORBIDDEN, "forbidden\n", generation);
+            }
+        };
+        let Some(port) = upstream else {
+            if served.as_ref().is_some_and(|s| !s.passes_to_app()) {
+                // A static site has no app to pass to.
+                self.metrics.router_request(&self.environment, "not_found");
+                return text_response(StatusCode::NOT_FOUND, "not found\n", generation);
+            }
             self.metrics.router_request(&self.environment, "no_process");
             return text_response(
                 StatusCode::BAD_GATEWAY,
@@ -174,11 +244,15 @@ impl NodeRouter {
                 generation,
             );
         };
-        let path = request
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
+        let path = match (new_path, request.uri().query()) {
+            (Some(path), Some(query)) => format!("{path}?{query}"),
+            (Some(path), None) => path,
+            (None, _) => request
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned(),
+        };
         *request.uri_mut() = format!("http://127.0.0.1:{port}{path}")
             .parse()
             .expect("a local URI parses");
@@ -188,10 +262,12 @@ impl NodeRouter {
                 let (mut parts, body) = response.into_parts();
                 insert_gate_headers(&mut parts.headers, generation);
                 // The guard lives as long as the body, so close waits for streaming answers too.
-                let body = body.map_frame(move |frame| {
-                    let _counted = &guard;
-                    frame
-                });
+                let body = body
+                    .map_frame(move |frame| {
+                        let _counted = &guard;
+                        frame
+                    })
+                    .map_err(BoxError::from);
                 Response::from_parts(parts, body.boxed())
             }
             Err(error) => {
@@ -205,6 +281,68 @@ impl NodeRouter {
                 )
             }
         }
+    }
+}
+
+impl NodeRouter {
+    /// Answers with a file from a location's root: GET streams it, HEAD sends its headers only.
+    async fn file_response(
+        &self,
+        path: &Path,
+        expires: lockstep_config::Expires,
+        headers: &std::collections::BTreeMap<String, String>,
+        head: bool,
+        guard: InFlight,
+        generation: u64,
+    ) -> Response<ProxyBody> {
+        let opened = match tokio::fs::File::open(path).await {
+            Ok(file) => file.metadata().await.map(|m| (file, m.len())),
+            Err(error) => Err(error),
+        };
+        let (file, length) = match opened {
+            Ok(opened) => opened,
+            Err(error) => {
+                tracing::warn!(%error, path = %path.display(), "a static file could not be read");
+                self.metrics.router_request(&self.environment, "not_found");
+                return text_response(StatusCode::NOT_FOUND, "not found\n", generation);
+            }
+        };
+        self.metrics.router_request(&self.environment, "static");
+        let mut builder = Response::builder()
+            .header(header::CONTENT_TYPE, content_type(path))
+            .header(header::CONTENT_LENGTH, length);
+        if let lockstep_config::Expires::Seconds(seconds) = expires {
+            builder = builder.header(header::CACHE_CONTROL, format!("max-age={seconds}"));
+        }
+        for (name, value) in headers {
+            match (
+                header::HeaderName::from_bytes(name.as_bytes()),
+                header::HeaderValue::from_str(value),
+            ) {
+                (Ok(name), Ok(value)) => builder = builder.header(name, value),
+                _ => tracing::warn!(%name, "a location header is not a valid HTTP header"),
+            }
+        }
+        let body = if head {
+            drop(file);
+            drop(guard);
+            Empty::new().map_err(|never| match never {}).boxed()
+        } else {
+            // The guard lives as long as the body, as for proxied answers.
+            let frames = futures_util::StreamExt::map(
+                tokio_util::io::ReaderStream::new(file),
+                move |chunk| {
+                    let _counted = &guard;
+                    chunk.map(Frame::data).map_err(BoxError::from)
+                },
+            );
+            StreamBody::new(frames).boxed()
+        };
+        let mut response = builder
+            .body(body)
+            .expect("a file response builds from valid parts");
+        insert_gate_headers(response.headers_mut(), generation);
+        response
     }
 }
 
@@ -276,8 +414,9 @@ mod tests {
         let gate = GateControl::new(GateSettings::default());
         assert!(gate.admit().is_err(), "a new gate is closed");
         gate.open(7);
-        let (request, generation, _) = gate.admit().expect("open gate admits");
-        assert_eq!(generation, 7);
+        let admitted = gate.admit().expect("open gate admits");
+        assert_eq!(admitted.generation, 7);
+        let request = admitted.guard;
         let closing = {
             let gate = gate.clone();
             tokio::spawn(async move { gate.close().await })
@@ -294,6 +433,39 @@ mod tests {
         );
         drop(request);
         assert_eq!(closing.await.unwrap(), 0);
+    }
+
+    #[test]
+    fn a_static_site_serves_without_a_web_process_and_an_app_does_not() {
+        let gate = GateControl::new(GateSettings::default());
+        assert!(!gate.serving());
+        let static_site = lockstep_config::Web {
+            start: None,
+            locations: [(
+                "/".to_owned(),
+                lockstep_config::Location {
+                    root: Some("public".into()),
+                    passthru: lockstep_config::Passthru::No,
+                    index: vec!["index.html".into()],
+                    expires: lockstep_config::Expires::Off,
+                    allow: true,
+                    scripts: false,
+                    headers: Default::default(),
+                    rules: Vec::new(),
+                },
+            )]
+            .into(),
+        };
+        gate.set_served(Some(Served::new("/app".into(), &static_site)));
+        assert!(gate.serving());
+        let app = lockstep_config::Web {
+            start: Some("x".into()),
+            locations: Default::default(),
+        };
+        gate.set_served(Some(Served::new("/app".into(), &app)));
+        assert!(!gate.serving(), "an app needs its web process");
+        gate.set_upstream(Some(8000));
+        assert!(gate.serving());
     }
 
     #[tokio::test]

@@ -549,3 +549,73 @@ async fn the_app_sees_platform_variables_and_runs_unprivileged() {
         eprintln!("not root: the privilege drop is not exercised");
     }
 }
+
+/// `GET path` sent as written, `..` and all (clients normalise it away): the status code.
+async fn get_raw(port: u16, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(!answer.contains("name: app"), "the app's config leaked");
+    answer.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn the_router_serves_static_locations_itself_and_passes_the_rest_to_the_app() {
+    let setup = setup().await;
+    let client = setup.agent.client();
+    let config_path = setup.project.path().join(".platform.app.yaml");
+    let config = std::fs::read_to_string(&config_path).unwrap().replace(
+        "    start: python3 server.py\n",
+        "    start: python3 server.py\n  locations:\n    \"/\": {passthru: true}\n    \"/static\": {root: static, expires: 1h, passthru: false}\n",
+    );
+    assert!(config.contains("/static"));
+    std::fs::write(&config_path, config).unwrap();
+    std::fs::create_dir_all(setup.project.path().join("static")).unwrap();
+    std::fs::write(
+        setup.project.path().join("static/hello.txt"),
+        "hello, static\n",
+    )
+    .unwrap();
+    setup.project.commit("static files");
+    let image = build_image(&setup.project, setup.images());
+    client.deploy(ENV, &image, "d1", 1, runtime(&[])).await;
+    let port = client.status(ENV).await.router_port;
+
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/static/hello.txt"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert_eq!(headers["cache-control"], "max-age=3600");
+    assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(headers["x-lockstep-gate"], "open");
+    assert_eq!(headers["x-lockstep-generation"], "1");
+    assert!(!headers.contains_key("x-release"), "the app answered");
+    assert_eq!(response.text().await.unwrap(), "hello, static\n");
+
+    let (status, release, _) = get_router(port, "/static/missing.txt").await;
+    assert_eq!(status, 404);
+    assert_eq!(release, None, "the app answered");
+    let refused = get_raw(port, "/static/../.platform.app.yaml").await;
+    assert_eq!(refused, 403);
+
+    let (status, release, _) = get_router(port, "/").await;
+    assert_eq!(status, 200);
+    assert_eq!(release.as_deref(), Some(image.tree_id.as_str()));
+    let log_path = setup._data.path().join("instances/production/logs/web.log");
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    support::eventually(Duration::from_secs(10), "the app to log `/`", || async {
+        read_log().contains("GET / ")
+    })
+    .await;
+    let log = read_log();
+    assert!(
+        !log.contains("/static"),
+        "the app saw a static request: {log}"
+    );
+}

@@ -1,0 +1,442 @@
+//! What the node router does with a request under the active release's `web.locations`, as
+//! Platform.sh's router does: serve a file from a location's `root`, pass the request to the app
+//! (as it is, or as another path), or answer 404.
+//!
+//! Files are looked up safely: the path is percent-decoded, `..` and NUL are refused, and the
+//! resolved file (links included) must stay inside the location's root.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use lockstep_config::{Expires, Location, Passthru};
+use regex::Regex;
+
+/// What the active release serves: its app folder and its locations, rules compiled.
+#[derive(Debug)]
+pub struct Served {
+    app_dir: PathBuf,
+    /// Longest prefix first.
+    locations: Vec<(String, Location, Vec<Option<Regex>>)>,
+    passes_to_app: bool,
+}
+
+/// What to do with one request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Answer with this file.
+    File {
+        path: PathBuf,
+        expires: Expires,
+        headers: BTreeMap<String, String>,
+    },
+    /// Send to the app, with this path (and the request's query) when given.
+    App(Option<String>),
+    NotFound,
+    /// A path with `..` or NUL, or one that leads out of the root.
+    Refused,
+}
+
+impl Served {
+    pub fn new(app_dir: PathBuf, web: &lockstep_config::Web) -> Served {
+        let mut locations: Vec<_> = web
+            .locations
+            .iter()
+            .map(|(prefix, location)| {
+                // The config check only admits valid patterns; one that is not never matches.
+                let rules = location
+                    .rules
+                    .iter()
+                    .map(|r| Regex::new(&r.pattern).ok())
+                    .collect();
+                (prefix.clone(), location.clone(), rules)
+            })
+            .collect();
+        locations.sort_by_key(|(prefix, _, _)| std::cmp::Reverse(prefix.len()));
+        Served {
+            app_dir,
+            locations,
+            passes_to_app: web.passes_to_app(),
+        }
+    }
+
+    /// Whether some request can reach the app, so that the release needs a web process.
+    pub fn passes_to_app(&self) -> bool {
+        self.passes_to_app
+    }
+
+    /// Decides for a request of `raw_path` (the URI's path, still percent-encoded). `files`:
+    /// whether the method may be answered with a file (GET and HEAD).
+    pub fn decide(&self, raw_path: &str, files: bool) -> Decision {
+        if self.locations.is_empty() {
+            return Decision::App(None);
+        }
+        let Some(path) = percent_decode(raw_path) else {
+            return Decision::Refused;
+        };
+        if path.contains('\0') || path.split('/').any(|part| part == "..") {
+            return Decision::Refused;
+        }
+        let Some((prefix, location, rules)) = self
+            .locations
+            .iter()
+            .find(|(prefix, _, _)| prefix_matches(prefix, &path))
+        else {
+            return Decision::NotFound;
+        };
+        let rule = location
+            .rules
+            .iter()
+            .zip(rules)
+            .find(|(_, regex)| regex.as_ref().is_some_and(|r| r.is_match(&path)))
+            .map(|(rule, _)| rule);
+        let allow = rule.and_then(|r| r.allow).unwrap_or(location.allow);
+        let expires = rule.and_then(|r| r.expires).unwrap_or(location.expires);
+        let passthru = rule
+            .and_then(|r| r.passthru.clone())
+            .unwrap_or_else(|| location.passthru.clone());
+        let headers = match rule {
+            Some(rule) if !rule.headers.is_empty() => rule.headers.clone(),
+            _ => location.headers.clone(),
+        };
+        if let (Some(root), true, true) = (&location.root, allow, files) {
+            let rest = path[prefix.trim_end_matches('/').len()..].to_owned();
+            match find_file(&self.app_dir.join(root), &rest, &location.index) {
+                Found::File(path) => {
+                    return Decision::File {
+                        path,
+                        expires,
+                        headers,
+                    };
+                }
+                Found::Outside => return Decision::Refused,
+                Found::Nothing => {}
+            }
+        }
+        match passthru {
+            Passthru::No => Decision::NotFound,
+            Passthru::App => Decision::App(None),
+            Passthru::Path(target) => Decision::App(Some(target)),
+        }
+    }
+}
+
+/// `/static` matches `/static`, `/static/` and `/static/x`, not `/staticx`; `/` matches all.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+enum Found {
+    File(PathBuf),
+    Outside,
+    Nothing,
+}
+
+/// The regular file `rest` names under `root`, or the first index file of the folder it names.
+fn find_file(root: &Path, rest: &str, index: &[String]) -> Found {
+    let Ok(root) = root.canonicalize() else {
+        return Found::Nothing;
+    };
+    let mut candidate = root.clone();
+    for part in rest.split('/').filter(|p| !p.is_empty() && *p != ".") {
+        candidate.push(part);
+    }
+    let Some(target) = inside(&root, &candidate) else {
+        return Found::Outside;
+    };
+    let Ok(metadata) = std::fs::metadata(&target) else {
+        return Found::Nothing;
+    };
+    if metadata.is_file() {
+        return Found::File(target);
+    }
+    if metadata.is_dir() {
+        for name in index {
+            if name.contains('/') || name == ".." || name.contains('\0') {
+                continue;
+            }
+            match inside(&root, &target.join(name)) {
+                None => return Found::Outside,
+                Some(file) if file.is_file() => return Found::File(file),
+                Some(_) => {}
+            }
+        }
+    }
+    Found::Nothing
+}
+
+/// The path resolved (links followed); `None` when it leads out of `root`. A path that does not
+/// exist resolves to itself: it is inside, and nothing is served from it.
+fn inside(root: &Path, path: &Path) -> Option<PathBuf> {
+    match path.canonicalize() {
+        Ok(resolved) => resolved.starts_with(root).then_some(resolved),
+        Err(_) => Some(path.to_owned()),
+    }
+}
+
+/// `None` for a malformed escape or a result that is not UTF-8.
+fn percent_decode(raw: &str) -> Option<String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The Content-Type of a served file, from its extension.
+pub fn content_type(path: &Path) -> &'static str {
+    let extension = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match extension.as_deref() {
+        Some("html" | "htm") => "text/html; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("js" | "mjs") => "text/javascript; charset=utf-8",
+        Some("json") => "application/json",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("ico") => "image/x-icon",
+        Some("txt") => "text/plain; charset=utf-8",
+        Some("woff2") => "font/woff2",
+        Some("wasm") => "application/wasm",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lockstep_config::{Rule, Web};
+
+    fn location(root: Option<&str>, passthru: Passthru) -> Location {
+        Location {
+            root: root.map(str::to_owned),
+            passthru,
+            index: Vec::new(),
+            expires: Expires::Off,
+            allow: true,
+            scripts: false,
+            headers: BTreeMap::new(),
+            rules: Vec::new(),
+        }
+    }
+
+    fn served(dir: &Path, locations: Vec<(&str, Location)>) -> Served {
+        let web = Web {
+            start: Some("x".into()),
+            locations: locations
+                .into_iter()
+                .map(|(p, l)| (p.to_owned(), l))
+                .collect(),
+        };
+        Served::new(dir.to_owned(), &web)
+    }
+
+    fn file(path: PathBuf) -> Decision {
+        Decision::File {
+            path,
+            expires: Expires::Off,
+            headers: BTreeMap::new(),
+        }
+    }
+
+    /// An app folder with `static/hello.txt`, `static/docs/index.html` and a secret beside.
+    fn app() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let app = dir.path().canonicalize().unwrap().join("app");
+        std::fs::create_dir_all(app.join("static/docs")).unwrap();
+        std::fs::write(app.join("static/hello.txt"), "hello").unwrap();
+        std::fs::write(app.join("static/docs/index.html"), "<p>docs").unwrap();
+        std::fs::write(app.join("secret.yaml"), "secret").unwrap();
+        (dir, app)
+    }
+
+    #[test]
+    fn no_locations_send_everything_to_the_app() {
+        let (_dir, app) = app();
+        let served = served(&app, vec![]);
+        assert_eq!(
+            served.decide("/static/hello.txt", true),
+            Decision::App(None)
+        );
+        assert_eq!(served.decide("/../x", true), Decision::App(None));
+    }
+
+    #[test]
+    fn the_longest_prefix_on_segment_boundaries_applies() {
+        let (_dir, app) = app();
+        let served = served(
+            &app,
+            vec![
+                ("/", location(None, Passthru::App)),
+                ("/static", location(Some("static"), Passthru::No)),
+            ],
+        );
+        let hello = app.join("static/hello.txt");
+        assert_eq!(
+            served.decide("/static/hello.txt", true),
+            file(hello.clone())
+        );
+        assert_eq!(
+            served.decide("/static/missing.txt", true),
+            Decision::NotFound
+        );
+        assert_eq!(
+            served.decide("/staticx/hello.txt", true),
+            Decision::App(None)
+        );
+        assert_eq!(served.decide("/", true), Decision::App(None));
+        assert_eq!(served.decide("/hello.txt", true), Decision::App(None));
+        // A POST is never answered with a file.
+        assert_eq!(
+            served.decide("/static/hello.txt", false),
+            Decision::NotFound
+        );
+        assert_eq!(served.decide("/static/hell%6f.txt", true), file(hello));
+    }
+
+    #[test]
+    fn traversal_encoded_or_not_and_nul_are_refused() {
+        let (_dir, app) = app();
+        let served = served(
+            &app,
+            vec![
+                ("/", location(None, Passthru::App)),
+                ("/static", location(Some("static"), Passthru::App)),
+            ],
+        );
+        for bad in [
+            "/static/../secret.yaml",
+            "/static/%2e%2e/secret.yaml",
+            "/static/%2E%2E%2Fsecret.yaml",
+            "/static/..%2fsecret.yaml",
+            "/static/hello.txt%00",
+            "/static/%zz",
+            "/static/%ff",
+            "/../secret.yaml",
+        ] {
+            assert_eq!(served.decide(bad, true), Decision::Refused, "{bad}");
+        }
+    }
+
+    #[test]
+    fn links_out_of_the_root_are_refused_and_links_inside_are_followed() {
+        let (_dir, app) = app();
+        std::os::unix::fs::symlink(app.join("secret.yaml"), app.join("static/secret.yaml"))
+            .unwrap();
+        std::os::unix::fs::symlink(&app, app.join("static/up")).unwrap();
+        std::os::unix::fs::symlink(app.join("static/hello.txt"), app.join("static/alias.txt"))
+            .unwrap();
+        let served = served(&app, vec![("/", location(Some("static"), Passthru::App))]);
+        assert_eq!(served.decide("/secret.yaml", true), Decision::Refused);
+        assert_eq!(served.decide("/up/secret.yaml", true), Decision::Refused);
+        assert_eq!(
+            served.decide("/alias.txt", true),
+            file(app.join("static/hello.txt"))
+        );
+    }
+
+    #[test]
+    fn folders_are_answered_with_their_first_index_file() {
+        let (_dir, app) = app();
+        let mut docs = location(Some("static"), Passthru::No);
+        docs.index = vec!["index.htm".into(), "index.html".into()];
+        let served = served(&app, vec![("/", docs)]);
+        let index = app.join("static/docs/index.html");
+        assert_eq!(served.decide("/docs", true), file(index.clone()));
+        assert_eq!(served.decide("/docs/", true), file(index));
+        assert_eq!(
+            served.decide("/", true),
+            Decision::NotFound,
+            "no index there"
+        );
+    }
+
+    #[test]
+    fn the_first_matching_rule_overrides_the_location() {
+        let (_dir, app) = app();
+        let mut files = location(Some("static"), Passthru::Path("/index.py".into()));
+        files.expires = Expires::Seconds(60);
+        files.headers = [("X-Frame-Options".to_owned(), "DENY".to_owned())].into();
+        let rule = |pattern: &str| Rule {
+            pattern: pattern.into(),
+            allow: None,
+            expires: None,
+            passthru: None,
+            scripts: None,
+            headers: BTreeMap::new(),
+        };
+        files.rules = vec![
+            Rule {
+                allow: Some(false),
+                ..rule(r"^/hello\.txt$")
+            },
+            Rule {
+                expires: Some(Expires::Seconds(3600)),
+                headers: [("X-Doc".to_owned(), "yes".to_owned())].into(),
+                ..rule(r"\.html$")
+            },
+            Rule {
+                expires: Some(Expires::Off),
+                ..rule(r"\.html$")
+            },
+            Rule {
+                passthru: Some(Passthru::No),
+                ..rule(r"^/nothing/")
+            },
+        ];
+        files.index = vec!["index.html".into()];
+        let served = served(&app, vec![("/", files)]);
+        assert_eq!(
+            served.decide("/hello.txt", true),
+            Decision::App(Some("/index.py".into())),
+            "not allowed: passed through"
+        );
+        assert_eq!(
+            served.decide("/docs/index.html", true),
+            Decision::File {
+                path: app.join("static/docs/index.html"),
+                expires: Expires::Seconds(3600),
+                headers: [("X-Doc".to_owned(), "yes".to_owned())].into(),
+            }
+        );
+        assert_eq!(
+            served.decide("/docs/", true),
+            Decision::File {
+                path: app.join("static/docs/index.html"),
+                expires: Expires::Seconds(60),
+                headers: [("X-Frame-Options".to_owned(), "DENY".to_owned())].into(),
+            }
+        );
+        assert_eq!(served.decide("/nothing/x", true), Decision::NotFound);
+        assert_eq!(
+            served.decide("/other", true),
+            Decision::App(Some("/index.py".into()))
+        );
+    }
+
+    #[test]
+    fn content_types_come_from_the_extension() {
+        assert_eq!(
+            content_type(Path::new("a/b.CSS")),
+            "text/css; charset=utf-8"
+        );
+        assert_eq!(content_type(Path::new("a.wasm")), "application/wasm");
+        assert_eq!(content_type(Path::new("a")), "application/octet-stream");
+    }
+}
