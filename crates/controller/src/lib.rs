@@ -268,14 +268,48 @@ impl Controller {
         }
         let name = environment_name(branch);
         let development = [self.options.topology.development.clone()];
+        let parent = "production";
+        self.clone_storage(parent, &name)?;
         self.ensure_environment(
             &name,
             branch,
             EnvironmentType::Development,
-            Some("production"),
+            Some(parent),
             &development,
         )?;
         Ok(self.store.environment(&name)?)
+    }
+
+    /// A new development environment starts as a clone of its parent's shared storage, as on
+    /// Platform.sh; owners and modes are kept, so the app's user can write its copy.
+    fn clone_storage(&self, parent: &str, environment: &str) -> Result<(), ControllerError> {
+        let storage = self.options.data_dir.join("storage");
+        let (from, to) = (storage.join(parent), storage.join(environment));
+        if !from.exists() || to.exists() {
+            return Ok(());
+        }
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&from)
+            .arg(&to)
+            .status()
+            .map_err(ControllerError::io(format!(
+                "copy {} to {}",
+                from.display(),
+                to.display()
+            )))?;
+        if !status.success() {
+            return Err(ControllerError::Io {
+                action: format!("copy {} to {}", from.display(), to.display()),
+                source: std::io::Error::other(format!("cp exited with {status}")),
+            });
+        }
+        tracing::info!(
+            parent,
+            environment,
+            "storage cloned from the parent environment"
+        );
+        Ok(())
     }
 
     fn instance_config(&self, env: &Environment, node: &Node) -> InstanceConfig {

@@ -121,6 +121,7 @@ impl Controller {
         git_env: &BTreeMap<String, String>,
         out: &HookOutput,
     ) -> bool {
+        let is_new = matches!(self.store.environment_for_branch(branch), Ok(None));
         let environment = match self.environment_for_branch(branch) {
             Ok(env) => env,
             Err(error) => {
@@ -145,6 +146,15 @@ impl Controller {
                 activity.id, environment.name
             ),
         );
+        if is_new {
+            let line = format!(
+                "Creating environment {}, as a clone of {}",
+                environment.name,
+                environment.parent.as_deref().unwrap_or("nothing")
+            );
+            let _ = self.store.append_log(&activity.id, &line);
+            say(out, line);
+        }
 
         let (lines, mut incoming) = mpsc::unbounded_channel::<String>();
         let controller = self.clone();

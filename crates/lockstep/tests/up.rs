@@ -100,6 +100,20 @@ async fn a_push_to_production_deploys_every_node_with_every_phase_and_the_hook_o
     // Any other branch gets a development environment.
     let pushed = platform.push(&project, "HEAD:feature/login");
     assert!(pushed.status.success(), "{}", text(&pushed));
+    assert!(text(&pushed).contains("Creating environment feature-login, as a clone of production"));
+    // Its data started as a copy of production's, and then its own deploy hook ran.
+    let hook_nodes: Vec<String> = platform
+        .storage("feature-login", "hooks.log")
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["hook"] == "deploy")
+        .map(|r| r["node"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        hook_nodes,
+        ["production-1", "development-1"],
+        "cloned, then its own run"
+    );
     let routers = platform.routers("feature-login").await;
     assert_eq!(routers.len(), 1);
     assert_eq!(
