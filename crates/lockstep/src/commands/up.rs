@@ -190,17 +190,22 @@ fn load_layout(data_dir: &Path) -> anyhow::Result<Layout> {
     Ok(layout)
 }
 
+/// Writes a file readable by its owner only, whole or not at all: tools read `endpoints.json`
+/// while `up` starts, and must never see it half written.
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let staging = path.with_extension("partial");
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+        .open(&staging)
+        .with_context(|| format!("cannot write {}", staging.display()))?;
     file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&staging, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
