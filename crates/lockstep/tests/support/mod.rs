@@ -403,20 +403,26 @@ pub struct Platform {
 
 impl Platform {
     pub async fn start() -> Platform {
-        let data_dir = shared_tempdir();
-        let listen = free_port();
-        let edge = free_port();
-        let mut platform = Platform {
-            child: spawn_up(data_dir.path(), listen, edge, None),
-            data_dir,
-            api: String::new(),
-            git: String::new(),
-            token: String::new(),
-            listen,
-            edge,
-        };
-        platform.wait_until_up().await;
-        platform
+        // Ports are picked free and then bound by `up` a moment later; a test running beside
+        // this one can take one in between, and then `up` exits. Another set of ports settles it.
+        for _ in 0..3 {
+            let data_dir = shared_tempdir();
+            let listen = free_port();
+            let edge = free_port();
+            let mut platform = Platform {
+                child: spawn_up(data_dir.path(), listen, edge, None),
+                data_dir,
+                api: String::new(),
+                git: String::new(),
+                token: String::new(),
+                listen,
+                edge,
+            };
+            if platform.wait_until_up().await {
+                return platform;
+            }
+        }
+        panic!("lockstep up did not start three times in a row");
     }
 
     /// Stops `up` with SIGINT, as Ctrl-C would, and waits for it to finish.
@@ -444,7 +450,7 @@ impl Platform {
     pub async fn restart_with_failpoint(&mut self, failpoint: Option<&str>) {
         self.stop();
         self.child = spawn_up(self.data_dir.path(), self.listen, self.edge, failpoint);
-        self.wait_until_up().await;
+        assert!(self.wait_until_up().await, "lockstep up did not come back");
     }
 
     /// Waits for `up` to exit by itself (a failpoint); returns its exit status.
@@ -490,15 +496,24 @@ impl Platform {
             .unwrap()
     }
 
-    async fn wait_until_up(&mut self) {
+    /// Waits for `up` to answer; false when it exited first (its log is printed).
+    async fn wait_until_up(&mut self) -> bool {
         let endpoints_path = self.data_dir.path().join("endpoints.json");
         let _ = std::fs::remove_file(&endpoints_path);
-        eventually(
-            Duration::from_secs(60),
-            "lockstep up to write endpoints.json",
-            || async { endpoints_path.exists() },
-        )
-        .await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !endpoints_path.exists() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let log = std::fs::read_to_string(self.data_dir.path().join("up.log"))
+                    .unwrap_or_default();
+                eprintln!("lockstep up exited ({status}) before it was up:\n{log}");
+                return false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for lockstep up to write endpoints.json"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let endpoints: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&endpoints_path).unwrap()).unwrap();
         self.api = endpoints["api"].as_str().unwrap().to_owned();
@@ -517,6 +532,7 @@ impl Platform {
             }
         })
         .await;
+        true
     }
 
     /// Runs the `lockstep` command line against this platform.
