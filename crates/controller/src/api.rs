@@ -651,20 +651,7 @@ async fn app_log(
     Extension(principal): Extension<Principal>,
 ) -> Result<String, ApiError> {
     check(&controller, &principal, Action::Read, &env)?;
-    let nodes = controller.store.nodes(&env)?;
-    let node = match &query.node {
-        Some(name) => nodes.iter().find(|n| &n.name == name),
-        None => nodes.first(),
-    }
-    .ok_or_else(|| {
-        ApiError(
-            StatusCode::NOT_FOUND,
-            format!(
-                "{env} has no node {}",
-                query.node.clone().unwrap_or_default()
-            ),
-        )
-    })?;
+    let node = node_of(&controller, &env, query.node.as_deref())?;
     let process = query.process.as_deref().unwrap_or("web");
     controller
         .agents
@@ -832,20 +819,7 @@ async fn exec(
 ) -> Result<Json<lockstep_proto::agent::ExecOutcome>, ApiError> {
     let environment = check(&controller, &principal, Action::Ssh, &env)?;
     check_app_ssh_access(&controller, &principal, &environment)?;
-    let nodes = controller.store.nodes(&env)?;
-    let node = match &query.node {
-        Some(name) => nodes.iter().find(|n| &n.name == name),
-        None => nodes.first(),
-    }
-    .ok_or_else(|| {
-        ApiError(
-            StatusCode::NOT_FOUND,
-            format!(
-                "{env} has no node {}",
-                query.node.clone().unwrap_or_default()
-            ),
-        )
-    })?;
+    let node = node_of(&controller, &env, query.node.as_deref())?;
     let request = lockstep_proto::agent::ExecRequest {
         command: query.command,
         user: principal.name().to_owned(),
@@ -899,4 +873,23 @@ fn check_app_ssh_access(
             ),
         ))
     }
+}
+
+/// A node of the environment: the one named, or else the first in cluster order.
+fn node_of(
+    controller: &Controller,
+    env: &str,
+    name: Option<&str>,
+) -> Result<crate::Node, ApiError> {
+    let nodes = controller.store.nodes(env)?;
+    let node = match name {
+        Some(name) => nodes.into_iter().find(|n| n.name == name),
+        None => nodes.into_iter().next(),
+    };
+    node.ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("{env} has no node {}", name.unwrap_or_default()),
+        )
+    })
 }

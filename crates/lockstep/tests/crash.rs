@@ -7,20 +7,6 @@ use std::time::Duration;
 
 use support::*;
 
-/// A sample project whose deploy hook takes a while, so a crash can land inside it.
-fn slow_hook_project() -> Project {
-    let project = Project::sample();
-    let config = project.path().join(".platform.app.yaml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let text = text.replace(
-        "    GREETING:",
-        "    DEPLOY_HOOK_SLEEP: \"2\"\n    GREETING:",
-    );
-    std::fs::write(&config, text).unwrap();
-    project.commit("slow deploy hook");
-    project
-}
-
 fn deploy_hook_runs(platform: &Platform, deployment: &str) -> usize {
     platform
         .storage("production", "hooks.log")
@@ -32,7 +18,7 @@ fn deploy_hook_runs(platform: &Platform, deployment: &str) -> usize {
 
 async fn controller_killed_at(failpoint: &str) {
     let mut platform = Platform::start().await;
-    let project = slow_hook_project();
+    let project = Project::with_slow_deploy_hook(2);
     assert!(platform.push(&project, "HEAD:production").status.success());
     project.new_version("v2");
     let new = tree_of(&project);
@@ -96,7 +82,7 @@ async fn the_controller_killed_after_open_resumes_to_a_consistent_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_after_close_catches_up_and_opens_again() {
     let platform = Platform::start().await;
-    let project = slow_hook_project();
+    let project = Project::with_slow_deploy_hook(2);
     assert!(platform.push(&project, "HEAD:production").status.success());
     project.new_version("v2");
     let new = tree_of(&project);

@@ -64,22 +64,6 @@ fn client_loop(
     })
 }
 
-fn slow_hook_project() -> Project {
-    let project = Project::sample();
-    let config = project.path().join(".platform.app.yaml");
-    let original = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        original.replace(
-            "    GREETING:",
-            "    DEPLOY_HOOK_SLEEP: \"5\"\n    GREETING:",
-        ),
-    )
-    .unwrap();
-    project.commit("a deploy hook that takes 5 s");
-    project
-}
-
 /// Deploys a new version while anonymous and logged-in clients load the edge; returns their
 /// answers and the old and new releases.
 async fn deploy_under_load(
@@ -150,7 +134,7 @@ fn assert_switches_once(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn visitors_see_no_error_through_a_deploy_and_never_the_old_release_after_the_new() {
     let platform = Platform::start().await;
-    let project = slow_hook_project();
+    let project = Project::with_slow_deploy_hook(5);
     assert!(platform.push(&project, "HEAD:production").status.success());
 
     // closed_mode: hold (the default).

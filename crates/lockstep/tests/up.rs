@@ -277,19 +277,8 @@ async fn stopping_and_starting_again_brings_every_environment_back_open_at_its_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_serves_the_previous_release_and_queued_deploys_are_superseded() {
     let platform = Platform::start().await;
-    let project = Project::sample();
     // A deploy hook that takes a while, so that later requests queue behind the deploy.
-    let config = project.path().join(".platform.app.yaml");
-    let original = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        original.replace(
-            "    GREETING:",
-            "    DEPLOY_HOOK_SLEEP: \"1\"\n    GREETING:",
-        ),
-    )
-    .unwrap();
-    project.commit("slow hook");
+    let project = Project::with_slow_deploy_hook(1);
     assert!(platform.push(&project, "HEAD:production").status.success());
     let v1 = tree_of(&project);
     project.new_version("v2");

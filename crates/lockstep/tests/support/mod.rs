@@ -63,6 +63,17 @@ impl Project {
         ]);
     }
 
+    /// The sample app with a deploy hook that sleeps `seconds` (a long migration), committed.
+    pub fn with_slow_deploy_hook(seconds: u32) -> Project {
+        let project = Project::sample();
+        let config = project.path().join(".platform.app.yaml");
+        let original = std::fs::read_to_string(&config).unwrap();
+        let slow = format!("    DEPLOY_HOOK_SLEEP: \"{seconds}\"\n    GREETING:");
+        std::fs::write(&config, original.replace("    GREETING:", &slow)).unwrap();
+        project.commit("a slow deploy hook");
+        project
+    }
+
     /// Commits a change that gives a new tree, hence a new release.
     pub fn new_version(&self, label: &str) {
         std::fs::write(self.path().join("VERSION"), label).unwrap();
