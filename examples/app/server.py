@@ -24,12 +24,22 @@ def env_json():
     variables = decode_env_json("PLATFORM_VARIABLES")
     # `env:`-prefixed variables should also be plain environment variables.
     names = {"GREETING"} | {k[4:] for k in variables if isinstance(k, str) and k.startswith("env:")}
+    try:
+        with open("/run/config.json", encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        config = None
     return {
         "variables": variables,
         "routes": decode_env_json("PLATFORM_ROUTES"),
         "relationships": decode_env_json("PLATFORM_RELATIONSHIPS"),
+        "application": decode_env_json("PLATFORM_APPLICATION"),
         "env": env,
         "env_variables": {n: os.environ.get(n) for n in sorted(names)},
+        "home": os.environ.get("HOME"),
+        "cwd": os.getcwd(),
+        "uid": os.getuid(),
+        "config_json": config,
     }
 
 

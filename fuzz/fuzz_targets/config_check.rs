@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
             ..Sources::default()
         },
     };
-    let checked = check(&sources);
+    let checked = check(&sources, &lockstep_config::AnyRuntime);
     for diagnostic in &checked.diagnostics {
         let _ = diagnostic.to_string();
     }

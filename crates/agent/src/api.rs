@@ -57,7 +57,7 @@ async fn authenticate(State(agent): State<Arc<Agent>>, request: Request, next: N
     if presented.is_some_and(|token| agent.token_matches(token)) {
         return next.run(request).await;
     }
-    agent.metrics.command("-", "unauthenticated", false);
+    agent.context.metrics.command("-", "unauthenticated", false);
     (
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -74,7 +74,7 @@ async fn metrics(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        agent.metrics.encode(),
+        agent.context.metrics.encode(),
     )
 }
 
@@ -104,7 +104,7 @@ async fn stage(
 ) -> Answer<Staged> {
     let instance = agent.instance(&env).await?;
     let result = instance.stage(&image, body.into_data_stream()).await;
-    agent.metrics.command(&env, "stage", result.is_ok());
+    agent.context.metrics.command(&env, "stage", result.is_ok());
     result.map(Json)
 }
 
@@ -115,7 +115,10 @@ async fn quiesce(
 ) -> Answer<InstanceStatus> {
     let instance = agent.instance(&env).await?;
     let result = instance.quiesce(&step).await;
-    agent.metrics.command(&env, "quiesce", result.is_ok());
+    agent
+        .context
+        .metrics
+        .command(&env, "quiesce", result.is_ok());
     result?;
     Ok(Json(instance.status().await))
 }
@@ -127,7 +130,7 @@ async fn close(
 ) -> Answer<Closed> {
     let instance = agent.instance(&env).await?;
     let result = instance.close(&step).await;
-    agent.metrics.command(&env, "close", result.is_ok());
+    agent.context.metrics.command(&env, "close", result.is_ok());
     result.map(Json)
 }
 
@@ -138,7 +141,7 @@ async fn swap(
 ) -> Answer<InstanceStatus> {
     let instance = agent.instance(&env).await?;
     let result = instance.swap(&request).await;
-    agent.metrics.command(&env, "swap", result.is_ok());
+    agent.context.metrics.command(&env, "swap", result.is_ok());
     result.map(Json)
 }
 
@@ -149,7 +152,7 @@ async fn run_hook(
 ) -> Answer<HookOutcome> {
     let instance = agent.instance(&env).await?;
     let result = instance.run_hook(&request).await;
-    agent.metrics.command(&env, "hook", result.is_ok());
+    agent.context.metrics.command(&env, "hook", result.is_ok());
     result.map(Json)
 }
 
@@ -182,7 +185,7 @@ async fn open(
 ) -> Answer<InstanceStatus> {
     let instance = agent.instance(&env).await?;
     let result = instance.open(&step).await;
-    agent.metrics.command(&env, "open", result.is_ok());
+    agent.context.metrics.command(&env, "open", result.is_ok());
     result?;
     Ok(Json(instance.status().await))
 }
@@ -194,7 +197,10 @@ async fn background(
 ) -> Answer<InstanceStatus> {
     let instance = agent.instance(&env).await?;
     let result = instance.start_background(&step).await;
-    agent.metrics.command(&env, "background", result.is_ok());
+    agent
+        .context
+        .metrics
+        .command(&env, "background", result.is_ok());
     result?;
     Ok(Json(instance.status().await))
 }

@@ -14,6 +14,30 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> std::io::Resul
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Writes a file whole, readable by its owner only, replacing whatever is at `path` (a link
+/// there included: it is replaced, never followed, so that a folder the app can write is safe
+/// to write in). The file is given to `owner` when this process is root.
+pub fn replace_private(
+    path: &Path,
+    contents: &[u8],
+    owner: Option<lockstep_supervisor::RunAs>,
+) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    file.write_all(contents)?;
+    if let Some(owner) = owner.filter(|_| nix::unistd::geteuid().is_root()) {
+        nix::unistd::fchown(
+            file.as_file(),
+            Some(owner.uid.into()),
+            Some(owner.gid.into()),
+        )?;
+    }
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> std::io::Result<Option<T>> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)

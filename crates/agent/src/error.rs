@@ -13,16 +13,14 @@ pub enum AgentError {
     Refused(String),
     #[error(transparent)]
     Image(#[from] lockstep_image::ImageError),
-    #[error(
-        "the web process did not accept connections on port {port} within {seconds} s; nothing opened. Its last output:\n{output}"
-    )]
-    WebDidNotStart {
-        port: u16,
-        seconds: u64,
-        output: String,
-    },
+    #[error("the web process {reason}; nothing opened. Its last output:\n{output}")]
+    WebDidNotStart { reason: String, output: String },
     #[error(transparent)]
     Supervisor(#[from] lockstep_supervisor::SupervisorError),
+    #[error(transparent)]
+    Sandbox(#[from] lockstep_supervisor::SandboxError),
+    #[error(transparent)]
+    Runtime(#[from] lockstep_supervisor::RuntimeError),
     #[error("cannot {action}")]
     Io {
         action: String,
@@ -42,7 +40,7 @@ impl AgentError {
         match self {
             AgentError::UnknownInstance(_) => StatusCode::NOT_FOUND,
             AgentError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AgentError::Refused(_) => StatusCode::CONFLICT,
+            AgentError::Refused(_) | AgentError::Runtime(_) => StatusCode::CONFLICT,
             AgentError::Image(
                 Image::HashMismatch { .. }
                 | Image::UnsafeEntry { .. }

@@ -5,32 +5,34 @@
 //! is closed whenever the agent starts.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use lockstep_image::{HookSpec, ImageId, ImageInfo};
+use lockstep_config::SocketFamily;
+use lockstep_image::{ImageId, ImageInfo};
 use lockstep_proto::agent::{
     ActiveRelease, Closed, CronRunInfo, DiskUse, ExecOutcome, ExecRequest, Gate, HookKind,
     HookOutcome, HookRequest, HookState, InstanceConfig, InstanceStatus, NodeUser, ProcessInfo,
     ProcessState, RuntimeInputs, Staged, Step, SwapRequest,
 };
 use lockstep_supervisor::{
-    CronOutcome, CronRunner, CronSpec, LogLimits, ProcessSpec, RunAs, Supervisor,
+    Cancel, CronOutcome, CronRunner, CronSpec, HookFailure, HookSpec, LogLimits, ProcessSpec,
+    ProcessState as SupervisedState, RunAs, Sandbox, Supervisor, app_path,
 };
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, watch};
 
+use crate::NodeContext;
 use crate::durable;
 use crate::error::AgentError;
 use crate::hooks::HookStore;
 use crate::locations::Served;
-use crate::metrics::Metrics;
-use crate::release::{MountRoots, Releases, disk_use, link_mounts};
-use crate::router::{GateControl, NodeRouter};
-use crate::runtime_env::{RuntimeContext, runtime_env};
+use crate::release::{MountRoots, ReadyMount, Releases, disk_use};
+use crate::router::{GateControl, NodeRouter, Upstream};
+use crate::runtime_env::{RuntimeContext, config_json, runtime_env};
 
 /// Releases kept besides the active one, for rollback.
 const KEPT_RELEASES: usize = 3;
@@ -43,6 +45,11 @@ const HOOK_OUTPUT_LINES: usize = 40;
 /// How long a `lockstep ssh` command may run, and how much of its output comes back.
 const EXEC_TIMEOUT: Duration = Duration::from_secs(600);
 const EXEC_OUTPUT_BYTES: usize = 1024 * 1024;
+/// A web process that exits this many times before it accepts connections fails the swap at
+/// once: it will not do better in the rest of the start timeout.
+const WEB_START_ATTEMPTS: u32 = 3;
+/// Where a web process on a unix socket listens, inside its sandbox (`$SOCKET`).
+const SOCKET_INSIDE: &str = "/run/app.sock";
 
 /// Sees a running hook's outcome once it is stored.
 type HookWatch = watch::Receiver<Option<HookOutcome>>;
@@ -72,7 +79,7 @@ pub struct Instance {
     hooks: HookStore,
     supervisor: Supervisor,
     crons: CronRunner,
-    run_as: Option<RunAs>,
+    context: Arc<NodeContext>,
     router_task: tokio::task::JoinHandle<()>,
     /// Hooks running now, by deployment and hook, so a repeated request waits for the outcome.
     running_hooks: std::sync::Mutex<HashMap<(String, HookKind), HookWatch>>,
@@ -89,8 +96,7 @@ impl Instance {
     pub async fn load(
         dir: PathBuf,
         config: Option<InstanceConfig>,
-        run_as: Option<RunAs>,
-        metrics: Arc<Metrics>,
+        context: Arc<NodeContext>,
     ) -> Result<Arc<Instance>, AgentError> {
         let state_path = dir.join("state.json");
         let existing: Option<Persisted> = durable::read_json(&state_path)
@@ -136,23 +142,22 @@ impl Instance {
             .map_err(AgentError::io(format!("write {}", state_path.display())))?;
 
         let gate = GateControl::new(state.config.gate.clone());
-        let router = NodeRouter::new(gate.clone(), state.config.environment.clone(), metrics);
+        let router = NodeRouter::new(
+            gate.clone(),
+            state.config.environment.clone(),
+            context.metrics.clone(),
+        );
         let router_task = tokio::spawn(router.serve(listener));
         let log_dir = dir.join("logs");
         let instance = Arc::new(Instance {
             supervisor: Supervisor::new(LogLimits::default()),
-            crons: CronRunner::new(
-                dir.join("cron-runs.jsonl"),
-                log_dir,
-                run_as,
-                LogLimits::default(),
-            ),
+            crons: CronRunner::new(dir.join("cron-runs.jsonl"), log_dir, LogLimits::default()),
             dir,
             state: Mutex::new(state),
             gate,
             releases,
             hooks,
-            run_as,
+            context,
             router_task,
             running_hooks: Default::default(),
         });
@@ -190,6 +195,11 @@ impl Instance {
         let id: ImageId = image.parse()?;
         let unpacked = self.releases.stage(&id, body).await?;
         let mut state = self.state.lock().await;
+        // A release whose runtime this node cannot run is refused now, while the old one still
+        // serves, rather than in the closed window.
+        let info = self.releases.info(&id)?;
+        self.context
+            .runtime(&info.config.app.runtime, state.config.strict_runtimes)?;
         if !state.releases.contains(&id.to_string()) {
             state.releases.push(id.to_string());
             self.prune(&mut state);
@@ -244,11 +254,10 @@ impl Instance {
         self.stop_background(&state).await;
         state.background_stopped = true;
         let info = self.releases.info(&id)?;
-        link_mounts(
-            &self.releases.app_dir(&id),
-            &info.config.app.mounts,
-            &self.mount_roots(&state),
-        )?;
+        // Checked before anything changes: a release that cannot run here leaves the old one.
+        self.context
+            .runtime(&info.config.app.runtime, state.config.strict_runtimes)?;
+        self.ready_mounts(&state, &id, &info)?;
         self.releases.switch_current(&id)?;
         let active = Active {
             release: ActiveRelease {
@@ -338,20 +347,20 @@ impl Instance {
             sender.send_replace(Some(outcome));
             return Ok(receiver);
         };
-        // Written before the hook starts: if the agent dies now, the hook counts as run.
-        self.hooks.put(&outcome)?;
-        let mut env = self.env_for(state, &active, &info);
+        let (sandbox, mut env) = self.runtime(state, &active, &info)?;
         env.insert(
             "LOCKSTEP_DEPLOYMENT".into(),
             request.step.deployment.clone(),
         );
         let spec = HookSpec {
             script,
-            dir: self.releases.app_dir(&id),
+            sandbox,
             env,
             timeout: HOOK_TIMEOUT,
-            run_as: self.run_as.as_ref().map(|r| (r.uid, r.gid)),
+            cancel: Cancel::default(),
         };
+        // Written before the hook starts: if the agent dies now, the hook counts as run.
+        self.hooks.put(&outcome)?;
         let log_path = self
             .dir
             .join("logs")
@@ -363,13 +372,15 @@ impl Instance {
             .insert(key.clone(), receiver.clone());
         let instance = self.clone();
         tokio::spawn(async move {
+            // On a blocking thread of its own: the thread lives until the hook ends, as the
+            // sandbox, which dies with the thread that started it, must.
             let result = tokio::task::spawn_blocking(move || {
                 let mut log = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(log_path)
                     .ok();
-                lockstep_image::run_hook(&spec, &mut |line| {
+                lockstep_supervisor::run_hook(&spec, &mut |line| {
                     if let Some(log) = log.as_mut() {
                         let _ = std::io::Write::write_all(log, format!("{line}\n").as_bytes());
                     }
@@ -385,7 +396,7 @@ impl Instance {
                 }
                 Err(failure) => {
                     outcome.state = HookState::Failed;
-                    if let lockstep_image::HookFailure::Exited { status, .. } = &failure {
+                    if let HookFailure::Exited { status, .. } = &failure {
                         outcome.exit_code = status.code();
                     }
                     let lines = failure.last_lines();
@@ -464,34 +475,10 @@ impl Instance {
                 lines.push_str(&format!("{} lockstep:{}\n", key.trim(), user.name));
             }
         }
-        let ssh_dir = self.dir.join("home/.ssh");
-        std::fs::create_dir_all(&ssh_dir)
-            .map_err(AgentError::io(format!("create {}", ssh_dir.display())))?;
-        let keys_path = ssh_dir.join("authorized_keys");
-        std::fs::write(&keys_path, lines)
-            .map_err(AgentError::io(format!("write {}", keys_path.display())))?;
-        use std::os::unix::fs::PermissionsExt;
-        for (path, mode) in [
-            (&self.dir.join("home"), 0o755),
-            (&ssh_dir, 0o700),
-            (&keys_path, 0o600),
-        ] {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(
-                AgentError::io(format!("set permissions on {}", path.display())),
-            )?;
-            if let Some(run_as) = &self.run_as {
-                nix::unistd::chown(
-                    path.as_path(),
-                    Some(run_as.uid.into()),
-                    Some(run_as.gid.into()),
-                )
-                .map_err(|e| AgentError::Io {
-                    action: format!("give {} to the app user", path.display()),
-                    source: e.into(),
-                })?;
-            }
-        }
-        Ok(())
+        // The node's, not the app's: outside every sandbox, readable by the agent's user only.
+        let keys_path = self.dir.join("ssh/authorized_keys");
+        durable::replace_private(&keys_path, lines.as_bytes(), None)
+            .map_err(AgentError::io(format!("write {}", keys_path.display())))
     }
 
     /// Runs a command in the active release's runtime environment, as the app's user.
@@ -504,18 +491,19 @@ impl Instance {
         };
         let id: ImageId = active.release.image.parse()?;
         let info = self.releases.info(&id)?;
+        let (sandbox, env) = self.runtime(&state, &active, &info)?;
         let spec = HookSpec {
             script: request.command.clone(),
-            dir: self.releases.app_dir(&id),
-            env: self.env_for(&state, &active, &info),
+            sandbox,
+            env,
             timeout: EXEC_TIMEOUT,
-            run_as: self.run_as.as_ref().map(|r| (r.uid, r.gid)),
+            cancel: Cancel::default(),
         };
         drop(state);
         tracing::info!(user = %request.user, command = %request.command, "running a command for a user");
         let result = tokio::task::spawn_blocking(move || {
             let mut output = String::new();
-            let result = lockstep_image::run_hook(&spec, &mut |line| {
+            let result = lockstep_supervisor::run_hook(&spec, &mut |line| {
                 if output.len() < EXEC_OUTPUT_BYTES {
                     output.push_str(line);
                     output.push('\n');
@@ -528,7 +516,7 @@ impl Instance {
         let (result, output) = result;
         let exit_code = match result {
             Ok(_) => Some(0),
-            Err(lockstep_image::HookFailure::Exited { status, .. }) => status.code(),
+            Err(HookFailure::Exited { status, .. }) => status.code(),
             Err(_) => None,
         };
         Ok(ExecOutcome { exit_code, output })
@@ -580,14 +568,13 @@ impl Instance {
         }
         let id: ImageId = active.release.image.parse()?;
         let info = self.releases.info(&id)?;
-        let env = self.env_for(&state, &active, &info);
-        let app_dir = self.releases.app_dir(&id);
+        let (sandbox, env) = self.runtime(&state, &active, &info)?;
         for (name, worker) in &info.config.app.workers {
             self.supervisor
                 .start(self.process_spec(
                     &format!("worker-{name}"),
                     &worker.start,
-                    &app_dir,
+                    sandbox.clone(),
                     env.clone(),
                 ))
                 .await?;
@@ -607,7 +594,7 @@ impl Instance {
                     shutdown_timeout: Duration::from_secs(cron.shutdown_timeout_secs),
                 })
                 .collect();
-            self.crons.start(crons, app_dir, env);
+            self.crons.start(crons, sandbox, env);
         }
         state.background_stopped = false;
         self.persist(&state)
@@ -715,7 +702,8 @@ impl Instance {
         let id: ImageId = active.release.image.parse()?;
         let info = self.releases.info(&id)?;
         let app_dir = self.releases.app_dir(&id);
-        let served = Served::new(app_dir.clone(), &info.config.app.web);
+        let mounts = self.ready_mounts(state, &id, &info)?;
+        let served = Served::new(app_dir, mounts, &info.config.app.web);
         let Some(start) = info.config.app.web.start.clone() else {
             // A static site: its locations only serve files (the config check makes sure), so
             // the router answers every request itself and no web process runs.
@@ -728,68 +716,178 @@ impl Instance {
             self.gate.set_served(Some(served));
             return Ok(());
         };
-        let port = free_port()?;
-        let mut env = self.env_for(state, active, &info);
-        env.insert("PORT".into(), port.to_string());
+        let (sandbox, mut env) = self.runtime(state, active, &info)?;
+        let upstream = match info.config.app.web.socket_family {
+            SocketFamily::Tcp => {
+                let port = free_port()?;
+                env.insert("PORT".into(), port.to_string());
+                Upstream::Port(port)
+            }
+            SocketFamily::Unix => {
+                let socket = sandbox.run.join("app.sock");
+                // A socket left by the previous release would look like a listener.
+                match std::fs::remove_file(&socket) {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => {
+                        return Err(AgentError::io(format!("remove {}", socket.display()))(
+                            error,
+                        ));
+                    }
+                }
+                env.insert("SOCKET".into(), SOCKET_INSIDE.into());
+                Upstream::Socket(socket)
+            }
+        };
         self.supervisor
-            .start(self.process_spec(WEB, &start, &app_dir, env))
+            .start(self.process_spec(WEB, &start, sandbox, env))
             .await?;
         let timeout = Duration::from_millis(state.config.gate.start_timeout_ms);
-        if wait_for_listener(port, timeout).await {
-            self.gate.set_upstream(Some(port));
-            self.gate.set_served(Some(served));
-            return Ok(());
-        }
+        let failure = match self.wait_for_web(&upstream, timeout).await {
+            None => {
+                self.gate.set_upstream(Some(upstream));
+                self.gate.set_served(Some(served));
+                return Ok(());
+            }
+            Some(failure) => failure,
+        };
         self.supervisor.stop(WEB).await;
         let output =
             lockstep_supervisor::read_log(&self.dir.join("logs"), WEB, 4096).unwrap_or_default();
         Err(AgentError::WebDidNotStart {
-            port,
-            seconds: timeout.as_secs(),
+            reason: failure,
             output,
         })
     }
 
-    fn env_for(
+    /// Waits until the web process accepts connections; says why it did not otherwise: it
+    /// exited again and again, or the start timeout passed.
+    async fn wait_for_web(&self, upstream: &Upstream, timeout: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let listening = match upstream {
+                Upstream::Port(port) => tokio::net::TcpStream::connect(("127.0.0.1", *port))
+                    .await
+                    .is_ok(),
+                Upstream::Socket(path) => tokio::net::UnixStream::connect(path).await.is_ok(),
+            };
+            if listening {
+                return None;
+            }
+            let web = self.supervisor.status().into_iter().find(|p| p.name == WEB);
+            if let Some(web) = web.filter(|web| web.restarts + 1 >= WEB_START_ATTEMPTS)
+                && web.state == SupervisedState::BackingOff
+            {
+                return Some(format!(
+                    "exited {} times before it accepted connections (last: {})",
+                    web.restarts + 1,
+                    web.last_exit.as_deref().unwrap_or("unknown")
+                ));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let what = match upstream {
+                    Upstream::Port(port) => format!("on port {port}"),
+                    Upstream::Socket(_) => format!("on {SOCKET_INSIDE}"),
+                };
+                return Some(format!(
+                    "did not accept connections {what} within {} s (web_start_timeout)",
+                    timeout.as_secs()
+                ));
+            }
+            // Short: every step of this wait is part of the closed window of a deploy.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The user the environment's code runs as on this node: its own when the agent is root,
+    /// the agent's own user otherwise.
+    fn user(&self, state: &Persisted) -> Result<RunAs, AgentError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Ok(RunAs::current());
+        }
+        match state.config.user {
+            Some(user) if user.uid != 0 => Ok(RunAs {
+                uid: user.uid,
+                gid: user.gid,
+            }),
+            _ => Err(AgentError::Refused(format!(
+                "environment {} has no user of its own, and this agent runs as root: configure the instance with one",
+                state.config.environment
+            ))),
+        }
+    }
+
+    /// The mounts of release `id`, ready on this node.
+    fn ready_mounts(
+        &self,
+        state: &Persisted,
+        id: &ImageId,
+        info: &ImageInfo,
+    ) -> Result<Vec<ReadyMount>, AgentError> {
+        self.mount_roots(state).prepare(
+            &self.releases.app_dir(id),
+            &info.config.app.mounts,
+            self.user(state)?,
+        )
+    }
+
+    /// What the active release's processes run in, and with: their sandbox and environment.
+    /// Writes `/run/config.json` on the way.
+    fn runtime(
         &self,
         state: &Persisted,
         active: &Active,
         info: &ImageInfo,
-    ) -> std::collections::BTreeMap<String, String> {
-        let id = active
-            .release
-            .image
-            .parse::<ImageId>()
-            .expect("active image ids are valid");
-        let app_dir = self.releases.app_dir(&id);
-        let home = self.dir.join("home");
-        let _ = std::fs::create_dir_all(&home);
-        if let Some(run_as) = &self.run_as {
-            let _ = nix::unistd::chown(&home, Some(run_as.uid.into()), Some(run_as.gid.into()));
+    ) -> Result<(Sandbox, std::collections::BTreeMap<String, String>), AgentError> {
+        let id: ImageId = active.release.image.parse()?;
+        let user = self.user(state)?;
+        let runtime = self
+            .context
+            .runtime(&info.config.app.runtime, state.config.strict_runtimes)?;
+        let mut sandbox = Sandbox::prepare(
+            self.releases.app_dir(&id),
+            &self.dir,
+            user,
+            self.context.sandbox_owner.clone(),
+        )
+        .map_err(AgentError::io("prepare the sandbox's folders"))?;
+        for mount in self.ready_mounts(state, &id, info)? {
+            let inside = app_path(&mount.path.to_string_lossy())?;
+            sandbox.mounts.push((inside, mount.host));
         }
-        runtime_env(&RuntimeContext {
+        sandbox.runtime = runtime.commands;
+        sandbox.host_files = self.context.operator.files.clone();
+        let context = RuntimeContext {
             config: &state.config,
             image: info,
-            app_dir: &app_dir,
-            home: &home,
             inputs: &active.runtime,
-        })
+            operator: &self.context.operator,
+        };
+        let env = runtime_env(&context);
+        let config = config_json(&context, &env, user);
+        // The app may write its /run; the file is replaced, never written through a link.
+        durable::replace_private(
+            &sandbox.run.join("config.json"),
+            config.to_string().as_bytes(),
+            Some(user),
+        )
+        .map_err(AgentError::io("write /run/config.json"))?;
+        Ok((sandbox, env))
     }
 
     fn process_spec(
         &self,
         name: &str,
         command: &str,
-        app_dir: &Path,
+        sandbox: Sandbox,
         env: std::collections::BTreeMap<String, String>,
     ) -> ProcessSpec {
         ProcessSpec {
             name: name.to_owned(),
             command: command.to_owned(),
-            dir: app_dir.to_owned(),
+            sandbox,
             env,
             log_dir: self.dir.join("logs"),
-            run_as: self.run_as,
             stop_grace: STOP_GRACE,
         }
     }
@@ -799,7 +897,6 @@ impl Instance {
             local: self.dir.join("mounts/local"),
             tmp: self.dir.join("mounts/tmp"),
             storage: state.config.storage_dir.clone(),
-            owner: self.run_as.as_ref().map(|r| (r.uid, r.gid)),
         }
     }
 
@@ -868,20 +965,4 @@ fn free_port() -> Result<u16, AgentError> {
         .local_addr()
         .map_err(AgentError::io("find a free port"))?
         .port())
-}
-
-/// Whether something accepts connections on the port before the timeout.
-async fn wait_for_listener(port: u16, timeout: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return true;
-        }
-        // Short: every step of this wait is part of the closed window of a deploy.
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
 }

@@ -1,10 +1,12 @@
 //! The node agent: the only thing that touches a node's app processes.
 //!
 //! Owns: for each environment instance on the node, its staged releases, the active one, its
-//! processes and crons, its hook outcomes, and its node router with the gate.
+//! processes and crons (each in its sandbox, as the environment's user), its hook outcomes, and
+//! its node router with the gate.
 //! Must never: open a gate without a generation from the controller, or at any generation but
 //! the active release's (I1); run a hook twice for one deployment (I2); run a cron or a worker
-//! between quiesce and start of background work (I3); answer a caller without the token.
+//! between quiesce and start of background work (I3); answer a caller without the token; run
+//! pushed code outside its sandbox, as root, or as another environment's user.
 
 mod api;
 mod durable;
@@ -22,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lockstep_proto::agent::{InstanceConfig, InstanceStatus};
-pub use lockstep_supervisor::RunAs;
+pub use lockstep_supervisor::OperatorEnv;
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 
@@ -33,40 +35,93 @@ use metrics::Metrics;
 pub struct AgentOptions {
     pub data_dir: PathBuf,
     pub token: String,
-    /// The user the app's processes run as; `None` runs them as the agent's own user.
-    pub run_as: Option<RunAs>,
+    /// The operator's CA and proxy settings, passed to every app process.
+    pub operator: OperatorEnv,
+}
+
+/// What every instance of the node shares.
+pub(crate) struct NodeContext {
+    pub metrics: Arc<Metrics>,
+    pub operator: OperatorEnv,
+    /// Names this agent's sandboxes, so that the next run of it finds what this one left.
+    pub sandbox_owner: String,
+    /// Runtimes resolved so far, by `type` and strictness: resolving may run the language's
+    /// program, which the closed window of a deploy should not wait for.
+    runtimes: std::sync::Mutex<BTreeMap<(String, bool), lockstep_supervisor::Runtime>>,
+}
+
+impl NodeContext {
+    /// The runtime `type` resolves to on this node; a substitute is said in the agent's log.
+    pub fn runtime(
+        &self,
+        runtime: &str,
+        strict: bool,
+    ) -> Result<lockstep_supervisor::Runtime, lockstep_supervisor::RuntimeError> {
+        let key = (runtime.to_owned(), strict);
+        if let Some(found) = self.runtimes.lock().expect("runtimes lock").get(&key) {
+            return Ok(found.clone());
+        }
+        let found = lockstep_supervisor::resolve_runtime(runtime, strict)?;
+        if let Some(warning) = found.warning() {
+            tracing::warn!("{warning}");
+        }
+        self.runtimes
+            .lock()
+            .expect("runtimes lock")
+            .insert(key, found.clone());
+        Ok(found)
+    }
 }
 
 pub struct Agent {
     data_dir: PathBuf,
     token: String,
-    run_as: Option<RunAs>,
     instances: Mutex<BTreeMap<String, Arc<Instance>>>,
-    metrics: Arc<Metrics>,
+    context: Arc<NodeContext>,
 }
 
 impl Agent {
-    /// Loads every instance found in the data directory. Each comes up closed.
+    /// Ends whatever app process an earlier run of this agent left, then loads every instance
+    /// found in the data directory. Each comes up closed.
     pub async fn load(options: AgentOptions) -> Result<Arc<Agent>, AgentError> {
+        lockstep_supervisor::check_installed()?;
         let instances_dir = options.data_dir.join("instances");
         std::fs::create_dir_all(&instances_dir).map_err(AgentError::io(format!(
             "create {}",
             instances_dir.display()
         )))?;
+        let canonical = options
+            .data_dir
+            .canonicalize()
+            .map_err(AgentError::io(format!(
+                "find {}",
+                options.data_dir.display()
+            )))?;
+        let sandbox_owner = format!("agent:{}", canonical.display());
+        let ended = lockstep_supervisor::end_leftovers(&sandbox_owner);
+        if ended > 0 {
+            tracing::warn!(
+                ended,
+                "ended app processes an earlier run of this agent left"
+            );
+        }
         let agent = Arc::new(Agent {
             data_dir: options.data_dir,
             token: options.token,
-            run_as: options.run_as,
             instances: Mutex::new(BTreeMap::new()),
-            metrics: Arc::new(Metrics::new()),
+            context: Arc::new(NodeContext {
+                metrics: Arc::new(Metrics::new()),
+                operator: options.operator,
+                sandbox_owner,
+                runtimes: Default::default(),
+            }),
         });
         let entries = std::fs::read_dir(&instances_dir)
             .map_err(AgentError::io(format!("read {}", instances_dir.display())))?;
         let mut instances = agent.instances.lock().await;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let instance =
-                Instance::load(entry.path(), None, agent.run_as, agent.metrics.clone()).await?;
+            let instance = Instance::load(entry.path(), None, agent.context.clone()).await?;
             tracing::info!(environment = %name, "instance loaded, closed");
             instances.insert(name, instance);
         }
@@ -131,7 +186,7 @@ impl Agent {
             return instance.configure(config).await;
         }
         let dir = self.instance_dir(name);
-        let instance = Instance::load(dir, Some(config), self.run_as, self.metrics.clone()).await?;
+        let instance = Instance::load(dir, Some(config), self.context.clone()).await?;
         instances.insert(name.to_owned(), instance.clone());
         drop(instances);
         Ok(instance.status().await)

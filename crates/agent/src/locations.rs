@@ -3,29 +3,60 @@
 //! (as it is, or as another path), or answer 404.
 //!
 //! Files are looked up safely: the path is percent-decoded, `..` and NUL are refused, and the
-//! resolved file (links included) must stay inside the location's root.
+//! file is opened by the kernel beneath the location's root (`openat2` with `RESOLVE_BENEATH`),
+//! so that no link, absolute or climbing, leads out of it, and nothing the app writes into a
+//! mount meanwhile can swap the file for another between the check and the read. A path under
+//! one of the app's mounts is looked up in the mount's folder, as the app sees it.
 
 use std::collections::BTreeMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use lockstep_config::{Expires, Location, Passthru};
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::Mode;
 use regex::Regex;
 
-/// What the active release serves: its app folder and its locations, rules compiled.
+use crate::release::ReadyMount;
+
+/// What the active release serves: its app folder, its mounts, and its locations, rules
+/// compiled.
 #[derive(Debug)]
 pub struct Served {
     app_dir: PathBuf,
+    /// Longest path first.
+    mounts: Vec<ReadyMount>,
     /// Longest prefix first.
     locations: Vec<(String, Location, Vec<Option<Regex>>)>,
     passes_to_app: bool,
 }
 
+/// A file opened for an answer, by the kernel, beneath its location's root.
+#[derive(Debug)]
+pub struct OpenFile {
+    pub file: std::fs::File,
+    /// Where the app sees it, relative to the app folder: for its content type.
+    pub path: PathBuf,
+}
+
+impl PartialEq for OpenFile {
+    /// The same file on disk, shown at the same path.
+    fn eq(&self, other: &OpenFile) -> bool {
+        match (self.file.metadata(), other.file.metadata()) {
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()) && self.path == other.path,
+            _ => false,
+        }
+    }
+}
+
 /// What to do with one request.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub enum Decision {
     /// Answer with this file.
     File {
-        path: PathBuf,
+        file: OpenFile,
         expires: Expires,
         headers: BTreeMap<String, String>,
     },
@@ -37,7 +68,12 @@ pub enum Decision {
 }
 
 impl Served {
-    pub fn new(app_dir: PathBuf, web: &lockstep_config::Web) -> Served {
+    pub fn new(
+        app_dir: PathBuf,
+        mut mounts: Vec<ReadyMount>,
+        web: &lockstep_config::Web,
+    ) -> Served {
+        mounts.sort_by_key(|mount| std::cmp::Reverse(mount.path.components().count()));
         let mut locations: Vec<_> = web
             .locations
             .iter()
@@ -54,6 +90,7 @@ impl Served {
         locations.sort_by_key(|(prefix, _, _)| std::cmp::Reverse(prefix.len()));
         Served {
             app_dir,
+            mounts,
             locations,
             passes_to_app: web.passes_to_app(),
         }
@@ -99,11 +136,11 @@ impl Served {
             _ => location.headers.clone(),
         };
         if let (Some(root), true, true) = (&location.root, allow, files) {
-            let rest = path[prefix.trim_end_matches('/').len()..].to_owned();
-            match find_file(&self.app_dir.join(root), &rest, &location.index) {
-                Found::File(path) => {
+            let rest = &path[prefix.trim_end_matches('/').len()..];
+            match self.find_file(root, rest, &location.index) {
+                Found::File(file) => {
                     return Decision::File {
-                        path,
+                        file,
                         expires,
                         headers,
                     };
@@ -130,51 +167,98 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 }
 
 enum Found {
-    File(PathBuf),
+    File(OpenFile),
     Outside,
     Nothing,
 }
 
-/// The regular file `rest` names under `root`, or the first index file of the folder it names.
-fn find_file(root: &Path, rest: &str, index: &[String]) -> Found {
-    let Ok(root) = root.canonicalize() else {
-        return Found::Nothing;
-    };
-    let mut candidate = root.clone();
-    for part in rest.split('/').filter(|p| !p.is_empty() && *p != ".") {
-        candidate.push(part);
-    }
-    let Some(target) = inside(&root, &candidate) else {
-        return Found::Outside;
-    };
-    let Ok(metadata) = std::fs::metadata(&target) else {
-        return Found::Nothing;
-    };
-    if metadata.is_file() {
-        return Found::File(target);
-    }
-    if metadata.is_dir() {
-        for name in index {
-            if name.contains('/') || name == ".." || name.contains('\0') {
-                continue;
+impl Served {
+    /// The regular file `rest` names under the location root `root` (relative to the app), or
+    /// the first index file of the folder it names.
+    fn find_file(&self, root: &str, rest: &str, index: &[String]) -> Found {
+        let root = Path::new(root.trim_matches('/'));
+        let rest: PathBuf = rest
+            .split('/')
+            .filter(|part| !part.is_empty() && *part != ".")
+            .collect();
+        let full = root.join(&rest);
+        // Under a mount, the file is in the mount's folder; the lookup stays beneath the
+        // location's root, or beneath the mount when the mount lies inside that root.
+        let (base, root_in_base, rest_in_root) =
+            match self.mounts.iter().find(|m| full.starts_with(&m.path)) {
+                Some(mount) => match root.strip_prefix(&mount.path) {
+                    Ok(root_inside) => (&mount.host, root_inside.to_owned(), rest.clone()),
+                    Err(_) => (
+                        &mount.host,
+                        PathBuf::new(),
+                        full.strip_prefix(&mount.path).unwrap_or(&full).to_owned(),
+                    ),
+                },
+                None => (&self.app_dir, root.to_owned(), rest.clone()),
+            };
+        let opened = nix::fcntl::open(
+            base.as_path(),
+            OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .and_then(|base| open_beneath(&base, &root_in_base, true))
+        .and_then(|root| {
+            let target = open_beneath(&root, &rest_in_root, false)?;
+            Ok((root, target))
+        });
+        let (_root, target) = match opened {
+            Ok(opened) => opened,
+            Err(Errno::EXDEV | Errno::ELOOP) => return Found::Outside,
+            Err(_) => return Found::Nothing,
+        };
+        let target = std::fs::File::from(target);
+        match target.metadata() {
+            Ok(meta) if meta.is_file() => Found::File(OpenFile {
+                file: target,
+                path: full,
+            }),
+            Ok(meta) if meta.is_dir() => {
+                for name in index {
+                    if name.contains('/') || name == ".." || name.contains('\0') {
+                        continue;
+                    }
+                    match open_beneath(&target, Path::new(name), false) {
+                        Ok(file) => {
+                            let file = std::fs::File::from(file);
+                            if file.metadata().is_ok_and(|m| m.is_file()) {
+                                return Found::File(OpenFile {
+                                    file,
+                                    path: full.join(name),
+                                });
+                            }
+                        }
+                        Err(Errno::EXDEV | Errno::ELOOP) => return Found::Outside,
+                        Err(_) => {}
+                    }
+                }
+                Found::Nothing
             }
-            match inside(&root, &target.join(name)) {
-                None => return Found::Outside,
-                Some(file) if file.is_file() => return Found::File(file),
-                Some(_) => {}
-            }
+            _ => Found::Nothing,
         }
     }
-    Found::Nothing
 }
 
-/// The path resolved (links followed); `None` when it leads out of `root`. A path that does not
-/// exist resolves to itself: it is inside, and nothing is served from it.
-fn inside(root: &Path, path: &Path) -> Option<PathBuf> {
-    match path.canonicalize() {
-        Ok(resolved) => resolved.starts_with(root).then_some(resolved),
-        Err(_) => Some(path.to_owned()),
+/// Opens `path` beneath `dir`: every link followed by the kernel, none allowed out of `dir`.
+/// Non-blocking, so that a named pipe the app planted cannot hang the router.
+fn open_beneath(dir: &impl AsFd, path: &Path, folder: bool) -> Result<OwnedFd, Errno> {
+    let path = if path.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        path
+    };
+    let mut flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
+    if folder {
+        flags |= OFlag::O_DIRECTORY;
     }
+    let how = OpenHow::new()
+        .flags(flags)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    openat2(dir, path, how)
 }
 
 /// `None` for a malformed escape or a result that is not UTF-8.
@@ -237,19 +321,37 @@ mod tests {
     }
 
     fn served(dir: &Path, locations: Vec<(&str, Location)>) -> Served {
+        served_with_mounts(dir, Vec::new(), locations)
+    }
+
+    fn served_with_mounts(
+        dir: &Path,
+        mounts: Vec<ReadyMount>,
+        locations: Vec<(&str, Location)>,
+    ) -> Served {
         let web = Web {
             start: Some("x".into()),
             locations: locations
                 .into_iter()
                 .map(|(p, l)| (p.to_owned(), l))
                 .collect(),
+            socket_family: Default::default(),
         };
-        Served::new(dir.to_owned(), &web)
+        Served::new(dir.to_owned(), mounts, &web)
     }
 
-    fn file(path: PathBuf) -> Decision {
+    /// The file at `host`, shown to the app at `path`.
+    fn open_file(host: PathBuf, path: &str) -> OpenFile {
+        OpenFile {
+            file: std::fs::File::open(host).unwrap(),
+            path: path.into(),
+        }
+    }
+
+    /// The decision to answer with the app's file `path`.
+    fn file(app: &Path, path: &str) -> Decision {
         Decision::File {
-            path,
+            file: open_file(app.join(path), path),
             expires: Expires::Off,
             headers: BTreeMap::new(),
         }
@@ -287,10 +389,9 @@ mod tests {
                 ("/static", location(Some("static"), Passthru::No)),
             ],
         );
-        let hello = app.join("static/hello.txt");
         assert_eq!(
             served.decide("/static/hello.txt", true),
-            file(hello.clone())
+            file(&app, "static/hello.txt")
         );
         assert_eq!(
             served.decide("/static/missing.txt", true),
@@ -307,7 +408,10 @@ mod tests {
             served.decide("/static/hello.txt", false),
             Decision::NotFound
         );
-        assert_eq!(served.decide("/static/hell%6f.txt", true), file(hello));
+        assert_eq!(
+            served.decide("/static/hell%6f.txt", true),
+            file(&app, "static/hello.txt")
+        );
     }
 
     #[test]
@@ -337,17 +441,56 @@ mod tests {
     #[test]
     fn links_out_of_the_root_are_refused_and_links_inside_are_followed() {
         let (_dir, app) = app();
-        std::os::unix::fs::symlink(app.join("secret.yaml"), app.join("static/secret.yaml"))
-            .unwrap();
-        std::os::unix::fs::symlink(&app, app.join("static/up")).unwrap();
-        std::os::unix::fs::symlink(app.join("static/hello.txt"), app.join("static/alias.txt"))
-            .unwrap();
+        std::os::unix::fs::symlink("../secret.yaml", app.join("static/secret.yaml")).unwrap();
+        std::os::unix::fs::symlink("..", app.join("static/up")).unwrap();
+        // An absolute link names a place in the sandbox, never one on the node.
+        std::os::unix::fs::symlink("/etc/passwd", app.join("static/passwd")).unwrap();
+        std::os::unix::fs::symlink("hello.txt", app.join("static/alias.txt")).unwrap();
         let served = served(&app, vec![("/", location(Some("static"), Passthru::App))]);
         assert_eq!(served.decide("/secret.yaml", true), Decision::Refused);
         assert_eq!(served.decide("/up/secret.yaml", true), Decision::Refused);
+        assert_eq!(served.decide("/passwd", true), Decision::Refused);
+        let Decision::File { file: alias, .. } = served.decide("/alias.txt", true) else {
+            panic!("the link inside the root was not followed");
+        };
         assert_eq!(
-            served.decide("/alias.txt", true),
-            file(app.join("static/hello.txt"))
+            alias,
+            open_file(app.join("static/hello.txt"), "static/alias.txt")
+        );
+    }
+
+    #[test]
+    fn files_under_a_mount_come_from_its_folder_and_stay_beneath_it() {
+        let (dir, app) = app();
+        // The mount point in the release is empty; the app's files are in the mount's folder.
+        std::fs::create_dir_all(app.join("static/uploads")).unwrap();
+        let uploads = dir.path().join("mounts/uploads");
+        std::fs::create_dir_all(&uploads).unwrap();
+        std::fs::write(uploads.join("pic.txt"), "picture").unwrap();
+        std::os::unix::fs::symlink("../../../app/secret.yaml", uploads.join("escape")).unwrap();
+        nix::unistd::mkfifo(&uploads.join("pipe"), Mode::from_bits_truncate(0o644)).unwrap();
+        let mounts = vec![ReadyMount {
+            path: "static/uploads".into(),
+            host: uploads.clone(),
+        }];
+        let served = served_with_mounts(
+            &app,
+            mounts,
+            vec![("/", location(Some("static"), Passthru::No))],
+        );
+        let Decision::File { file: pic, .. } = served.decide("/uploads/pic.txt", true) else {
+            panic!("the mount's file was not served");
+        };
+        assert_eq!(
+            pic,
+            open_file(uploads.join("pic.txt"), "static/uploads/pic.txt")
+        );
+        assert_eq!(served.decide("/uploads/escape", true), Decision::Refused);
+        // A named pipe the app made is no file to serve, and does not hang the router.
+        assert_eq!(served.decide("/uploads/pipe", true), Decision::NotFound);
+        assert_eq!(
+            served.decide("/hello.txt", true),
+            file(&app, "static/hello.txt")
         );
     }
 
@@ -357,9 +500,14 @@ mod tests {
         let mut docs = location(Some("static"), Passthru::No);
         docs.index = vec!["index.htm".into(), "index.html".into()];
         let served = served(&app, vec![("/", docs)]);
-        let index = app.join("static/docs/index.html");
-        assert_eq!(served.decide("/docs", true), file(index.clone()));
-        assert_eq!(served.decide("/docs/", true), file(index));
+        assert_eq!(
+            served.decide("/docs", true),
+            file(&app, "static/docs/index.html")
+        );
+        assert_eq!(
+            served.decide("/docs/", true),
+            file(&app, "static/docs/index.html")
+        );
         assert_eq!(
             served.decide("/", true),
             Decision::NotFound,
@@ -410,7 +558,7 @@ mod tests {
         assert_eq!(
             served.decide("/docs/index.html", true),
             Decision::File {
-                path: app.join("static/docs/index.html"),
+                file: open_file(app.join("static/docs/index.html"), "static/docs/index.html"),
                 expires: Expires::Seconds(3600),
                 headers: [("X-Doc".to_owned(), "yes".to_owned())].into(),
             }
@@ -418,7 +566,7 @@ mod tests {
         assert_eq!(
             served.decide("/docs/", true),
             Decision::File {
-                path: app.join("static/docs/index.html"),
+                file: open_file(app.join("static/docs/index.html"), "static/docs/index.html"),
                 expires: Expires::Seconds(60),
                 headers: [("X-Frame-Options".to_owned(), "DENY".to_owned())].into(),
             }

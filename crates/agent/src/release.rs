@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use futures_util::{Stream, StreamExt};
 use lockstep_config::{Mount, MountSource};
 use lockstep_image::{ImageId, ImageInfo, UnpackLimits};
+use lockstep_supervisor::{RunAs, ensure_folder};
 use tokio::io::AsyncWriteExt;
 
 use crate::error::AgentError;
@@ -146,62 +147,47 @@ pub struct MountRoots {
     pub local: PathBuf,
     pub tmp: PathBuf,
     pub storage: PathBuf,
-    pub owner: Option<(u32, u32)>,
+}
+
+/// A mount of the app, ready: its path in the app, and the host folder shown there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyMount {
+    /// Relative to the app folder (`web/uploads`).
+    pub path: PathBuf,
+    pub host: PathBuf,
 }
 
 impl MountRoots {
-    fn target(&self, mount: &Mount) -> PathBuf {
-        let root = match mount.source {
-            MountSource::Local => &self.local,
-            MountSource::Tmp => &self.tmp,
-            MountSource::Storage => &self.storage,
-        };
-        root.join(&mount.source_path)
+    /// Makes each mount ready: its mount point, a folder in the release (a link or a file where
+    /// one must go refuses the release, since root would follow it), and its host folder, given
+    /// to the environment's user. What the image held at a mount path is hidden by the mount.
+    pub fn prepare(
+        &self,
+        app_dir: &Path,
+        mounts: &std::collections::BTreeMap<String, Mount>,
+        user: RunAs,
+    ) -> Result<Vec<ReadyMount>, AgentError> {
+        let mut ready = Vec::new();
+        for (path, mount) in mounts {
+            let path = PathBuf::from(path.trim_start_matches('/'));
+            ensure_folder(app_dir, &path, None).map_err(AgentError::io(format!(
+                "make the mount point {} in the release",
+                path.display()
+            )))?;
+            let root = match mount.source {
+                MountSource::Local => &self.local,
+                MountSource::Tmp => &self.tmp,
+                MountSource::Storage => &self.storage,
+            };
+            std::fs::create_dir_all(root)
+                .map_err(AgentError::io(format!("create {}", root.display())))?;
+            let host = ensure_folder(root, Path::new(&mount.source_path), Some(user)).map_err(
+                AgentError::io(format!("make the folder of mount {}", path.display())),
+            )?;
+            ready.push(ReadyMount { path, host });
+        }
+        Ok(ready)
     }
-}
-
-/// Makes each mount path of the app a link to its writable folder. What the image held at a
-/// mount path is hidden, as a mount would hide it.
-pub fn link_mounts(
-    app_dir: &Path,
-    mounts: &std::collections::BTreeMap<String, Mount>,
-    roots: &MountRoots,
-) -> Result<(), AgentError> {
-    for (path, mount) in mounts {
-        let target = roots.target(mount);
-        std::fs::create_dir_all(&target).map_err(AgentError::io(format!(
-            "create mount folder {}",
-            target.display()
-        )))?;
-        if let Some((uid, gid)) = roots.owner {
-            nix::unistd::chown(&target, Some(uid.into()), Some(gid.into())).map_err(|e| {
-                AgentError::Io {
-                    action: format!("give mount folder {} to the app user", target.display()),
-                    source: e.into(),
-                }
-            })?;
-        }
-        let at = app_dir.join(path);
-        match std::fs::symlink_metadata(&at) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                if std::fs::read_link(&at).ok().as_deref() == Some(target.as_path()) {
-                    continue;
-                }
-                std::fs::remove_file(&at)
-            }
-            Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&at),
-            Ok(_) => std::fs::remove_file(&at),
-            Err(_) => Ok(()),
-        }
-        .map_err(AgentError::io(format!("clear mount path {}", at.display())))?;
-        if let Some(parent) = at.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(AgentError::io(format!("create {}", parent.display())))?;
-        }
-        std::os::unix::fs::symlink(&target, &at)
-            .map_err(AgentError::io(format!("link mount {}", at.display())))?;
-    }
-    Ok(())
 }
 
 /// Bytes used by the files under `dir`, links not followed.

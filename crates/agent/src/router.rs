@@ -9,7 +9,7 @@
 //! admitted before close (and counted, and drained) or refused after it: never in between.
 
 use std::convert::Infallible;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,16 +24,25 @@ use lockstep_proto::agent::{GATE_HEADER, GATE_PATH, GENERATION_HEADER, Gate, Gat
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::locations::{Decision, Served, content_type};
+use crate::locations::{Decision, OpenFile, Served, content_type};
 use crate::metrics::Metrics;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ProxyBody = BoxBody<Bytes, BoxError>;
 
+/// Where the web process listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// A TCP port on loopback (`$PORT`).
+    Port(u16),
+    /// A unix socket (`$SOCKET`), by its path on the host.
+    Socket(PathBuf),
+}
+
 struct GateInner {
     open_at: Option<u64>,
     in_flight: u64,
-    upstream_port: Option<u16>,
+    upstream: Option<Upstream>,
     /// What the active release serves: its app folder and `web.locations`.
     served: Option<Arc<Served>>,
     settings: GateSettings,
@@ -43,7 +52,7 @@ struct GateInner {
 struct Admitted {
     guard: InFlight,
     generation: u64,
-    upstream: Option<u16>,
+    upstream: Option<Upstream>,
     served: Option<Arc<Served>>,
 }
 
@@ -70,7 +79,7 @@ impl GateControl {
             inner: Mutex::new(GateInner {
                 open_at: None,
                 in_flight: 0,
-                upstream_port: None,
+                upstream: None,
                 served: None,
                 settings,
             }),
@@ -89,8 +98,8 @@ impl GateControl {
         self.inner.lock().expect("gate lock").settings = settings;
     }
 
-    pub fn set_upstream(&self, port: Option<u16>) {
-        self.inner.lock().expect("gate lock").upstream_port = port;
+    pub fn set_upstream(&self, upstream: Option<Upstream>) {
+        self.inner.lock().expect("gate lock").upstream = upstream;
     }
 
     /// Set next to the upstream when a release's web side starts; `None` once it stops.
@@ -103,8 +112,8 @@ impl GateControl {
     pub fn serving(&self) -> bool {
         let inner = self.inner.lock().expect("gate lock");
         match &inner.served {
-            Some(served) => inner.upstream_port.is_some() || !served.passes_to_app(),
-            None => inner.upstream_port.is_some(),
+            Some(served) => inner.upstream.is_some() || !served.passes_to_app(),
+            None => inner.upstream.is_some(),
         }
     }
 
@@ -136,7 +145,7 @@ impl GateControl {
                 Ok(Admitted {
                     guard: InFlight(self.clone()),
                     generation,
-                    upstream: inner.upstream_port,
+                    upstream: inner.upstream.clone(),
                     served: inner.served.clone(),
                 })
             }
@@ -189,7 +198,7 @@ impl NodeRouter {
         }
     }
 
-    async fn handle(&self, mut request: Request<Incoming>) -> Response<ProxyBody> {
+    async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
         if request.uri().path() == GATE_PATH {
             return gate_response(&self.gate.state());
         }
@@ -213,13 +222,13 @@ impl NodeRouter {
         let new_path = match decision {
             Decision::App(new_path) => new_path,
             Decision::File {
-                path,
+                file,
                 expires,
                 headers,
             } => {
                 let head = *request.method() == Method::HEAD;
                 return self
-                    .file_response(&path, expires, &headers, head, guard, generation)
+                    .file_response(file, expires, &headers, head, guard, generation)
                     .await;
             }
             Decision::NotFound => {
@@ -231,7 +240,7 @@ impl NodeRouter {
                 return text_response(StatusCode::FORBIDDEN, "forbidden\n", generation);
             }
         };
-        let Some(port) = upstream else {
+        let Some(upstream) = upstream else {
             if served.as_ref().is_some_and(|s| !s.passes_to_app()) {
                 // A static site has no app to pass to.
                 self.metrics.router_request(&self.environment, "not_found");
@@ -253,10 +262,7 @@ impl NodeRouter {
                 .map_or("/", |p| p.as_str())
                 .to_owned(),
         };
-        *request.uri_mut() = format!("http://127.0.0.1:{port}{path}")
-            .parse()
-            .expect("a local URI parses");
-        match self.client.request(request).await {
+        match self.forward(&upstream, &path, request).await {
             Ok(response) => {
                 self.metrics.router_request(&self.environment, "proxied");
                 let (mut parts, body) = response.into_parts();
@@ -285,31 +291,56 @@ impl NodeRouter {
 }
 
 impl NodeRouter {
+    /// Sends a request to the web process: over pooled connections to a port, or over a new
+    /// connection to a unix socket (cheap, on the same machine).
+    async fn forward(
+        &self,
+        upstream: &Upstream,
+        path: &str,
+        mut request: Request<Incoming>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        match upstream {
+            Upstream::Port(port) => {
+                *request.uri_mut() = format!("http://127.0.0.1:{port}{path}").parse()?;
+                Ok(self.client.request(request).await?)
+            }
+            Upstream::Socket(socket) => {
+                *request.uri_mut() = path.parse()?;
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "a connection to the web process's socket ended");
+                    }
+                });
+                Ok(sender.send_request(request).await?)
+            }
+        }
+    }
+
     /// Answers with a file from a location's root: GET streams it, HEAD sends its headers only.
     async fn file_response(
         &self,
-        path: &Path,
+        opened: OpenFile,
         expires: lockstep_config::Expires,
         headers: &std::collections::BTreeMap<String, String>,
         head: bool,
         guard: InFlight,
         generation: u64,
     ) -> Response<ProxyBody> {
-        let opened = match tokio::fs::File::open(path).await {
-            Ok(file) => file.metadata().await.map(|m| (file, m.len())),
-            Err(error) => Err(error),
-        };
-        let (file, length) = match opened {
-            Ok(opened) => opened,
+        let length = match opened.file.metadata() {
+            Ok(metadata) => metadata.len(),
             Err(error) => {
-                tracing::warn!(%error, path = %path.display(), "a static file could not be read");
+                tracing::warn!(%error, path = %opened.path.display(), "a static file could not be read");
                 self.metrics.router_request(&self.environment, "not_found");
                 return text_response(StatusCode::NOT_FOUND, "not found\n", generation);
             }
         };
+        let file = tokio::fs::File::from_std(opened.file);
         self.metrics.router_request(&self.environment, "static");
         let mut builder = Response::builder()
-            .header(header::CONTENT_TYPE, content_type(path))
+            .header(header::CONTENT_TYPE, content_type(&opened.path))
             .header(header::CONTENT_LENGTH, length);
         if let lockstep_config::Expires::Seconds(seconds) = expires {
             builder = builder.header(header::CACHE_CONTROL, format!("max-age={seconds}"));
@@ -455,16 +486,18 @@ mod tests {
                 },
             )]
             .into(),
+            socket_family: Default::default(),
         };
-        gate.set_served(Some(Served::new("/app".into(), &static_site)));
+        gate.set_served(Some(Served::new("/app".into(), Vec::new(), &static_site)));
         assert!(gate.serving());
         let app = lockstep_config::Web {
             start: Some("x".into()),
             locations: Default::default(),
+            socket_family: Default::default(),
         };
-        gate.set_served(Some(Served::new("/app".into(), &app)));
+        gate.set_served(Some(Served::new("/app".into(), Vec::new(), &app)));
         assert!(!gate.serving(), "an app needs its web process");
-        gate.set_upstream(Some(8000));
+        gate.set_upstream(Some(Upstream::Port(8000)));
         assert!(gate.serving());
     }
 

@@ -1,43 +1,34 @@
-//! The environment of the app's processes and hooks on a node (SPEC section 5, "Runtime").
+//! What the app's processes and hooks see of their environment on a node (SPEC section 5,
+//! "Runtime"): their environment variables, and `/run/config.json`, the same facts as one file,
+//! shaped as Platform.sh writes it.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use lockstep_image::{ImageInfo, base64_json, variables_env};
 use lockstep_proto::agent::{EnvironmentType, InstanceConfig, RuntimeInputs};
+use lockstep_supervisor::{APP_ROOT, OperatorEnv, RunAs, app_env};
+use serde_json::json;
 
 pub struct RuntimeContext<'a> {
     pub config: &'a InstanceConfig,
     pub image: &'a ImageInfo,
-    pub app_dir: &'a Path,
-    pub home: &'a Path,
     pub inputs: &'a RuntimeInputs,
+    pub operator: &'a OperatorEnv,
 }
 
-/// The whole environment of a runtime process; `PORT` is added for the web process only.
+/// The whole environment of a runtime process; `PORT` or `SOCKET` is added for the web
+/// process only.
 pub fn runtime_env(context: &RuntimeContext<'_>) -> BTreeMap<String, String> {
     let app = &context.image.config.app;
+    let mut env = app_env(context.operator);
     // Precedence: what the platform provides, then the environment's variables, then the app's.
     let mut variables = app.variables.clone();
     variables.extend(context.inputs.variables.clone());
-    let mut env = variables_env(&variables);
+    env.extend(variables_env(&variables));
 
-    let host_path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
     let provided = [
-        (
-            "PATH",
-            format!(
-                "{}:{host_path}",
-                context.app_dir.join(".global/bin").display()
-            ),
-        ),
-        ("HOME", context.home.display().to_string()),
-        (
-            "PYTHONUSERBASE",
-            context.app_dir.join(".global").display().to_string(),
-        ),
-        ("LANG", "C.UTF-8".to_owned()),
         ("PLATFORM_APPLICATION_NAME", app.name.clone()),
+        ("PLATFORM_APPLICATION", base64_json(&app.as_written)),
         ("PLATFORM_PROJECT", context.config.project.clone()),
         ("PLATFORM_BRANCH", context.config.branch.clone()),
         ("PLATFORM_ENVIRONMENT", context.config.environment.clone()),
@@ -46,7 +37,7 @@ pub fn runtime_env(context: &RuntimeContext<'_>) -> BTreeMap<String, String> {
             context.config.environment_type.as_str().to_owned(),
         ),
         ("PLATFORM_TREE_ID", context.image.tree_id.clone()),
-        ("PLATFORM_APP_DIR", context.app_dir.display().to_string()),
+        ("PLATFORM_APP_DIR", APP_ROOT.to_owned()),
         (
             "PLATFORM_RELATIONSHIPS",
             base64_json(&context.inputs.relationships),
@@ -54,13 +45,88 @@ pub fn runtime_env(context: &RuntimeContext<'_>) -> BTreeMap<String, String> {
         ("PLATFORM_ROUTES", base64_json(&context.inputs.routes)),
         ("LOCKSTEP_NODE", context.config.node.clone()),
     ];
-    env.extend(provided.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    env.extend(provided.map(|(k, v)| (k.to_owned(), v)));
     if context.config.environment_type != EnvironmentType::Development {
         env.insert("PLATFORM_MODE".into(), "enterprise".into());
-        let cluster = context.config.cluster.clone().unwrap_or_else(|| {
-            format!("{}-{}", context.config.project, context.config.environment)
-        });
-        env.insert("PLATFORM_CLUSTER".into(), cluster);
+        env.insert("PLATFORM_CLUSTER".into(), cluster(context.config));
     }
     env
+}
+
+fn cluster(config: &InstanceConfig) -> String {
+    config
+        .cluster
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", config.project, config.environment))
+}
+
+/// `/run/config.json`: the keys Platform.sh's own containers have that apps read
+/// (`info.limits.memory` above all), with the app's configuration and environment.
+pub fn config_json(
+    context: &RuntimeContext<'_>,
+    env: &BTreeMap<String, String>,
+    user: RunAs,
+) -> serde_json::Value {
+    let app = &context.image.config.app;
+    let config = context.config;
+    let mut configuration = app.as_written.clone();
+    if let serde_json::Value::Object(fields) = &mut configuration {
+        fields.insert("app_dir".into(), APP_ROOT.into());
+        fields.insert("tree_id".into(), context.image.tree_id.clone().into());
+        fields.insert("variables".into(), json!(env));
+    }
+    json!({
+        "primary_ip": "127.0.0.1",
+        "hostname": config.node,
+        "name": config.project,
+        "service": app.name,
+        "cluster": cluster(config),
+        "instance": format!("{}--{}", cluster(config), app.name),
+        "web_uid": user.uid,
+        "web_gid": user.gid,
+        "info": {
+            "limits": {
+                "memory": memory_megabytes(),
+                "cpu": std::thread::available_parallelism().map_or(1, |n| n.get()),
+                "disk": app.disk,
+            },
+        },
+        "configuration": {
+            "project_info": {
+                "name": config.project,
+                "settings": {"variables_prefix": "PLATFORM_"},
+            },
+            "environment_info": {
+                "name": config.environment,
+                "machine_name": config.environment,
+                "reference": format!("refs/heads/{}", config.branch),
+                "is_main": config.environment_type == EnvironmentType::Production,
+                "is_production": config.environment_type == EnvironmentType::Production,
+            },
+        },
+        "applications": [{
+            "name": app.name,
+            "configuration": configuration,
+            "mounts": app.as_written.get("mounts").cloned().unwrap_or_else(|| json!({})),
+            "crons": app.as_written.get("crons").cloned().unwrap_or_else(|| json!({})),
+        }],
+    })
+}
+
+/// The node's memory in megabytes, from `/proc/meminfo`.
+fn memory_megabytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .map_or(0, |kilobytes| kilobytes / 1024)
 }

@@ -37,6 +37,10 @@ pub struct AppConfig {
     /// Megabytes.
     pub disk: Option<u64>,
     pub access: Access,
+    /// The app's configuration as written, as JSON (with `name` when its key gave it): what
+    /// Platform.sh gives the app as `PLATFORM_APPLICATION`.
+    #[serde(default)]
+    pub as_written: serde_json::Value,
 }
 
 impl AppConfig {
@@ -165,6 +169,7 @@ pub(crate) fn read(
     report: &mut FileReport<'_>,
     root: &Node,
     named: Option<&Key>,
+    runtimes: &dyn crate::Runtimes,
 ) -> Option<AppConfig> {
     let top = decode::fields(report, root, "", &APP_KEYS);
     let name = read_name(report, &top, named);
@@ -175,7 +180,7 @@ pub(crate) fn read(
         "type",
         "name the runtime, such as `type: \"python:3.11\"`",
     )
-    .and_then(|n| read_runtime(report, n));
+    .and_then(|n| read_runtime(report, n, runtimes));
     if let Some(source) = top.get("source") {
         check_source(report, source);
     }
@@ -209,8 +214,16 @@ pub(crate) fn read(
         },
         |n| read_access(report, n),
     );
+    let name = name?;
+    let mut as_written = root.to_json();
+    if let serde_json::Value::Object(fields) = &mut as_written {
+        fields
+            .entry("name")
+            .or_insert_with(|| serde_json::Value::String(name.clone()));
+    }
     Some(AppConfig {
-        name: name?,
+        as_written,
+        name,
         runtime: runtime?,
         build_flavor: build_flavor?,
         dependencies: dependencies?,
@@ -273,7 +286,11 @@ fn check_app_name(report: &mut FileReport<'_>, name: &str, span: Span) -> bool {
     valid
 }
 
-fn read_runtime(report: &mut FileReport<'_>, node: &Node) -> Option<String> {
+fn read_runtime(
+    report: &mut FileReport<'_>,
+    node: &Node,
+    runtimes: &dyn crate::Runtimes,
+) -> Option<String> {
     let runtime = decode::text(report, node, "type")?;
     let well_formed = runtime.split_once(':').is_some_and(|(language, version)| {
         !language.is_empty()
@@ -288,6 +305,15 @@ fn read_runtime(report: &mut FileReport<'_>, node: &Node) -> Option<String> {
             node.span,
             format!("`type` must be `language:version`, not `{runtime}`"),
             Some("for example `type: \"python:3.11\"` or `type: \"nodejs:20\"`".into()),
+        );
+        return None;
+    }
+    let language = runtime.split(':').next().unwrap_or_default();
+    if let Some(advice) = runtimes.missing(language) {
+        report.error(
+            node.span,
+            format!("the runtime `{runtime}` cannot run here: no {language} is installed"),
+            Some(advice),
         );
         return None;
     }

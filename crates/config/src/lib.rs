@@ -27,9 +27,27 @@ pub use mounts::{Mount, MountSource};
 pub use processes::{Cron, DEFAULT_CRON_SHUTDOWN_TIMEOUT_SECS, MAX_CRON_TIMEOUT_SECS, Worker};
 pub use routes::{Cache, ROUTES_FILE, Route, RouteKind};
 pub use services::{SERVICES_FILE, Service, ServiceKind};
-pub use web::{Expires, Location, Passthru, Rule, Web};
+pub use web::{Expires, Location, Passthru, Rule, SocketFamily, Web};
 
 use diagnostic::{FileReport, suggest};
+
+/// What the machine offers each runtime language. The check asks it so that a `type` whose
+/// language no node can run is an error at `type`, before anything is built.
+pub trait Runtimes {
+    /// `None` when `language` can run here; otherwise what to do about it (the package to
+    /// install).
+    fn missing(&self, language: &str) -> Option<String>;
+}
+
+/// Every language counts as installed: for checks that do not run anything (fuzzing, the
+/// corpus of messages).
+pub struct AnyRuntime;
+
+impl Runtimes for AnyRuntime {
+    fn missing(&self, _language: &str) -> Option<String> {
+        None
+    }
+}
 
 /// Platform.sh's multi-app file. Lockstep reads it when it holds a single app (as the Go template
 /// does), since that app is configured exactly as in `.platform.app.yaml`.
@@ -100,13 +118,14 @@ impl Sources {
 }
 
 /// Reads and validates the project in `dir`.
-pub fn check_dir(dir: &Path) -> Result<Checked, ConfigError> {
-    Ok(check(&Sources::read_dir(dir)?))
+pub fn check_dir(dir: &Path, runtimes: &dyn Runtimes) -> Result<Checked, ConfigError> {
+    Ok(check(&Sources::read_dir(dir)?, runtimes))
 }
 
-/// Validates configuration text. Never panics, whatever the input.
-pub fn check(sources: &Sources) -> Checked {
-    let (mut app_report, app) = read_app(sources);
+/// Validates configuration text, for a machine offering `runtimes`. Never panics, whatever the
+/// input.
+pub fn check(sources: &Sources, runtimes: &dyn Runtimes) -> Checked {
+    let (mut app_report, app) = read_app(sources, runtimes);
     let mut routes_report = report_for(ROUTES_FILE, &sources.routes);
     let mut services_report = report_for(SERVICES_FILE, &sources.services);
     let routes = match &sources.routes {
@@ -146,7 +165,10 @@ fn report_for<'a>(file: &str, text: &'a Option<String>) -> FileReport<'a> {
 
 /// The app, from `.platform.app.yaml` or else from `.platform/applications.yaml`, with the report
 /// of the file it came from.
-fn read_app(sources: &Sources) -> (FileReport<'_>, Option<AppConfig>) {
+fn read_app<'a>(
+    sources: &'a Sources,
+    runtimes: &dyn Runtimes,
+) -> (FileReport<'a>, Option<AppConfig>) {
     let Some(text) = &sources.applications else {
         let mut report = report_for(APP_FILE, &sources.app);
         let app = match &sources.app {
@@ -160,9 +182,8 @@ fn read_app(sources: &Sources) -> (FileReport<'_>, Option<AppConfig>) {
                 );
                 None
             }
-            Some(text) => {
-                parse_file(&mut report, text).and_then(|root| app::read(&mut report, &root, None))
-            }
+            Some(text) => parse_file(&mut report, text)
+                .and_then(|root| app::read(&mut report, &root, None, runtimes)),
         };
         return (report, app);
     };
@@ -177,7 +198,8 @@ fn read_app(sources: &Sources) -> (FileReport<'_>, Option<AppConfig>) {
         );
         return (report, None);
     }
-    let app = parse_file(&mut report, text).and_then(|root| read_single_app(&mut report, &root));
+    let app = parse_file(&mut report, text)
+        .and_then(|root| read_single_app(&mut report, &root, runtimes));
     (report, app)
 }
 
@@ -201,7 +223,11 @@ fn parse_file(report: &mut FileReport<'_>, text: &str) -> Option<yaml::Node> {
 
 /// `.platform/applications.yaml` as a mapping of app names to apps, or as a list of apps with
 /// `name`; either way, Lockstep reads it only when it holds one app.
-fn read_single_app(report: &mut FileReport<'_>, root: &yaml::Node) -> Option<AppConfig> {
+fn read_single_app(
+    report: &mut FileReport<'_>,
+    root: &yaml::Node,
+    runtimes: &dyn Runtimes,
+) -> Option<AppConfig> {
     // Each app with the key naming it (map form) and where it starts.
     let apps: Vec<(Option<&yaml::Key>, &yaml::Node, yaml::Span)> = match &root.value {
         yaml::Value::Map(entries) => entries
@@ -215,7 +241,7 @@ fn read_single_app(report: &mut FileReport<'_>, root: &yaml::Node) -> Option<App
         }
     };
     match apps.as_slice() {
-        [(named, app, _)] => app::read(report, app, *named),
+        [(named, app, _)] => app::read(report, app, *named, runtimes),
         [] => {
             report.error(root.span, "this file defines no app", None);
             None
@@ -339,14 +365,44 @@ mod tests {
     use super::*;
 
     fn app_only(text: &str) -> Checked {
-        check(&Sources {
-            app: Some(text.into()),
-            ..Default::default()
-        })
+        check(
+            &Sources {
+                app: Some(text.into()),
+                ..Default::default()
+            },
+            &AnyRuntime,
+        )
     }
 
     fn messages(checked: &Checked) -> Vec<String> {
         checked.errors().map(|d| d.message.clone()).collect()
+    }
+
+    #[test]
+    fn a_language_the_machine_lacks_is_an_error_at_type() {
+        struct NoPhp;
+        impl Runtimes for NoPhp {
+            fn missing(&self, language: &str) -> Option<String> {
+                (language == "php").then(|| "install the Debian package `php8.2-fpm`".into())
+            }
+        }
+        let text = "name: app\ntype: 'php:8.2'\nweb: {commands: {start: php-fpm}}\n";
+        let sources = Sources {
+            app: Some(text.into()),
+            ..Default::default()
+        };
+        let checked = check(&sources, &NoPhp);
+        assert_eq!(
+            messages(&checked),
+            ["the runtime `php:8.2` cannot run here: no php is installed"]
+        );
+        let error = &checked.diagnostics[0];
+        assert_eq!((error.line, error.column), (2, 7));
+        assert_eq!(
+            error.help.as_deref(),
+            Some("install the Debian package `php8.2-fpm`")
+        );
+        assert!(check(&sources, &AnyRuntime).project.is_some());
     }
 
     #[test]
@@ -386,20 +442,29 @@ mod tests {
     #[test]
     fn one_app_in_applications_yaml_is_read_as_the_app() {
         let app = "  type: golang:1.22\n  web: {commands: {start: ./bin/app}}\n";
-        let by_key = check(&Sources {
-            applications: Some(format!("api:\n{app}")),
-            ..Default::default()
-        });
+        let by_key = check(
+            &Sources {
+                applications: Some(format!("api:\n{app}")),
+                ..Default::default()
+            },
+            &AnyRuntime,
+        );
         assert_eq!(by_key.project.expect("valid").app.name, "api");
-        let listed = check(&Sources {
-            applications: Some(format!("- name: api\n{app}")),
-            ..Default::default()
-        });
+        let listed = check(
+            &Sources {
+                applications: Some(format!("- name: api\n{app}")),
+                ..Default::default()
+            },
+            &AnyRuntime,
+        );
         assert_eq!(listed.project.expect("valid").app.name, "api");
-        let mismatch = check(&Sources {
-            applications: Some(format!("api:\n  name: web\n{app}")),
-            ..Default::default()
-        });
+        let mismatch = check(
+            &Sources {
+                applications: Some(format!("api:\n  name: web\n{app}")),
+                ..Default::default()
+            },
+            &AnyRuntime,
+        );
         assert_eq!(
             messages(&mismatch),
             ["`name` is `web`, but the app's key in `.platform/applications.yaml` is `api`"]

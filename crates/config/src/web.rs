@@ -18,6 +18,17 @@ pub struct Web {
     /// means every request goes to the app, as on Platform.sh for every language but PHP.
     #[serde(default)]
     pub locations: BTreeMap<String, Location>,
+    /// How the web process listens: on `$PORT`, or on the unix socket `$SOCKET`.
+    #[serde(default)]
+    pub socket_family: SocketFamily,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SocketFamily {
+    #[default]
+    Tcp,
+    Unix,
 }
 
 impl Web {
@@ -153,14 +164,16 @@ fn start_help(locations: Option<&BTreeMap<String, Location>>) -> String {
 
 pub(crate) fn read(report: &mut FileReport<'_>, top: &Fields<'_>) -> Option<Web> {
     let web = decode::section(report, top, "", "web", &WEB_KEYS, START_HELP)?;
-    if let Some(upstream) = web.get("upstream") {
-        read_upstream(report, upstream);
-    }
+    let socket_family = match web.get("upstream") {
+        Some(upstream) => read_upstream(report, upstream),
+        None => Some(SocketFamily::Tcp),
+    };
     let locations = web.read_or("locations", BTreeMap::new(), |n| read_locations(report, n));
     let start = read_start(report, &web, locations.as_ref());
     Some(Web {
         start: start?,
         locations: locations?,
+        socket_family: socket_family?,
     })
 }
 
@@ -185,18 +198,22 @@ fn read_start(
         .map(Some)
 }
 
-fn read_upstream(report: &mut FileReport<'_>, node: &Node) {
+fn read_upstream(report: &mut FileReport<'_>, node: &Node) -> Option<SocketFamily> {
     let upstream = decode::fields(report, node, "web.upstream", &UPSTREAM_KEYS);
-    if let Some(family) = upstream.get("socket_family") {
-        let path = "web.upstream.socket_family";
-        if decode::one_of(report, family, path, &["tcp", "unix"]) == Some("unix") {
-            report.error(
-                family.span,
-                format!("`{path}: unix` is not supported by Lockstep yet"),
-                Some("set `socket_family: tcp` and listen on the port given in $PORT".into()),
-            );
+    let family = match upstream.get("socket_family") {
+        None => Some(SocketFamily::Tcp),
+        Some(family) => {
+            match decode::one_of(
+                report,
+                family,
+                "web.upstream.socket_family",
+                &["tcp", "unix"],
+            )? {
+                "unix" => Some(SocketFamily::Unix),
+                _ => Some(SocketFamily::Tcp),
+            }
         }
-    }
+    };
     if let Some(protocol) = upstream.get("protocol") {
         let path = "web.upstream.protocol";
         if decode::one_of(report, protocol, path, &["http", "fastcgi"]) == Some("fastcgi") {
@@ -205,8 +222,10 @@ fn read_upstream(report: &mut FileReport<'_>, node: &Node) {
                 format!("`{path}: fastcgi` is not supported by Lockstep yet"),
                 Some("serve HTTP on $PORT and set `protocol: http`".into()),
             );
+            return None;
         }
     }
+    family
 }
 
 fn read_locations(report: &mut FileReport<'_>, node: &Node) -> Option<BTreeMap<String, Location>> {

@@ -51,7 +51,7 @@ fn render(checked: &Checked) -> String {
 #[test]
 fn invalid_projects_fail_with_their_messages() {
     insta::glob!("corpus/invalid/*.txt", |path| {
-        let checked = lockstep_config::check(&load_case(path));
+        let checked = lockstep_config::check(&load_case(path), &lockstep_config::AnyRuntime);
         assert!(
             checked.project.is_none() && checked.errors().count() > 0,
             "{} should be invalid",
@@ -64,7 +64,7 @@ fn invalid_projects_fail_with_their_messages() {
 #[test]
 fn valid_projects_pass() {
     insta::glob!("corpus/valid/*.txt", |path| {
-        let checked = lockstep_config::check(&load_case(path));
+        let checked = lockstep_config::check(&load_case(path), &lockstep_config::AnyRuntime);
         assert!(
             checked.project.is_some(),
             "{} should be valid:\n{}",

@@ -42,6 +42,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/api/v1/activities", get(activities))
         .route("/api/v1/activities/{id}", get(activity))
         .route("/api/v1/activities/{id}/log", get(activity_log))
+        .route("/api/v1/activities/{id}/cancel", post(cancel_activity))
         .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(
             controller.clone(),
@@ -490,6 +491,8 @@ struct Setting {
     value: String,
 }
 
+const SETTINGS: &str = "on_hook_failure, closed_status, closed_mode, max_hold, grace, drain_timeout, build_timeout, web_start_timeout, strict_runtimes";
+
 /// `lockstep env set ENV KEY VALUE`: one setting of SPEC section 7.
 async fn set_setting(
     State(controller): State<Arc<Controller>>,
@@ -532,12 +535,19 @@ async fn set_setting(
         "max_hold" => settings.max_hold_secs = seconds(&setting.value)?,
         "grace" => settings.grace_secs = seconds(&setting.value)?,
         "drain_timeout" => settings.drain_timeout_secs = seconds(&setting.value)?,
+        "build_timeout" => settings.build_timeout_secs = seconds(&setting.value)?,
+        "web_start_timeout" => settings.web_start_timeout_secs = seconds(&setting.value)?,
+        "strict_runtimes" => {
+            settings.strict_runtimes = match setting.value.as_str() {
+                "true" => true,
+                "false" => false,
+                _ => return Err(bad("`true` or `false`")),
+            };
+        }
         other => {
             return Err(ApiError(
                 StatusCode::BAD_REQUEST,
-                format!(
-                    "unknown setting `{other}`; settings are on_hook_failure, closed_status, closed_mode, max_hold, grace, drain_timeout"
-                ),
+                format!("unknown setting `{other}`; settings are {SETTINGS}"),
             ));
         }
     }
@@ -585,6 +595,21 @@ async fn activity(
 ) -> Result<Json<Activity>, ApiError> {
     let environment = controller.store.activity(&id)?.environment;
     check(&controller, &principal, Action::Read, &environment)?;
+    Ok(Json(controller.store.activity(&id)?))
+}
+
+/// `lockstep activity cancel ID`: whoever may push to the environment may cancel its builds
+/// and waiting deployments.
+async fn cancel_activity(
+    State(controller): State<Arc<Controller>>,
+    Path(id): Path<String>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Activity>, ApiError> {
+    let environment = controller.store.activity(&id)?.environment;
+    check(&controller, &principal, Action::Push, &environment)?;
+    controller
+        .cancel_activity(&id)
+        .map_err(|error| ApiError(StatusCode::CONFLICT, error.to_string()))?;
     Ok(Json(controller.store.activity(&id)?))
 }
 

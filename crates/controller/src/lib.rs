@@ -9,6 +9,7 @@
 mod access;
 mod agents;
 mod api;
+mod builds;
 mod edge;
 mod git;
 mod orchestrator;
@@ -23,9 +24,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lockstep_proto::agent::{EnvironmentType, GateSettings, InstanceConfig};
+use lockstep_proto::agent::{AppUser, EnvironmentType, GateSettings, InstanceConfig};
+use lockstep_supervisor::{Cancel, OperatorEnv};
 
 pub use access::{Role, Roles};
+pub use builds::CancelError;
 pub use edge::EdgeContact;
 pub use orchestrator::DeployJob;
 pub use store::{Activity, EnvSettings, Environment, Node, PhaseTiming, StoreError};
@@ -62,6 +65,8 @@ pub struct ControllerOptions {
     pub topology: Topology,
     /// The caching edge in front of the environments, if there is one.
     pub edge: Option<EdgeContact>,
+    /// The operator's CA and proxy settings, passed to builds.
+    pub operator: OperatorEnv,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +129,8 @@ pub struct Controller {
     /// Pushes built by pre-receive and not yet deployed by post-receive: (branch, commit) to
     /// activity.
     pending_pushes: Mutex<HashMap<(String, String), String>>,
+    /// Builds running now, by activity, to cancel them.
+    running_builds: Mutex<HashMap<String, Cancel>>,
 }
 
 impl Controller {
@@ -134,11 +141,14 @@ impl Controller {
             std::fs::create_dir_all(dir.join(sub))
                 .map_err(ControllerError::io(format!("create {}", dir.display())))?;
         }
-        // The app's unprivileged user must reach the shared storage below it.
-        for path in [dir.clone(), dir.join("storage")] {
-            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-                .map_err(ControllerError::io(format!("open up {}", path.display())))?;
-        }
+        // Nothing in here is for anyone but Lockstep: sandboxes see their own folders through
+        // their binds, whatever the modes above them.
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(ControllerError::io(format!("close {}", dir.display())))?;
+        lockstep_supervisor::check_installed().map_err(|e| ControllerError::Io {
+            action: "run builds".into(),
+            source: e.into(),
+        })?;
         let store = store::Store::open(&dir.join("lockstep.db"))?;
         let builder = lockstep_image::Builder::new(&dir.join("build"))?;
         let images = builder.store().clone();
@@ -155,6 +165,7 @@ impl Controller {
             queues: Default::default(),
             hook_token,
             pending_pushes: Mutex::new(HashMap::new()),
+            running_builds: Mutex::new(HashMap::new()),
             options,
         };
         git::ensure_repository(&controller.repository(), &controller.hook_contact())
@@ -245,6 +256,8 @@ impl Controller {
             previous: None,
             settings: EnvSettings::default(),
             created_at: store::timestamp(chrono::Utc::now()),
+            // Allocated by the store.
+            uid: 0,
         };
         let nodes: Vec<Node> = specs
             .iter()
@@ -269,7 +282,6 @@ impl Controller {
         let name = environment_name(branch);
         let development = [self.options.topology.development.clone()];
         let parent = "production";
-        self.clone_storage(parent, &name)?;
         self.ensure_environment(
             &name,
             branch,
@@ -277,12 +289,15 @@ impl Controller {
             Some(parent),
             &development,
         )?;
-        Ok(self.store.environment(&name)?)
+        let env = self.store.environment(&name)?;
+        self.clone_storage(parent, &env)?;
+        Ok(env)
     }
 
     /// A new development environment starts as a clone of its parent's shared storage, as on
-    /// Platform.sh; owners and modes are kept, so the app's user can write its copy.
-    fn clone_storage(&self, parent: &str, environment: &str) -> Result<(), ControllerError> {
+    /// Platform.sh, given to the new environment's own user.
+    fn clone_storage(&self, parent: &str, env: &Environment) -> Result<(), ControllerError> {
+        let environment = env.name.as_str();
         let storage = self.options.data_dir.join("storage");
         let (from, to) = (storage.join(parent), storage.join(environment));
         if !from.exists() || to.exists() {
@@ -304,6 +319,10 @@ impl Controller {
                 source: std::io::Error::other(format!("cp exited with {status}")),
             });
         }
+        // Nothing runs in the copy yet, so no link can appear in it while it changes hands.
+        lockstep_supervisor::give_tree(&to, builds::app_user(env)).map_err(ControllerError::io(
+            format!("give {} to environment {environment}", to.display()),
+        ))?;
         tracing::info!(
             parent,
             environment,
@@ -328,8 +347,14 @@ impl Controller {
             gate: GateSettings {
                 closed_status: env.settings.closed_status,
                 drain_timeout_ms: env.settings.drain_timeout_secs * 1000,
+                start_timeout_ms: env.settings.web_start_timeout_secs * 1000,
                 ..GateSettings::default()
             },
+            user: Some(AppUser {
+                uid: env.uid,
+                gid: env.uid,
+            }),
+            strict_runtimes: env.settings.strict_runtimes,
         }
     }
 

@@ -60,6 +60,14 @@ impl Controller {
         }
     }
 
+    /// Takes a deployment that waits for its environment out of the queue; whether it did.
+    pub(crate) fn cancel_waiting(&self, activity: &str) -> bool {
+        let mut running = self.queues.running.lock().expect("queue lock");
+        running
+            .values_mut()
+            .any(|waiting| waiting.take_if(|job| job.activity == activity).is_some())
+    }
+
     fn supersede(&self, older: &DeployJob, newer: &DeployJob) {
         let _ = self.store.append_log(
             &older.activity,
@@ -478,19 +486,13 @@ impl Controller {
     async fn rebuild(&self, job: &DeployJob, git_ref: &str) -> Result<String, ControllerError> {
         self.store.phase_started(&job.activity, "build")?;
         let variables = self.variables_for(&job.environment, crate::variables::Audience::Build)?;
+        let env = self.store.environment(&job.environment)?;
         let (lines, mut incoming) = mpsc::unbounded_channel::<String>();
-        let request = lockstep_image::BuildRequest {
-            repo: &self.repository(),
-            git_ref,
-            project: &self.options.project,
-            variables: &variables,
-            timeout: lockstep_image::DEFAULT_BUILD_TIMEOUT,
-            git_env: &[],
-        };
-        // The build blocks its thread; its lines reach the activity log as they come.
+        // The build blocks its thread (which its sandbox dies with, so the thread must live as
+        // long as the build); its lines reach the activity log as they come.
         let build = async {
             let result = tokio::task::block_in_place(|| {
-                self.builder.build(&request, &mut |line| {
+                self.build_for(&env, git_ref, &[], &variables, &job.activity, &mut |line| {
                     let _ = lines.send(line.to_owned());
                 })
             });

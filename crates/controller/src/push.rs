@@ -165,18 +165,21 @@ impl Controller {
                 Ok(variables) => variables,
                 Err(error) => return self.fail_push(&activity.id, &error.to_string(), out),
             };
+        let activity_id = activity.id.clone();
+        let build_env = environment.clone();
+        // A blocking thread of its own, for as long as the build runs: the build's sandbox dies
+        // with the thread that started it.
         let build = tokio::task::spawn_blocking(move || {
-            let request = lockstep_image::BuildRequest {
-                repo: &controller.repository(),
-                git_ref: &commit_owned,
-                project: &controller.options.project,
-                variables: &variables,
-                timeout: lockstep_image::DEFAULT_BUILD_TIMEOUT,
-                git_env: &git_env,
-            };
-            controller.builder.build(&request, &mut |line| {
-                let _ = lines.send(line.to_owned());
-            })
+            controller.build_for(
+                &build_env,
+                &commit_owned,
+                &git_env,
+                &variables,
+                &activity_id,
+                &mut |line| {
+                    let _ = lines.send(line.to_owned());
+                },
+            )
         });
         while let Some(line) = incoming.recv().await {
             let _ = self.store.append_log(&activity.id, &line);
@@ -194,6 +197,13 @@ impl Controller {
                     }
                 }
                 return self.fail_push(&activity.id, "the configuration is invalid", out);
+            }
+            Err(lockstep_image::BuildError::Cancelled) => {
+                let _ = self
+                    .store
+                    .finish_activity(&activity.id, "cancelled", "failure");
+                say(out, "error: the build was cancelled");
+                return false;
             }
             Err(error) => {
                 let reason = match &error {

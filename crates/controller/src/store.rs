@@ -21,6 +21,12 @@ pub enum StoreError {
     UnknownEnvironment(String),
     #[error("no activity `{0}`")]
     UnknownActivity(String),
+    #[error("cannot make the state database {} private", path.display())]
+    Private {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -94,7 +100,17 @@ CREATE TABLE users (
     created_at TEXT NOT NULL
 );
 "#,
+    // Each environment runs as a Unix user of its own, allocated once and never reused.
+    r#"
+ALTER TABLE environments ADD COLUMN uid INTEGER;
+UPDATE environments SET uid = 70000 + rowid;
+CREATE UNIQUE INDEX environments_by_uid ON environments (uid);
+"#,
 ];
+
+/// Environments' Unix users are numbered from here up: above the ids Debian gives users and
+/// its dynamic range, below the ranges rootless containers usually take (`/etc/subuid`).
+pub const FIRST_UID: u32 = 70001;
 
 pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -102,6 +118,7 @@ pub fn timestamp(at: DateTime<Utc>) -> String {
 
 /// Per-environment settings of SPEC section 7 (`lockstep env set`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct EnvSettings {
     pub on_hook_failure: lockstep_deploy::HookFailurePolicy,
     pub closed_status: u16,
@@ -109,6 +126,13 @@ pub struct EnvSettings {
     pub max_hold_secs: u64,
     pub grace_secs: u64,
     pub drain_timeout_secs: u64,
+    /// How long a build may run before it is stopped.
+    pub build_timeout_secs: u64,
+    /// How long a new web process has to accept connections during a swap.
+    pub web_start_timeout_secs: u64,
+    /// Whether a runtime version that is not installed fails the build and the deploy instead
+    /// of running the nearest installed one.
+    pub strict_runtimes: bool,
 }
 
 impl Default for EnvSettings {
@@ -120,6 +144,9 @@ impl Default for EnvSettings {
             max_hold_secs: 30,
             grace_secs: 12 * 3600,
             drain_timeout_secs: 10,
+            build_timeout_secs: 3600,
+            web_start_timeout_secs: 60,
+            strict_runtimes: false,
         }
     }
 }
@@ -137,6 +164,8 @@ pub struct Environment {
     pub previous: Option<lockstep_deploy::Release>,
     pub settings: EnvSettings,
     pub created_at: String,
+    /// The environment's own Unix user and group id, the same on all its nodes.
+    pub uid: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -177,7 +206,20 @@ pub struct Store {
 }
 
 impl Store {
+    /// Opens (or creates) the store, readable by Lockstep's user alone: it holds user token
+    /// hashes and sealed variables. SQLite gives its journal files the database's mode.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|_| {
+                std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            })
+            .map_err(|source| StoreError::Private {
+                path: path.to_owned(),
+                source,
+            })?;
         let mut connection = Connection::open(path)?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "FULL")?;
@@ -196,12 +238,15 @@ impl Store {
         f(&connection)
     }
 
+    /// Records a new environment with its nodes, and allocates its Unix user (the `uid` given
+    /// is ignored): one more than any environment ever had.
     pub fn create_environment(&self, env: &Environment, nodes: &[Node]) -> Result<(), StoreError> {
         let mut connection = self.connection.lock().expect("store lock");
         let tx = connection.transaction()?;
         tx.execute(
-            "INSERT INTO environments (name, kind, branch, parent, generation, serving, previous, settings, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO environments (name, kind, branch, parent, generation, serving, previous, settings, created_at, uid)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,
+                     (SELECT MAX(COALESCE((SELECT MAX(uid) FROM environments), 0) + 1, ?10)))",
             params![
                 env.name,
                 env.kind.as_str(),
@@ -212,6 +257,7 @@ impl Store {
                 serde_json::to_string(&env.previous)?,
                 serde_json::to_string(&env.settings)?,
                 env.created_at,
+                FIRST_UID,
             ],
         )?;
         for node in nodes {
@@ -227,7 +273,7 @@ impl Store {
     pub fn environments(&self) -> Result<Vec<Environment>, StoreError> {
         self.with(|c| {
             let mut statement = c.prepare(
-                "SELECT name, kind, branch, parent, generation, serving, previous, settings, created_at
+                "SELECT name, kind, branch, parent, generation, serving, previous, settings, created_at, uid
                  FROM environments ORDER BY created_at, name",
             )?;
             let rows = statement.query_map([], read_environment)?;
@@ -255,7 +301,7 @@ impl Store {
     ) -> Result<Option<Environment>, StoreError> {
         self.with(|c| {
             let sql = format!(
-                "SELECT name, kind, branch, parent, generation, serving, previous, settings, created_at
+                "SELECT name, kind, branch, parent, generation, serving, previous, settings, created_at, uid
                  FROM environments WHERE {column} = ?1"
             );
             c.query_row(&sql, [value], read_environment).optional()?.transpose()
@@ -761,6 +807,7 @@ fn read_environment(row: &rusqlite::Row<'_>) -> rusqlite::Result<Row<Environment
             previous: serde_json::from_str(previous.as_deref().unwrap_or("null"))?,
             settings: serde_json::from_str(&settings)?,
             created_at: row.get(8)?,
+            uid: row.get(9)?,
         })
     };
     Ok(parse())

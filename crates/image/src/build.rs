@@ -6,32 +6,50 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use lockstep_config::{BuildFlavor, Diagnostic};
+use lockstep_supervisor::{
+    APP_ROOT, Cancel, HookFailure, HookSpec, OperatorEnv, RunAs, RuntimeError, Sandbox, app_env,
+    give_folder, give_tree, run_hook,
+};
 
-use crate::hook::{HookFailure, HookSpec, run_hook};
 use crate::store::{APP_PREFIX, ImageInfo, Manifest};
-use crate::{ImageError, ImageStore, checkout};
+use crate::{ImageError, ImageStore, base64_json, checkout};
 
 /// Platform.sh's own words, which users search their logs for.
 pub const REUSE_MESSAGE: &str = "Reusing existing build for this tree ID";
 
 /// Bumped whenever the image layout changes, so that no old build is reused for a new layout.
-const IMAGE_FORMAT: u32 = 1;
+const IMAGE_FORMAT: u32 = 2;
 
 /// Platform.sh's build hook limit.
 pub const DEFAULT_BUILD_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Where the project's build cache is, inside the build's sandbox (`PLATFORM_CACHE_DIR`).
+const CACHE_INSIDE: &str = "/tmp/cache";
 
 pub struct BuildRequest<'a> {
     /// A git repository, bare or not.
     pub repo: &'a Path,
     pub git_ref: &'a str,
-    /// The project's id: `PLATFORM_PROJECT`, and the name of its build cache.
+    /// The project's id: `PLATFORM_PROJECT`.
     pub project: &'a str,
+    /// Whose build cache the build uses: builds of one environment share one
+    /// (`PLATFORM_CACHE_DIR`), and no environment sees another's.
+    pub cache: &'a str,
     /// Build-visible variables by full name: `env:NAME` become environment variables, the
     /// others go into `PLATFORM_VARIABLES`. They override the app config's `variables`.
     pub variables: &'a BTreeMap<String, serde_json::Value>,
     pub timeout: Duration,
     /// Extra environment for git, such as a receive hook's quarantine directories.
     pub git_env: &'a crate::checkout::GitEnv,
+    /// Who runs the build hook: the environment's user.
+    pub user: RunAs,
+    /// Whether a runtime version that is not installed fails the build instead of running
+    /// the nearest one.
+    pub strict_runtimes: bool,
+    /// The operator's CA and proxy settings.
+    pub operator: &'a OperatorEnv,
+    /// Ends the build from elsewhere (`lockstep activity cancel`).
+    pub cancel: Cancel,
 }
 
 #[derive(Debug)]
@@ -46,8 +64,12 @@ pub enum BuildError {
     Git(String),
     #[error("the configuration has {} error(s)", .0.iter().filter(|d| d.is_error()).count())]
     InvalidConfig(Vec<Diagnostic>),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
     #[error("the build hook failed")]
     Hook(#[source] HookFailure),
+    #[error("the build was cancelled")]
+    Cancelled,
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error("cannot prepare the build folder {}", path.display())]
@@ -58,15 +80,18 @@ pub enum BuildError {
     },
 }
 
-/// Builds images into a store, keeping one build cache folder per project.
+/// Builds images into a store, keeping one build cache folder per project and environment.
 pub struct Builder {
     store: ImageStore,
     cache_root: PathBuf,
     work_root: PathBuf,
+    /// Names the builds' sandboxes, so that a restarted controller can end what it left.
+    sandbox_owner: String,
 }
 
 impl Builder {
-    /// Everything lives under `data_dir`: `images/`, `builds/`, `cache/<project>`, `work/`.
+    /// Everything lives under `data_dir`: `images/`, `builds/`, `cache/<project>/<cache>`,
+    /// `work/`. Sandboxes left running by an earlier builder of `data_dir` are ended.
     pub fn new(data_dir: &Path) -> Result<Builder, BuildError> {
         let store = ImageStore::open(data_dir)?;
         let cache_root = data_dir.join("cache");
@@ -77,10 +102,16 @@ impl Builder {
                 source,
             })?;
         }
+        let canonical = work_root
+            .canonicalize()
+            .unwrap_or_else(|_| work_root.clone());
+        let sandbox_owner = format!("build:{}", canonical.display());
+        lockstep_supervisor::end_leftovers(&sandbox_owner);
         Ok(Builder {
             store,
             cache_root,
             work_root,
+            sandbox_owner,
         })
     }
 
@@ -112,27 +143,22 @@ impl Builder {
             });
         }
 
+        let workspace = |path: &Path| {
+            let path = path.to_owned();
+            move |source| BuildError::Workspace { path, source }
+        };
         let work = tempfile::Builder::new()
             .prefix("build-")
             .tempdir_in(&self.work_root)
-            .map_err(|source| BuildError::Workspace {
-                path: self.work_root.clone(),
-                source,
-            })?;
+            .map_err(workspace(&self.work_root))?;
         let app_dir = work.path().join(APP_PREFIX);
-        let home = work.path().join("home");
-        let cache_dir = self.cache_root.join(safe_name(request.project));
-        for dir in [&app_dir, &home, &cache_dir] {
-            std::fs::create_dir_all(dir).map_err(|source| BuildError::Workspace {
-                path: dir.clone(),
-                source,
-            })?;
-        }
+        std::fs::create_dir(&app_dir).map_err(workspace(&app_dir))?;
         checkout::checkout(request.repo, &tree_id, &app_dir, request.git_env)?;
-        let checked = lockstep_config::check_dir(&app_dir).map_err(|e| BuildError::Workspace {
-            path: app_dir.clone(),
-            source: std::io::Error::other(e),
-        })?;
+        let checked = lockstep_config::check_dir(&app_dir, &lockstep_supervisor::HostRuntimes)
+            .map_err(|e| BuildError::Workspace {
+                path: app_dir.clone(),
+                source: std::io::Error::other(e),
+            })?;
         let Some(config) = checked.project else {
             return Err(BuildError::InvalidConfig(checked.diagnostics));
         };
@@ -142,17 +168,41 @@ impl Builder {
             config.app.runtime,
             &tree_id[..7]
         ));
+        let runtime =
+            lockstep_supervisor::resolve_runtime(&config.app.runtime, request.strict_runtimes)?;
+        if let Some(warning) = runtime.warning() {
+            log(&format!("  {warning}"));
+        }
+
+        // The build user gets the tree, and the project's cache of this environment.
+        give_tree(&app_dir, request.user).map_err(workspace(&app_dir))?;
+        let cache_dir = self
+            .cache_root
+            .join(safe_name(request.project))
+            .join(safe_name(request.cache));
+        give_folder(&cache_dir, request.user).map_err(workspace(&cache_dir))?;
+        let mut sandbox = Sandbox::prepare(
+            app_dir.clone(),
+            work.path(),
+            request.user,
+            self.sandbox_owner.clone(),
+        )
+        .map_err(workspace(work.path()))?;
+        let cache_point = sandbox.tmp.join("cache");
+        give_folder(&cache_point, request.user).map_err(workspace(&cache_point))?;
+        sandbox.app_writable = true;
+        sandbox.mounts.push((CACHE_INSIDE.into(), cache_dir));
+        sandbox.runtime = runtime.commands;
+        sandbox.host_files = request.operator.files.clone();
 
         let mut variables = config.app.variables.clone();
         variables.extend(request.variables.clone());
         let env = build_env(&BuildEnv {
-            app: &config.app.name,
+            app: &config.app,
             project: request.project,
             tree_id: &tree_id,
-            app_dir: &app_dir,
-            cache_dir: &cache_dir,
-            home: &home,
             variables: &variables,
+            operator: request.operator,
         });
         let mut script = String::new();
         if let Some(install) = dependencies_script(&config.app.dependencies) {
@@ -170,12 +220,17 @@ impl Builder {
         if !script.is_empty() {
             let spec = HookSpec {
                 script,
-                dir: app_dir.clone(),
+                sandbox,
                 env,
                 timeout: request.timeout,
-                run_as: None,
+                cancel: request.cancel.clone(),
             };
-            run_hook(&spec, &mut |line| log(&format!("    {line}"))).map_err(BuildError::Hook)?;
+            run_hook(&spec, &mut |line| log(&format!("    {line}"))).map_err(|failure| {
+                match failure {
+                    HookFailure::Cancelled { .. } => BuildError::Cancelled,
+                    other => BuildError::Hook(other),
+                }
+            })?;
         }
 
         let info = ImageInfo {
@@ -269,45 +324,48 @@ fn safe_name(project: &str) -> String {
 }
 
 struct BuildEnv<'a> {
-    app: &'a str,
+    app: &'a lockstep_config::AppConfig,
     project: &'a str,
     tree_id: &'a str,
-    app_dir: &'a Path,
-    cache_dir: &'a Path,
-    home: &'a Path,
     variables: &'a BTreeMap<String, serde_json::Value>,
+    operator: &'a OperatorEnv,
 }
 
 /// The build hook's whole environment (SPEC section 5, "Build").
 fn build_env(build: &BuildEnv<'_>) -> BTreeMap<String, String> {
-    // Variables first: what the platform provides below overrides them, as on Platform.sh.
-    let mut env = crate::variables_env(build.variables);
-    let host_path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
-    let global_bin = build.app_dir.join(".global/bin");
-    env.insert(
-        "PATH".into(),
-        format!("{}:{host_path}", global_bin.display()),
-    );
-    env.insert("HOME".into(), build.home.display().to_string());
-    env.insert("LANG".into(), "C.UTF-8".into());
-    env.insert("CI".into(), "true".into());
-    env.insert("PLATFORM_APPLICATION_NAME".into(), build.app.into());
-    env.insert("PLATFORM_PROJECT".into(), build.project.into());
-    env.insert("PLATFORM_TREE_ID".into(), build.tree_id.into());
-    env.insert(
-        "PLATFORM_APP_DIR".into(),
-        build.app_dir.display().to_string(),
-    );
-    env.insert(
-        "PLATFORM_CACHE_DIR".into(),
-        build.cache_dir.display().to_string(),
-    );
-    // Python tools installed from `dependencies` live in the app's `.global`.
-    env.insert(
-        "PYTHONUSERBASE".into(),
-        build.app_dir.join(".global").display().to_string(),
-    );
+    let mut env = app_env(build.operator);
+    // Variables next: what the platform provides below overrides them, as on Platform.sh.
+    env.extend(crate::variables_env(build.variables));
+    let provided = [
+        ("CI", "true".to_owned()),
+        ("PLATFORM_APPLICATION_NAME", build.app.name.clone()),
+        (
+            "PLATFORM_APPLICATION",
+            base64_json(&build_application(build.app)),
+        ),
+        ("PLATFORM_PROJECT", build.project.to_owned()),
+        ("PLATFORM_TREE_ID", build.tree_id.to_owned()),
+        ("PLATFORM_APP_DIR", APP_ROOT.to_owned()),
+        ("PLATFORM_CACHE_DIR", CACHE_INSIDE.to_owned()),
+    ];
+    env.extend(provided.map(|(name, value)| (name.to_owned(), value)));
     env
+}
+
+/// `PLATFORM_APPLICATION` at build time: as at runtime, without what only changes how the app
+/// runs (so that changing it redeploys without a rebuild), as Platform.sh leaves it out.
+fn build_application(app: &lockstep_config::AppConfig) -> serde_json::Value {
+    let mut json = app.as_written.clone();
+    if let serde_json::Value::Object(fields) = &mut json {
+        for runtime_only in ["web", "crons", "relationships", "access"] {
+            fields.remove(runtime_only);
+        }
+        if let Some(serde_json::Value::Object(hooks)) = fields.get_mut("hooks") {
+            hooks.remove("deploy");
+            hooks.remove("post_deploy");
+        }
+    }
+    json
 }
 
 #[cfg(test)]

@@ -1,15 +1,15 @@
 //! Lockstep images: from a git tree to an immutable, content-addressed archive, and back.
 //!
-//! Owns: checking out a tree, running the build hook in the build environment, packing the app
-//! folder into a deterministic archive named by its blake3 hash, the local image store with its
-//! build-reuse index, and verified unpacking.
-//! Must never: let a failed build leave an image behind, reuse a build whose inputs differ, or
-//! unpack anything before its hash is checked or outside the destination folder.
+//! Owns: checking out a tree, running the build hook in its sandbox (at `/app`, as the
+//! environment's user), packing the app folder into a deterministic archive named by its blake3
+//! hash, the local image store with its build-reuse index, and verified unpacking.
+//! Must never: run the build hook outside its sandbox, let a failed build leave an image
+//! behind, reuse a build whose inputs differ, or unpack anything before its hash is checked or
+//! outside the destination folder.
 
 mod archive;
 mod build;
 mod checkout;
-mod hook;
 mod store;
 mod variables;
 
@@ -24,8 +24,7 @@ pub use archive::{
 pub use build::{
     BuildError, BuildOutcome, BuildRequest, Builder, DEFAULT_BUILD_TIMEOUT, REUSE_MESSAGE,
 };
-pub use checkout::{checkout, resolve_tree};
-pub use hook::{HookFailure, HookOutcome, HookSpec, run_hook};
+pub use checkout::{GitEnv, checkout, resolve_tree};
 pub use store::{ImageInfo, ImageStore, Manifest};
 pub use variables::{base64_json, variables_env};
 

@@ -7,9 +7,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use lockstep_image::{
-    BuildError, BuildOutcome, BuildRequest, Builder, HookFailure, REUSE_MESSAGE, UnpackLimits,
-    unpack_verified,
+    BuildError, BuildOutcome, BuildRequest, Builder, REUSE_MESSAGE, UnpackLimits, unpack_verified,
 };
+use lockstep_supervisor::{Cancel, HookFailure, OperatorEnv, RunAs};
 
 const APP_CONFIG: &str = r#"name: app
 type: "python:3.11"
@@ -78,22 +78,52 @@ impl Repo {
     }
 }
 
+static NO_OPERATOR_SETTINGS: std::sync::LazyLock<OperatorEnv> =
+    std::sync::LazyLock::new(OperatorEnv::default);
+
+/// A request to build `git_ref` of `repo` for the `main` environment, as the test user.
+fn request<'a>(
+    repo: &'a Repo,
+    git_ref: &'a str,
+    variables: &'a BTreeMap<String, serde_json::Value>,
+) -> BuildRequest<'a> {
+    BuildRequest {
+        repo: repo.path(),
+        git_ref,
+        project: "shop",
+        cache: "main",
+        variables,
+        timeout: Duration::from_secs(120),
+        git_env: &[],
+        user: RunAs::unprivileged(),
+        strict_runtimes: false,
+        operator: &NO_OPERATOR_SETTINGS,
+        cancel: Cancel::default(),
+    }
+}
+
 fn build(
     builder: &Builder,
     repo: &Repo,
     variables: &BTreeMap<String, serde_json::Value>,
 ) -> (Result<BuildOutcome, BuildError>, Vec<String>) {
+    run(builder, &request(repo, "HEAD", variables))
+}
+
+fn run(
+    builder: &Builder,
+    request: &BuildRequest<'_>,
+) -> (Result<BuildOutcome, BuildError>, Vec<String>) {
     let mut log = Vec::new();
-    let request = BuildRequest {
-        repo: repo.path(),
-        git_ref: "HEAD",
-        project: "shop",
-        variables,
-        timeout: Duration::from_secs(120),
-        git_env: &[],
-    };
-    let result = builder.build(&request, &mut |line| log.push(line.to_owned()));
+    let result = builder.build(request, &mut |line| log.push(line.to_owned()));
     (result, log)
+}
+
+/// A builder with an empty store, in a folder of its own.
+fn fresh_builder() -> (tempfile::TempDir, Builder) {
+    let data = tempfile::tempdir().unwrap();
+    let builder = Builder::new(data.path()).unwrap();
+    (data, builder)
 }
 
 fn no_variables() -> BTreeMap<String, serde_json::Value> {
@@ -102,8 +132,7 @@ fn no_variables() -> BTreeMap<String, serde_json::Value> {
 
 #[test]
 fn building_one_commit_twice_reuses_the_first_image() {
-    let data = tempfile::tempdir().unwrap();
-    let builder = Builder::new(data.path()).unwrap();
+    let (data, builder) = fresh_builder();
     let repo = Repo::new(APP_CONFIG);
     let (first, first_log) = build(&builder, &repo, &no_variables());
     let first = first.unwrap();
@@ -118,15 +147,14 @@ fn building_one_commit_twice_reuses_the_first_image() {
         "{second_log:?}"
     );
     // The hook did not run the second time: the project's build cache counted one build.
-    let count = fs::read_to_string(data.path().join("cache/shop/count")).unwrap();
+    let count = fs::read_to_string(data.path().join("cache/shop/main/count")).unwrap();
     assert_eq!(count.trim(), "1");
 }
 
 #[test]
 fn two_stores_build_one_commit_into_the_same_image() {
-    // The hook must be deterministic itself: the shared one records the (temporary) build path.
-    let deterministic = "name: app\ntype: \"python:3.11\"\nhooks:\n  build: echo built > out.txt\nweb:\n  commands:\n    start: python3 server.py\n";
-    let repo = Repo::new(deterministic);
+    // Every build runs at /app, so even a hook that records where it runs is deterministic.
+    let repo = Repo::new(APP_CONFIG);
     let ids: Vec<_> = (0..2)
         .map(|_| {
             let data = tempfile::tempdir().unwrap();
@@ -143,8 +171,7 @@ fn two_stores_build_one_commit_into_the_same_image() {
 
 #[test]
 fn changing_one_file_changes_the_image() {
-    let data = tempfile::tempdir().unwrap();
-    let builder = Builder::new(data.path()).unwrap();
+    let (_data, builder) = fresh_builder();
     let repo = Repo::new(APP_CONFIG);
     let first = build(&builder, &repo, &no_variables()).0.unwrap();
     repo.write("server.py", "print('hello, world')\n");
@@ -157,8 +184,7 @@ fn changing_one_file_changes_the_image() {
 
 #[test]
 fn changing_one_build_visible_variable_changes_the_image() {
-    let data = tempfile::tempdir().unwrap();
-    let builder = Builder::new(data.path()).unwrap();
+    let (_data, builder) = fresh_builder();
     let repo = Repo::new(APP_CONFIG);
     let mut variables = no_variables();
     variables.insert("env:SECRET_SAUCE".into(), "ketchup".into());
@@ -172,8 +198,7 @@ fn changing_one_build_visible_variable_changes_the_image() {
 
 #[test]
 fn the_build_hook_sees_the_build_environment() {
-    let data = tempfile::tempdir().unwrap();
-    let builder = Builder::new(data.path()).unwrap();
+    let (data, builder) = fresh_builder();
     let repo = Repo::new(APP_CONFIG);
     let mut variables = no_variables();
     variables.insert("env:SECRET_SAUCE".into(), "ketchup".into());
@@ -192,7 +217,7 @@ fn the_build_hook_sees_the_build_environment() {
     assert_eq!(lines[0], "app");
     assert_eq!(lines[1], "shop");
     assert_eq!(lines[2], outcome.manifest.info.tree_id);
-    assert!(lines[3].ends_with("/app"), "{}", lines[3]);
+    assert_eq!(lines[3], "/app");
     let decoded = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!("printf %s '{}' | base64 -d", lines[4]))
@@ -212,8 +237,7 @@ fn the_build_hook_sees_the_build_environment() {
 
 #[test]
 fn a_failing_build_hook_fails_with_its_output_and_stores_nothing() {
-    let data = tempfile::tempdir().unwrap();
-    let builder = Builder::new(data.path()).unwrap();
+    let (data, builder) = fresh_builder();
     let repo = Repo::new(APP_CONFIG);
     let mut variables = no_variables();
     variables.insert("env:FAIL_BUILD".into(), "1".into());
@@ -232,17 +256,11 @@ fn a_failing_build_hook_fails_with_its_output_and_stores_nothing() {
 
 #[test]
 fn a_build_hook_past_its_timeout_is_stopped() {
-    let data = tempfile::tempdir().unwrap();
-    let builder = Builder::new(data.path()).unwrap();
+    let (_data, builder) = fresh_builder();
     let repo = Repo::new(&APP_CONFIG.replace("set -e\n", "set -e\n    sleep 60\n"));
-    let request = BuildRequest {
-        repo: repo.path(),
-        git_ref: "HEAD",
-        project: "shop",
-        variables: &no_variables(),
-        timeout: Duration::from_millis(500),
-        git_env: &[],
-    };
+    let variables = no_variables();
+    let mut request = request(&repo, "HEAD", &variables);
+    request.timeout = Duration::from_millis(500);
     let result = builder.build(&request, &mut |_| {});
     assert!(
         matches!(result, Err(BuildError::Hook(HookFailure::TimedOut { .. }))),
@@ -252,8 +270,7 @@ fn a_build_hook_past_its_timeout_is_stopped() {
 
 #[test]
 fn an_invalid_configuration_fails_before_the_hook_runs() {
-    let data = tempfile::tempdir().unwrap();
-    let builder = Builder::new(data.path()).unwrap();
+    let (data, builder) = fresh_builder();
     let repo = Repo::new(&APP_CONFIG.replace("web:", "wbe:"));
     let (result, log) = build(&builder, &repo, &no_variables());
     match result {
@@ -267,27 +284,153 @@ fn an_invalid_configuration_fails_before_the_hook_runs() {
         other => panic!("expected an invalid configuration, got {other:?}"),
     }
     assert!(!log.iter().any(|l| l.contains("building")), "{log:?}");
-    assert!(!data.path().join("cache/shop/count").exists());
+    assert!(!data.path().join("cache/shop/main/count").exists());
 }
 
 #[test]
 fn an_unknown_ref_is_a_clear_error() {
-    let data = tempfile::tempdir().unwrap();
-    let builder = Builder::new(data.path()).unwrap();
+    let (_data, builder) = fresh_builder();
     let repo = Repo::new(APP_CONFIG);
-    let request = BuildRequest {
-        repo: repo.path(),
-        git_ref: "no-such-branch",
-        project: "shop",
-        variables: &no_variables(),
-        timeout: Duration::from_secs(60),
-        git_env: &[],
-    };
-    let error = builder.build(&request, &mut |_| {}).unwrap_err();
+    let variables = no_variables();
+    let error = builder
+        .build(&request(&repo, "no-such-branch", &variables), &mut |_| {})
+        .unwrap_err();
     assert!(
         error
             .to_string()
             .contains("`no-such-branch` does not name a commit"),
         "{error}"
     );
+}
+
+/// Unpacks an image of `builder`'s store into `dir/unpacked`, returning its app folder.
+fn unpacked_app(builder: &Builder, outcome: &BuildOutcome, dir: &Path) -> std::path::PathBuf {
+    let unpacked = dir.join("unpacked");
+    unpack_verified(
+        &builder.store().image_path(&outcome.manifest.id),
+        &outcome.manifest.id,
+        &unpacked,
+        UnpackLimits::default(),
+    )
+    .unwrap();
+    unpacked.join("app")
+}
+
+#[test]
+fn the_build_runs_at_app_as_its_user_and_sees_nothing_of_lockstep() {
+    let (data, builder) = fresh_builder();
+    let store = data.path().display().to_string();
+    // A hostile build hook hunting for the builder's files, and a tool installing into the
+    // home as pipenv and `pip install --user` do.
+    let hook = format!(
+        "set -e\n    \
+         echo \"uid=$(id -u) pwd=$(pwd) home=$HOME\" > where.txt\n    \
+         for path in {store} {store}/images /root /etc/shadow; do if [ -e $path ]; then echo $path >> seen.txt; fi; done\n    \
+         mkdir -p ~/.local/bin && echo tool > ~/.local/bin/tool\n"
+    );
+    let repo = Repo::new(&format!(
+        "name: app\ntype: \"python:3.11\"\nhooks:\n  build: |\n    {hook}web:\n  commands:\n    start: python3 server.py\n"
+    ));
+    let outcome = build(&builder, &repo, &no_variables()).0.unwrap();
+    let app = unpacked_app(&builder, &outcome, data.path());
+    let user = RunAs::unprivileged();
+    assert_eq!(
+        fs::read_to_string(app.join("where.txt")).unwrap(),
+        format!("uid={} pwd=/app home=/app\n", user.uid)
+    );
+    assert!(
+        !app.join("seen.txt").exists(),
+        "the build saw {:?}",
+        fs::read_to_string(app.join("seen.txt"))
+    );
+    assert_eq!(
+        fs::read_to_string(app.join(".local/bin/tool")).unwrap(),
+        "tool\n"
+    );
+}
+
+#[test]
+fn each_environment_has_a_build_cache_of_its_own() {
+    let (data, builder) = fresh_builder();
+    let repo = Repo::new(APP_CONFIG);
+    let variables = no_variables();
+    let main = request(&repo, "HEAD", &variables);
+    run(&builder, &main).0.unwrap();
+    // Another environment building another tree starts with an empty cache.
+    repo.write("server.py", "print('feature')\n");
+    repo.commit();
+    let mut feature = request(&repo, "HEAD", &variables);
+    feature.cache = "feature";
+    run(&builder, &feature).0.unwrap();
+    let count = |cache: &str| {
+        fs::read_to_string(data.path().join(format!("cache/shop/{cache}/count"))).unwrap()
+    };
+    assert_eq!(count("main").trim(), "1");
+    assert_eq!(count("feature").trim(), "1");
+}
+
+#[test]
+fn a_cancelled_build_stops_at_once_and_stores_nothing() {
+    let (data, builder) = fresh_builder();
+    let repo =
+        Repo::new(&APP_CONFIG.replace("set -e\n", "set -e\n    echo waiting\n    sleep 60\n"));
+    let variables = no_variables();
+    let request = request(&repo, "HEAD", &variables);
+    let cancel = request.cancel.clone();
+    let started = std::time::Instant::now();
+    let result = builder.build(&request, &mut |line| {
+        if line.trim() == "waiting" {
+            cancel.cancel();
+        }
+    });
+    assert!(matches!(result, Err(BuildError::Cancelled)), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(fs::read_dir(data.path().join("images")).unwrap().count(), 0);
+    assert_eq!(fs::read_dir(data.path().join("work")).unwrap().count(), 0);
+}
+
+#[test]
+fn a_runtime_version_not_installed_runs_the_nearest_with_a_warning_or_fails_when_strict() {
+    let (_data, builder) = fresh_builder();
+    let repo = Repo::new(&APP_CONFIG.replace("python:3.11", "python:2.7"));
+    let variables = no_variables();
+    let (lenient, log) = run(&builder, &request(&repo, "HEAD", &variables));
+    lenient.unwrap();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("warning: `type: python:2.7`")),
+        "{log:?}"
+    );
+    let (_data, builder) = fresh_builder();
+    let mut strict = request(&repo, "HEAD", &variables);
+    strict.strict_runtimes = true;
+    let (result, _) = run(&builder, &strict);
+    assert!(
+        matches!(
+            result,
+            Err(BuildError::Runtime(
+                lockstep_supervisor::RuntimeError::NotExact { .. }
+            ))
+        ),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn a_language_not_installed_fails_the_check_naming_its_package() {
+    let (_data, builder) = fresh_builder();
+    let repo = Repo::new(&APP_CONFIG.replace("python:3.11", "elixir:1.15"));
+    let (result, log) = build(&builder, &repo, &no_variables());
+    match result {
+        Err(BuildError::InvalidConfig(diagnostics)) => {
+            let error = &diagnostics[0];
+            assert_eq!(
+                error.message,
+                "the runtime `elixir:1.15` cannot run here: no elixir is installed"
+            );
+            assert_eq!((error.line, error.column), (2, 7));
+        }
+        other => panic!("expected an invalid configuration, got {other:?}"),
+    }
+    assert!(!log.iter().any(|l| l.contains("Executing build hook")));
 }

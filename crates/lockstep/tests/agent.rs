@@ -32,8 +32,8 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let data = shared_tempdir();
-    let storage = shared_tempdir();
+    let data = tempfile::tempdir().unwrap();
+    let storage = tempfile::tempdir().unwrap();
     let images = tempfile::tempdir().unwrap();
     let project = Project::sample();
     let v1 = build_image(&project, images.path());
@@ -510,12 +510,24 @@ async fn the_app_sees_platform_variables_and_runs_unprivileged() {
     assert_eq!(env["PLATFORM_MODE"], "enterprise");
     assert_eq!(env["PLATFORM_CLUSTER"], "shop-production");
     assert_eq!(env["LOCKSTEP_NODE"], "production-1");
-    assert!(
-        env["PLATFORM_APP_DIR"]
-            .as_str()
-            .unwrap()
-            .ends_with(&format!("releases/{}/app", setup.v1.id))
+    // The app is at /app, its home too, as on Platform.sh, whatever folder the node keeps it in.
+    assert_eq!(env["PLATFORM_APP_DIR"], "/app");
+    assert_eq!(report["home"], "/app");
+    assert_eq!(report["cwd"], "/app");
+    assert_eq!(report["application"]["name"], "app");
+    assert_eq!(report["application"]["type"], "python:3.11");
+    assert_eq!(
+        report["application"]["web"]["commands"]["start"],
+        "python3 server.py"
     );
+    // /run/config.json tells the same facts, shaped as Platform.sh writes it.
+    let config = &report["config_json"];
+    assert_eq!(config["applications"][0]["name"], "app");
+    assert_eq!(
+        config["configuration"]["environment_info"]["name"],
+        "production"
+    );
+    assert!(config["info"]["limits"]["memory"].as_u64().unwrap() > 0);
     // The environment's value overrides the app config's, and is a real environment variable.
     assert_eq!(
         report["env_variables"]["GREETING"],
@@ -525,28 +537,18 @@ async fn the_app_sees_platform_variables_and_runs_unprivileged() {
     assert_eq!(report["relationships"], inputs.relationships);
     assert_eq!(report["routes"], inputs.routes);
 
-    // As root, the app runs as an unprivileged user, and only its mounts are writable.
+    // As root, the app runs as its environment's user, who owns its mounts.
     if nix::unistd::Uid::effective().is_root() {
-        let web = client
-            .status(ENV)
-            .await
-            .processes
-            .into_iter()
-            .find(|p| p.name == "web")
-            .unwrap();
-        let owner = std::fs::metadata(format!("/proc/{}", web.pid.unwrap()))
-            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-            .unwrap();
-        assert_ne!(owner, 0, "the web process runs as root");
+        assert_eq!(report["uid"], APP_USER.uid);
         let storage_owner = std::fs::metadata(setup.storage.path().join("storage"))
             .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
             .unwrap();
         assert_eq!(
-            storage_owner, owner,
+            storage_owner, APP_USER.uid,
             "the storage mount belongs to the app's user"
         );
     } else {
-        eprintln!("not root: the privilege drop is not exercised");
+        assert_eq!(report["uid"], nix::unistd::Uid::effective().as_raw());
     }
 }
 

@@ -11,14 +11,6 @@ use std::time::Duration;
 
 use support::*;
 
-fn text(output: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 /// One answer through the edge: status, `X-Release`, `X-Lockstep-Cache`.
 type Answer = (u16, Option<String>, Option<String>);
 

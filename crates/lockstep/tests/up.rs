@@ -7,14 +7,6 @@ use std::time::Duration;
 
 use support::*;
 
-fn text(output: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_to_production_deploys_every_node_with_every_phase_and_the_hook_once() {
     let platform = Platform::start().await;
@@ -177,7 +169,7 @@ async fn a_push_with_a_config_error_or_a_failing_build_is_rejected_while_product
         "{answers:?}"
     );
     // The branch did not move.
-    let repository = platform.data_dir.path().join("controller/repos/shop.git");
+    let repository = platform.data_dir.join("controller/repos/shop.git");
     let branch = std::process::Command::new("git")
         .arg("--git-dir")
         .arg(&repository)

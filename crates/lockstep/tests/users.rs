@@ -3,33 +3,10 @@
 
 mod support;
 
-use std::process::Command;
-
 use support::*;
 
 const KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGl0c2FrZXlmb3J0ZXN0aW5nbG9ja3N0ZXBvbmx5 test@example";
-
-fn text(output: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// Adds a user through the CLI and returns their token.
-fn add_user(platform: &Platform, email: &str, extra: &[&str]) -> String {
-    let mut args = vec!["user", "add", email];
-    args.extend_from_slice(extra);
-    let output = platform.cli(&args);
-    assert!(output.status.success(), "{}", text(&output));
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("token: "))
-        .expect("the token is printed")
-        .to_owned()
-}
 
 async fn status_as(
     platform: &Platform,
@@ -52,17 +29,10 @@ async fn status_as(
 /// Pushes a new commit to `branch` with a user's token in the URL.
 fn push_as(platform: &Platform, project: &Project, token: &str, branch: &str) -> bool {
     project.new_version(&format!("{branch} {token}"));
-    let url = platform
-        .git
-        .replacen("http://", &format!("http://user:{token}@"), 1);
-    let output = Command::new("git")
-        .arg("-C")
-        .arg(project.path())
-        .args(["push", "--porcelain", &url, &format!("HEAD:{branch}")])
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .unwrap();
-    output.status.success()
+    platform
+        .push_as(project, token, &format!("HEAD:{branch}"))
+        .status
+        .success()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,7 +59,7 @@ async fn every_role_on_every_environment_type_may_do_exactly_what_the_table_says
                 .as_deref()
                 .map(|s| vec!["--role", s])
                 .unwrap_or_default();
-            let token = add_user(&platform, &email, &extra);
+            let token = platform.add_user(&email, &extra);
             for (target_kind, env) in targets {
                 let role_here = if target_kind == kind { role } else { None };
                 let may_read = role_here.is_some();
@@ -167,21 +137,18 @@ async fn a_user_change_reaches_every_production_node_with_no_deploy() {
         std::fs::read_to_string(
             platform
                 .data_dir
-                .path()
                 .join("agents")
                 .join(node)
-                .join("instances/production/home/.ssh/authorized_keys"),
+                .join("instances/production/ssh/authorized_keys"),
         )
         .unwrap_or_default()
     };
 
-    add_user(
-        &platform,
+    platform.add_user(
         "dev@example.com",
         &["--role", "production:contributor", "--ssh-key", KEY],
     );
-    add_user(
-        &platform,
+    platform.add_user(
         "watcher@example.com",
         &[
             "--role",

@@ -5,14 +5,6 @@ mod support;
 
 use support::*;
 
-fn text(output: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 async fn body_of(router: &str, path: &str) -> String {
     reqwest::get(format!("{router}{path}"))
         .await
@@ -183,7 +175,7 @@ async fn a_sensitive_value_never_leaves_the_controller_except_for_the_app() {
 
     // No log file and no byte of the state database holds it: sensitive values are sealed.
     let mut files = Vec::new();
-    collect_files(platform.data_dir.path(), &mut files);
+    collect_files(&platform.data_dir, &mut files);
     let checked: Vec<_> = files
         .iter()
         .filter(|f| {

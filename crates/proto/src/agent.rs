@@ -57,6 +57,20 @@ pub struct InstanceConfig {
     pub cron_node: bool,
     #[serde(default)]
     pub gate: GateSettings,
+    /// The environment's own Unix user, the same on every node; an agent running as root runs
+    /// the environment's code as this user, and refuses to run it without one.
+    #[serde(default)]
+    pub user: Option<AppUser>,
+    /// Whether a runtime version this node lacks fails the swap instead of running the nearest.
+    #[serde(default)]
+    pub strict_runtimes: bool,
+}
+
+/// A Unix user and group allocated to one environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppUser {
+    pub uid: u32,
+    pub gid: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,7 +80,8 @@ pub struct GateSettings {
     pub retry_after_secs: u64,
     /// How long close waits for requests in flight.
     pub drain_timeout_ms: u64,
-    /// How long swap waits for the new web process to accept connections.
+    /// How long swap waits for the new web process to accept connections
+    /// (`web_start_timeout`).
     pub start_timeout_ms: u64,
 }
 

@@ -19,8 +19,9 @@ use crate::error::{SupervisorError, check_name};
 use crate::logs::{LogLimits, LogWriter, SharedLog, log_path};
 use crate::process::{lock, stop_requested};
 use crate::runs::{CronOutcome, CronRun, History, RunFile};
+use crate::sandbox::Sandbox;
 use crate::schedule::{Schedule, check_schedule, sleep_until};
-use crate::spawn::{CommandSpec, RunAs, Spawned, finish_output, spawn};
+use crate::spawn::{CommandSpec, Spawned, finish_output, spawn};
 
 /// One cron of the app.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +57,6 @@ pub struct CronRunner {
 
 struct Inner {
     log_dir: PathBuf,
-    run_as: Option<RunAs>,
     log_limits: LogLimits,
     runs: RunFile,
     state: Mutex<State>,
@@ -81,7 +81,7 @@ struct State {
 #[derive(Default)]
 struct CronSet {
     crons: BTreeMap<String, CronSpec>,
-    dir: PathBuf,
+    sandbox: Option<Sandbox>,
     env: BTreeMap<String, String>,
 }
 
@@ -89,17 +89,11 @@ impl CronRunner {
     /// `runs_file` is a JSON-lines file to which every run is appended (when it starts, and
     /// again when it ends); the history it holds is read now, so it survives restarts. Cron
     /// output goes to `log_dir/cron-<name>.log`.
-    pub fn new(
-        runs_file: PathBuf,
-        log_dir: PathBuf,
-        run_as: Option<RunAs>,
-        log_limits: LogLimits,
-    ) -> CronRunner {
+    pub fn new(runs_file: PathBuf, log_dir: PathBuf, log_limits: LogLimits) -> CronRunner {
         let history = History::load(&runs_file);
         CronRunner {
             inner: Arc::new(Inner {
                 log_dir,
-                run_as,
                 log_limits,
                 runs: RunFile::new(runs_file),
                 state: Mutex::new(State {
@@ -117,11 +111,11 @@ impl CronRunner {
     }
 
     /// Starts scheduling these crons, replacing any earlier set (runs already going continue
-    /// to their end). Each run is `/bin/sh -c <start>` in `dir` with exactly `env`.
+    /// to their end). Each run is `/bin/sh -c <start>` in `sandbox` with exactly `env`.
     ///
     /// A cron with an unusable name or schedule is left out, with an error logged; check them
     /// first with [`CronSpec::check`]. Must be called within a Tokio runtime.
-    pub fn start(&self, crons: Vec<CronSpec>, dir: PathBuf, env: BTreeMap<String, String>) {
+    pub fn start(&self, crons: Vec<CronSpec>, sandbox: Sandbox, env: BTreeMap<String, String>) {
         let mut scheduled = Vec::new();
         for cron in crons {
             let parsed = check_name(&cron.name).and_then(|()| Schedule::parse(&cron.schedule));
@@ -132,18 +126,18 @@ impl CronRunner {
                 }
             }
         }
-        self.start_scheduled(scheduled, dir, env);
+        self.start_scheduled(scheduled, sandbox, env);
     }
 
     fn start_scheduled(
         &self,
         crons: Vec<(CronSpec, Schedule)>,
-        dir: PathBuf,
+        sandbox: Sandbox,
         env: BTreeMap<String, String>,
     ) {
         let mut set = CronSet {
             crons: BTreeMap::new(),
-            dir,
+            sandbox: Some(sandbox),
             env,
         };
         let mut schedules = Vec::new();
@@ -331,11 +325,13 @@ async fn launch(
     };
     write_marker(&log, &format!("cron {name} starting ({trigger})")).await;
 
+    let Some(sandbox) = &set.sandbox else {
+        return Err(SupervisorError::UnknownCron(name.to_owned()));
+    };
     let command = CommandSpec {
         command: &spec.start,
-        dir: &set.dir,
+        sandbox,
         env: &set.env,
-        run_as: inner.run_as,
     };
     let started_at = Utc::now();
     let spawned = {
@@ -439,7 +435,7 @@ impl Run {
                 CronOutcome::TimedOut
             }
             () = stop_requested(&mut self.stop) => {
-                self.run_stop_command(&inner).await;
+                self.run_stop_command().await;
                 group.terminate(grace).await;
                 CronOutcome::Stopped
             }
@@ -464,17 +460,16 @@ impl Run {
     }
 
     /// Runs the cron's `stop` command, for at most its `shutdown_timeout`.
-    async fn run_stop_command(&self, inner: &Inner) {
-        let Some(command) = &self.spec.stop else {
+    async fn run_stop_command(&self) {
+        let (Some(command), Some(sandbox)) = (&self.spec.stop, &self.set.sandbox) else {
             return;
         };
         let name = &self.spec.name;
         tracing::info!(cron = %name, "running the cron's stop command");
         let command = CommandSpec {
             command,
-            dir: &self.set.dir,
+            sandbox,
             env: &self.set.env,
-            run_as: inner.run_as,
         };
         let Spawned { mut group, output } = match spawn(&command, self.log.clone()) {
             Ok(spawned) => spawned,
@@ -556,12 +551,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn scheduled_runs_never_overlap_and_stop_ends_scheduling() {
         let dir = tempfile::tempdir().unwrap();
-        let work = dir.path().join("work");
-        std::fs::create_dir(&work).unwrap();
+        let sandbox = crate::sandbox::writable_test_sandbox(dir.path());
+        let work = sandbox.app.clone();
         let runner = CronRunner::new(
             dir.path().join("runs.jsonl"),
             dir.path().join("logs"),
-            None,
             LogLimits::default(),
         );
         // Each run lasts 150 ms, and the schedule fires every 20 ms: most ticks find a run
@@ -573,7 +567,7 @@ mod tests {
                 spec("tick", script),
                 Schedule::Every(Duration::from_millis(20)),
             )],
-            work.clone(),
+            sandbox.clone(),
             env(),
         );
         let runs = work.join("runs");
@@ -604,7 +598,7 @@ mod tests {
                 spec("tick", script),
                 Schedule::Every(Duration::from_millis(20)),
             )],
-            work.clone(),
+            sandbox,
             env(),
         );
         wait_until("a run after restarting", || lines(&runs) > after_stop).await;
@@ -614,23 +608,23 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn replacing_the_set_stops_the_old_schedules() {
         let dir = tempfile::tempdir().unwrap();
+        let sandbox = crate::sandbox::writable_test_sandbox(dir.path());
         let runner = CronRunner::new(
             dir.path().join("runs.jsonl"),
             dir.path().join("logs"),
-            None,
             LogLimits::default(),
         );
-        let old = dir.path().join("old");
+        let old = sandbox.app.join("old");
         runner.start_scheduled(
             vec![(
-                spec("a", &format!("echo x >> {}", old.display())),
+                spec("a", "echo x >> old"),
                 Schedule::Every(Duration::from_millis(20)),
             )],
-            dir.path().to_owned(),
+            sandbox.clone(),
             env(),
         );
         wait_until("a run of the old set", || lines(&old) >= 1).await;
-        runner.start_scheduled(Vec::new(), dir.path().to_owned(), env());
+        runner.start_scheduled(Vec::new(), sandbox, env());
         wait_until("the old set's last run to end", || !runner.is_running()).await;
         let count = lines(&old);
         tokio::time::sleep(Duration::from_millis(150)).await;

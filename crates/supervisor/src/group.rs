@@ -1,4 +1,5 @@
-//! A process group led by a child of ours: waiting for it, and ending all of it.
+//! A process group led by a child of ours, a sandbox's first process: waiting for it, and
+//! ending all of it.
 
 use std::io;
 use std::os::unix::process::ExitStatusExt;
@@ -6,7 +7,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::process::Child;
 
@@ -62,7 +63,8 @@ impl ProcessGroup {
         Ok(status)
     }
 
-    /// Ends the whole group: SIGTERM, then SIGKILL if anything is left after `grace`. Returns
+    /// Ends the whole group: SIGTERM to the sandboxed processes, then SIGKILL to the whole group
+    /// if anything is left after `grace`. Returns
     /// once the leader has been reaped and no process of the group is running (or, in the
     /// worst case, [`AFTER_KILL`] after the SIGKILL). Nothing is signalled if the group is
     /// already empty.
@@ -79,7 +81,7 @@ impl ProcessGroup {
             self.gone = true;
             return;
         }
-        self.signal(Signal::SIGTERM);
+        self.signal_sandboxed(Signal::SIGTERM);
         if tokio::time::timeout(grace, self.wait_gone()).await.is_ok() {
             return;
         }
@@ -98,6 +100,23 @@ impl ProcessGroup {
                 "process group still has running processes {} s after SIGKILL",
                 AFTER_KILL.as_secs()
             );
+        }
+    }
+
+    /// Signals the processes the command runs in the sandbox, not the sandbox's own two
+    /// (bubblewrap outside, the leader, and its child, the first process inside): either of
+    /// those would end everything at once on SIGTERM, with no grace for the app.
+    fn signal_sandboxed(&self, signal: Signal) {
+        let leader = self.pgid.as_raw();
+        for member in group_members(self.pgid) {
+            if member.pid != leader && member.ppid != leader {
+                match kill(Pid::from_raw(member.pid), signal) {
+                    Ok(()) | Err(Errno::ESRCH) => {}
+                    Err(e) => {
+                        tracing::warn!(pid = member.pid, %signal, error = %e, "signalling a process failed")
+                    }
+                }
+            }
         }
     }
 
@@ -146,48 +165,77 @@ fn group_has_live_members(pgid: Pid) -> bool {
     if let Err(Errno::ESRCH) = killpg(pgid, None) {
         return false;
     }
-    let Ok(entries) = std::fs::read_dir("/proc") else {
+    if std::fs::metadata("/proc/self/stat").is_err() {
         return true;
-    };
-    entries.flatten().any(|entry| {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            return false;
-        };
-        // A process may exit between listing and reading; it is then not running.
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| parse_stat(&stat))
-            .is_some_and(|(state, pgrp)| pgrp == pgid.as_raw() && state != 'Z' && state != 'X')
-    })
+    }
+    !group_members(pgid).is_empty()
 }
 
-/// The state letter and process group of a `/proc/<pid>/stat` line. The command name, in
-/// parentheses, may itself contain spaces and parentheses, so parsing starts after the last `)`.
-fn parse_stat(stat: &str) -> Option<(char, i32)> {
+/// A running process, as /proc tells it.
+#[derive(Debug, PartialEq, Eq)]
+struct Member {
+    pid: i32,
+    ppid: i32,
+}
+
+/// The processes of group `pgid` that are more than zombies.
+fn group_members(pgid: Pid) -> Vec<Member> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            // A process may exit between listing and reading; it is then not running.
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (state, ppid, pgrp) = parse_stat(&stat)?;
+            (pgrp == pgid.as_raw() && state != 'Z' && state != 'X').then_some(Member { pid, ppid })
+        })
+        .collect()
+}
+
+/// The state letter, parent and process group of a `/proc/<pid>/stat` line. The command name,
+/// in parentheses, may itself contain spaces and parentheses, so parsing starts after the last
+/// `)`.
+fn parse_stat(stat: &str) -> Option<(char, i32, i32)> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace();
     let state = fields.next()?.chars().next()?;
-    let _ppid = fields.next()?;
+    let ppid = fields.next()?.parse().ok()?;
     let pgrp = fields.next()?.parse().ok()?;
-    Some((state, pgrp))
+    Some((state, ppid, pgrp))
+}
+
+/// How a sandboxed command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    Code(i32),
+    Signal(i32),
+}
+
+/// How the command in a sandbox ended, from the sandbox's exit status. bubblewrap exits with
+/// 128 + N when the command was killed by signal N, as shells report it, so such codes count
+/// as signals; a sandbox killed itself (SIGKILL after a grace) reports its own signal.
+pub(crate) fn ended(status: ExitStatus) -> Option<Ended> {
+    match (status.code(), status.signal()) {
+        (Some(code), _) if (129..=192).contains(&code) => Some(Ended::Signal(code - 128)),
+        (Some(code), _) => Some(Ended::Code(code)),
+        (None, Some(signal)) => Some(Ended::Signal(signal)),
+        (None, None) => None,
+    }
 }
 
 /// Describes how a process ended, for statuses and logs: "exited with code 1",
 /// "killed by signal 9 (SIGKILL)".
 pub(crate) fn describe_exit(status: ExitStatus) -> String {
-    if let Some(code) = status.code() {
-        format!("exited with code {code}")
-    } else if let Some(signal) = status.signal() {
-        match Signal::try_from(signal) {
+    match ended(status) {
+        Some(Ended::Code(code)) => format!("exited with code {code}"),
+        Some(Ended::Signal(signal)) => match Signal::try_from(signal) {
             Ok(name) => format!("killed by signal {signal} ({name})"),
             Err(_) => format!("killed by signal {signal}"),
-        }
-    } else {
-        format!("ended: {status}")
+        },
+        None => format!("ended: {status}"),
     }
 }
 
@@ -197,8 +245,14 @@ mod tests {
 
     #[test]
     fn parses_stat_lines_with_awkward_command_names() {
-        assert_eq!(parse_stat("123 (sleep) S 1 120 120 0 -1"), Some(('S', 120)));
-        assert_eq!(parse_stat("123 (a) b (c) Z 1 77 77 0 -1"), Some(('Z', 77)));
+        assert_eq!(
+            parse_stat("123 (sleep) S 1 120 120 0 -1"),
+            Some(('S', 1, 120))
+        );
+        assert_eq!(
+            parse_stat("123 (a) b (c) Z 9 77 77 0 -1"),
+            Some(('Z', 9, 77))
+        );
         assert_eq!(parse_stat("garbage"), None);
     }
 
@@ -211,6 +265,10 @@ mod tests {
         assert_eq!(
             describe_exit(ExitStatus::from_raw(9)),
             "killed by signal 9 (SIGKILL)"
+        );
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(143 << 8)),
+            "killed by signal 15 (SIGTERM)"
         );
     }
 }

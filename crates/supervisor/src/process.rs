@@ -19,23 +19,21 @@ use crate::backoff::Backoff;
 use crate::error::{SupervisorError, check_name};
 use crate::group::describe_exit;
 use crate::logs::{LogLimits, LogWriter, SharedLog, log_path};
-use crate::spawn::{CommandSpec, RunAs, Spawned, finish_output, spawn};
+use crate::sandbox::Sandbox;
+use crate::spawn::{CommandSpec, Spawned, finish_output, spawn};
 
 /// A long-running process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessSpec {
     /// Unique among the supervisor's processes ("web", "worker-queue"); also the log's name.
     pub name: String,
-    /// Run with `/bin/sh -c`, in its own process group.
+    /// Run with `/bin/sh -c`, in `/app` of its sandbox.
     pub command: String,
-    /// The working directory (the app folder).
-    pub dir: PathBuf,
+    pub sandbox: Sandbox,
     /// The whole environment: nothing of the agent's own environment is passed on.
     pub env: BTreeMap<String, String>,
     /// stdout and stderr go to `log_dir/<name>.log`, rotated.
     pub log_dir: PathBuf,
-    /// When set, the process runs as this uid/gid with no supplementary groups.
-    pub run_as: Option<RunAs>,
     /// How long after SIGTERM the group gets SIGKILL.
     pub stop_grace: Duration,
 }
@@ -254,9 +252,8 @@ impl Supervisor {
 fn command_spec(spec: &ProcessSpec) -> CommandSpec<'_> {
     CommandSpec {
         command: &spec.command,
-        dir: &spec.dir,
+        sandbox: &spec.sandbox,
         env: &spec.env,
-        run_as: spec.run_as,
     }
 }
 

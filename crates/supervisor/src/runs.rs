@@ -7,7 +7,6 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
@@ -50,9 +49,19 @@ impl CronOutcome {
     pub(crate) fn from_exit(status: &io::Result<ExitStatus>) -> Self {
         match status {
             Ok(status) if status.success() => CronOutcome::Succeeded,
-            Ok(status) => CronOutcome::Failed {
-                code: status.code(),
-                signal: status.signal(),
+            Ok(status) => match crate::group::ended(*status) {
+                Some(crate::group::Ended::Code(code)) => CronOutcome::Failed {
+                    code: Some(code),
+                    signal: None,
+                },
+                Some(crate::group::Ended::Signal(signal)) => CronOutcome::Failed {
+                    code: None,
+                    signal: Some(signal),
+                },
+                None => CronOutcome::Failed {
+                    code: None,
+                    signal: None,
+                },
             },
             Err(_) => CronOutcome::Failed {
                 code: None,

@@ -5,44 +5,23 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{env, running, wait_for, wait_for_file, wait_for_pid, wait_for_text, within};
+use common::{Fixture, env, running_with, wait_for, wait_for_file, wait_for_text, within};
 use lockstep_supervisor::{CronOutcome, CronRun, CronRunner, CronSpec, LogLimits, SupervisorError};
-use tempfile::TempDir;
-
-struct Fixture {
-    tmp: TempDir,
-    app: PathBuf,
-}
 
 impl Fixture {
-    fn new() -> Fixture {
-        let tmp = tempfile::tempdir().unwrap();
-        let app = tmp.path().join("app");
-        std::fs::create_dir(&app).unwrap();
-        Fixture { tmp, app }
-    }
-
     fn runs_file(&self) -> PathBuf {
-        self.tmp.path().join("state/cron-runs.jsonl")
-    }
-
-    fn logs(&self) -> PathBuf {
-        self.tmp.path().join("logs")
+        self.home.path().join("state/cron-runs.jsonl")
     }
 
     fn runner(&self) -> CronRunner {
-        CronRunner::new(self.runs_file(), self.logs(), None, LogLimits::default())
+        CronRunner::new(self.runs_file(), self.logs.clone(), LogLimits::default())
     }
 
     /// A runner with these crons started.
     fn started(&self, crons: Vec<CronSpec>) -> CronRunner {
         let runner = self.runner();
-        runner.start(crons, self.app.clone(), env());
+        runner.start(crons, self.sandbox.clone(), env());
         runner
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.app.join(file)
     }
 }
 
@@ -77,18 +56,15 @@ async fn run_now_runs_the_cron_records_it_and_logs_its_output() {
     let runner = fx.runner();
     let mut vars = env();
     vars.insert("GREETING".into(), "hi".into());
-    runner.start(vec![spec], fx.app.clone(), vars);
+    runner.start(vec![spec], fx.sandbox.clone(), vars);
 
     runner.run_now("report").await.unwrap();
     let run = ended_run(&runner, "report").await;
     assert_eq!(run.outcome, Some(CronOutcome::Succeeded));
     assert!(run.ended_at.unwrap() >= run.started_at);
 
-    let log = wait_for_text(&fx.logs().join("cron-report.log"), "ended").await;
-    assert!(
-        log.contains(&format!("hello from {} with hi\n", fx.app.display())),
-        "{log}"
-    );
+    let log = wait_for_text(&fx.log("cron-report"), "ended").await;
+    assert!(log.contains("hello from /app with hi\n"), "{log}");
 
     // The runs file has the run's start, then its end.
     let lines: Vec<CronRun> = std::fs::read_to_string(fx.runs_file())
@@ -171,8 +147,8 @@ async fn a_run_past_its_timeout_is_terminated_with_its_group() {
     let fx = Fixture::new();
     let mut spec = cron(
         "long",
-        // The child writes its pid itself, once it ignores TERM.
-        "sh -c 'trap \"\" TERM; echo $$ > child.pid; exec sleep 1000' & echo $$ > pid; wait",
+        // The child says when it ignores TERM.
+        "sh -c 'trap \"\" TERM; echo ready > child.ready; exec sleep 1011' & wait",
     );
     spec.timeout = Duration::from_millis(300);
     spec.shutdown_timeout = Duration::from_millis(200);
@@ -180,14 +156,17 @@ async fn a_run_past_its_timeout_is_terminated_with_its_group() {
 
     let started = Instant::now();
     runner.run_now("long").await.unwrap();
-    let shell = wait_for_pid(&fx.path("pid")).await;
-    let child = wait_for_pid(&fx.path("child.pid")).await;
+    wait_for_file(&fx.path("child.ready")).await;
+    assert_eq!(running_with("sleep 1011").len(), 1);
     let run = ended_run(&runner, "long").await;
     assert_eq!(run.outcome, Some(CronOutcome::TimedOut));
-    // The timeout, then the grace the TERM-ignoring child used up.
-    assert!(started.elapsed() >= Duration::from_millis(500));
-    assert!(!running(shell));
-    assert!(!running(child), "a child of the timed-out run survived");
+    // The TERM ended the run's shell, and with it the sandbox: the TERM-ignoring child did not
+    // get to use up the grace.
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(
+        running_with("sleep 1011").is_empty(),
+        "a child of the timed-out run survived"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,19 +174,19 @@ async fn stop_runs_the_stop_command_then_terms_then_kills() {
     let fx = Fixture::new();
     let mut spec = cron(
         "drupal",
-        "trap 'echo term >> events' TERM; echo $$ > pid; while :; do sleep 0.05; done",
+        "trap 'echo term >> events' TERM; echo ready > ready; while :; do sleep 0.05; done",
     );
     spec.stop = Some("echo stop >> events".into());
     spec.shutdown_timeout = Duration::from_millis(300);
     let runner = fx.started(vec![spec]);
     runner.run_now("drupal").await.unwrap();
-    let pid = wait_for_pid(&fx.path("pid")).await;
+    wait_for_file(&fx.path("ready")).await;
 
     let started = Instant::now();
     within("stop", 5, runner.stop()).await;
     // The run survived its TERM, so stop waited for the SIGKILL.
     assert!(started.elapsed() >= Duration::from_millis(300));
-    assert!(!running(pid));
+    assert!(running_with("sleep 0.05").is_empty());
     assert!(!runner.is_running());
     assert_eq!(
         std::fs::read_to_string(fx.path("events")).unwrap(),
@@ -232,7 +211,11 @@ async fn after_stop_nothing_runs_until_start() {
     assert!(!fx.path("ran").exists());
     assert!(runner.recent_runs(10).is_empty());
 
-    runner.start(vec![cron("task", "echo ran >> ran")], fx.app.clone(), env());
+    runner.start(
+        vec![cron("task", "echo ran >> ran")],
+        fx.sandbox.clone(),
+        env(),
+    );
     runner.run_now("task").await.unwrap();
     wait_for_file(&fx.path("ran")).await;
 }
@@ -240,15 +223,15 @@ async fn after_stop_nothing_runs_until_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_lets_a_run_that_exits_on_term_end_quickly() {
     let fx = Fixture::new();
-    let mut spec = cron("polite", "echo $$ > pid; sleep 1000 & wait");
+    let mut spec = cron("polite", "echo ready > ready; sleep 1012 & wait");
     spec.shutdown_timeout = Duration::from_secs(5);
     let runner = fx.started(vec![spec]);
     runner.run_now("polite").await.unwrap();
-    let pid = wait_for_pid(&fx.path("pid")).await;
+    wait_for_file(&fx.path("ready")).await;
     let started = Instant::now();
     within("stop", 5, runner.stop()).await;
     assert!(started.elapsed() < Duration::from_secs(3));
-    assert!(!running(pid));
+    assert!(running_with("sleep 1012").is_empty());
     assert_eq!(runner.recent_runs(1)[0].outcome, Some(CronOutcome::Stopped));
 }
 
@@ -281,7 +264,9 @@ async fn every_minute_is_accepted_and_bad_crons_are_left_out() {
 async fn a_run_that_cannot_start_is_an_error_and_a_failed_record() {
     let fx = Fixture::new();
     let runner = fx.runner();
-    runner.start(vec![cron("nowhere", "true")], fx.app.join("missing"), env());
+    let mut sandbox = fx.sandbox.clone();
+    sandbox.app = fx.path("missing");
+    runner.start(vec![cron("nowhere", "true")], sandbox, env());
     let result = runner.run_now("nowhere").await;
     assert!(
         matches!(result, Err(SupervisorError::Spawn { .. })),

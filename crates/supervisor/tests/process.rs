@@ -1,58 +1,38 @@
-//! The supervisor with real processes: environment, output, restarts, stops, rotation,
-//! privileges.
+//! The supervisor with real processes in their sandboxes: environment, output, restarts,
+//! stops, rotation, the user.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{env, running, wait_for, wait_for_file, wait_for_pid, wait_for_text, within};
-use lockstep_supervisor::{
-    LogLimits, ProcessSpec, ProcessState, ProcessStatus, RunAs, Supervisor, SupervisorError,
-    read_log,
+use common::{
+    Fixture, env, host_pid, running, wait_for, wait_for_file, wait_for_pid, wait_for_text, within,
 };
-use tempfile::TempDir;
-
-struct Fixture {
-    _tmp: TempDir,
-    app: PathBuf,
-    logs: PathBuf,
-}
+use lockstep_supervisor::{
+    LogLimits, ProcessSpec, ProcessState, ProcessStatus, Supervisor, SupervisorError, read_log,
+};
 
 impl Fixture {
-    fn new() -> Fixture {
-        let tmp = tempfile::tempdir().unwrap();
-        let app = tmp.path().join("app");
-        std::fs::create_dir(&app).unwrap();
-        let logs = tmp.path().join("logs");
-        Fixture {
-            _tmp: tmp,
-            app,
-            logs,
-        }
-    }
-
     fn spec(&self, name: &str, command: &str) -> ProcessSpec {
         ProcessSpec {
             name: name.into(),
             command: command.into(),
-            dir: self.app.clone(),
+            sandbox: self.sandbox.clone(),
             env: env(),
             log_dir: self.logs.clone(),
-            run_as: None,
             stop_grace: Duration::from_secs(5),
         }
     }
+}
 
-    fn path(&self, file: &str) -> PathBuf {
-        self.app.join(file)
-    }
-
-    fn log(&self, name: &str) -> PathBuf {
-        self.logs.join(format!("{name}.log"))
-    }
+/// The host pid of a process of `name` that wrote its `$$` into `file`.
+async fn pid_of(fx: &Fixture, supervisor: &Supervisor, name: &str, file: &str) -> i32 {
+    let inner = wait_for_pid(&fx.path(file)).await;
+    let leader = status_of(supervisor, name).pid.expect("running");
+    host_pid(leader, inner)
 }
 
 fn status_of(supervisor: &Supervisor, name: &str) -> ProcessStatus {
@@ -90,10 +70,7 @@ async fn runs_with_exactly_the_given_env_and_dir_and_logs_its_output() {
     let expected: BTreeSet<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let expected: BTreeSet<&str> = expected.iter().map(String::as_str).collect();
     assert_eq!(env_lines, expected);
-    assert!(
-        log.contains(&format!("cwd={}\n", fx.app.display())),
-        "{log}"
-    );
+    assert!(log.contains("cwd=/app\n"), "{log}");
 
     let status = status_of(&supervisor, "web");
     assert_eq!(status.state, ProcessState::Running);
@@ -112,7 +89,10 @@ async fn a_crashing_process_is_restarted_with_backoff() {
     let supervisor = Supervisor::new(LogLimits::default());
     let started = Instant::now();
     supervisor
-        .start(fx.spec("worker-crash", "echo $$ >> pids; exit 3"))
+        .start(fx.spec(
+            "worker-crash",
+            "cat /proc/sys/kernel/random/uuid >> starts; exit 3",
+        ))
         .await
         .unwrap();
 
@@ -131,24 +111,24 @@ async fn a_crashing_process_is_restarted_with_backoff() {
     assert!(saw_backing_off);
     assert_eq!(status.last_exit.as_deref(), Some("exited with code 3"));
 
-    let pids = wait_for_file(&fx.path("pids")).await;
-    let pids: Vec<&str> = pids.lines().collect();
-    let distinct: BTreeSet<&str> = pids.iter().copied().collect();
-    assert!(pids.len() >= 3, "{pids:?}");
-    assert_eq!(distinct.len(), pids.len(), "every start is a new process");
+    let starts = wait_for_file(&fx.path("starts")).await;
+    let starts: Vec<&str> = starts.lines().collect();
+    let distinct: BTreeSet<&str> = starts.iter().copied().collect();
+    assert!(starts.len() >= 3, "{starts:?}");
+    assert_eq!(distinct.len(), starts.len(), "every start is a new process");
 
     within("stop", 5, supervisor.stop("worker-crash")).await;
     assert_eq!(
         status_of(&supervisor, "worker-crash").state,
         ProcessState::Stopped
     );
-    // No restart after stop: the pid list stops growing.
-    let count = std::fs::read_to_string(fx.path("pids"))
+    // No restart after stop: the list of starts stops growing.
+    let count = std::fs::read_to_string(fx.path("starts"))
         .unwrap()
         .lines()
         .count();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = std::fs::read_to_string(fx.path("pids"))
+    let after = std::fs::read_to_string(fx.path("starts"))
         .unwrap()
         .lines()
         .count();
@@ -170,7 +150,7 @@ async fn stop_sends_sigterm_and_lets_the_process_exit_cleanly() {
         ))
         .await
         .unwrap();
-    let pid = wait_for_pid(&fx.path("pid")).await;
+    let pid = pid_of(&fx, &supervisor, "web", "pid").await;
 
     let started = Instant::now();
     within("stop", 5, supervisor.stop("web")).await;
@@ -193,7 +173,7 @@ async fn a_process_ignoring_sigterm_is_killed_after_the_grace() {
     let mut spec = fx.spec("stubborn", "trap '' TERM; echo $$ > pid; sleep 1000 & wait");
     spec.stop_grace = Duration::from_millis(300);
     supervisor.start(spec).await.unwrap();
-    let pid = wait_for_pid(&fx.path("pid")).await;
+    let pid = pid_of(&fx, &supervisor, "stubborn", "pid").await;
 
     let started = Instant::now();
     within("stop", 5, supervisor.stop("stubborn")).await;
@@ -221,16 +201,17 @@ async fn children_of_the_shell_are_gone_after_stop() {
     );
     spec.stop_grace = Duration::from_millis(300);
     supervisor.start(spec).await.unwrap();
-    let plain = wait_for_pid(&fx.path("plain.pid")).await;
-    let stubborn = wait_for_pid(&fx.path("stubborn.pid")).await;
+    let plain = pid_of(&fx, &supervisor, "web", "plain.pid").await;
+    let stubborn = pid_of(&fx, &supervisor, "web", "stubborn.pid").await;
     assert!(running(plain) && running(stubborn));
 
     let started = Instant::now();
     within("stop", 5, supervisor.stop("web")).await;
     assert!(!running(plain), "the background child survived stop");
     assert!(!running(stubborn), "the TERM-ignoring child survived stop");
-    // The shell itself died of the TERM: the wait was for the stubborn child.
-    assert!(started.elapsed() >= Duration::from_millis(300));
+    // The shell died of the TERM, and the sandbox with it: the stubborn child did not get to use
+    // up the grace.
+    assert!(started.elapsed() < Duration::from_secs(3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,12 +220,14 @@ async fn leftovers_of_a_crashed_process_are_ended_before_it_restarts() {
     let supervisor = Supervisor::new(LogLimits::default());
     let mut spec = fx.spec(
         "worker",
-        "if [ ! -e once ]; then touch once; sleep 1000 & echo $! > orphan.pid; exit 1; fi; \
+        "if [ ! -e once ]; then touch once; sleep 1000 & echo $! > orphan.pid; \
+         until [ -e go ]; do sleep 0.01; done; exit 1; fi; \
          echo again > restarted; exec sleep 1000",
     );
     spec.stop_grace = Duration::from_millis(300);
     supervisor.start(spec).await.unwrap();
-    let orphan = wait_for_pid(&fx.path("orphan.pid")).await;
+    let orphan = pid_of(&fx, &supervisor, "worker", "orphan.pid").await;
+    std::fs::write(fx.path("go"), "").unwrap();
     wait_for_file(&fx.path("restarted")).await;
     assert!(!running(orphan), "a child of the crashed run kept running");
     within("stop", 5, supervisor.stop("worker")).await;
@@ -284,35 +267,29 @@ async fn logs_rotate_at_max_bytes_keeping_keep_files() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_as_drops_to_the_user_and_its_groups() {
+async fn the_process_runs_as_the_sandbox_user_with_no_other_group() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: dropping privileges needs root");
         return;
     }
     let fx = Fixture::new();
-    // The unprivileged user must be able to enter the app folder.
-    for dir in [fx.app.parent().unwrap(), &fx.app] {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
     let supervisor = Supervisor::new(LogLimits::default());
-    let mut spec = fx.spec(
+    let spec = fx.spec(
         "web",
-        "echo \"uid=$(id -u) groups=$(id -G)\"; exec sleep 1000",
+        "echo \"uid=$(id -u) groups=$(id -G) name=$(id -un)\"; exec sleep 1000",
     );
-    spec.run_as = Some(RunAs {
-        uid: 65534,
-        gid: 65534,
-    });
     supervisor.start(spec).await.unwrap();
 
     let log = wait_for_text(&fx.log("web"), "groups=").await;
     let line = log.lines().find(|l| l.starts_with("uid=")).unwrap();
     assert!(line.starts_with("uid=65534 "), "{line}");
+    assert!(line.ends_with(" name=web"), "{line}");
     let groups: Vec<&str> = line
         .split("groups=")
         .nth(1)
         .unwrap()
         .split_whitespace()
+        .take_while(|word| !word.starts_with("name="))
         .collect();
     assert_eq!(groups, ["65534"], "{line}");
     // The agent owns the log; the child only ever had the pipe.
@@ -329,7 +306,7 @@ async fn starting_a_running_name_replaces_it() {
         .start(fx.spec("web", "echo $$ > first.pid; exec sleep 1000"))
         .await
         .unwrap();
-    let first = wait_for_pid(&fx.path("first.pid")).await;
+    let first = pid_of(&fx, &supervisor, "web", "first.pid").await;
     within(
         "restart",
         5,
@@ -338,9 +315,10 @@ async fn starting_a_running_name_replaces_it() {
     .await
     .unwrap();
     assert!(!running(first), "the old process survived its replacement");
-    let second = wait_for_pid(&fx.path("second.pid")).await;
+    let second = pid_of(&fx, &supervisor, "web", "second.pid").await;
     let status = status_of(&supervisor, "web");
-    assert_eq!(status.pid, Some(second as u32));
+    assert!(running(second));
+    assert_ne!(status.pid, None);
     assert_eq!(status.restarts, 0);
     assert_eq!(supervisor.status().len(), 1);
     within("stop", 5, supervisor.stop_all()).await;
@@ -358,7 +336,10 @@ async fn stop_all_stops_everything_concurrently() {
         );
         spec.stop_grace = Duration::from_millis(400);
         supervisor.start(spec).await.unwrap();
-        pids.insert(name, wait_for_pid(&fx.path(&format!("{name}.pid"))).await);
+        pids.insert(
+            name,
+            pid_of(&fx, &supervisor, name, &format!("{name}.pid")).await,
+        );
     }
     let names: Vec<String> = supervisor.status().into_iter().map(|s| s.name).collect();
     assert_eq!(names, ["web", "worker-a", "worker-b"], "sorted by name");
@@ -389,7 +370,7 @@ async fn start_reports_unusable_names_and_unstartable_commands() {
     assert!(matches!(bad_name, Err(SupervisorError::InvalidName { .. })));
 
     let mut spec = fx.spec("web", "true");
-    spec.dir = Path::new("/nonexistent/app").to_owned();
+    spec.sandbox.app = Path::new("/nonexistent/app").to_owned();
     let missing_dir = supervisor.start(spec).await;
     assert!(
         matches!(missing_dir, Err(SupervisorError::Spawn { .. })),
@@ -405,7 +386,7 @@ async fn dropping_the_supervisor_ends_its_processes() {
     let mut spec = fx.spec("web", "echo $$ > pid; exec sleep 1000");
     spec.stop_grace = Duration::from_millis(200);
     supervisor.start(spec).await.unwrap();
-    let pid = wait_for_pid(&fx.path("pid")).await;
+    let pid = pid_of(&fx, &supervisor, "web", "pid").await;
     drop(supervisor);
     wait_for("the process to end", 5, || (!running(pid)).then_some(())).await;
 }

@@ -4,9 +4,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
-use lockstep_agent::{Agent, AgentOptions, RunAs};
+use lockstep_agent::{Agent, AgentOptions, OperatorEnv};
 
 #[derive(Args)]
 pub struct AgentArgs {
@@ -16,23 +16,21 @@ pub struct AgentArgs {
     /// File holding the bearer token callers must present.
     #[arg(long)]
     token_file: PathBuf,
-    /// User the app's processes run as when the agent runs as root [default: nobody].
-    #[arg(long, conflicts_with = "same_user")]
-    run_as: Option<String>,
-    /// Run the app's processes as the agent's own user, even as root.
-    #[arg(long)]
-    same_user: bool,
+    /// Pass this variable of the agent's environment to every app process too (CA and proxy
+    /// settings are passed already).
+    #[arg(long = "pass-env", value_name = "NAME")]
+    pass_env: Vec<String>,
 }
 
 pub fn run(args: AgentArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
     let token = super::read_token_file(&args.token_file)?;
-    let run_as = resolve_run_as(&args)?;
+    let operator = OperatorEnv::from_process(&args.pass_env);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let agent = Agent::load(AgentOptions {
             data_dir: data_dir.to_owned(),
             token,
-            run_as,
+            operator,
         })
         .await
         .with_context(|| format!("cannot load the agent's state from {}", data_dir.display()))?;
@@ -51,24 +49,4 @@ pub fn run(args: AgentArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
         tracing::info!("agent stopped");
         Ok(ExitCode::SUCCESS)
     })
-}
-
-/// As root, app processes drop to an unprivileged user unless told otherwise.
-fn resolve_run_as(args: &AgentArgs) -> anyhow::Result<Option<RunAs>> {
-    if args.same_user || !nix::unistd::Uid::effective().is_root() {
-        if let Some(user) = &args.run_as {
-            bail!("--run-as {user} needs the agent to run as root");
-        }
-        return Ok(None);
-    }
-    let name = args.run_as.as_deref().unwrap_or("nobody");
-    let user = nix::unistd::User::from_name(name)
-        .with_context(|| format!("cannot look up user {name}"))?
-        .with_context(|| {
-            format!("there is no user {name}; create it or pick another with --run-as")
-        })?;
-    Ok(Some(RunAs {
-        uid: user.uid.as_raw(),
-        gid: user.gid.as_raw(),
-    }))
 }

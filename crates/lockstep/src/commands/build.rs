@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use lockstep_image::{BuildError, BuildRequest, Builder, DEFAULT_BUILD_TIMEOUT};
+use lockstep_supervisor::{Cancel, OperatorEnv, RunAs};
 
 use crate::output::bytes;
 
@@ -31,6 +32,14 @@ pub struct BuildArgs {
     /// Print the image's manifest as JSON at the end.
     #[arg(long)]
     json: bool,
+    /// Fail when the runtime version of `type` is not installed, instead of building with the
+    /// nearest one.
+    #[arg(long)]
+    strict_runtimes: bool,
+    /// Pass this variable of your environment to the build too (CA and proxy settings are
+    /// passed already).
+    #[arg(long = "pass-env", value_name = "NAME")]
+    pass_env: Vec<String>,
 }
 
 pub fn run(args: BuildArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
@@ -41,13 +50,19 @@ pub fn run(args: BuildArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
     };
     let builder = Builder::new(data_dir)
         .with_context(|| format!("cannot use the data directory {}", data_dir.display()))?;
+    let operator = OperatorEnv::from_process(&args.pass_env);
     let request = BuildRequest {
         repo: &args.path,
         git_ref: &args.git_ref,
         project: &project,
+        cache: "local",
         variables: &variables,
         timeout: Duration::from_secs(args.timeout),
         git_env: &[],
+        user: RunAs::unprivileged(),
+        strict_runtimes: args.strict_runtimes,
+        operator: &operator,
+        cancel: Cancel::default(),
     };
     let outcome = match builder.build(&request, &mut |line| println!("{line}")) {
         Ok(outcome) => outcome,

@@ -23,7 +23,7 @@ pub enum ConfigCommand {
 
 pub fn run(command: ConfigCommand) -> anyhow::Result<ExitCode> {
     let ConfigCommand::Check { path, json } = command;
-    let checked = lockstep_config::check_dir(&path)
+    let checked = lockstep_config::check_dir(&path, &lockstep_supervisor::HostRuntimes)
         .with_context(|| format!("cannot check {}", path.display()))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&checked.diagnostics)?);

@@ -34,7 +34,8 @@ pub enum EnvCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Change a setting: on_hook_failure, closed_status, closed_mode, max_hold, grace, drain_timeout.
+    /// Change a setting: on_hook_failure, closed_status, closed_mode, max_hold, grace,
+    /// drain_timeout, build_timeout, web_start_timeout, strict_runtimes.
     Set {
         env: String,
         key: String,
@@ -61,6 +62,8 @@ pub enum ActivityCommand {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Cancel a running build (and the push it belongs to) or a deployment still waiting.
+    Cancel { id: String },
 }
 
 #[derive(Args)]
@@ -223,6 +226,16 @@ pub async fn activity(client: &ApiClient, command: ActivityCommand) -> anyhow::R
             Ok(ExitCode::SUCCESS)
         }
         ActivityCommand::Log { id, follow } => follow_log(client, &id, follow).await,
+        ActivityCommand::Cancel { id } => {
+            let activity: Activity = client
+                .post(&format!("/activities/{id}/cancel"), &serde_json::json!({}))
+                .await?;
+            println!(
+                "Cancelling activity {}: {}",
+                activity.id, activity.description
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

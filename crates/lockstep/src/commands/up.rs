@@ -27,6 +27,10 @@ pub struct UpArgs {
     /// Memory the edge may use for its cache, in megabytes.
     #[arg(long, default_value_t = 256)]
     edge_cache_mb: u64,
+    /// Pass this variable of your environment to every build and app too (CA and proxy
+    /// settings are passed already).
+    #[arg(long = "pass-env", value_name = "NAME")]
+    pass_env: Vec<String>,
 }
 
 const NODES: [&str; 5] = [
@@ -56,15 +60,23 @@ pub struct Endpoints {
 }
 
 pub fn run(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
+    lockstep_supervisor::check_installed()?;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    // Tokens, keys and the state database are in here: Lockstep's user alone may enter.
+    std::fs::set_permissions(
+        data_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .with_context(|| format!("cannot make {} private", data_dir.display()))?;
+    let operator = lockstep_supervisor::OperatorEnv::from_process(&args.pass_env);
     let layout = load_layout(data_dir)?;
     let binary = std::env::current_exe().context("cannot find the lockstep binary")?;
     let token_file = data_dir.join("agent-token");
     write_private(&token_file, &layout.agent_token)?;
     let mut agents = Agents::default();
     for (node, port) in NODES.iter().zip(&layout.agent_ports) {
-        agents.start(&binary, data_dir, node, *port, &token_file)?;
+        agents.start(&binary, data_dir, node, *port, &token_file, &args.pass_env)?;
     }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let result = runtime.block_on(async {
@@ -107,6 +119,7 @@ pub fn run(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
                 admin_url: edge_admin_url,
                 token: layout.edge_token.clone(),
             }),
+            operator,
         })
         .context("cannot start the controller")?;
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -122,7 +135,7 @@ pub fn run(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
         print_banner(&endpoints, data_dir, &binary, args.edge_listen);
         let served = tokio::select! {
             result = controller.serve(listener, crate::shutdown_signal()) => result.context("the controller failed"),
-            () = agents.keep_alive(&binary, &token_file) => unreachable!("keep_alive never ends"),
+            () = agents.keep_alive(&binary, &token_file, &args.pass_env) => unreachable!("keep_alive never ends"),
         };
         let _ = stop_edge.send(());
         let _ = edge_task.await;
@@ -144,6 +157,17 @@ fn print_banner(endpoints: &Endpoints, data_dir: &Path, binary: &Path, edge: Soc
     println!("  API          {}", endpoints.api);
     println!("  token        {}", endpoints.token);
     println!("  data         {}", data_dir.display());
+    println!();
+    if nix::unistd::geteuid().is_root() {
+        println!(
+            "Every build and app runs sandboxed, as its environment's own user (uid 70001 and up)."
+        );
+    } else {
+        println!(
+            "Every build and app runs sandboxed. Lockstep runs as uid {}, so every environment's\napps run as that one user; run it as root for one user per environment.",
+            nix::unistd::geteuid()
+        );
+    }
     println!();
     println!("Git takes any user name with the token as the password; or let lockstep answer");
     println!("for you, in your project:");
@@ -244,13 +268,10 @@ impl Agents {
         node: &str,
         port: u16,
         token_file: &Path,
+        pass_env: &[String],
     ) -> anyhow::Result<()> {
         let dir: PathBuf = data_dir.join("agents").join(node);
         std::fs::create_dir_all(&dir)?;
-        // The app's unprivileged user must reach the releases below these folders.
-        for path in [data_dir, &data_dir.join("agents"), &dir] {
-            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-        }
         let mut agent = AgentNode {
             name: node.to_owned(),
             port,
@@ -260,7 +281,7 @@ impl Agents {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             tracing::info!(node, port, "adopting the agent already running");
         } else {
-            agent.spawn(binary, token_file)?;
+            agent.spawn(binary, token_file, pass_env)?;
         }
         self.nodes.push(agent);
         Ok(())
@@ -307,7 +328,7 @@ impl Agents {
     }
 
     /// Restarts agents that died, as a service manager would on a real host.
-    async fn keep_alive(&mut self, binary: &Path, token_file: &Path) {
+    async fn keep_alive(&mut self, binary: &Path, token_file: &Path, pass_env: &[String]) {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             for agent in &mut self.nodes {
@@ -317,7 +338,7 @@ impl Agents {
                 };
                 if !alive {
                     tracing::warn!(node = %agent.name, "agent died; restarting it");
-                    if let Err(error) = agent.spawn(binary, token_file) {
+                    if let Err(error) = agent.spawn(binary, token_file, pass_env) {
                         tracing::error!(node = %agent.name, %error, "cannot restart the agent");
                     }
                 }
@@ -352,7 +373,12 @@ impl Agents {
 }
 
 impl AgentNode {
-    fn spawn(&mut self, binary: &Path, token_file: &Path) -> anyhow::Result<()> {
+    fn spawn(
+        &mut self,
+        binary: &Path,
+        token_file: &Path,
+        pass_env: &[String],
+    ) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -364,6 +390,11 @@ impl AgentNode {
             .args(["agent", "--listen", &format!("127.0.0.1:{}", self.port)])
             .arg("--token-file")
             .arg(token_file)
+            .args(
+                pass_env
+                    .iter()
+                    .flat_map(|name| ["--pass-env", name.as_str()]),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

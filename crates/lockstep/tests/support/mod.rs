@@ -9,19 +9,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lockstep_proto::agent::{
-    EnvironmentType, GateSettings, HookKind, HookOutcome, HookRequest, InstanceConfig,
+    AppUser, EnvironmentType, GateSettings, HookKind, HookOutcome, HookRequest, InstanceConfig,
     InstanceStatus, RuntimeInputs, Step, SwapRequest,
 };
 
 pub fn sample_app() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/app")
-}
-
-/// A folder the app's unprivileged user can reach (temporary folders are private by default).
-pub fn shared_tempdir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
 }
 
 /// A git repository holding a copy of the sample app, as a user's project would.
@@ -101,13 +94,19 @@ pub struct BuiltImage {
 pub fn build_image(project: &Project, store: &Path) -> BuiltImage {
     let builder = lockstep_image::Builder::new(store).unwrap();
     let variables = Default::default();
+    let operator = lockstep_supervisor::OperatorEnv::default();
     let request = lockstep_image::BuildRequest {
         repo: project.path(),
         git_ref: "HEAD",
         project: "shop",
+        cache: "main",
         variables: &variables,
         timeout: Duration::from_secs(120),
         git_env: &[],
+        user: lockstep_supervisor::RunAs::unprivileged(),
+        strict_runtimes: false,
+        operator: &operator,
+        cancel: Default::default(),
     };
     let outcome = builder.build(&request, &mut |_| {}).unwrap();
     BuiltImage {
@@ -379,8 +378,16 @@ pub fn instance_config(env: &str, storage: &Path) -> InstanceConfig {
             start_timeout_ms: 20_000,
             ..GateSettings::default()
         },
+        user: Some(APP_USER),
+        strict_runtimes: false,
     }
 }
+
+/// The user the tests' instances run as, when the agent runs as root.
+pub const APP_USER: AppUser = AppUser {
+    uid: 70999,
+    gid: 70999,
+};
 
 /// `GET path` on a node router: status, the `X-Release` header and the body.
 pub async fn get_router(
@@ -403,7 +410,12 @@ pub async fn get_router(
 /// A real `lockstep up`: controller and five agents, on free ports.
 pub struct Platform {
     child: Child,
-    pub data_dir: tempfile::TempDir,
+    /// The temporary folder everything of this platform is in.
+    _root: tempfile::TempDir,
+    /// Where `up` keeps its state: in `_root`, or the default under a `HOME` in it.
+    pub data_dir: PathBuf,
+    /// `Some` when `up` runs with no `--data-dir`, as the README says, with this `HOME`.
+    home: Option<PathBuf>,
     pub api: String,
     pub git: String,
     pub token: String,
@@ -413,16 +425,38 @@ pub struct Platform {
 }
 
 impl Platform {
+    /// `up` with `--data-dir`, a private temporary folder.
     pub async fn start() -> Platform {
+        Self::start_where(false).await
+    }
+
+    /// `up` with no `--data-dir`, as the README runs it: its state goes under `HOME`, here a
+    /// temporary folder only its owner may enter, as root's home is.
+    pub async fn start_in_home() -> Platform {
+        Self::start_where(true).await
+    }
+
+    async fn start_where(in_home: bool) -> Platform {
         // Ports are picked free and then bound by `up` a moment later; a test running beside
         // this one can take one in between, and then `up` exits. Another set of ports settles it.
         for _ in 0..3 {
-            let data_dir = shared_tempdir();
+            let root = tempfile::tempdir().unwrap();
+            let (home, data_dir) = if in_home {
+                let home = root.path().join("home");
+                std::fs::create_dir(&home).unwrap();
+                std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+                let data_dir = home.join(".local/share/lockstep");
+                (Some(home), data_dir)
+            } else {
+                (None, root.path().to_owned())
+            };
             let listen = free_port();
             let edge = free_port();
             let mut platform = Platform {
-                child: spawn_up(data_dir.path(), listen, edge, None),
+                child: spawn_up(&data_dir, home.as_deref(), listen, edge, None),
+                _root: root,
                 data_dir,
+                home,
                 api: String::new(),
                 git: String::new(),
                 token: String::new(),
@@ -460,7 +494,13 @@ impl Platform {
     /// Restarts `up`, optionally armed to exit at a phase boundary (`after:close`, ...).
     pub async fn restart_with_failpoint(&mut self, failpoint: Option<&str>) {
         self.stop();
-        self.child = spawn_up(self.data_dir.path(), self.listen, self.edge, failpoint);
+        self.child = spawn_up(
+            &self.data_dir,
+            self.home.as_deref(),
+            self.listen,
+            self.edge,
+            failpoint,
+        );
         assert!(self.wait_until_up().await, "lockstep up did not come back");
     }
 
@@ -494,12 +534,7 @@ impl Platform {
 
     /// The pid of a node's agent, from the file it writes.
     pub fn agent_pid(&self, node: &str) -> i32 {
-        let path = self
-            .data_dir
-            .path()
-            .join("agents")
-            .join(node)
-            .join("agent.pid");
+        let path = self.data_dir.join("agents").join(node).join("agent.pid");
         std::fs::read_to_string(path)
             .unwrap()
             .trim()
@@ -509,13 +544,13 @@ impl Platform {
 
     /// Waits for `up` to answer; false when it exited first (its log is printed).
     async fn wait_until_up(&mut self) -> bool {
-        let endpoints_path = self.data_dir.path().join("endpoints.json");
+        let endpoints_path = self.data_dir.join("endpoints.json");
         let _ = std::fs::remove_file(&endpoints_path);
         let deadline = Instant::now() + Duration::from_secs(60);
         while !endpoints_path.exists() {
             if let Ok(Some(status)) = self.child.try_wait() {
-                let log = std::fs::read_to_string(self.data_dir.path().join("up.log"))
-                    .unwrap_or_default();
+                let log_dir = self.home.as_deref().unwrap_or(&self.data_dir);
+                let log = std::fs::read_to_string(log_dir.join("up.log")).unwrap_or_default();
                 eprintln!("lockstep up exited ({status}) before it was up:\n{log}");
                 return false;
             }
@@ -550,7 +585,7 @@ impl Platform {
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(assert_cmd::cargo::cargo_bin!("lockstep"))
             .arg("--data-dir")
-            .arg(self.data_dir.path())
+            .arg(&self.data_dir)
             .args(args)
             .env_remove("LOCKSTEP_API")
             .env_remove("LOCKSTEP_TOKEN")
@@ -560,12 +595,18 @@ impl Platform {
 
     /// `git push` of `refspec` with the real git client, authenticated by `lockstep credential`.
     pub fn push(&self, project: &Project, refspec: &str) -> std::process::Output {
+        self.push_command(project, refspec).output().unwrap()
+    }
+
+    /// The `git push` of [`Platform::push`], to run elsewhere.
+    pub fn push_command(&self, project: &Project, refspec: &str) -> Command {
         let helper = format!(
             "!{} --data-dir {} credential",
             assert_cmd::cargo::cargo_bin!("lockstep").display(),
-            self.data_dir.path().display()
+            self.data_dir.display()
         );
-        Command::new("git")
+        let mut command = Command::new("git");
+        command
             .arg("-C")
             .arg(project.path())
             .args([
@@ -576,9 +617,35 @@ impl Platform {
                 &self.git,
                 refspec,
             ])
+            .env("GIT_TERMINAL_PROMPT", "0");
+        command
+    }
+
+    /// `git push` of `refspec` as a user, their token in the remote's URL.
+    pub fn push_as(&self, project: &Project, token: &str, refspec: &str) -> std::process::Output {
+        let url = self
+            .git
+            .replacen("http://", &format!("http://user:{token}@"), 1);
+        Command::new("git")
+            .arg("-C")
+            .arg(project.path())
+            .args(["push", "--porcelain", &url, refspec])
             .env("GIT_TERMINAL_PROMPT", "0")
             .output()
             .unwrap()
+    }
+
+    /// Adds a user through the CLI and returns their token.
+    pub fn add_user(&self, email: &str, extra: &[&str]) -> String {
+        let mut args = vec!["user", "add", email];
+        args.extend_from_slice(extra);
+        let output = self.cli(&args);
+        assert!(output.status.success(), "{}", text(&output));
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("token: "))
+            .expect("the token is printed")
+            .to_owned()
     }
 
     /// `GET` on the API, as JSON.
@@ -623,7 +690,6 @@ impl Platform {
     pub fn storage(&self, env: &str, name: &str) -> String {
         std::fs::read_to_string(
             self.data_dir
-                .path()
                 .join("controller/storage")
                 .join(env)
                 .join("storage")
@@ -639,19 +705,36 @@ impl Drop for Platform {
     }
 }
 
-fn spawn_up(data_dir: &Path, listen: u16, edge: u16, failpoint: Option<&str>) -> Child {
+/// Starts `up` on `data_dir`: given as `--data-dir`, or, with a `home`, found there by `up`.
+fn spawn_up(
+    data_dir: &Path,
+    home: Option<&Path>,
+    listen: u16,
+    edge: u16,
+    failpoint: Option<&str>,
+) -> Child {
+    let log_dir = home.unwrap_or(data_dir);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(data_dir.join("up.log"))
+        .open(log_dir.join("up.log"))
         .unwrap();
     let mut command = Command::new(assert_cmd::cargo::cargo_bin!("lockstep"));
     if let Some(failpoint) = failpoint {
         command.env("LOCKSTEP_FAILPOINT", failpoint);
     }
+    match home {
+        Some(home) => {
+            command
+                .env("HOME", home)
+                .env_remove("XDG_DATA_HOME")
+                .env_remove("LOCKSTEP_HOME");
+        }
+        None => {
+            command.arg("--data-dir").arg(data_dir);
+        }
+    }
     command
-        .arg("--data-dir")
-        .arg(data_dir)
         .args(["up", "--listen", &format!("127.0.0.1:{listen}")])
         .args(["--edge-listen", &format!("127.0.0.1:{edge}")])
         .env("LOCKSTEP_LOG", "info")
@@ -660,6 +743,15 @@ fn spawn_up(data_dir: &Path, listen: u16, edge: u16, failpoint: Option<&str>) ->
         .stderr(log)
         .spawn()
         .unwrap()
+}
+
+/// A command's standard output and error, for messages.
+pub fn text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
 
 /// The tree id of the project's HEAD: what the sample app reports as its release.

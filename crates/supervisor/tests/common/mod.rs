@@ -1,14 +1,120 @@
-//! Helpers shared by the integration tests: waiting for events with a deadline, and asking
-//! whether a process still runs.
+//! Helpers shared by the integration tests: a sandbox in a temporary folder, waiting for
+//! events with a deadline, and asking whether a process still runs.
 
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use lockstep_supervisor::{RunAs, Sandbox, give_folder};
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
+
+/// A sandbox whose `/app` is a temporary folder that the code may write, run by the test
+/// user (`nobody` when the tests run as root).
+pub struct Fixture {
+    pub home: tempfile::TempDir,
+    pub sandbox: Sandbox,
+    pub logs: PathBuf,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let home = tempfile::tempdir().unwrap();
+        let user = RunAs::unprivileged();
+        let app = home.path().join("app");
+        give_folder(&app, user).unwrap();
+        let mut sandbox = Sandbox::prepare(app, home.path(), user, owner()).unwrap();
+        sandbox.app_writable = true;
+        let logs = home.path().join("logs");
+        Fixture {
+            home,
+            sandbox,
+            logs,
+        }
+    }
+
+    /// A file of the app folder, as the host sees it.
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.sandbox.app.join(file)
+    }
+
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.logs.join(format!("{name}.log"))
+    }
+}
+
+/// A sandbox owner of its own for each fixture, so that ending one test's leftovers never
+/// touches another test's sandboxes.
+pub fn owner() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("supervisor-test-{}-{n}", std::process::id())
+}
+
+/// The host's pid of the process that sees itself as `inner` in the sandbox led by `leader`
+/// (scripts write `$$`, which is their pid inside the sandbox's PID namespace).
+pub fn host_pid(leader: u32, inner: i32) -> i32 {
+    let entries = std::fs::read_dir("/proc").unwrap();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let seen_inside = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .and_then(|ids| ids.split_whitespace().last()?.parse::<i32>().ok());
+        if seen_inside == Some(inner) && pid != inner && descends_from(pid, leader as i32) {
+            return pid;
+        }
+    }
+    panic!("no process {inner} in the sandbox of {leader}");
+}
+
+/// Host pids of running processes whose command line is `command` (tests give their processes
+/// unique arguments: `sleep 1003`).
+pub fn running_with(command: &str) -> Vec<i32> {
+    let entries = std::fs::read_dir("/proc").unwrap();
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                let words: Vec<String> = cmdline
+                    .split(|b| *b == 0)
+                    .map(|w| String::from_utf8_lossy(w).into_owned())
+                    .collect();
+                words.join(" ").trim_end() == command
+            })
+        })
+        .filter(|pid| running(*pid))
+        .collect()
+}
+
+fn descends_from(mut pid: i32, ancestor: i32) -> bool {
+    while pid > 1 {
+        if pid == ancestor {
+            return true;
+        }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            return false;
+        };
+        pid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:"))
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0);
+    }
+    false
+}
 
 /// A minimal environment: commands need PATH to find `sleep`, `id`, `env`.
 pub fn env() -> BTreeMap<String, String> {

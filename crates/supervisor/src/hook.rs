@@ -1,15 +1,21 @@
-//! Running a shell hook with a given environment: its output streamed line by line, its whole
-//! process group killed at the timeout or when it ends, so nothing it started outlives it.
+//! Running a command to its end in its sandbox: build hooks, deploy hooks, `lockstep ssh`.
+//! Its output is streamed line by line, and its whole sandbox is killed at the timeout, on
+//! cancel, or when it ends, so nothing it started outlives it.
+//!
+//! Runs on the calling thread, which it blocks: the sandbox dies with the thread that started
+//! it (`--die-with-parent`), so that thread must live until the command ends.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+
+use crate::process::lock;
+use crate::sandbox::Sandbox;
 
 /// Lines of output kept for the failure report; the rest was streamed as it came.
 const KEPT_LINES: usize = 40;
@@ -17,24 +23,57 @@ const KEPT_LINES: usize = 40;
 const MAX_LINE_BYTES: usize = 16 * 1024;
 
 pub struct HookSpec {
+    /// Run with `/bin/sh -c` in `/app` of the sandbox.
     pub script: String,
-    pub dir: PathBuf,
+    pub sandbox: Sandbox,
     /// The whole environment: the hook inherits nothing else.
     pub env: BTreeMap<String, String>,
     pub timeout: Duration,
-    /// Run as this uid and gid (std clears the supplementary groups when root drops them).
-    pub run_as: Option<(u32, u32)>,
+    /// Lets another thread end the hook before its end.
+    pub cancel: Cancel,
 }
 
-#[derive(Debug)]
-pub struct HookOutcome {
-    pub duration: Duration,
+/// Ends a running hook from elsewhere (`lockstep activity cancel`). Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<Mutex<CancelState>>);
+
+#[derive(Debug, Default)]
+struct CancelState {
+    cancelled: bool,
+    /// The hook's sandbox while it runs.
+    group: Option<Pid>,
+}
+
+impl Cancel {
+    /// Kills the hook's sandbox if it runs, and keeps it from starting if it does not yet.
+    pub fn cancel(&self) {
+        let mut state = lock(&self.0);
+        state.cancelled = true;
+        if let Some(group) = state.group {
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        lock(&self.0).cancelled
+    }
+
+    /// Records the running group; kills it at once if a cancel came first.
+    fn running(&self, group: Option<Pid>) {
+        let mut state = lock(&self.0);
+        state.group = group;
+        if let (true, Some(group)) = (state.cancelled, group) {
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum HookFailure {
     #[error("cannot start the hook: {0}")]
     Spawn(std::io::Error),
+    #[error("the hook was cancelled")]
+    Cancelled { last_lines: Vec<String> },
     #[error("the hook failed with {status}")]
     Exited {
         status: ExitStatus,
@@ -51,9 +90,9 @@ impl HookFailure {
     pub fn last_lines(&self) -> &[String] {
         match self {
             HookFailure::Spawn(_) => &[],
-            HookFailure::Exited { last_lines, .. } | HookFailure::TimedOut { last_lines, .. } => {
-                last_lines
-            }
+            HookFailure::Exited { last_lines, .. }
+            | HookFailure::TimedOut { last_lines, .. }
+            | HookFailure::Cancelled { last_lines } => last_lines,
         }
     }
 }
@@ -64,32 +103,28 @@ enum Event {
     Exited(std::io::Result<ExitStatus>),
 }
 
-/// Runs `spec.script` with `sh -c`, its stdout and stderr merged and passed to `on_line`.
-pub fn run_hook(
-    spec: &HookSpec,
-    on_line: &mut dyn FnMut(&str),
-) -> Result<HookOutcome, HookFailure> {
+/// Runs `spec.script` in its sandbox, its stdout and stderr merged and passed to `on_line`;
+/// returns how long it ran.
+pub fn run_hook(spec: &HookSpec, on_line: &mut dyn FnMut(&str)) -> Result<Duration, HookFailure> {
     let started = Instant::now();
+    if spec.cancel.is_cancelled() {
+        return Err(HookFailure::Cancelled {
+            last_lines: Vec::new(),
+        });
+    }
     let (reader, writer) = std::io::pipe().map_err(HookFailure::Spawn)?;
-    let mut command = Command::new("/bin/sh");
+    let mut command = spec
+        .sandbox
+        .command(&spec.script, &spec.env)
+        .map_err(|e| HookFailure::Spawn(e.into()))?;
     command
-        .arg("-c")
-        .arg(&spec.script)
-        .current_dir(&spec.dir)
-        .env_clear()
-        .envs(&spec.env)
-        .stdin(Stdio::null())
         .stdout(writer.try_clone().map_err(HookFailure::Spawn)?)
         .stderr(writer);
-    std::os::unix::process::CommandExt::process_group(&mut command, 0);
-    if let Some((uid, gid)) = spec.run_as {
-        std::os::unix::process::CommandExt::uid(&mut command, uid);
-        std::os::unix::process::CommandExt::gid(&mut command, gid);
-    }
     let mut child = command.spawn().map_err(HookFailure::Spawn)?;
     // Our copies of the pipe's write end must go, or the reader would never see its end.
     drop(command);
     let group = Pid::from_raw(child.id() as i32);
+    spec.cancel.running(Some(group));
 
     let (events, inbox) = mpsc::channel();
     let line_events = events.clone();
@@ -154,7 +189,11 @@ pub fn run_hook(
             None => break,
         }
     }
+    spec.cancel.running(None);
     let last_lines = Vec::from(last_lines);
+    if spec.cancel.is_cancelled() {
+        return Err(HookFailure::Cancelled { last_lines });
+    }
     if timed_out {
         return Err(HookFailure::TimedOut {
             timeout: spec.timeout,
@@ -162,9 +201,7 @@ pub fn run_hook(
         });
     }
     match status {
-        Some(status) if status.success() => Ok(HookOutcome {
-            duration: started.elapsed(),
-        }),
+        Some(status) if status.success() => Ok(started.elapsed()),
         Some(status) => Err(HookFailure::Exited { status, last_lines }),
         None => Err(HookFailure::Spawn(std::io::Error::other(
             "the hook vanished",
@@ -176,34 +213,37 @@ pub fn run_hook(
 mod tests {
     use super::*;
 
-    fn spec(script: &str, timeout: Duration) -> HookSpec {
+    fn spec(home: &tempfile::TempDir, script: &str, timeout: Duration) -> HookSpec {
+        let sandbox = crate::sandbox::writable_test_sandbox(home.path());
         let mut env = BTreeMap::new();
         env.insert("PATH".into(), "/usr/bin:/bin".into());
         env.insert("GREETING".into(), "hi".into());
         HookSpec {
             script: script.into(),
-            dir: std::env::temp_dir(),
+            sandbox,
             env,
             timeout,
-            run_as: None,
+            cancel: Cancel::default(),
         }
     }
 
     #[test]
     fn streams_both_outputs_in_order_and_sees_only_its_environment() {
+        let home = tempfile::tempdir().unwrap();
         let mut lines = Vec::new();
-        let script = "echo one; echo two >&2; echo \"$GREETING ${HOME:-unset}\"";
-        run_hook(&spec(script, Duration::from_secs(30)), &mut |l| {
+        let script = "echo one; echo two >&2; echo \"$GREETING ${HOME:-unset} $(pwd)\"";
+        run_hook(&spec(&home, script, Duration::from_secs(30)), &mut |l| {
             lines.push(l.to_owned())
         })
         .expect("hook succeeds");
-        assert_eq!(lines, ["one", "two", "hi unset"]);
+        assert_eq!(lines, ["one", "two", "hi unset /app"]);
     }
 
     #[test]
     fn a_failing_hook_reports_its_status_and_last_lines() {
+        let home = tempfile::tempdir().unwrap();
         let failure = run_hook(
-            &spec("echo broken; exit 3", Duration::from_secs(30)),
+            &spec(&home, "echo broken; exit 3", Duration::from_secs(30)),
             &mut |_| {},
         )
         .expect_err("hook fails");
@@ -213,11 +253,13 @@ mod tests {
 
     #[test]
     fn a_hook_past_its_timeout_is_killed_with_its_children() {
+        let home = tempfile::tempdir().unwrap();
         let started = Instant::now();
         let failure = run_hook(
             &spec(
+                &home,
                 "echo started; sleep 30 & sleep 30",
-                Duration::from_millis(300),
+                Duration::from_millis(500),
             ),
             &mut |_| {},
         )
@@ -230,10 +272,39 @@ mod tests {
 
     #[test]
     fn background_processes_do_not_outlive_a_successful_hook() {
+        let home = tempfile::tempdir().unwrap();
+        // Even one that left the hook's process group: the sandbox's PID namespace ends with
+        // the hook.
         let outcome = run_hook(
-            &spec("sleep 30 & echo done", Duration::from_secs(30)),
+            &spec(
+                &home,
+                "setsid sleep 30 & sleep 30 & echo done",
+                Duration::from_secs(30),
+            ),
             &mut |_| {},
         );
         assert!(outcome.is_ok());
+    }
+
+    #[test]
+    fn a_cancelled_hook_ends_at_once_and_says_so() {
+        let home = tempfile::tempdir().unwrap();
+        let spec = spec(&home, "echo started; sleep 30", Duration::from_secs(60));
+        let cancel = spec.cancel.clone();
+        let started = Instant::now();
+        let failure = run_hook(&spec, &mut |line| {
+            if line == "started" {
+                cancel.cancel();
+            }
+        })
+        .expect_err("hook is cancelled");
+        assert!(
+            matches!(failure, HookFailure::Cancelled { .. }),
+            "{failure}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(20));
+        // A cancelled hook never starts again.
+        let again = run_hook(&spec, &mut |_| {}).expect_err("still cancelled");
+        assert!(matches!(again, HookFailure::Cancelled { .. }));
     }
 }

@@ -1,0 +1,112 @@
+//! Folders a daemon makes for a sandbox inside trees it does not control: a release unpacked
+//! from an image (whose links a build chose), mount folders the app writes. They are made one
+//! component at a time, each opened with `O_NOFOLLOW`, so that a link planted anywhere on the
+//! path can never send root's `mkdir` or `chown` outside the tree.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::{Mode, mkdirat};
+
+use crate::sandbox::RunAs;
+
+/// Makes `root/relative` a folder, creating the folders missing on the way, and gives the last
+/// one to `owner` (when this process is root). `root` itself is trusted; a link, file or `..`
+/// at any component below it is an error.
+pub fn ensure_folder(root: &Path, relative: &Path, owner: Option<RunAs>) -> io::Result<PathBuf> {
+    let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut folder: OwnedFd = openat(nix::fcntl::AT_FDCWD, root, flags, Mode::empty())?;
+    let mut reached = root.to_owned();
+    for component in relative.components() {
+        let name = match component {
+            Component::Normal(name) => name,
+            Component::CurDir => continue,
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{} is not a plain relative path", relative.display()),
+                ));
+            }
+        };
+        reached.push(name);
+        match mkdirat(&folder, name, Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(error) => return Err(error.into()),
+        }
+        folder = openat(&folder, name, flags, Mode::empty()).map_err(|error| match error {
+            Errno::ELOOP | Errno::ENOTDIR => io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} is a link or a file where a folder must be",
+                    reached.display()
+                ),
+            ),
+            other => other.into(),
+        })?;
+    }
+    if let Some(owner) = owner.filter(|_| nix::unistd::geteuid().is_root()) {
+        nix::unistd::fchown(&folder, Some(owner.uid.into()), Some(owner.gid.into()))?;
+        nix::sys::stat::fchmod(&folder, Mode::from_bits_truncate(0o700))?;
+    }
+    Ok(reached)
+}
+
+/// Gives a whole tree to `user` (when this process is root): every folder, file and link,
+/// links themselves and never what they point at. Only for a tree nobody else writes meanwhile
+/// (a fresh checkout, a fresh copy).
+pub fn give_tree(dir: &Path, user: RunAs) -> io::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let give = |path: &Path| {
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            Some(user.uid.into()),
+            Some(user.gid.into()),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    give(dir)?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            give_tree(&entry.path(), user)?;
+        } else {
+            give(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folders_are_made_on_the_way() {
+        let root = tempfile::tempdir().unwrap();
+        let made = ensure_folder(root.path(), Path::new("web/uploads"), None).unwrap();
+        assert_eq!(made, root.path().join("web/uploads"));
+        assert!(made.is_dir());
+        // A second call finds them.
+        ensure_folder(root.path(), Path::new("web/uploads"), None).unwrap();
+    }
+
+    #[test]
+    fn a_link_anywhere_on_the_path_is_refused_and_nothing_is_made_through_it() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("web")).unwrap();
+        let error = ensure_folder(root.path(), Path::new("web/uploads"), None).unwrap_err();
+        assert!(error.to_string().contains("is a link or a file"), "{error}");
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+
+        std::fs::write(root.path().join("file"), "").unwrap();
+        assert!(ensure_folder(root.path(), Path::new("file/x"), None).is_err());
+        assert!(ensure_folder(root.path(), Path::new("../x"), None).is_err());
+    }
+}
