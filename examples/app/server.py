@@ -163,6 +163,10 @@ def exit_on_term():
 def main():
     port = int(os.environ.get("PORT") or 8000)
 
+    if os.environ.get("SERVER_EXIT_AT_START"):
+        print("SERVER_EXIT_AT_START is set: exiting before listening", file=sys.stderr, flush=True)
+        return 1
+
     if os.environ.get("SERVER_NEVER_LISTEN"):
         say(f"SERVER_NEVER_LISTEN is set: never listening on port {port} release={release()} node={node()}")
         exit_on_term()

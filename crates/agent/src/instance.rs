@@ -150,8 +150,13 @@ impl Instance {
         let router_task = tokio::spawn(router.serve(listener));
         let log_dir = dir.join("logs");
         let instance = Arc::new(Instance {
-            supervisor: Supervisor::new(LogLimits::default()),
-            crons: CronRunner::new(dir.join("cron-runs.jsonl"), log_dir, LogLimits::default()),
+            supervisor: Supervisor::new(LogLimits::default(), context.init.clone()),
+            crons: CronRunner::new(
+                dir.join("cron-runs.jsonl"),
+                log_dir,
+                LogLimits::default(),
+                context.init.clone(),
+            ),
             dir,
             state: Mutex::new(state),
             gate,

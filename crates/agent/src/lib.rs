@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lockstep_proto::agent::{InstanceConfig, InstanceStatus};
-pub use lockstep_supervisor::OperatorEnv;
+pub use lockstep_supervisor::{OperatorEnv, SandboxInit};
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 
@@ -37,12 +37,15 @@ pub struct AgentOptions {
     pub token: String,
     /// The operator's CA and proxy settings, passed to every app process.
     pub operator: OperatorEnv,
+    /// The first process of every long-running process's sandbox.
+    pub init: SandboxInit,
 }
 
 /// What every instance of the node shares.
 pub(crate) struct NodeContext {
     pub metrics: Arc<Metrics>,
     pub operator: OperatorEnv,
+    pub init: SandboxInit,
     /// Names this agent's sandboxes, so that the next run of it finds what this one left.
     pub sandbox_owner: String,
     /// Runtimes resolved so far, by `type` and strictness: resolving may run the language's
@@ -112,6 +115,7 @@ impl Agent {
             context: Arc::new(NodeContext {
                 metrics: Arc::new(Metrics::new()),
                 operator: options.operator,
+                init: options.init,
                 sandbox_owner,
                 runtimes: Default::default(),
             }),

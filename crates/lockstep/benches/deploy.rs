@@ -2,11 +2,15 @@
 //! first close to the last open, the deploy hook's own time inside it, and their difference,
 //! the procedure's overhead. Run with `cargo bench -p lockstep --bench deploy`.
 //!
-//! The peer is Platform.sh's own figure for Dedicated Gen 2 (30 to 90 s of closed site per
-//! deploy): no Platform.sh cluster runs on this machine, so it is quoted, not measured.
+//! Peers: another release of Lockstep measured in the same run when `LOCKSTEP_BASELINE` names
+//! its `lockstep` binary (the release before the sandbox, say: see the README), and
+//! Platform.sh's own figure for Dedicated Gen 2 (30 to 90 s of closed site per deploy), quoted,
+//! since no Platform.sh cluster runs on this machine.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+use std::path::PathBuf;
 
 use support::{Platform, Project};
 
@@ -23,9 +27,10 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    let platform = Platform::start().await;
+/// Median closed window and deploy hook time of `DEPLOYS` redeploys, on a platform run by
+/// `binary`.
+async fn measure(binary: PathBuf) -> (f64, f64) {
+    let platform = Platform::start_with(binary).await;
     let project = Project::sample();
     let pushed = platform.push(&project, "HEAD:production");
     assert!(
@@ -77,21 +82,40 @@ async fn main() {
         windows.push(window);
         hooks.push(hook);
     }
-    let window = median(windows.clone());
-    let hook = median(hooks.clone());
+    println!("  windows {windows:.0?} ms, hooks {hooks:.0?} ms");
+    (median(windows), median(hooks))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let mut rows = Vec::new();
+    println!("this tree:");
+    rows.push((
+        "lockstep (this tree)".to_owned(),
+        measure(support::lockstep_binary()).await,
+    ));
+    if let Some(baseline) = std::env::var_os("LOCKSTEP_BASELINE") {
+        let baseline = PathBuf::from(baseline);
+        println!("baseline {}:", baseline.display());
+        rows.push((
+            format!("baseline ({})", baseline.display()),
+            measure(baseline).await,
+        ));
+    }
     println!();
     println!("production deploy of the sample app, 3 nodes, median of {DEPLOYS} deploys");
     println!();
-    println!("| measure | lockstep | Platform.sh DG2 (quoted) |");
-    println!("|---|---:|---:|");
-    println!("| closed window (first close to last open) | {window:.0} ms | 30000 to 90000 ms |");
-    println!("| deploy hook's own time | {hook:.0} ms | |");
     println!(
-        "| procedure overhead (window - hook) | {:.0} ms | |",
-        window - hook
+        "| release | closed window (first close to last open) | deploy hook | procedure overhead |"
     );
+    println!("|---|---:|---:|---:|");
+    for (release, (window, hook)) in &rows {
+        println!(
+            "| {release} | {window:.0} ms | {hook:.0} ms | {:.0} ms |",
+            window - hook
+        );
+    }
+    println!("| Platform.sh DG2 (quoted) | 30000 to 90000 ms | | |");
     println!();
-    println!(
-        "each deploy: windows {windows:.0?} ms, hooks {hooks:.0?} ms; goal: overhead under 300 ms"
-    );
+    println!("goal: overhead under 300 ms");
 }

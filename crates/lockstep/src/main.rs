@@ -123,10 +123,20 @@ enum Command {
     /// Run by the project's git repository on a push; not for direct use.
     #[command(hide = true)]
     GitHook { hook: String },
+    /// The first process inside an app process's sandbox; not for direct use.
+    #[command(hide = true)]
+    SandboxInit {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::SandboxInit { args } = cli.command {
+        // Inside the sandbox, before anything else: no log, no data folder.
+        std::process::exit(lockstep_supervisor::init::main(args));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")
@@ -143,6 +153,7 @@ fn main() -> ExitCode {
         Command::Up(args) => commands::up::run(args, &data_dir),
         Command::Edge(args) => commands::edge::run(args),
         Command::GitHook { hook } => commands::git_hook::run(&hook),
+        Command::SandboxInit { .. } => unreachable!("handled before the log starts"),
         Command::Credential { operation } => commands::credential::run(&operation, &data_dir),
         Command::Status { connection, json } => {
             remote(connection, &data_dir, |client| async move {

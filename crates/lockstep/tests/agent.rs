@@ -360,6 +360,41 @@ async fn a_web_process_that_never_listens_fails_the_swap_and_the_node_stays_clos
 }
 
 #[tokio::test]
+async fn a_web_process_that_keeps_exiting_fails_the_swap_within_seconds() {
+    let setup = setup().await;
+    let client = setup.agent.client();
+    // A start timeout far longer than the test lets the swap take: the crashes must end it.
+    let mut config = instance_config(ENV, setup.storage.path());
+    config.gate.start_timeout_ms = 120_000;
+    client.configure(&config).await;
+    client.stage(ENV, &setup.v1).await.ok();
+    client.step(ENV, "close", "d1", 1).await.ok();
+    let started = std::time::Instant::now();
+    let failed = client
+        .swap(
+            ENV,
+            "d1",
+            1,
+            &setup.v1.id,
+            runtime(&[("env:SERVER_EXIT_AT_START", "1")]),
+        )
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(failed.status, 500);
+    let error = failed.body["error"].as_str().unwrap();
+    assert!(
+        error.contains("exited 3 times before it accepted connections (last: exited with code 1)"),
+        "{error}"
+    );
+    assert!(
+        error.contains("SERVER_EXIT_AT_START"),
+        "its output is shown: {error}"
+    );
+    let port = client.status(ENV).await.router_port;
+    assert_eq!(get_router(port, "/").await.0, 503);
+}
+
+#[tokio::test]
 async fn a_tampered_or_escaping_image_is_rejected_and_nothing_changes() {
     let setup = setup().await;
     let client = setup.agent.client();

@@ -368,3 +368,77 @@ async fn a_virtualenv_built_into_the_home_runs_and_serves_on_a_unix_socket() {
         .unwrap();
     assert_eq!(body, "prefix=/app/.local/share/virtualenvs/app home=/app\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_build_rejects_its_push_and_leaves_nothing_running() {
+    let platform = Platform::start().await;
+    let project = Project::sample();
+    let config_path = project.path().join(".platform.app.yaml");
+    let config = std::fs::read_to_string(&config_path).unwrap().replace(
+        "    python3 build.py\n",
+        "    python3 build.py\n    echo waiting-for-cancel\n    sleep 607\n",
+    );
+    std::fs::write(&config_path, config).unwrap();
+    project.commit("a build that waits");
+    let mut push = platform.push_command(&project, "HEAD:production");
+    let pusher = std::thread::spawn(move || push.output().unwrap());
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let id = loop {
+        let activity = platform.latest_activity().await;
+        if let Some(id) = activity["id"].as_str() {
+            let log = platform.cli(&["activity", "log", id]);
+            if String::from_utf8_lossy(&log.stdout).contains("waiting-for-cancel") {
+                break id.to_owned();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the build never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let cancelled = platform.cli(&["activity", "cancel", &id]);
+    assert!(cancelled.status.success(), "{}", text(&cancelled));
+
+    let pushed = pusher.join().unwrap();
+    assert!(!pushed.status.success(), "{}", text(&pushed));
+    assert!(
+        text(&pushed).contains("the build was cancelled"),
+        "{}",
+        text(&pushed)
+    );
+    let activity = platform.get(&format!("/activities/{id}")).await;
+    assert_eq!(activity["state"], "cancelled");
+    // The build's whole sandbox is gone, and the branch did not move.
+    assert!(processes_running("sleep 607").is_empty());
+    let refs = std::process::Command::new("git")
+        .args(["ls-remote", &platform.git])
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&refs.stdout).contains("production"));
+    // Nothing is left to cancel.
+    let again = platform.cli(&["activity", "cancel", &id]);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("neither a running build nor a deployment waiting"));
+}
+
+/// Pids of processes whose whole command line is `command`.
+fn processes_running(command: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                let words: Vec<String> = cmdline
+                    .split(|b| *b == 0)
+                    .filter(|w| !w.is_empty())
+                    .map(|w| String::from_utf8_lossy(w).into_owned())
+                    .collect();
+                words.join(" ") == command
+            })
+        })
+        .collect()
+}

@@ -19,7 +19,7 @@ use crate::error::{SupervisorError, check_name};
 use crate::logs::{LogLimits, LogWriter, SharedLog, log_path};
 use crate::process::{lock, stop_requested};
 use crate::runs::{CronOutcome, CronRun, History, RunFile};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Sandbox, SandboxInit};
 use crate::schedule::{Schedule, check_schedule, sleep_until};
 use crate::spawn::{CommandSpec, Spawned, finish_output, spawn};
 
@@ -58,6 +58,7 @@ pub struct CronRunner {
 struct Inner {
     log_dir: PathBuf,
     log_limits: LogLimits,
+    init: SandboxInit,
     runs: RunFile,
     state: Mutex<State>,
     /// How many runs are reserved or in progress; `stop` waits for it to reach 0.
@@ -89,12 +90,19 @@ impl CronRunner {
     /// `runs_file` is a JSON-lines file to which every run is appended (when it starts, and
     /// again when it ends); the history it holds is read now, so it survives restarts. Cron
     /// output goes to `log_dir/cron-<name>.log`.
-    pub fn new(runs_file: PathBuf, log_dir: PathBuf, log_limits: LogLimits) -> CronRunner {
+    /// Each run's sandbox starts with `init`.
+    pub fn new(
+        runs_file: PathBuf,
+        log_dir: PathBuf,
+        log_limits: LogLimits,
+        init: SandboxInit,
+    ) -> CronRunner {
         let history = History::load(&runs_file);
         CronRunner {
             inner: Arc::new(Inner {
                 log_dir,
                 log_limits,
+                init,
                 runs: RunFile::new(runs_file),
                 state: Mutex::new(State {
                     stopped: false,
@@ -332,6 +340,7 @@ async fn launch(
         command: &spec.start,
         sandbox,
         env: &set.env,
+        init: &inner.init,
     };
     let started_at = Utc::now();
     let spawned = {
@@ -435,7 +444,7 @@ impl Run {
                 CronOutcome::TimedOut
             }
             () = stop_requested(&mut self.stop) => {
-                self.run_stop_command().await;
+                self.run_stop_command(&inner).await;
                 group.terminate(grace).await;
                 CronOutcome::Stopped
             }
@@ -460,7 +469,7 @@ impl Run {
     }
 
     /// Runs the cron's `stop` command, for at most its `shutdown_timeout`.
-    async fn run_stop_command(&self) {
+    async fn run_stop_command(&self, inner: &Inner) {
         let (Some(command), Some(sandbox)) = (&self.spec.stop, &self.set.sandbox) else {
             return;
         };
@@ -470,6 +479,7 @@ impl Run {
             command,
             sandbox,
             env: &self.set.env,
+            init: &inner.init,
         };
         let Spawned { mut group, output } = match spawn(&command, self.log.clone()) {
             Ok(spawned) => spawned,
@@ -557,6 +567,7 @@ mod tests {
             dir.path().join("runs.jsonl"),
             dir.path().join("logs"),
             LogLimits::default(),
+            crate::sandbox::passthrough_init(),
         );
         // Each run lasts 150 ms, and the schedule fires every 20 ms: most ticks find a run
         // going. A second concurrent run would see the `busy` file.
@@ -613,6 +624,7 @@ mod tests {
             dir.path().join("runs.jsonl"),
             dir.path().join("logs"),
             LogLimits::default(),
+            crate::sandbox::passthrough_init(),
         );
         let old = sandbox.app.join("old");
         runner.start_scheduled(

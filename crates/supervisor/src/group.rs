@@ -103,18 +103,22 @@ impl ProcessGroup {
         }
     }
 
-    /// Signals the processes the command runs in the sandbox, not the sandbox's own two
-    /// (bubblewrap outside, the leader, and its child, the first process inside): either of
-    /// those would end everything at once on SIGTERM, with no grace for the app.
+    /// Signals the processes inside the sandbox, never bubblewrap outside it (the leader),
+    /// whose death would end them all at once with no grace. The first process inside (the
+    /// leader's child: the sandbox's init) is signalled first, so that it knows a stop has begun
+    /// before the command's shell dies of it.
     fn signal_sandboxed(&self, signal: Signal) {
         let leader = self.pgid.as_raw();
-        for member in group_members(self.pgid) {
-            if member.pid != leader && member.ppid != leader {
-                match kill(Pid::from_raw(member.pid), signal) {
-                    Ok(()) | Err(Errno::ESRCH) => {}
-                    Err(e) => {
-                        tracing::warn!(pid = member.pid, %signal, error = %e, "signalling a process failed")
-                    }
+        let mut members: Vec<Member> = group_members(self.pgid)
+            .into_iter()
+            .filter(|member| member.pid != leader)
+            .collect();
+        members.sort_by_key(|member| member.ppid != leader);
+        for member in members {
+            match kill(Pid::from_raw(member.pid), signal) {
+                Ok(()) | Err(Errno::ESRCH) => {}
+                Err(e) => {
+                    tracing::warn!(pid = member.pid, %signal, error = %e, "signalling a process failed")
                 }
             }
         }

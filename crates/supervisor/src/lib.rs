@@ -25,6 +25,7 @@ mod error;
 mod folders;
 mod group;
 mod hook;
+pub mod init;
 mod logs;
 mod operator_env;
 mod process;
@@ -44,7 +45,7 @@ pub use process::{ProcessSpec, ProcessState, ProcessStatus, Supervisor};
 pub use runs::{CronOutcome, CronRun};
 pub use runtimes::{HostRuntimes, Runtime, RuntimeError, resolve as resolve_runtime};
 pub use sandbox::{
-    APP_ROOT, APP_USER, RUNTIME_BIN, RunAs, Sandbox, SandboxError, app_env, app_path,
+    APP_ROOT, APP_USER, RUNTIME_BIN, RunAs, Sandbox, SandboxError, SandboxInit, app_env, app_path,
     check_installed, end_leftovers, give_folder,
 };
 pub use schedule::{check_schedule, next_run};

@@ -19,7 +19,7 @@ use crate::backoff::Backoff;
 use crate::error::{SupervisorError, check_name};
 use crate::group::describe_exit;
 use crate::logs::{LogLimits, LogWriter, SharedLog, log_path};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Sandbox, SandboxInit};
 use crate::spawn::{CommandSpec, Spawned, finish_output, spawn};
 
 /// A long-running process.
@@ -71,6 +71,7 @@ pub struct Supervisor {
 
 struct Inner {
     log_limits: LogLimits,
+    init: SandboxInit,
     /// Shared with the process tasks, which keep the statuses up to date.
     table: Arc<Mutex<BTreeMap<String, Slot>>>,
     /// Not shared with the tasks: dropping it is what tells them to stop.
@@ -93,10 +94,12 @@ struct Control {
 }
 
 impl Supervisor {
-    pub fn new(log_limits: LogLimits) -> Supervisor {
+    /// A supervisor whose processes' sandboxes start with `init`.
+    pub fn new(log_limits: LogLimits, init: SandboxInit) -> Supervisor {
         Supervisor {
             inner: Arc::new(Inner {
                 log_limits,
+                init,
                 table: Arc::default(),
                 controls: Mutex::default(),
                 name_locks: Mutex::default(),
@@ -126,9 +129,11 @@ impl Supervisor {
             })?
             .shared();
         let spawned =
-            spawn(&command_spec(&spec), log.clone()).map_err(|source| SupervisorError::Spawn {
-                name: spec.name.clone(),
-                source,
+            spawn(&command_spec(&spec, &self.inner.init), log.clone()).map_err(|source| {
+                SupervisorError::Spawn {
+                    name: spec.name.clone(),
+                    source,
+                }
             })?;
 
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
@@ -161,6 +166,7 @@ impl Supervisor {
         let task = Task {
             id,
             spec,
+            init: self.inner.init.clone(),
             log,
             table: self.inner.table.clone(),
             stop: stop_rx,
@@ -249,11 +255,12 @@ impl Supervisor {
     }
 }
 
-fn command_spec(spec: &ProcessSpec) -> CommandSpec<'_> {
+fn command_spec<'a>(spec: &'a ProcessSpec, init: &'a SandboxInit) -> CommandSpec<'a> {
     CommandSpec {
         command: &spec.command,
         sandbox: &spec.sandbox,
         env: &spec.env,
+        init,
     }
 }
 
@@ -261,6 +268,7 @@ fn command_spec(spec: &ProcessSpec) -> CommandSpec<'_> {
 struct Task {
     id: u64,
     spec: ProcessSpec,
+    init: SandboxInit,
     log: SharedLog,
     table: Arc<Mutex<BTreeMap<String, Slot>>>,
     stop: watch::Receiver<bool>,
@@ -314,7 +322,7 @@ impl Task {
                         return;
                     }
                 }
-                match spawn(&command_spec(&self.spec), self.log.clone()) {
+                match spawn(&command_spec(&self.spec, &self.init), self.log.clone()) {
                     Ok(spawned) => break spawned,
                     Err(e) => {
                         delay = backoff.delay_after(Duration::ZERO);

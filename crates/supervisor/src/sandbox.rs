@@ -29,6 +29,8 @@ use nix::unistd::Pid;
 
 use crate::operator_env::OperatorEnv;
 
+/// Where the sandbox's init program is shown inside it.
+const INIT_INSIDE: &str = "/opt/lockstep/init";
 /// Where the runtime's commands (`python3`, `node`...) appear inside the sandbox.
 pub const RUNTIME_BIN: &str = "/opt/runtime/bin";
 /// The app's folder inside the sandbox, as on Platform.sh.
@@ -121,6 +123,15 @@ pub struct Sandbox {
     /// Whose sandbox this is, for [`end_leftovers`]: the same string for every sandbox of one
     /// agent or controller, and no other.
     pub owner: String,
+}
+
+/// The program that runs first in the sandbox of a long-running process (see `init.rs`):
+/// `program ARGS... [--user UID:GID] COMMAND` must run `crate::init::main`. Lockstep's own
+/// binary does, as `lockstep sandbox-init`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxInit {
+    pub program: PathBuf,
+    pub args: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -224,11 +235,32 @@ impl Sandbox {
     }
 
     /// The command that runs `script` with `/bin/sh -c` in this sandbox, with exactly `env`,
-    /// in `/app`, in a process group of its own, with no standard input.
+    /// in `/app`, in a process group of its own, with no standard input. The sandbox ends when
+    /// the shell ends.
     pub fn command(
         &self,
         script: &str,
         env: &BTreeMap<String, String>,
+    ) -> Result<Command, SandboxError> {
+        self.command_under(script, env, None)
+    }
+
+    /// As [`Sandbox::command`], with `init` as the sandbox's first process: the sandbox ends
+    /// when every process in it has ended, so that a stop gives each its grace.
+    pub fn command_with_init(
+        &self,
+        script: &str,
+        env: &BTreeMap<String, String>,
+        init: &SandboxInit,
+    ) -> Result<Command, SandboxError> {
+        self.command_under(script, env, Some(init))
+    }
+
+    fn command_under(
+        &self,
+        script: &str,
+        env: &BTreeMap<String, String>,
+        init: Option<&SandboxInit>,
     ) -> Result<Command, SandboxError> {
         let root = running_as_root();
         if root && self.user.uid == 0 {
@@ -313,22 +345,38 @@ impl Sandbox {
         for (name, program) in &self.runtime {
             args.pair("--symlink", program, Path::new(RUNTIME_BIN).join(name));
         }
+        if let Some(init) = init {
+            args.flag("--as-pid-1");
+            args.pair("--ro-bind", &init.program, INIT_INSIDE);
+        }
         args.one("--chdir", APP_ROOT);
         if root {
             args.one("--cap-add", "CAP_SETUID");
             args.one("--cap-add", "CAP_SETGID");
-            command.arg("--").arg(setpriv()?).args([
+        }
+        command.arg("--");
+        let user = format!("{}:{}", self.user.uid, self.user.gid);
+        match (init, root) {
+            (Some(init), true) => command
+                .arg(INIT_INSIDE)
+                .args(&init.args)
+                .args(["--user", &user, script]),
+            (Some(init), false) => command.arg(INIT_INSIDE).args(&init.args).arg(script),
+            (None, true) => command.arg(setpriv()?).args([
                 format!("--reuid={}", self.user.uid),
                 format!("--regid={}", self.user.gid),
                 "--clear-groups".to_owned(),
                 "--inh-caps=-all".to_owned(),
                 "--bounding-set=-all".to_owned(),
                 "--no-new-privs".to_owned(),
-            ]);
-        }
+                "--".to_owned(),
+                "/bin/sh".to_owned(),
+                "-c".to_owned(),
+                script.to_owned(),
+            ]),
+            (None, false) => command.args(["/bin/sh", "-c", script]),
+        };
         command
-            .arg("--")
-            .args(["/bin/sh", "-c", script])
             .env_clear()
             .envs(env)
             // bubblewrap resolves every path itself; its own folder must exist for any user.
@@ -557,6 +605,20 @@ impl Args<'_> {
         second: impl AsRef<std::ffi::OsStr>,
     ) {
         self.0.arg(option).arg(first).arg(second);
+    }
+}
+
+/// An init that only runs the command as its user (the crate's own init is a program, which
+/// unit tests cannot name), for tests that stop nothing gracefully.
+#[cfg(test)]
+pub(crate) fn passthrough_init() -> SandboxInit {
+    let script = r#"if [ "$1" = --user ]; then
+        exec setpriv --reuid="${2%:*}" --regid="${2#*:}" --clear-groups --no-new-privs -- sh -c "$3"
+    fi
+    exec sh -c "$1""#;
+    SandboxInit {
+        program: "/bin/sh".into(),
+        args: vec!["-c".into(), script.into(), "init".into()],
     }
 }
 

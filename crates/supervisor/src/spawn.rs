@@ -9,13 +9,14 @@ use tokio::task::JoinHandle;
 
 use crate::group::ProcessGroup;
 use crate::logs::{SharedLog, pump};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Sandbox, SandboxInit};
 
-/// What to run, and in which sandbox.
+/// What to run, and in which sandbox, under which init.
 pub(crate) struct CommandSpec<'a> {
     pub command: &'a str,
     pub sandbox: &'a Sandbox,
     pub env: &'a BTreeMap<String, String>,
+    pub init: &'a SandboxInit,
 }
 
 /// A started command: its process group, and the task copying its output into its log. The
@@ -31,7 +32,9 @@ pub(crate) fn spawn(spec: &CommandSpec<'_>, log: SharedLog) -> io::Result<Spawne
     let stdout = writer.into_blocking_fd()?;
     let stderr = stdout.try_clone()?;
 
-    let mut command = spec.sandbox.command(spec.command, spec.env)?;
+    let mut command = spec
+        .sandbox
+        .command_with_init(spec.command, spec.env, spec.init)?;
     command.stdout(stdout).stderr(stderr);
     let mut command = Command::from(command);
     let child = command.spawn()?;

@@ -9,7 +9,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    Fixture, env, host_pid, running, wait_for, wait_for_file, wait_for_pid, wait_for_text, within,
+    Fixture, env, host_pid, init, running, wait_for, wait_for_file, wait_for_pid, wait_for_text,
+    within,
 };
 use lockstep_supervisor::{
     LogLimits, ProcessSpec, ProcessState, ProcessStatus, Supervisor, SupervisorError, read_log,
@@ -46,7 +47,7 @@ fn status_of(supervisor: &Supervisor, name: &str) -> ProcessStatus {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_with_exactly_the_given_env_and_dir_and_logs_its_output() {
     let fx = Fixture::new();
-    let supervisor = Supervisor::new(LogLimits::default());
+    let supervisor = Supervisor::new(LogLimits::default(), init());
     let mut spec = fx.spec(
         "web",
         "echo BEGIN; env; echo END; echo \"cwd=$(pwd)\"; echo oops >&2; exec sleep 1000",
@@ -86,7 +87,7 @@ async fn runs_with_exactly_the_given_env_and_dir_and_logs_its_output() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashing_process_is_restarted_with_backoff() {
     let fx = Fixture::new();
-    let supervisor = Supervisor::new(LogLimits::default());
+    let supervisor = Supervisor::new(LogLimits::default(), init());
     let started = Instant::now();
     supervisor
         .start(fx.spec(
@@ -138,7 +139,7 @@ async fn a_crashing_process_is_restarted_with_backoff() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_sends_sigterm_and_lets_the_process_exit_cleanly() {
     let fx = Fixture::new();
-    let supervisor = Supervisor::new(LogLimits::default());
+    let supervisor = Supervisor::new(LogLimits::default(), init());
     supervisor
         .start(fx.spec(
             "web",
@@ -169,7 +170,7 @@ async fn stop_sends_sigterm_and_lets_the_process_exit_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_ignoring_sigterm_is_killed_after_the_grace() {
     let fx = Fixture::new();
-    let supervisor = Supervisor::new(LogLimits::default());
+    let supervisor = Supervisor::new(LogLimits::default(), init());
     let mut spec = fx.spec("stubborn", "trap '' TERM; echo $$ > pid; sleep 1000 & wait");
     spec.stop_grace = Duration::from_millis(300);
     supervisor.start(spec).await.unwrap();
@@ -189,7 +190,7 @@ async fn a_process_ignoring_sigterm_is_killed_after_the_grace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn children_of_the_shell_are_gone_after_stop() {
     let fx = Fixture::new();
-    let supervisor = Supervisor::new(LogLimits::default());
+    let supervisor = Supervisor::new(LogLimits::default(), init());
     // One child dies of the TERM; the other ignores it and outlives the shell, so only a
     // SIGKILL to the whole group ends it.
     let mut spec = fx.spec(
@@ -209,15 +210,35 @@ async fn children_of_the_shell_are_gone_after_stop() {
     within("stop", 5, supervisor.stop("web")).await;
     assert!(!running(plain), "the background child survived stop");
     assert!(!running(stubborn), "the TERM-ignoring child survived stop");
-    // The shell died of the TERM, and the sandbox with it: the stubborn child did not get to use
-    // up the grace.
-    assert!(started.elapsed() < Duration::from_secs(3));
+    // The shell itself died of the TERM: the wait was for the stubborn child.
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_started_by_the_shell_gets_its_grace_when_the_shell_dies_at_once() {
+    let fx = Fixture::new();
+    let supervisor = Supervisor::new(LogLimits::default(), init());
+    // The command's shell dies of the TERM at once; the worker it started finishes its job
+    // first, as a queue worker would.
+    let worker = "trap 'sleep 0.5; echo finished > done; exit 0' TERM; \
+                  echo ready > ready; while :; do sleep 0.05; done";
+    supervisor
+        .start(fx.spec("worker-queue", &format!("sh -c \"{worker}\"")))
+        .await
+        .unwrap();
+    wait_for_file(&fx.path("ready")).await;
+    within("stop", 5, supervisor.stop("worker-queue")).await;
+    assert_eq!(
+        std::fs::read_to_string(fx.path("done")).unwrap(),
+        "finished\n",
+        "the worker was cut short"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leftovers_of_a_crashed_process_are_ended_before_it_restarts() {
     let fx = Fixture::new();
-    let supervisor = Supervisor::new(LogLimits::default());
+    let supervisor = Supervisor::new(LogLimits::default(), init());
     let mut spec = fx.spec(
         "worker",
         "if [ ! -e once ]; then touch once; sleep 1000 & echo $! > orphan.pid; \
@@ -236,10 +257,13 @@ async fn leftovers_of_a_crashed_process_are_ended_before_it_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_rotate_at_max_bytes_keeping_keep_files() {
     let fx = Fixture::new();
-    let supervisor = Supervisor::new(LogLimits {
-        max_bytes: 1000,
-        keep: 2,
-    });
+    let supervisor = Supervisor::new(
+        LogLimits {
+            max_bytes: 1000,
+            keep: 2,
+        },
+        init(),
+    );
     // 50 lines of 100 bytes: five full files, then DONE in a sixth.
     supervisor
         .start(fx.spec(
@@ -273,10 +297,12 @@ async fn the_process_runs_as_the_sandbox_user_with_no_other_group() {
         return;
     }
     let fx = Fixture::new();
-    let supervisor = Supervisor::new(LogLimits::default());
+    let supervisor = Supervisor::new(LogLimits::default(), init());
     let spec = fx.spec(
         "web",
-        "echo \"uid=$(id -u) groups=$(id -G) name=$(id -un)\"; exec sleep 1000",
+        "echo \"caps=$(grep CapEff /proc/self/status | cut -f2) \
+         nnp=$(grep NoNewPrivs /proc/self/status | cut -f2)\"; \
+         echo \"uid=$(id -u) groups=$(id -G) name=$(id -un)\"; exec sleep 1000",
     );
     supervisor.start(spec).await.unwrap();
 
@@ -284,6 +310,8 @@ async fn the_process_runs_as_the_sandbox_user_with_no_other_group() {
     let line = log.lines().find(|l| l.starts_with("uid=")).unwrap();
     assert!(line.starts_with("uid=65534 "), "{line}");
     assert!(line.ends_with(" name=web"), "{line}");
+    // No capability, and no way back to any through a setuid program.
+    assert!(log.contains("caps=0000000000000000 nnp=1\n"), "{log}");
     let groups: Vec<&str> = line
         .split("groups=")
         .nth(1)
@@ -301,7 +329,7 @@ async fn the_process_runs_as_the_sandbox_user_with_no_other_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starting_a_running_name_replaces_it() {
     let fx = Fixture::new();
-    let supervisor = Supervisor::new(LogLimits::default());
+    let supervisor = Supervisor::new(LogLimits::default(), init());
     supervisor
         .start(fx.spec("web", "echo $$ > first.pid; exec sleep 1000"))
         .await
@@ -327,7 +355,7 @@ async fn starting_a_running_name_replaces_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_all_stops_everything_concurrently() {
     let fx = Fixture::new();
-    let supervisor = Supervisor::new(LogLimits::default());
+    let supervisor = Supervisor::new(LogLimits::default(), init());
     let mut pids = BTreeMap::new();
     for name in ["web", "worker-a", "worker-b"] {
         let mut spec = fx.spec(
@@ -365,7 +393,7 @@ async fn stop_all_stops_everything_concurrently() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_reports_unusable_names_and_unstartable_commands() {
     let fx = Fixture::new();
-    let supervisor = Supervisor::new(LogLimits::default());
+    let supervisor = Supervisor::new(LogLimits::default(), init());
     let bad_name = supervisor.start(fx.spec("../web", "true")).await;
     assert!(matches!(bad_name, Err(SupervisorError::InvalidName { .. })));
 
@@ -382,7 +410,7 @@ async fn start_reports_unusable_names_and_unstartable_commands() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_supervisor_ends_its_processes() {
     let fx = Fixture::new();
-    let supervisor = Supervisor::new(LogLimits::default());
+    let supervisor = Supervisor::new(LogLimits::default(), init());
     let mut spec = fx.spec("web", "echo $$ > pid; exec sleep 1000");
     spec.stop_grace = Duration::from_millis(200);
     supervisor.start(spec).await.unwrap();

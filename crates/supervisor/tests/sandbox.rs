@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use common::{Fixture, env, running, running_with, wait_for};
+use common::{Fixture, env, init, running_with, wait_for};
 use lockstep_supervisor::{
     Cancel, HookSpec, RunAs, Sandbox, SandboxError, end_leftovers, give_folder, run_hook,
 };
@@ -95,23 +95,36 @@ fn nothing_the_sandbox_starts_outlives_it_even_in_a_new_session() {
 
 #[test]
 fn a_sandbox_dies_with_the_thread_that_started_it() {
-    let fx = Fixture::new();
-    let sandbox = fx.sandbox.clone();
-    let mut child = std::thread::spawn(move || {
-        let child = sandbox
-            .command("exec sleep 1023", &env())
-            .unwrap()
-            .spawn()
-            .unwrap();
-        wait_until_running("sleep 1023");
-        child
-        // The thread ends here, as a daemon's thread would if it died.
-    })
-    .join()
-    .unwrap();
-    wait_until_gone("sleep 1023");
-    child.wait().unwrap();
-    assert!(!running(child.id() as i32));
+    // Both kinds: the shell first inside, and the init first inside (which runs as the
+    // environment's user, whose change of user clears what bubblewrap set up for it).
+    for (with_init, command) in [(false, "exec sleep 1023"), (true, "exec sleep 1026")] {
+        let fx = Fixture::new();
+        let sandbox = fx.sandbox.clone();
+        let mut child = std::thread::spawn(move || {
+            let command = if with_init {
+                sandbox.command_with_init(command, &env(), &init())
+            } else {
+                sandbox.command(command, &env())
+            };
+            let child = command.unwrap().spawn().unwrap();
+            wait_until_running(&command_line(with_init));
+            child
+            // The thread ends here, as a daemon's thread would if it died.
+        })
+        .join()
+        .unwrap();
+        wait_until_gone(&command_line(with_init));
+        child.wait().unwrap();
+    }
+}
+
+fn command_line(with_init: bool) -> String {
+    if with_init {
+        "sleep 1026"
+    } else {
+        "sleep 1023"
+    }
+    .to_owned()
 }
 
 #[test]

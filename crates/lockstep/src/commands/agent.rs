@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use lockstep_agent::{Agent, AgentOptions, OperatorEnv};
+use lockstep_agent::{Agent, AgentOptions, OperatorEnv, SandboxInit};
 
 #[derive(Args)]
 pub struct AgentArgs {
@@ -25,12 +25,17 @@ pub struct AgentArgs {
 pub fn run(args: AgentArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
     let token = super::read_token_file(&args.token_file)?;
     let operator = OperatorEnv::from_process(&args.pass_env);
+    let init = SandboxInit {
+        program: std::env::current_exe().context("cannot find the lockstep binary")?,
+        args: vec!["sandbox-init".into()],
+    };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let agent = Agent::load(AgentOptions {
             data_dir: data_dir.to_owned(),
             token,
             operator,
+            init,
         })
         .await
         .with_context(|| format!("cannot load the agent's state from {}", data_dir.display()))?;

@@ -410,6 +410,8 @@ pub async fn get_router(
 /// A real `lockstep up`: controller and five agents, on free ports.
 pub struct Platform {
     child: Child,
+    /// The `lockstep` binary that runs it, and that its CLI calls use.
+    binary: PathBuf,
     /// The temporary folder everything of this platform is in.
     _root: tempfile::TempDir,
     /// Where `up` keeps its state: in `_root`, or the default under a `HOME` in it.
@@ -427,16 +429,21 @@ pub struct Platform {
 impl Platform {
     /// `up` with `--data-dir`, a private temporary folder.
     pub async fn start() -> Platform {
-        Self::start_where(false).await
+        Self::start_where(lockstep_binary(), false).await
+    }
+
+    /// `up` of another `lockstep` binary (another release), with `--data-dir`.
+    pub async fn start_with(binary: PathBuf) -> Platform {
+        Self::start_where(binary, false).await
     }
 
     /// `up` with no `--data-dir`, as the README runs it: its state goes under `HOME`, here a
     /// temporary folder only its owner may enter, as root's home is.
     pub async fn start_in_home() -> Platform {
-        Self::start_where(true).await
+        Self::start_where(lockstep_binary(), true).await
     }
 
-    async fn start_where(in_home: bool) -> Platform {
+    async fn start_where(binary: PathBuf, in_home: bool) -> Platform {
         // Ports are picked free and then bound by `up` a moment later; a test running beside
         // this one can take one in between, and then `up` exits. Another set of ports settles it.
         for _ in 0..3 {
@@ -453,7 +460,8 @@ impl Platform {
             let listen = free_port();
             let edge = free_port();
             let mut platform = Platform {
-                child: spawn_up(&data_dir, home.as_deref(), listen, edge, None),
+                child: spawn_up(&binary, &data_dir, home.as_deref(), listen, edge, None),
+                binary: binary.clone(),
                 _root: root,
                 data_dir,
                 home,
@@ -495,6 +503,7 @@ impl Platform {
     pub async fn restart_with_failpoint(&mut self, failpoint: Option<&str>) {
         self.stop();
         self.child = spawn_up(
+            &self.binary,
             &self.data_dir,
             self.home.as_deref(),
             self.listen,
@@ -583,7 +592,7 @@ impl Platform {
 
     /// Runs the `lockstep` command line against this platform.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(assert_cmd::cargo::cargo_bin!("lockstep"))
+        Command::new(&self.binary)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(args)
@@ -602,7 +611,7 @@ impl Platform {
     pub fn push_command(&self, project: &Project, refspec: &str) -> Command {
         let helper = format!(
             "!{} --data-dir {} credential",
-            assert_cmd::cargo::cargo_bin!("lockstep").display(),
+            self.binary.display(),
             self.data_dir.display()
         );
         let mut command = Command::new("git");
@@ -707,6 +716,7 @@ impl Drop for Platform {
 
 /// Starts `up` on `data_dir`: given as `--data-dir`, or, with a `home`, found there by `up`.
 fn spawn_up(
+    binary: &Path,
     data_dir: &Path,
     home: Option<&Path>,
     listen: u16,
@@ -719,7 +729,7 @@ fn spawn_up(
         .append(true)
         .open(log_dir.join("up.log"))
         .unwrap();
-    let mut command = Command::new(assert_cmd::cargo::cargo_bin!("lockstep"));
+    let mut command = Command::new(binary);
     if let Some(failpoint) = failpoint {
         command.env("LOCKSTEP_FAILPOINT", failpoint);
     }
@@ -743,6 +753,11 @@ fn spawn_up(
         .stderr(log)
         .spawn()
         .unwrap()
+}
+
+/// The `lockstep` binary of this tree.
+pub fn lockstep_binary() -> PathBuf {
+    assert_cmd::cargo::cargo_bin!("lockstep").to_owned()
 }
 
 /// A command's standard output and error, for messages.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use lockstep_supervisor::{RunAs, Sandbox, give_folder};
+use lockstep_supervisor::{RunAs, Sandbox, SandboxInit, give_folder};
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
@@ -42,6 +42,14 @@ impl Fixture {
 
     pub fn log(&self, name: &str) -> PathBuf {
         self.logs.join(format!("{name}.log"))
+    }
+}
+
+/// The sandbox's init, as this crate builds it.
+pub fn init() -> SandboxInit {
+    SandboxInit {
+        program: env!("CARGO_BIN_EXE_lockstep-sandbox-init").into(),
+        args: Vec::new(),
     }
 }
 
