@@ -349,6 +349,9 @@ impl Sandbox {
             args.flag("--as-pid-1");
             args.pair("--ro-bind", &init.program, INIT_INSIDE);
         }
+        // The sandbox's own root (where /etc, /opt and /var were made) is the user's in a user
+        // namespace: read-only, so that only the binds above that say so are writable.
+        args.one("--remount-ro", "/");
         args.one("--chdir", APP_ROOT);
         if root {
             args.one("--cap-add", "CAP_SETUID");

@@ -162,7 +162,11 @@ async fn a_run_past_its_timeout_is_terminated_with_its_group() {
     let started = Instant::now();
     runner.run_now("long").await.unwrap();
     wait_for_file(&fx.path("child.ready")).await;
-    assert_eq!(running_with("sleep 1011").len(), 1);
+    // The child execs its sleep just after saying so.
+    wait_for("the child's sleep", 5, || {
+        (running_with("sleep 1011").len() == 1).then_some(())
+    })
+    .await;
     let run = ended_run(&runner, "long").await;
     assert_eq!(run.outcome, Some(CronOutcome::TimedOut));
     // The timeout, then the grace the TERM-ignoring child used up.

@@ -61,6 +61,9 @@ fn the_sandbox_shows_the_app_its_mounts_and_the_system_only() {
              echo x > /tmp/scratch && echo tmp-writable; \
              echo x > /run/socket-dir && echo run-writable; \
              touch /usr/x 2>/dev/null || echo usr-read-only; \
+             for dir in / /etc /var /opt/runtime/bin; do \
+               (echo x > $dir/x) 2>/dev/null && echo wrote $dir; \
+             done; \
              for path in {secret_path} {home} /root /etc/shadow /etc/ssh /home /var/lib /proc/1/root/etc/shadow; do \
                if [ -e $path ]; then echo visible $path; fi; \
              done; \
