@@ -68,6 +68,8 @@ pub struct Sources {
     pub routes: Option<String>,
     pub services: Option<String>,
     pub applications: Option<String>,
+    /// Files there that are no configuration text (too large, not UTF-8): the file, and why.
+    pub unreadable: Vec<(String, String)>,
 }
 
 /// The outcome of a check: the project when there is no error, and every diagnostic.
@@ -98,21 +100,57 @@ pub enum ConfigError {
 }
 
 impl Sources {
-    /// Reads the configuration files of the project in `dir`; missing files are `None`.
+    /// Reads the configuration files of the project in `dir`; missing files are `None`. A file
+    /// too large to be configuration is not read past the limit, and one that is not UTF-8 text
+    /// is not read at all: both are noted in `unreadable`, for the check to report.
     pub fn read_dir(dir: &Path) -> Result<Sources, ConfigError> {
-        let read = |name: &str| {
+        let mut unreadable = Vec::new();
+        let mut read = |name: &str| {
             let path = dir.join(name);
-            match std::fs::read_to_string(&path) {
+            let file = match std::fs::File::open(&path) {
+                Ok(file) => file,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(source) => return Err(ConfigError::Read { path, source }),
+            };
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(file, yaml::MAX_SOURCE_BYTES as u64 + 1),
+                &mut bytes,
+            )
+            .map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            if bytes.len() > yaml::MAX_SOURCE_BYTES {
+                let why = format!(
+                    "`{name}` is larger than the {} bytes a configuration file may hold",
+                    yaml::MAX_SOURCE_BYTES
+                );
+                unreadable.push((name.to_owned(), why));
+                return Ok(None);
+            }
+            match String::from_utf8(bytes) {
                 Ok(text) => Ok(Some(text)),
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(source) => Err(ConfigError::Read { path, source }),
+                Err(error) => {
+                    let why = format!(
+                        "`{name}` is not UTF-8 text (byte {} is not), so it cannot be YAML",
+                        error.utf8_error().valid_up_to()
+                    );
+                    unreadable.push((name.to_owned(), why));
+                    Ok(None)
+                }
             }
         };
+        let app = read(APP_FILE)?;
+        let routes = read(ROUTES_FILE)?;
+        let services = read(SERVICES_FILE)?;
+        let applications = read(APPLICATIONS_FILE)?;
         Ok(Sources {
-            app: read(APP_FILE)?,
-            routes: read(ROUTES_FILE)?,
-            services: read(SERVICES_FILE)?,
-            applications: read(APPLICATIONS_FILE)?,
+            app,
+            routes,
+            services,
+            applications,
+            unreadable,
         })
     }
 }
@@ -156,7 +194,31 @@ pub fn check(sources: &Sources, runtimes: &dyn Runtimes) -> Checked {
         }
         _ => None,
     };
-    finish(project, [app_report, routes_report, services_report])
+    let mut unreadable_report = FileReport::new(APP_FILE, "");
+    for (file, why) in &sources.unreadable {
+        let mut report = FileReport::new(file.clone(), "");
+        report.error(
+            yaml::Span {
+                line: 1,
+                column: 1,
+                width: 1,
+            },
+            why.clone(),
+            Some("commit the configuration as YAML text".into()),
+        );
+        unreadable_report.diagnostics.extend(report.diagnostics);
+    }
+    // An unreadable file hides what the project is: no project then.
+    let project = project.filter(|_| sources.unreadable.is_empty());
+    finish(
+        project,
+        [
+            app_report,
+            routes_report,
+            services_report,
+            unreadable_report,
+        ],
+    )
 }
 
 fn report_for<'a>(file: &str, text: &'a Option<String>) -> FileReport<'a> {
@@ -172,6 +234,8 @@ fn read_app<'a>(
     let Some(text) = &sources.applications else {
         let mut report = report_for(APP_FILE, &sources.app);
         let app = match &sources.app {
+            // Reported as unreadable, not as missing.
+            None if sources.unreadable.iter().any(|(file, _)| file == APP_FILE) => None,
             None => {
                 report.error(
                     Default::default(),
@@ -376,6 +440,39 @@ mod tests {
 
     fn messages(checked: &Checked) -> Vec<String> {
         checked.errors().map(|d| d.message.clone()).collect()
+    }
+
+    #[test]
+    fn files_that_are_not_configuration_text_are_errors_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(APP_FILE), b"name: app\n\xff\xfe binary").unwrap();
+        std::fs::create_dir(dir.path().join(".platform")).unwrap();
+        std::fs::write(
+            dir.path().join(ROUTES_FILE),
+            "#".repeat(yaml::MAX_SOURCE_BYTES + 10),
+        )
+        .unwrap();
+        let checked = check_dir(dir.path(), &AnyRuntime).unwrap();
+        assert!(checked.project.is_none());
+        let errors: Vec<(String, String)> = checked
+            .errors()
+            .map(|d| (d.file.clone(), d.message.clone()))
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                (
+                    APP_FILE.to_owned(),
+                    "`.platform.app.yaml` is not UTF-8 text (byte 10 is not), so it cannot be YAML"
+                        .to_owned()
+                ),
+                (
+                    ROUTES_FILE.to_owned(),
+                    "`.platform/routes.yaml` is larger than the 1048576 bytes a configuration file may hold"
+                        .to_owned()
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -9,6 +9,15 @@ use std::collections::HashMap;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, Span as ParserSpan, Tag};
 
+/// A configuration file larger than this is refused before it is parsed: Platform.sh files are a
+/// few kilobytes.
+pub const MAX_SOURCE_BYTES: usize = 1024 * 1024;
+/// At most this many values in one document, aliases counted as many times as they are used:
+/// an alias repeats what it names, so a file of a kilobyte can otherwise stand for billions.
+pub const MAX_NODES: usize = 50_000;
+/// At most this many mappings and lists inside each other.
+pub const MAX_DEPTH: usize = 64;
+
 /// A place in a source file: 1-based line and column, and the width to underline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Span {
@@ -122,8 +131,25 @@ pub struct SyntaxProblem {
 }
 
 /// Parses one YAML document. An empty document (or one holding only comments) gives `None`.
-/// Syntax errors stop the parse; duplicate keys are reported and the first one is kept.
+/// Syntax errors stop the parse; duplicate keys are reported and the first one is kept. A
+/// document past [`MAX_SOURCE_BYTES`], [`MAX_NODES`] or [`MAX_DEPTH`] is refused as soon as it
+/// is, so that no file can make a check use more than a few megabytes.
 pub fn parse(source: &str) -> (Option<Node>, Vec<SyntaxProblem>) {
+    if source.len() > MAX_SOURCE_BYTES {
+        let problem = SyntaxProblem {
+            span: Span {
+                line: 1,
+                column: 1,
+                width: 1,
+            },
+            message: format!(
+                "this file is {} bytes, more than the {MAX_SOURCE_BYTES} bytes a configuration file may hold",
+                source.len()
+            ),
+            help: Some("keep only the configuration in it".into()),
+        };
+        return (None, vec![problem]);
+    }
     let mut builder = TreeBuilder::default();
     for item in Parser::new_from_str(source) {
         match item {
@@ -153,6 +179,10 @@ pub fn parse(source: &str) -> (Option<Node>, Vec<SyntaxProblem>) {
 /// mistake. The two mistakes people make most, a tab in the indentation and a bracket left open,
 /// are recognised here and reported where they are.
 fn explain_syntax_error(source: &str, open: &[Open], at: Span, info: &str) -> SyntaxProblem {
+    // The parser's own limit on nested brackets, met before any of them reached this module.
+    if info.contains("recursion limit") {
+        return too_deep(at);
+    }
     let lines: Vec<&str> = source.lines().collect();
     let line_text = at.line.checked_sub(1).and_then(|i| lines.get(i)).copied();
     let indentation = line_text.map_or("", |l| &l[..l.len() - l.trim_start().len()]);
@@ -195,6 +225,21 @@ fn explain_syntax_error(source: &str, open: &[Open], at: Span, info: &str) -> Sy
     }
 }
 
+/// How many values a finished value holds, and how many of those were not counted yet (a
+/// mapping's values were counted as they came; an alias's copies were not).
+struct Size {
+    holds: usize,
+    new: usize,
+}
+
+fn too_deep(span: Span) -> SyntaxProblem {
+    SyntaxProblem {
+        span,
+        message: format!("this is nested more than {MAX_DEPTH} mappings and lists deep"),
+        help: Some("a Platform.sh configuration needs only a few levels".into()),
+    }
+}
+
 enum Open {
     Seq(Vec<Node>, Span, usize),
     Map(MapBuilder, Span, usize),
@@ -211,7 +256,12 @@ struct MapBuilder {
 #[derive(Default)]
 struct TreeBuilder {
     stack: Vec<Open>,
-    anchors: HashMap<usize, Node>,
+    /// For each open mapping or list, how many values the document had when it began.
+    starts: Vec<usize>,
+    /// Each anchor's value, and how many values it holds.
+    anchors: HashMap<usize, (Node, usize)>,
+    /// Values so far, aliases counted with everything they repeat.
+    nodes: usize,
     root: Option<Node>,
     problems: Vec<SyntaxProblem>,
     documents: usize,
@@ -251,31 +301,52 @@ impl TreeBuilder {
                     raw: Some(text.to_string()),
                     owner: None,
                 };
-                self.complete(node, anchor);
+                return self.complete(node, anchor, Size { holds: 1, new: 1 });
             }
             Event::Alias(id) => {
-                let node = match self.anchors.get(&id) {
-                    Some(target) => Node {
-                        span,
-                        ..target.clone()
-                    },
-                    None => Node {
-                        value: Value::Null,
-                        span,
-                        raw: None,
-                        owner: None,
-                    },
+                let (node, size) = match self.anchors.get(&id) {
+                    Some((target, size)) => {
+                        // Counted before it is copied: the copy is what would exhaust memory.
+                        if self.nodes + size > MAX_NODES {
+                            return self.refuse_size(span);
+                        }
+                        (
+                            Node {
+                                span,
+                                ..target.clone()
+                            },
+                            *size,
+                        )
+                    }
+                    None => (
+                        Node {
+                            value: Value::Null,
+                            span,
+                            raw: None,
+                            owner: None,
+                        },
+                        1,
+                    ),
                 };
-                self.complete(node, 0);
+                return self.complete(
+                    node,
+                    0,
+                    Size {
+                        holds: size,
+                        new: size,
+                    },
+                );
             }
             Event::SequenceStart(anchor, tag) => {
                 self.check_tag(tag.as_deref(), span);
                 self.stack.push(Open::Seq(Vec::new(), span, anchor));
+                return self.open(span);
             }
             Event::MappingStart(anchor, tag) => {
                 self.check_tag(tag.as_deref(), span);
                 self.stack
                     .push(Open::Map(MapBuilder::default(), span, anchor));
+                return self.open(span);
             }
             Event::SequenceEnd => {
                 if let Some(Open::Seq(items, start, anchor)) = self.stack.pop() {
@@ -285,7 +356,8 @@ impl TreeBuilder {
                         raw: None,
                         owner: None,
                     };
-                    self.complete(node, anchor);
+                    let size = self.closed_size();
+                    return self.complete(node, anchor, size);
                 }
             }
             Event::MappingEnd => {
@@ -296,7 +368,8 @@ impl TreeBuilder {
                         raw: None,
                         owner: None,
                     };
-                    self.complete(node, anchor);
+                    let size = self.closed_size();
+                    return self.complete(node, anchor, size);
                 }
             }
             Event::StreamStart | Event::StreamEnd | Event::Nothing => {}
@@ -328,9 +401,50 @@ impl TreeBuilder {
         });
     }
 
-    fn complete(&mut self, mut node: Node, anchor: usize) {
+    /// A mapping or list began; true (stop) when that nests too deep.
+    fn open(&mut self, span: Span) -> bool {
+        self.starts.push(self.nodes);
+        if self.stack.len() <= MAX_DEPTH {
+            return false;
+        }
+        self.unreadable = true;
+        self.problems.push(too_deep(span));
+        true
+    }
+
+    /// The mapping or list that just ended: it holds the values counted since it began, and
+    /// itself.
+    fn closed_size(&mut self) -> Size {
+        let start = self.starts.pop().unwrap_or(self.nodes);
+        Size {
+            holds: self.nodes - start + 1,
+            new: 1,
+        }
+    }
+
+    /// The document would hold more than [`MAX_NODES`] values: it is refused, and the parse
+    /// stops.
+    fn refuse_size(&mut self, span: Span) -> bool {
+        self.unreadable = true;
+        self.problems.push(SyntaxProblem {
+            span,
+            message: format!(
+                "this file stands for more than {MAX_NODES} values: its aliases (`*name`) repeat what they name, again and again"
+            ),
+            help: Some("write the values out, or use fewer aliases".into()),
+        });
+        true
+    }
+
+    /// Places a finished value in what holds it; true (stop) when the document grows past
+    /// [`MAX_NODES`].
+    fn complete(&mut self, mut node: Node, anchor: usize, size: Size) -> bool {
+        self.nodes += size.new;
+        if self.nodes > MAX_NODES {
+            return self.refuse_size(node.span);
+        }
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            self.anchors.insert(anchor, (node.clone(), size.holds));
         }
         match self.stack.last_mut() {
             None => self.root = Some(node),
@@ -348,6 +462,7 @@ impl TreeBuilder {
                 }
             },
         }
+        false
     }
 }
 
@@ -474,6 +589,64 @@ mod tests {
         let (node, problems) = parse(source);
         assert!(problems.is_empty(), "{problems:?}");
         node.expect("a document")
+    }
+
+    /// The "billion laughs": `levels` anchors, each a list of nine aliases of the one before.
+    fn alias_bomb(levels: usize) -> String {
+        let mut text = String::from("a0: &a0 [\"lol\"]\n");
+        for level in 1..=levels {
+            let previous = format!("*a{}", level - 1);
+            let items = [previous.as_str(); 9].join(", ");
+            text.push_str(&format!("a{level}: &a{level} [{items}]\n"));
+        }
+        text
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused_where_it_explodes_before_it_is_expanded() {
+        // 12 levels would stand for 9^12 (282 billion) values; it must not be built.
+        let text = alias_bomb(12);
+        assert!(text.len() < 1400, "{}", text.len());
+        let (node, problems) = parse(&text);
+        assert!(node.is_none());
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0]
+                .message
+                .contains("stands for more than 50000 values"),
+            "{problems:?}"
+        );
+        // The level whose copies pass the budget: 9^5 = 59049 values.
+        assert_eq!(problems[0].span.line, 6);
+        // A few levels stay well within it.
+        assert!(parse(&alias_bomb(3)).0.is_some());
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_refused_where_it_passes_it() {
+        // In brackets, the parser's own limit meets it first; indented, this module's.
+        let brackets = format!("{}{}", "[".repeat(200_000), "]".repeat(200_000));
+        let indented: String = (0..100)
+            .map(|depth| format!("{}k{depth}:\n", " ".repeat(depth)))
+            .collect();
+        for (deep, line) in [(brackets, 1), (indented, 65)] {
+            let (node, problems) = parse(&deep);
+            assert!(node.is_none());
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(
+                problems[0].message.contains("nested more than 64"),
+                "{problems:?}"
+            );
+            assert_eq!(problems[0].span.line, line);
+        }
+    }
+
+    #[test]
+    fn a_file_past_the_size_limit_is_refused_unread() {
+        let big = format!("a: \"{}\"\n", "x".repeat(MAX_SOURCE_BYTES));
+        let (node, problems) = parse(&big);
+        assert!(node.is_none());
+        assert!(problems[0].message.contains("more than the 1048576 bytes"));
     }
 
     #[test]

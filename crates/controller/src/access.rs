@@ -114,6 +114,20 @@ pub fn allowed(principal: &Principal, action: Action, kind: EnvironmentType) -> 
     }
 }
 
+/// The project's own facts (its variables' names and non-sensitive values): whoever has a role
+/// on the project, whatever the environment type.
+pub fn may_read_project(principal: &Principal) -> bool {
+    match principal {
+        Principal::Owner => true,
+        Principal::User { roles, .. } => {
+            roles.project_admin
+                || [roles.production, roles.staging, roles.development]
+                    .iter()
+                    .any(Option::is_some)
+        }
+    }
+}
+
 /// Users and project variables: project admins only.
 pub fn may_manage_project(principal: &Principal) -> bool {
     match principal {
@@ -180,6 +194,7 @@ mod tests {
                     }
                 }
                 assert!(!may_manage_project(&user));
+                assert_eq!(may_read_project(&user), role.is_some(), "{role:?}");
             }
         }
     }
@@ -200,6 +215,7 @@ mod tests {
                 }
             }
             assert!(may_manage_project(&principal));
+            assert!(may_read_project(&principal));
         }
     }
 

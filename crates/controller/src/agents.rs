@@ -8,7 +8,6 @@ use lockstep_deploy::NodeFailure;
 use lockstep_proto::agent::{
     HookOutcome, HookRequest, InstanceConfig, InstanceStatus, Step, SwapRequest,
 };
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Why a call got no usable answer.
@@ -89,25 +88,25 @@ impl AgentClient {
         call: Call<'_>,
         timeout: Duration,
     ) -> Result<T, CallError> {
-        let base = format!("{agent}/v1/instances/{env}");
+        let url = |rest: &[&str]| instance_url(agent, env, rest);
         let request = match call {
-            Call::Configure(config) => self.http.put(&base).json(config),
-            Call::Status => self.http.get(&base),
+            Call::Configure(config) => self.http.put(url(&[])?).json(config),
+            Call::Status => self.http.get(url(&[])?),
             Call::Stage { image, path } => {
                 let file = tokio::fs::File::open(path)
                     .await
                     .map_err(|e| NodeFailure::Failed(format!("cannot read image {image}: {e}")))?;
                 let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
-                self.http.put(format!("{base}/images/{image}")).body(body)
+                self.http.put(url(&["images", image])?).body(body)
             }
-            Call::Quiesce(step) => post(&self.http, &base, "quiesce", step),
-            Call::Close(step) => post(&self.http, &base, "close", step),
-            Call::Swap(request) => post(&self.http, &base, "swap", request),
-            Call::Hook(request) => post(&self.http, &base, "hooks", request),
-            Call::Open(step) => post(&self.http, &base, "open", step),
-            Call::Background(step) => post(&self.http, &base, "background", step),
-            Call::Users(users) => self.http.put(format!("{base}/users")).json(users),
-            Call::Exec(request) => post(&self.http, &base, "exec", request),
+            Call::Quiesce(step) => self.http.post(url(&["quiesce"])?).json(step),
+            Call::Close(step) => self.http.post(url(&["close"])?).json(step),
+            Call::Swap(request) => self.http.post(url(&["swap"])?).json(request),
+            Call::Hook(request) => self.http.post(url(&["hooks"])?).json(request),
+            Call::Open(step) => self.http.post(url(&["open"])?).json(step),
+            Call::Background(step) => self.http.post(url(&["background"])?).json(step),
+            Call::Users(users) => self.http.put(url(&["users"])?).json(users),
+            Call::Exec(request) => self.http.post(url(&["exec"])?).json(request),
         };
         let response = request
             .bearer_auth(&self.token)
@@ -136,9 +135,13 @@ impl AgentClient {
 
     /// Fetches a process log of an instance.
     pub async fn log(&self, agent: &str, env: &str, process: &str) -> Result<String, NodeFailure> {
+        let url = instance_url(agent, env, &["logs", process]).map_err(|error| match error {
+            CallError::Node(failure) => failure,
+            other => NodeFailure::Failed(other.to_string()),
+        })?;
         let response = self
             .http
-            .get(format!("{agent}/v1/instances/{env}/logs/{process}"))
+            .get(url)
             .bearer_auth(&self.token)
             .timeout(Duration::from_secs(10))
             .send()
@@ -165,11 +168,46 @@ fn transport_error(error: reqwest::Error) -> CallError {
     }
 }
 
-fn post<T: Serialize>(
-    http: &reqwest::Client,
-    base: &str,
-    command: &str,
-    body: &T,
-) -> reqwest::RequestBuilder {
-    http.post(format!("{base}/{command}")).json(body)
+/// The URL of an instance's route on an agent, built segment by segment: a name with `/` or
+/// `..` in it stays one segment (percent-encoded), never a path of its own.
+fn instance_url(agent: &str, env: &str, rest: &[&str]) -> Result<reqwest::Url, CallError> {
+    let mut url = reqwest::Url::parse(agent).map_err(|e| {
+        CallError::Node(NodeFailure::Failed(format!(
+            "the agent's address {agent} is not a URL: {e}"
+        )))
+    })?;
+    url.path_segments_mut()
+        .map_err(|()| {
+            CallError::Node(NodeFailure::Failed(format!(
+                "the agent's address {agent} cannot have a path"
+            )))
+        })?
+        .pop_if_empty()
+        .extend(["v1", "instances", env])
+        .extend(rest);
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_stay_single_segments_of_the_agents_url() {
+        let url = instance_url(
+            "http://127.0.0.1:7701",
+            "production",
+            &["logs", "../../../../metrics"],
+        )
+        .unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:7701/v1/instances/production/logs/..%2F..%2F..%2F..%2Fmetrics"
+        );
+        let image = instance_url("http://127.0.0.1:7701/", "feature", &["images", "abc"]).unwrap();
+        assert_eq!(
+            image.as_str(),
+            "http://127.0.0.1:7701/v1/instances/feature/images/abc"
+        );
+    }
 }

@@ -244,8 +244,9 @@ async fn hook(
     State(controller): State<Arc<Controller>>,
     Path(hook): Path<String>,
     headers: HeaderMap,
-    Json(call): Json<HookCall>,
+    body: Body,
 ) -> Response {
+    // The token first: a caller without it gets nothing read, and nothing said about its body.
     if !bearer(&headers).is_some_and(|t| token_matches(&controller.hook_token, t)) {
         return ApiError(
             StatusCode::UNAUTHORIZED,
@@ -253,6 +254,24 @@ async fn hook(
         )
         .into_response();
     }
+    // A hook's call is a list of refs: small.
+    let Ok(body) = axum::body::to_bytes(body, 1024 * 1024).await else {
+        return ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the hook's call is larger than 1 MiB".into(),
+        )
+        .into_response();
+    };
+    let call: HookCall = match serde_json::from_slice(&body) {
+        Ok(call) => call,
+        Err(error) => {
+            return ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("the hook's call is unreadable: {error}"),
+            )
+            .into_response();
+        }
+    };
     let (out, lines) = mpsc::unbounded_channel();
     match hook.as_str() {
         "pre-receive" => {
@@ -678,6 +697,18 @@ async fn app_log(
     check(&controller, &principal, Action::Read, &env)?;
     let node = node_of(&controller, &env, query.node.as_deref())?;
     let process = query.process.as_deref().unwrap_or("web");
+    let plain = !process.is_empty()
+        && process
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !plain {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "`{process}` is not a process name: `web`, `worker-NAME`, `cron-NAME`, `hook-deploy`, `hook-post_deploy`"
+            ),
+        ));
+    }
     controller
         .agents
         .log(&node.agent_url, &env, process)
@@ -725,14 +756,31 @@ struct VariableQuery {
     no_redeploy: bool,
 }
 
+/// An environment's variables need its read role; the project's, a role on the project.
+fn check_variables_read(
+    controller: &Controller,
+    principal: &Principal,
+    env: Option<&str>,
+) -> Result<(), ApiError> {
+    match env {
+        Some(env) => check(controller, principal, Action::Read, env).map(drop),
+        None if crate::access::may_read_project(principal) => Ok(()),
+        None => Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} may not see the project's variables: that needs a role on the project",
+                principal.name()
+            ),
+        )),
+    }
+}
+
 async fn list_variables(
     State(controller): State<Arc<Controller>>,
     Query(query): Query<VariableQuery>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Json<Vec<crate::Variable>>, ApiError> {
-    if let Some(env) = &query.environment {
-        check(&controller, &principal, Action::Read, env)?;
-    }
+    check_variables_read(&controller, &principal, query.environment.as_deref())?;
     Ok(Json(
         controller.list_variables(query.environment.as_deref())?,
     ))
@@ -744,9 +792,7 @@ async fn get_variable(
     Query(query): Query<VariableQuery>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Json<crate::Variable>, ApiError> {
-    if let Some(env) = &query.environment {
-        check(&controller, &principal, Action::Read, env)?;
-    }
+    check_variables_read(&controller, &principal, query.environment.as_deref())?;
     Ok(Json(
         controller.get_variable(query.environment.as_deref(), &name)?,
     ))

@@ -59,12 +59,13 @@ impl Controller {
                 exit = 1;
                 continue;
             };
-            if update.new == ZERO {
-                continue;
-            }
+            // Deleting a branch needs the same role as pushing it.
             if let Err(refusal) = self.may_push(call.user.as_deref(), branch) {
                 say(&out, format!("error: {refusal}"));
                 exit = 1;
+                continue;
+            }
+            if update.new == ZERO {
                 continue;
             }
             if !self

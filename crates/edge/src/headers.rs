@@ -91,23 +91,24 @@ pub fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     )
 }
 
-/// Adds `X-Forwarded-For`, `X-Forwarded-Host` and `X-Forwarded-Proto` for the node's app.
+/// Sets `X-Forwarded-For`, `X-Forwarded-Host` and `X-Forwarded-Proto` for the node's app, in
+/// place of whatever the client sent as them or as `Forwarded`: a client says nothing the app
+/// should believe about where it is.
 pub fn add_forwarded(headers: &mut HeaderMap, client: std::net::IpAddr, host: &str) {
-    let forwarded_for = match joined(headers, &HeaderName::from_static("x-forwarded-for")) {
-        Some(earlier) => format!("{earlier}, {client}"),
-        None => client.to_string(),
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", value);
+    headers.remove(header::FORWARDED);
+    headers.insert(
+        "x-forwarded-for",
+        HeaderValue::from_str(&client.to_string()).expect("an IP address is a header value"),
+    );
+    match HeaderValue::from_str(host) {
+        Ok(value) => {
+            headers.insert("x-forwarded-host", value);
+        }
+        Err(_) => {
+            headers.remove("x-forwarded-host");
+        }
     }
-    if !headers.contains_key("x-forwarded-host")
-        && let Ok(value) = HeaderValue::from_str(host)
-    {
-        headers.insert("x-forwarded-host", value);
-    }
-    if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
 }
 
 #[cfg(test)]

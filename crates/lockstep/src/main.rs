@@ -133,6 +133,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !cli.command.is_daemon() {
+        end_quietly_on_closed_pipe();
+    }
     if let Command::SandboxInit { args } = cli.command {
         // Inside the sandbox, before anything else: no log, no data folder.
         std::process::exit(lockstep_supervisor::init::main(args));
@@ -221,6 +224,28 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+impl Command {
+    /// Whether the command serves until stopped: a peer that goes away must never end it.
+    fn is_daemon(&self) -> bool {
+        matches!(
+            self,
+            Command::Up(_) | Command::Agent(_) | Command::Edge(_) | Command::SandboxInit { .. }
+        )
+    }
+}
+
+/// A command whose output goes into a pipe (`lockstep activity list | head`) ends quietly when
+/// the reader stops reading, as command-line tools do, instead of panicking on the failed write.
+#[allow(unsafe_code)]
+fn end_quietly_on_closed_pipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: called first thing in `main`, before any other thread exists, with the default
+    // disposition, which involves no handler code.
+    if let Err(error) = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) } {
+        tracing::debug!(%error, "SIGPIPE keeps its disposition");
     }
 }
 

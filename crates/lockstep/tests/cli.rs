@@ -21,6 +21,23 @@ fn config_check_passes_on_the_sample_app() {
 }
 
 #[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    // `lockstep activity list | head`: the reader goes away before the writer is done.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = std::process::Command::new(assert_cmd::cargo::cargo_bin!("lockstep"))
+        .args(["config", "check"])
+        .arg(sample_app())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!output.status.success());
+}
+
+#[test]
 fn config_check_prints_every_error_and_fails() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(

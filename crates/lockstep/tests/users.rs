@@ -75,6 +75,21 @@ async fn every_role_on_every_environment_type_may_do_exactly_what_the_table_says
                 )
                 .await;
                 assert_eq!(read, expect(may_read), "{email} reads {env}");
+                for path in [
+                    format!("/variables?environment={env}"),
+                    format!("/environments/{env}/logs"),
+                ] {
+                    let read = status_as(
+                        &platform,
+                        &token,
+                        reqwest::Method::GET,
+                        &path,
+                        serde_json::json!({}),
+                    )
+                    .await;
+                    // Allowed, a log read goes on to the node: the refusal is what tells.
+                    assert_eq!(read != 403, may_read, "{email} reads {path}: {read}");
+                }
                 let manage = status_as(
                     &platform,
                     &token,
@@ -102,7 +117,7 @@ async fn every_role_on_every_environment_type_may_do_exactly_what_the_table_says
                     may_push,
                     "{email} pushes to {env}"
                 );
-                checked += 4;
+                checked += 6;
             }
             let users = status_as(
                 &platform,
@@ -115,7 +130,7 @@ async fn every_role_on_every_environment_type_may_do_exactly_what_the_table_says
             assert_eq!(users, 403, "{email} is not a project admin");
         }
     }
-    assert_eq!(checked, 3 * 4 * 3 * 4);
+    assert_eq!(checked, 3 * 4 * 3 * 6);
     let wrong = status_as(
         &platform,
         "not-a-token",
@@ -206,4 +221,95 @@ async fn lockstep_ssh_runs_in_the_apps_runtime_environment_on_the_chosen_node() 
     }
     let failed = platform.cli(&["ssh", "production", "--", "exit 3"]);
     assert!(!failed.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_branch_reading_variables_logs_and_hooks_need_the_right_role_or_token() {
+    let platform = Platform::start().await;
+    let project = Project::sample();
+    for branch in ["staging", "feature"] {
+        let pushed = platform.push(&project, &format!("HEAD:{branch}"));
+        assert!(pushed.status.success(), "{}", text(&pushed));
+    }
+    let dev = platform.add_user("dev@example.com", &["--role", "development:contributor"]);
+    let stranger = platform.add_user("stranger@example.com", &[]);
+
+    // A development contributor deletes its own branch, and not staging's.
+    let refused = platform.push_as(&project, &dev, ":staging");
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("may not push to staging"),
+        "{}",
+        text(&refused)
+    );
+    let branches = |platform: &Platform| {
+        let listed = std::process::Command::new("git")
+            .args(["ls-remote", "--heads"])
+            .arg(
+                platform
+                    .git
+                    .replacen("http://", &format!("http://u:{}@", platform.token), 1),
+            )
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&listed.stdout).into_owned()
+    };
+    assert!(branches(&platform).contains("refs/heads/staging"));
+    let deleted = platform.push_as(&project, &dev, ":feature");
+    assert!(deleted.status.success(), "{}", text(&deleted));
+    assert!(!branches(&platform).contains("refs/heads/feature"));
+
+    // Project variables are for whoever has a role on the project.
+    let set = platform.cli(&["var", "set", "theme", "dark"]);
+    assert!(set.status.success(), "{}", text(&set));
+    for path in ["/variables", "/variables/theme"] {
+        for (token, expected) in [(&stranger, 403), (&dev, 200)] {
+            let status = status_as(
+                &platform,
+                token,
+                reqwest::Method::GET,
+                path,
+                serde_json::json!({}),
+            )
+            .await;
+            assert_eq!(status, expected, "{path} read with a role or without");
+        }
+    }
+    let production = status_as(
+        &platform,
+        &dev,
+        reqwest::Method::GET,
+        "/variables?environment=production",
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(production, 403);
+
+    // A process name cannot reach another route of the agent.
+    let response = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v1/environments/staging/logs?process=../../../../metrics",
+            platform.api
+        ))
+        .bearer_auth(&platform.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(
+        !response.text().await.unwrap().contains("lockstep_agent"),
+        "the agent's metrics leaked"
+    );
+
+    // The hooks' route says nothing to a caller without the hooks' token, whatever it sends.
+    for body in ["not json", "{\"refs\": []}"] {
+        let response = reqwest::Client::new()
+            .post(format!("{}/internal/hooks/pre-receive", platform.api))
+            .bearer_auth(&platform.token)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{body}");
+    }
 }

@@ -185,9 +185,22 @@ fn pushed_code_never_runs_as_root() {
 fn the_runtime_and_host_files_appear_where_the_app_looks() {
     let mut fx = Fixture::new();
     fx.sandbox.runtime = BTreeMap::from([("python3".to_owned(), "/bin/echo".into())]);
-    // A CA file outside every folder the sandbox shows, as an operator's may be (not under
-    // /tmp, which the sandbox has its own of).
-    let operator = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    // A CA file outside every folder the sandbox shows, as an operator's may be: not under
+    // /tmp or /var, which the sandbox has its own of (a checkout may well be there).
+    let outside = [
+        std::env::var_os("HOME").map(std::path::PathBuf::from),
+        Some(env!("CARGO_TARGET_TMPDIR").into()),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|dir| {
+        dir.is_dir()
+            && !["/tmp", "/var", "/run"]
+                .iter()
+                .any(|own| dir.starts_with(own))
+    })
+    .expect("a folder outside the sandbox's own");
+    let operator = tempfile::tempdir_in(outside).unwrap();
     let ca = operator.path().join("ca.pem");
     std::fs::write(&ca, "CERTIFICATE\n").unwrap();
     std::fs::write(operator.path().join("other.key"), "PRIVATE\n").unwrap();

@@ -42,18 +42,28 @@ pub(crate) async fn handle(
     mut request: Request<Incoming>,
     client: IpAddr,
 ) -> Response<Body> {
-    let raw_host = request
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            request
-                .headers()
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
+    // The Host header alone says where a request goes (and what it is cached as): a target
+    // naming another host would route one way and reach the app as the other.
+    let header_host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let target_host = request.uri().authority().map(|a| a.as_str().to_owned());
+    let raw_host = match (header_host, target_host) {
+        (Some(header), Some(target)) if normalise_host(&header) != normalise_host(&target) => {
+            edge.metrics.unknown_host();
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "The request's target names host \"{target}\" but its Host header names \"{header}\".\n"
+                ),
+            );
+        }
+        (Some(header), _) => header,
+        (None, Some(target)) => target,
+        (None, None) => String::new(),
+    };
     let host = normalise_host(&raw_host);
     let Some(env) = edge.router.by_host(&host) else {
         edge.metrics.unknown_host();

@@ -102,6 +102,43 @@ async fn hop_by_hop_headers_are_not_forwarded_either_way() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_naming_another_host_is_refused_and_clients_say_nothing_of_where_they_are() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start().await;
+    let edge = TestEdge::with(&[&origin], |_| {}).await;
+    // Routed by the target's host, the request would reach the app saying another one; cached
+    // under the first, the app's answer about the second would poison it for every visitor.
+    let mut stream = tokio::net::TcpStream::connect(edge.public).await.unwrap();
+    stream
+        .write_all(
+            b"GET http://localhost/p HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(origin.log().await.is_empty(), "the origin was asked");
+
+    let response = edge
+        .get("/p")
+        .header("x-forwarded-host", "evil.example")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-for", "10.6.6.6")
+        .header("forwarded", "for=10.6.6.6;host=evil.example;proto=https")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let log = origin.log().await;
+    let headers = &log[0]["headers"];
+    assert_eq!(headers["x-forwarded-host"], "localhost");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert!(headers.get("forwarded").is_none(), "{headers}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_are_streamed_both_ways() {
     let origin = Origin::start().await;
     let edge = TestEdge::with(&[&origin], |_| {}).await;
