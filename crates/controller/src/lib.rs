@@ -89,6 +89,10 @@ pub enum ControllerError {
     User(#[from] UserError),
     #[error("{0}")]
     Forbidden(String),
+    /// A branch that cannot become an environment: its name maps to none, or to another
+    /// branch's.
+    #[error("{0}")]
+    BranchName(String),
     #[error("cannot {action}")]
     Io {
         action: String,
@@ -279,7 +283,13 @@ impl Controller {
         if let Some(env) = self.store.environment_for_branch(branch)? {
             return Ok(env);
         }
-        let name = environment_name(branch);
+        let name = environment_name(branch).map_err(ControllerError::BranchName)?;
+        if let Some(owner) = self.store.find_environment_named(&name)? {
+            return Err(ControllerError::BranchName(format!(
+                "branch `{branch}` would be environment `{name}`, which is branch `{}`'s already; push it under another name",
+                owner.branch
+            )));
+        }
         let development = [self.options.topology.development.clone()];
         let parent = "production";
         self.ensure_environment(
@@ -402,19 +412,26 @@ impl Controller {
     }
 }
 
-/// Branch names become environment names (and folder names on the nodes).
-fn environment_name(branch: &str) -> String {
-    let name: String = branch
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    name.trim_matches('-').chars().take(64).collect()
+/// Branch names become environment names, which are DNS labels (the edge serves
+/// `ENV.DOMAIN`) and folder names on the nodes: lower-case letters, digits and single `-`
+/// between them, at most 63 characters. Anything else in the branch's name becomes `-`.
+fn environment_name(branch: &str) -> Result<String, String> {
+    let mut name = String::new();
+    for c in branch.chars() {
+        if c.is_ascii_alphanumeric() {
+            name.push(c.to_ascii_lowercase());
+        } else if !name.is_empty() && !name.ends_with('-') {
+            name.push('-');
+        }
+    }
+    let name: String = name.chars().take(63).collect();
+    let name = name.trim_end_matches('-').to_owned();
+    if name.is_empty() {
+        return Err(format!(
+            "branch `{branch}` has no letter or digit to name its environment after; push it under another name"
+        ));
+    }
+    Ok(name)
 }
 
 pub(crate) fn random_token() -> String {
@@ -431,9 +448,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn branch_names_become_safe_environment_names() {
-        assert_eq!(environment_name("feature/Login-Page"), "feature-login-page");
-        assert_eq!(environment_name("main"), "main");
-        assert_eq!(environment_name("/weird//"), "weird");
+    fn branch_names_become_dns_labels() {
+        let name = |branch: &str| environment_name(branch).unwrap();
+        assert_eq!(name("feature/Login-Page"), "feature-login-page");
+        assert_eq!(name("main"), "main");
+        assert_eq!(name("/weird//"), "weird");
+        assert_eq!(name("Feature_X"), "feature-x");
+        assert_eq!(name("a__b--c"), "a-b-c");
+        assert_eq!(name(&"x".repeat(100)).len(), 63);
+        assert_eq!(name(&format!("{}-y", "x".repeat(62))), "x".repeat(62));
+        assert!(environment_name("___").is_err());
+        assert!(environment_name("ü_ï").is_err());
+        assert_eq!(name("ünï"), "n");
     }
 }

@@ -290,6 +290,11 @@ impl Store {
             .ok_or_else(|| StoreError::UnknownEnvironment(name.to_owned()))
     }
 
+    /// The environment of that name, if there is one.
+    pub fn find_environment_named(&self, name: &str) -> Result<Option<Environment>, StoreError> {
+        self.find_environment("name", name)
+    }
+
     pub fn environment_for_branch(&self, branch: &str) -> Result<Option<Environment>, StoreError> {
         self.find_environment("branch", branch)
     }

@@ -323,3 +323,45 @@ async fn rollback_serves_the_previous_release_and_queued_deploys_are_superseded(
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branches_become_environments_named_as_host_names_and_clashing_names_are_refused() {
+    let platform = Platform::start().await;
+    let project = Project::sample();
+    let pushed = platform.push(&project, "HEAD:Feature_Y");
+    assert!(pushed.status.success(), "{}", text(&pushed));
+    // The edge serves it at a host name made of the branch's.
+    let answer = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{}/", platform.edge))
+        .header("host", "feature-y.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(
+        answer.headers()["x-release"].to_str().unwrap(),
+        tree_of(&project)
+    );
+
+    for (branch, owner) in [("feature/y", "Feature_Y"), ("Production", "production")] {
+        let refused = platform.push(&project, &format!("HEAD:{branch}"));
+        assert!(!refused.status.success(), "{branch}: {}", text(&refused));
+        let expected = format!("which is branch `{owner}`'s already");
+        assert!(text(&refused).contains(&expected), "{}", text(&refused));
+    }
+    let refused = platform.push(&project, "HEAD:___");
+    assert!(
+        text(&refused).contains("no letter or digit"),
+        "{}",
+        text(&refused)
+    );
+    // Nothing about the refused branches exists.
+    let status = platform.status().await;
+    let names: Vec<&str> = status["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["production", "staging", "feature-y"]);
+}
