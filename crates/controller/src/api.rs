@@ -277,8 +277,8 @@ async fn hook(
         "pre-receive" => {
             tokio::spawn(controller.pre_receive(call, out));
         }
-        "post-receive" => {
-            tokio::spawn(controller.post_receive(call, out));
+        "proc-receive" => {
+            tokio::spawn(controller.proc_receive(call, out));
         }
         _ => return ApiError(StatusCode::NOT_FOUND, format!("no hook {hook}")).into_response(),
     }

@@ -1,8 +1,9 @@
 //! Git over smart HTTP: the system `git http-backend` as a CGI child, after authentication.
 //!
 //! No Rust library serves receive-pack; git's own backend also runs the repository's hooks,
-//! where the controller validates and builds a push before its refs move (pre-receive) and
-//! deploys it after (post-receive).
+//! where the controller validates and builds a push (pre-receive), then deploys it and says
+//! whether its refs may move (proc-receive, which git runs for every `refs/heads/` ref instead
+//! of moving it).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -34,7 +35,24 @@ pub fn ensure_repository(path: &Path, contact: &HookContact) -> std::io::Result<
             )));
         }
     }
-    for hook in ["pre-receive", "post-receive"] {
+    // An earlier Lockstep deployed from post-receive, after the refs had moved.
+    match std::fs::remove_file(path.join("hooks/post-receive")) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    let status = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(path)
+        .args(["config", "receive.procReceiveRefs", "refs/heads/"])
+        .status()?;
+    if !status.success() {
+        return Err(std::io::Error::other(format!(
+            "git config receive.procReceiveRefs in {} failed",
+            path.display()
+        )));
+    }
+    for hook in ["pre-receive", "proc-receive"] {
         let script = format!(
             "#!/bin/sh\n# Installed by Lockstep: hands the push to the controller.\nexec '{}' git-hook {hook}\n",
             contact.lockstep_binary.display()

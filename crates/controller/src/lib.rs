@@ -130,7 +130,7 @@ pub struct Controller {
     queues: orchestrator::Queues,
     /// Lets git hooks, and only them, call the controller's internal routes.
     hook_token: String,
-    /// Pushes built by pre-receive and not yet deployed by post-receive: (branch, commit) to
+    /// Pushes built by pre-receive and not yet deployed by proc-receive: (branch, commit) to
     /// activity.
     pending_pushes: Mutex<HashMap<(String, String), String>>,
     /// Builds running now, by activity, to cancel them.

@@ -1,9 +1,12 @@
 //! What happens to a push, called from the repository's hooks through `lockstep git-hook`:
-//! pre-receive validates and builds every pushed branch (a failure rejects the push, so the
-//! branch does not move); post-receive queues the deployments and streams their logs back to
-//! `git push` until they end.
+//! pre-receive validates and builds every pushed branch (a failure rejects the push); then
+//! proc-receive, which git runs instead of moving the refs itself, deploys each branch and
+//! streams the log back to `git push`. Only a branch whose deployment succeeded moves: git
+//! moves it once the hook says so. A failed or rolled back deployment rejects the push, so a
+//! branch always names the commit its environment runs.
 //!
-//! The hook's answer is a stream of JSON lines: `{"line": "..."}` to print, then `{"exit": N}`.
+//! The hook's answer is a stream of JSON lines: `{"line": "..."}` to print, then `{"exit": N}`
+//! (pre-receive) or `{"verdicts": [...]}` (proc-receive, one per ref, in order).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,6 +40,14 @@ pub struct HookCall {
 pub enum HookLine {
     Line { line: String },
     Exit { exit: i32 },
+    Verdicts { verdicts: Vec<RefVerdict> },
+}
+
+/// Whether a pushed ref may move: `error` is `None` when it may, else why not.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefVerdict {
+    pub name: String,
+    pub error: Option<String>,
 }
 
 pub type HookOutput = mpsc::UnboundedSender<HookLine>;
@@ -243,42 +254,60 @@ impl Controller {
         false
     }
 
-    pub async fn post_receive(self: Arc<Self>, call: HookCall, out: HookOutput) {
-        let mut activities = Vec::new();
+    /// Deploys each pushed branch built by pre-receive, in turn, and says which refs may move:
+    /// those whose deployment succeeded, and deletions (their role was checked in pre-receive).
+    pub async fn proc_receive(self: Arc<Self>, call: HookCall, out: HookOutput) {
+        let mut verdicts = Vec::new();
         for update in &call.refs {
-            let Some(branch) = update.name.strip_prefix("refs/heads/") else {
-                continue;
+            let error = if update.new == ZERO {
+                None
+            } else {
+                self.deploy_pushed(update, &out).await.err()
             };
-            let key = (branch.to_owned(), update.new.clone());
-            let Some(activity) = self
-                .pending_pushes
-                .lock()
-                .expect("pending pushes lock")
-                .remove(&key)
-            else {
-                continue;
-            };
-            let Ok(record) = self.store.activity(&activity) else {
-                continue;
-            };
-            let Some(image) = record.image.clone() else {
-                continue;
-            };
-            self.enqueue(DeployJob {
-                activity: activity.clone(),
-                environment: record.environment.clone(),
-                image,
-                rebuild_from: None,
+            verdicts.push(RefVerdict {
+                name: update.name.clone(),
+                error,
             });
-            activities.push(activity);
         }
-        let mut exit = 0;
-        for activity in activities {
-            if !self.follow(&activity, &out).await {
-                exit = 1;
-            }
+        let _ = out.send(HookLine::Verdicts { verdicts });
+    }
+
+    /// Deploys a branch that pre-receive built, streaming the deployment's log; `Err` says why
+    /// the branch must not move.
+    async fn deploy_pushed(
+        self: &Arc<Self>,
+        update: &RefUpdate,
+        out: &HookOutput,
+    ) -> Result<(), String> {
+        let branch = update
+            .name
+            .strip_prefix("refs/heads/")
+            .unwrap_or(&update.name);
+        let key = (branch.to_owned(), update.new.clone());
+        let pending = self
+            .pending_pushes
+            .lock()
+            .expect("pending pushes lock")
+            .remove(&key);
+        let activity = pending.ok_or("it was not built")?;
+        let record = self
+            .store
+            .activity(&activity)
+            .map_err(|e| format!("its activity is unreadable: {e}"))?;
+        let image = record.image.clone().ok_or("its build left no image")?;
+        self.enqueue(DeployJob {
+            activity: activity.clone(),
+            environment: record.environment.clone(),
+            image,
+            rebuild_from: None,
+        });
+        if self.follow(&activity, out).await {
+            Ok(())
+        } else {
+            Err(format!(
+                "deployment {activity} did not succeed (`lockstep activity log {activity}`)"
+            ))
         }
-        let _ = out.send(HookLine::Exit { exit });
     }
 
     /// Streams an activity's log until it ends; returns whether it succeeded.

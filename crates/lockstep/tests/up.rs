@@ -365,3 +365,68 @@ async fn branches_become_environments_named_as_host_names_and_clashing_names_are
         .collect();
     assert_eq!(names, ["production", "staging", "feature-y"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_whose_deployment_fails_is_rejected_and_its_branch_stays_where_it_was() {
+    let platform = Platform::start().await;
+    let project = Project::sample();
+    assert!(platform.push(&project, "HEAD:production").status.success());
+    let serving = tree_of(&project);
+    let deployed_commit = git_output(&project, &["rev-parse", "HEAD"]);
+    let routers = platform.routers("production").await;
+    for (failure, variable) in [
+        ("a failing deploy hook", "DEPLOY_HOOK_FAIL"),
+        ("a web process that exits at once", "SERVER_EXIT_AT_START"),
+    ] {
+        let config_path = project.path().join(".platform.app.yaml");
+        let config = std::fs::read_to_string(&config_path).unwrap();
+        let broken = config.replace(
+            "    GREETING:",
+            &format!("    {variable}: \"1\"\n    GREETING:"),
+        );
+        std::fs::write(&config_path, broken).unwrap();
+        project.commit(failure);
+
+        let started = std::time::Instant::now();
+        let pushed = platform.push(&project, "HEAD:production");
+        assert!(!pushed.status.success(), "{failure}: {}", text(&pushed));
+        assert!(
+            text(&pushed).contains("did not succeed"),
+            "{}",
+            text(&pushed)
+        );
+        assert!(started.elapsed() < Duration::from_secs(60), "{failure}");
+        // The branch still names the commit production runs, and production serves it.
+        let remote = std::process::Command::new("git")
+            .args([
+                "ls-remote",
+                &platform
+                    .git
+                    .replacen("http://", &format!("http://u:{}@", platform.token), 1),
+                "refs/heads/production",
+            ])
+            .output()
+            .unwrap();
+        let remote = String::from_utf8_lossy(&remote.stdout).into_owned();
+        assert!(remote.starts_with(&deployed_commit), "{failure}: {remote}");
+        for router in &routers {
+            assert_eq!(
+                release_of(router).await,
+                (200, Some(serving.clone())),
+                "{failure}"
+            );
+        }
+        std::fs::write(&config_path, config).unwrap();
+        project.commit("back to what works");
+    }
+}
+
+fn git_output(project: &Project, args: &[&str]) -> String {
+    let output = std::process::Command::new("git")
+        .arg("-C")
+        .arg(project.path())
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
