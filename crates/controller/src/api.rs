@@ -593,11 +593,14 @@ async fn activities(
     Query(query): Query<ActivityQuery>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Json<Vec<Activity>>, ApiError> {
-    let kinds: std::collections::BTreeMap<String, EnvironmentType> =
-        visible(&controller, &principal)?
-            .into_iter()
-            .map(|e| (e.name, e.kind))
-            .collect();
+    // A rejected first push of a branch is an activity of an environment still pending.
+    let kinds: std::collections::BTreeMap<String, EnvironmentType> = controller
+        .store
+        .environments_and_pending()?
+        .into_iter()
+        .filter(|e| allowed(&principal, Action::Read, e.kind))
+        .map(|e| (e.name, e.kind))
+        .collect();
     let activities = controller
         .store
         .activities(query.environment.as_deref(), query.limit.unwrap_or(50))?

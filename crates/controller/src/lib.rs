@@ -262,6 +262,8 @@ impl Controller {
             created_at: store::timestamp(chrono::Utc::now()),
             // Allocated by the store.
             uid: 0,
+            // A development environment exists once a push of its branch is accepted.
+            pending: kind == EnvironmentType::Development,
         };
         let nodes: Vec<Node> = specs
             .iter()
@@ -278,7 +280,7 @@ impl Controller {
         Ok(())
     }
 
-    /// The environment a branch deploys to, created on its first push.
+    /// The environment a branch deploys to, recorded (pending) on its first push.
     fn environment_for_branch(&self, branch: &str) -> Result<Environment, ControllerError> {
         if let Some(env) = self.store.environment_for_branch(branch)? {
             return Ok(env);
@@ -299,9 +301,17 @@ impl Controller {
             Some(parent),
             &development,
         )?;
-        let env = self.store.environment(&name)?;
-        self.clone_storage(parent, &env)?;
-        Ok(env)
+        Ok(self.store.environment(&name)?)
+    }
+
+    /// A pending environment's push was accepted: it starts as a clone of its parent's storage
+    /// and exists from now on.
+    fn accept_environment(&self, env: &Environment) -> Result<(), ControllerError> {
+        if let Some(parent) = &env.parent {
+            self.clone_storage(parent, env)?;
+        }
+        self.store.accept_environment(&env.name)?;
+        Ok(())
     }
 
     /// A new development environment starts as a clone of its parent's shared storage, as on

@@ -133,7 +133,6 @@ impl Controller {
         git_env: &BTreeMap<String, String>,
         out: &HookOutput,
     ) -> bool {
-        let is_new = matches!(self.store.environment_for_branch(branch), Ok(None));
         let environment = match self.environment_for_branch(branch) {
             Ok(env) => env,
             Err(error) => {
@@ -158,9 +157,9 @@ impl Controller {
                 activity.id, environment.name
             ),
         );
-        if is_new {
+        if environment.pending {
             let line = format!(
-                "Creating environment {}, as a clone of {}",
+                "New branch: environment {} will be made, as a clone of {}, if the push is accepted",
                 environment.name,
                 environment.parent.as_deref().unwrap_or("nothing")
             );
@@ -295,6 +294,21 @@ impl Controller {
             .activity(&activity)
             .map_err(|e| format!("its activity is unreadable: {e}"))?;
         let image = record.image.clone().ok_or("its build left no image")?;
+        let env = self
+            .store
+            .environment(&record.environment)
+            .map_err(|e| format!("its environment is unreadable: {e}"))?;
+        if env.pending {
+            let line = format!(
+                "Creating environment {}, as a clone of {}",
+                env.name,
+                env.parent.as_deref().unwrap_or("nothing")
+            );
+            let _ = self.store.append_log(&activity, &line);
+            say(out, line);
+            self.accept_environment(&env)
+                .map_err(|e| format!("its environment cannot be made: {e}"))?;
+        }
         self.enqueue(DeployJob {
             activity: activity.clone(),
             environment: record.environment.clone(),

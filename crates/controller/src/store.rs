@@ -106,6 +106,10 @@ ALTER TABLE environments ADD COLUMN uid INTEGER;
 UPDATE environments SET uid = 70000 + rowid;
 CREATE UNIQUE INDEX environments_by_uid ON environments (uid);
 "#,
+    // A new branch's environment is pending until its first push is accepted.
+    r#"
+ALTER TABLE environments ADD COLUMN pending INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Environments' Unix users are numbered from here up: above the ids Debian gives users and
@@ -166,6 +170,10 @@ pub struct Environment {
     pub created_at: String,
     /// The environment's own Unix user and group id, the same on all its nodes.
     pub uid: u32,
+    /// A new branch's environment until a push of it has been accepted: recorded (its
+    /// activities need it) but on no node, with no storage, listed nowhere.
+    #[serde(skip)]
+    pub pending: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -244,9 +252,9 @@ impl Store {
         let mut connection = self.connection.lock().expect("store lock");
         let tx = connection.transaction()?;
         tx.execute(
-            "INSERT INTO environments (name, kind, branch, parent, generation, serving, previous, settings, created_at, uid)
+            "INSERT INTO environments (name, kind, branch, parent, generation, serving, previous, settings, created_at, uid, pending)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,
-                     (SELECT MAX(COALESCE((SELECT MAX(uid) FROM environments), 0) + 1, ?10)))",
+                     (SELECT MAX(COALESCE((SELECT MAX(uid) FROM environments), 0) + 1, ?10)), ?11)",
             params![
                 env.name,
                 env.kind.as_str(),
@@ -258,6 +266,7 @@ impl Store {
                 serde_json::to_string(&env.settings)?,
                 env.created_at,
                 FIRST_UID,
+                env.pending,
             ],
         )?;
         for node in nodes {
@@ -270,10 +279,20 @@ impl Store {
         Ok(())
     }
 
+    /// Every environment but those still pending.
     pub fn environments(&self) -> Result<Vec<Environment>, StoreError> {
+        Ok(self
+            .environments_and_pending()?
+            .into_iter()
+            .filter(|e| !e.pending)
+            .collect())
+    }
+
+    /// Every environment, pending ones included.
+    pub fn environments_and_pending(&self) -> Result<Vec<Environment>, StoreError> {
         self.with(|c| {
             let mut statement = c.prepare(
-                "SELECT name, kind, branch, parent, generation, serving, previous, settings, created_at, uid
+                "SELECT name, kind, branch, parent, generation, serving, previous, settings, created_at, uid, pending
                  FROM environments ORDER BY created_at, name",
             )?;
             let rows = statement.query_map([], read_environment)?;
@@ -288,6 +307,17 @@ impl Store {
     pub fn environment(&self, name: &str) -> Result<Environment, StoreError> {
         self.find_environment("name", name)?
             .ok_or_else(|| StoreError::UnknownEnvironment(name.to_owned()))
+    }
+
+    /// A pending environment's first push was accepted: it exists from now on.
+    pub fn accept_environment(&self, name: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE environments SET pending = 0 WHERE name = ?1",
+                [name],
+            )?;
+            Ok(())
+        })
     }
 
     /// The environment of that name, if there is one.
@@ -306,7 +336,7 @@ impl Store {
     ) -> Result<Option<Environment>, StoreError> {
         self.with(|c| {
             let sql = format!(
-                "SELECT name, kind, branch, parent, generation, serving, previous, settings, created_at, uid
+                "SELECT name, kind, branch, parent, generation, serving, previous, settings, created_at, uid, pending
                  FROM environments WHERE {column} = ?1"
             );
             c.query_row(&sql, [value], read_environment).optional()?.transpose()
@@ -813,6 +843,7 @@ fn read_environment(row: &rusqlite::Row<'_>) -> rusqlite::Result<Row<Environment
             settings: serde_json::from_str(&settings)?,
             created_at: row.get(8)?,
             uid: row.get(9)?,
+            pending: row.get(10)?,
         })
     };
     Ok(parse())

@@ -355,6 +355,33 @@ async fn branches_become_environments_named_as_host_names_and_clashing_names_are
         "{}",
         text(&refused)
     );
+    // A new branch whose build fails makes no environment and copies no storage (production
+    // has some once it runs).
+    assert!(platform.push(&project, "HEAD:production").status.success());
+    assert!(!platform.storage("production", "deploy-count").is_empty());
+    let broken = Project::sample();
+    let config = broken.path().join(".platform.app.yaml");
+    let text_before = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text_before.replace("hooks:", "hoks:")).unwrap();
+    broken.commit("a typo");
+    let refused = platform.push(&broken, "HEAD:broken-feature");
+    assert!(!refused.status.success());
+    assert!(
+        !platform
+            .data_dir
+            .join("controller/storage/broken-feature")
+            .exists(),
+        "production's storage was copied for a rejected branch"
+    );
+    let activities = platform.get("/activities").await;
+    assert!(
+        activities
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["environment"] == "broken-feature" && a["result"] == "failure"),
+        "the rejected push is not in the activities: {activities}"
+    );
     // Nothing about the refused branches exists.
     let status = platform.status().await;
     let names: Vec<&str> = status["environments"]
