@@ -174,6 +174,7 @@ impl Controller {
         };
         git::ensure_repository(&controller.repository(), &controller.hook_contact())
             .map_err(ControllerError::io("create the project's git repository"))?;
+        controller.follow_moved_agents()?;
         controller.ensure_cluster("production", EnvironmentType::Production)?;
         controller.ensure_cluster("staging", EnvironmentType::Staging)?;
         Ok(Arc::new(controller))
@@ -228,6 +229,24 @@ impl Controller {
             token: self.hook_token.clone(),
             lockstep_binary: self.options.lockstep_binary.clone(),
         }
+    }
+
+    /// A node's agent may listen elsewhere than when its environments were created: the
+    /// topology given now is where it is.
+    fn follow_moved_agents(&self) -> Result<(), ControllerError> {
+        let topology = &self.options.topology;
+        let specs = topology
+            .production
+            .iter()
+            .chain(&topology.staging)
+            .chain([&topology.development]);
+        for spec in specs {
+            let moved = self.store.move_agent(&spec.name, &spec.agent_url)?;
+            if moved > 0 {
+                tracing::info!(node = %spec.name, agent = %spec.agent_url, environments = moved, "node's agent moved");
+            }
+        }
+        Ok(())
     }
 
     fn ensure_cluster(&self, name: &str, kind: EnvironmentType) -> Result<(), ControllerError> {

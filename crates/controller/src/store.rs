@@ -424,6 +424,16 @@ impl Store {
         })
     }
 
+    /// Points every environment's node `node` at `agent_url`; how many it moved.
+    pub fn move_agent(&self, node: &str, agent_url: &str) -> Result<usize, StoreError> {
+        self.with(|c| {
+            Ok(c.execute(
+                "UPDATE nodes SET agent_url = ?2 WHERE name = ?1 AND agent_url != ?2",
+                params![node, agent_url],
+            )?)
+        })
+    }
+
     pub fn set_router_port(
         &self,
         environment: &str,

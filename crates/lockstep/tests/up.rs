@@ -267,6 +267,48 @@ async fn stopping_and_starting_again_brings_every_environment_back_open_at_its_r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layout_whose_nodes_share_a_port_is_repaired_at_start() {
+    let mut platform = Platform::start().await;
+    let project = Project::sample();
+    assert!(platform.push(&project, "HEAD:production").status.success());
+    let tree = tree_of(&project);
+    platform.stop();
+
+    let layout_path = platform.data_dir.join("up.json");
+    let mut layout: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&layout_path).unwrap()).unwrap();
+    let first = layout["agent_ports"][0].clone();
+    layout["agent_ports"][1] = first;
+    layout["agent_ports"][2] = 0.into();
+    std::fs::write(&layout_path, layout.to_string()).unwrap();
+
+    platform.restart().await;
+    let repaired: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&layout_path).unwrap()).unwrap();
+    let mut ports: Vec<u64> = repaired["agent_ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|port| port.as_u64().unwrap())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), 5, "{repaired}");
+    assert!(!ports.contains(&0), "{repaired}");
+    for router in platform.routers("production").await {
+        let mut answer = (0, None);
+        for _ in 0..200 {
+            answer = release_of(&router).await;
+            if answer.0 == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(answer, (200, Some(tree.clone())), "{router}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_serves_the_previous_release_and_queued_deploys_are_superseded() {
     let platform = Platform::start().await;
     // A deploy hook that takes a while, so that later requests queue behind the deploy.

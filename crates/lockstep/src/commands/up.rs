@@ -196,22 +196,51 @@ fn edge_url(edge: SocketAddr, environment: Option<&str>) -> String {
     format!("http://{host}:{}/", edge.port())
 }
 
+/// The layout of an earlier `up` in `data_dir`, repaired if it needs to be, or a new one.
 fn load_layout(data_dir: &Path) -> anyhow::Result<Layout> {
     let path = data_dir.join("up.json");
     if let Ok(text) = std::fs::read_to_string(&path) {
-        return serde_json::from_str(&text)
-            .with_context(|| format!("{} is unreadable", path.display()));
+        let mut layout: Layout = serde_json::from_str(&text)
+            .with_context(|| format!("{} is unreadable", path.display()))?;
+        if repair_ports(&mut layout.agent_ports)? {
+            tracing::warn!(ports = ?layout.agent_ports, "the agents' ports were repaired: two nodes had one port, or a node had none");
+            write_private(&path, &serde_json::to_string_pretty(&layout)?)?;
+        }
+        return Ok(layout);
     }
     let layout = Layout {
         admin_token: random_token()?,
         agent_token: random_token()?,
         edge_token: random_token()?,
-        agent_ports: (0..NODES.len())
-            .map(|_| free_port())
-            .collect::<anyhow::Result<_>>()?,
+        agent_ports: free_ports(NODES.len(), &[])?,
     };
     write_private(&path, &serde_json::to_string_pretty(&layout)?)?;
     Ok(layout)
+}
+
+/// Gives every node a port of its own: a port a node shares with an earlier one, and a missing
+/// one, get free ports. Whether it changed anything.
+fn repair_ports(ports: &mut Vec<u16>) -> anyhow::Result<bool> {
+    let mut seen = Vec::new();
+    let mut broken = Vec::new();
+    for (index, port) in ports.iter().enumerate() {
+        if *port == 0 || seen.contains(port) {
+            broken.push(index);
+        } else {
+            seen.push(*port);
+        }
+    }
+    let missing = NODES.len().saturating_sub(ports.len());
+    if broken.is_empty() && missing == 0 {
+        return Ok(false);
+    }
+    let mut fresh = free_ports(broken.len() + missing, &seen)?.into_iter();
+    for index in broken {
+        ports[index] = fresh.next().expect("one fresh port per broken one");
+    }
+    ports.extend(fresh);
+    ports.truncate(NODES.len());
+    Ok(true)
 }
 
 /// Writes a file readable by its owner only, whole or not at all: tools read `endpoints.json`
@@ -240,10 +269,20 @@ fn random_token() -> anyhow::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// `count` ports free now, all different and none of `taken`: bound together, so that the
+/// system cannot hand out one of them twice.
+fn free_ports(count: usize, taken: &[u16]) -> anyhow::Result<Vec<u16>> {
+    let mut listeners = Vec::new();
+    let mut ports = Vec::new();
+    while ports.len() < count {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        if !taken.contains(&port) {
+            ports.push(port);
+        }
+        listeners.push(listener);
+    }
+    Ok(ports)
 }
 
 /// The five agents: started by `up`, or adopted when a previous `up` left them running, and
@@ -287,11 +326,22 @@ impl Agents {
         Ok(())
     }
 
+    /// Waits for every agent to answer, as long as each shows progress: a node loading many
+    /// releases takes its time, and writes its log meanwhile.
     async fn wait_until_answering(&mut self, token: &str) -> anyhow::Result<()> {
+        const PATIENCE: Duration = Duration::from_secs(30);
         let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
         for agent in &mut self.nodes {
+            let log = agent.dir.join("agent.log");
+            let log_size = || std::fs::metadata(&log).map_or(0, |m| m.len());
+            let mut last_size = log_size();
+            let mut deadline = Instant::now() + PATIENCE;
             loop {
+                let size = log_size();
+                if size != last_size {
+                    last_size = size;
+                    deadline = Instant::now() + PATIENCE;
+                }
                 if let Some(child) = agent.child.as_mut()
                     && let Some(status) = child.try_wait()?
                 {
@@ -315,9 +365,11 @@ impl Agents {
                     ),
                     Err(_) if Instant::now() > deadline => {
                         bail!(
-                            "the agent of {} did not answer on port {}; see its agent.log",
+                            "the agent of {} did not answer on port {} and wrote nothing in {} s; see {}",
                             agent.name,
-                            agent.port
+                            agent.port,
+                            PATIENCE.as_secs(),
+                            log.display()
                         )
                     }
                     Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -426,5 +478,30 @@ impl AgentNode {
                 .pid()
                 .is_some_and(|pid| nix::sys::signal::kill(pid, None).is_ok()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_and_missing_agent_ports_get_free_ones_of_their_own() {
+        let mut ports = vec![5, 5, 0, 7];
+        assert!(repair_ports(&mut ports).unwrap());
+        assert_eq!(ports.len(), NODES.len());
+        assert_eq!((ports[0], ports[3]), (5, 7), "sound ports stay");
+        let mut distinct = ports.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), NODES.len(), "{ports:?}");
+        assert!(!ports.contains(&0), "{ports:?}");
+    }
+
+    #[test]
+    fn sound_agent_ports_are_left_alone() {
+        let mut ports = vec![11, 12, 13, 14, 15];
+        assert!(!repair_ports(&mut ports).unwrap());
+        assert_eq!(ports, [11, 12, 13, 14, 15]);
     }
 }
