@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use lockstep_proto::agent::{HookKind, HookOutcome, HookState};
 
-use crate::durable;
 use crate::error::AgentError;
 
 pub struct HookStore {
@@ -31,12 +30,13 @@ impl HookStore {
 
     pub fn get(&self, deployment: &str, hook: HookKind) -> Result<Option<HookOutcome>, AgentError> {
         let path = self.path(deployment, hook);
-        durable::read_json(&path).map_err(AgentError::io(format!("read {}", path.display())))
+        lockstep_durable::read_json(&path)
+            .map_err(AgentError::io(format!("read {}", path.display())))
     }
 
     pub fn put(&self, outcome: &HookOutcome) -> Result<(), AgentError> {
         let path = self.path(&outcome.deployment, outcome.hook);
-        durable::write_json(&path, outcome)
+        lockstep_durable::write_json(&path, outcome)
             .map_err(AgentError::io(format!("write {}", path.display())))
     }
 
@@ -46,7 +46,7 @@ impl HookStore {
             .into_iter()
             .flatten()
             .flatten()
-            .filter_map(|entry| durable::read_json(&entry.path()).ok().flatten())
+            .filter_map(|entry| lockstep_durable::read_json(&entry.path()).ok().flatten())
             .collect();
         outcomes.sort_by_key(|o| o.started_at);
         outcomes

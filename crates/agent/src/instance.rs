@@ -26,7 +26,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{Mutex, watch};
 
 use crate::NodeContext;
-use crate::durable;
 use crate::error::AgentError;
 use crate::hooks::HookStore;
 use crate::locations::Served;
@@ -99,7 +98,7 @@ impl Instance {
         context: Arc<NodeContext>,
     ) -> Result<Arc<Instance>, AgentError> {
         let state_path = dir.join("state.json");
-        let existing: Option<Persisted> = durable::read_json(&state_path)
+        let existing: Option<Persisted> = lockstep_durable::read_json(&state_path)
             .map_err(AgentError::io(format!("read {}", state_path.display())))?;
         let mut state = match (existing, config) {
             (Some(mut state), Some(config)) => {
@@ -138,7 +137,7 @@ impl Instance {
             .port();
         // Nothing runs in the background after a restart until the controller says so.
         state.background_stopped = true;
-        durable::write_json(&state_path, &state)
+        lockstep_durable::write_json(&state_path, &state)
             .map_err(AgentError::io(format!("write {}", state_path.display())))?;
 
         let gate = GateControl::new(state.config.gate.clone());
@@ -437,13 +436,13 @@ impl Instance {
     pub async fn set_users(&self, users: Vec<NodeUser>) -> Result<(), AgentError> {
         let state = self.state.lock().await;
         let path = self.dir.join("users.json");
-        durable::write_json(&path, &users)
+        lockstep_durable::write_json(&path, &users)
             .map_err(AgentError::io(format!("write {}", path.display())))?;
         self.write_authorized_keys(&state, &users)
     }
 
     fn users(&self) -> Vec<NodeUser> {
-        durable::read_json(&self.dir.join("users.json"))
+        lockstep_durable::read_json(&self.dir.join("users.json"))
             .ok()
             .flatten()
             .unwrap_or_default()
@@ -482,7 +481,7 @@ impl Instance {
         }
         // The node's, not the app's: outside every sandbox, readable by the agent's user only.
         let keys_path = self.dir.join("ssh/authorized_keys");
-        durable::replace_private(&keys_path, lines.as_bytes(), None)
+        lockstep_durable::replace_private(&keys_path, lines.as_bytes(), None)
             .map_err(AgentError::io(format!("write {}", keys_path.display())))
     }
 
@@ -871,10 +870,10 @@ impl Instance {
         let env = runtime_env(&context);
         let config = config_json(&context, &env, user);
         // The app may write its /run; the file is replaced, never written through a link.
-        durable::replace_private(
+        lockstep_durable::replace_private(
             &sandbox.run.join("config.json"),
             config.to_string().as_bytes(),
-            Some(user),
+            Some((user.uid, user.gid)),
         )
         .map_err(AgentError::io("write /run/config.json"))?;
         Ok((sandbox, env))
@@ -926,7 +925,7 @@ impl Instance {
 
     fn persist(&self, state: &Persisted) -> Result<(), AgentError> {
         let path = self.dir.join("state.json");
-        durable::write_json(&path, state)
+        lockstep_durable::write_json(&path, state)
             .map_err(AgentError::io(format!("write {}", path.display())))
     }
 

@@ -9,7 +9,6 @@
 //! pushed code outside its sandbox, as root, or as another environment's user.
 
 mod api;
-mod durable;
 mod error;
 mod hooks;
 mod instance;

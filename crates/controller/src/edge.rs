@@ -48,11 +48,18 @@ impl EdgeClient {
             .json(&command)
             .send()
             .await;
-        if let Err(error) = answer.and_then(|r| r.error_for_status()) {
-            tracing::warn!(environment, %error, "the edge did not take the gate change");
-        }
-        if let Some(route) = self.sent.lock().expect("edge lock").get_mut(environment) {
-            route.gate = command.state;
+        let mut sent = self.sent.lock().expect("edge lock");
+        match answer.and_then(|r| r.error_for_status()) {
+            Ok(_) => {
+                if let Some(route) = sent.get_mut(environment) {
+                    route.gate = command.state;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(environment, %error, "the edge did not take the gate change");
+                // The next sync sends the whole route again, with the gate as it is by then.
+                sent.remove(environment);
+            }
         }
     }
 

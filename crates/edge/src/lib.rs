@@ -41,10 +41,12 @@ mod proxy;
 mod routing;
 pub mod wire;
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -85,6 +87,9 @@ pub struct EdgeOptions {
     pub connect_timeout: Duration,
     /// How often each node's gate is checked.
     pub health_interval: Duration,
+    /// Where the routes the controller gave are kept, so that a restarted edge serves its
+    /// environments at once instead of answering 404 until the controller speaks again.
+    pub saved_routes: Option<PathBuf>,
 }
 
 impl Default for EdgeOptions {
@@ -96,6 +101,7 @@ impl Default for EdgeOptions {
             origin_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(2),
             health_interval: Duration::from_secs(1),
+            saved_routes: None,
         }
     }
 }
@@ -107,6 +113,8 @@ pub struct Edge {
     flights: Arc<Flights>,
     origin: Arc<Origin>,
     metrics: Arc<Metrics>,
+    /// Taken while the routes are saved, so that the file always holds the latest table.
+    saving: Mutex<()>,
 }
 
 impl Edge {
@@ -124,6 +132,7 @@ impl Edge {
             flights: Arc::new(Flights::default()),
             origin,
             metrics,
+            saving: Mutex::new(()),
         })
     }
 
@@ -132,13 +141,14 @@ impl Edge {
     }
 
     /// Serves public traffic on `public` and the admin API on `admin` until `shutdown`, then
-    /// lets open connections finish (for at most 10 s).
+    /// lets open connections finish (for at most 10 s). Starts with the saved routes, if any.
     pub async fn serve(
         self: Arc<Self>,
         public: TcpListener,
         admin: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        self.restore_routes();
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
@@ -266,6 +276,7 @@ impl Edge {
                 releaser.held.release(releaser.gate.subscribe()).await;
             }));
         }
+        self.save_routes();
         Ok(env.view())
     }
 
@@ -282,6 +293,7 @@ impl Edge {
         tracing::info!(environment = %env.name, state = ?command.state, generation = ?command.generation, "gate set by the controller");
         env.gate.command(command.state, command.generation);
         env.check_now.notify_one();
+        self.save_routes();
         Ok(env.view())
     }
 
@@ -293,6 +305,7 @@ impl Edge {
                 env.stop();
                 self.store.forget_scope(&env.scope);
                 tracing::info!(environment = %env.name, "environment removed");
+                self.save_routes();
                 true
             }
             None => false,
@@ -306,6 +319,46 @@ impl Edge {
     /// Every environment, sorted by name (`GET /v1/environments`).
     pub fn environments(&self) -> Vec<EnvironmentView> {
         self.router.all().iter().map(|env| env.view()).collect()
+    }
+
+    /// Writes every environment's route, with the controller's gate, to `saved_routes`. A
+    /// failure costs only the head start after a restart: it is logged, never returned.
+    fn save_routes(&self) {
+        let Some(path) = &self.options.saved_routes else {
+            return;
+        };
+        let _saving = self.saving.lock().expect("saving lock");
+        let routes: BTreeMap<String, EnvironmentRoute> = self
+            .router
+            .all()
+            .iter()
+            .map(|env| (env.name.clone(), env.view().route))
+            .collect();
+        if let Err(error) = lockstep_durable::write_json(path, &routes) {
+            tracing::warn!(path = %path.display(), %error, "cannot save the routes");
+        }
+    }
+
+    /// Serves the routes saved by an earlier run until the controller says otherwise.
+    fn restore_routes(&self) {
+        let Some(path) = &self.options.saved_routes else {
+            return;
+        };
+        let routes: BTreeMap<String, EnvironmentRoute> = match lockstep_durable::read_json(path) {
+            Ok(routes) => routes.unwrap_or_default(),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "the saved routes are unreadable; starting with none");
+                return;
+            }
+        };
+        for (name, route) in routes {
+            match self.put_environment(&name, route) {
+                Ok(_) => tracing::info!(environment = %name, "saved route restored"),
+                Err(error) => {
+                    tracing::warn!(environment = %name, %error, "a saved route is refused")
+                }
+            }
+        }
     }
 
     /// The metrics in the OpenMetrics text format (`GET /metrics`).

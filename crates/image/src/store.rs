@@ -10,7 +10,6 @@
 //! file or none, and an image's manifest appears only after the image itself.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -158,13 +157,6 @@ impl ImageStore {
 }
 
 fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), ImageError> {
-    let dir = path.parent().expect("store paths have a parent");
-    let mut file =
-        tempfile::NamedTempFile::new_in(dir).map_err(ImageError::io_at("create a file in", dir))?;
-    file.write_all(contents)
-        .and_then(|()| file.as_file().sync_all())
-        .map_err(ImageError::io_at("write", path))?;
-    file.persist(path)
-        .map_err(|e| ImageError::io_at("write", path)(e.error))?;
-    Ok(())
+    lockstep_durable::replace_private(path, contents, None)
+        .map_err(ImageError::io_at("write", path))
 }

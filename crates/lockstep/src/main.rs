@@ -154,7 +154,7 @@ fn main() -> ExitCode {
         Command::Build(args) => commands::build::run(args, &data_dir),
         Command::Agent(args) => commands::agent::run(args, &data_dir),
         Command::Up(args) => commands::up::run(args, &data_dir),
-        Command::Edge(args) => commands::edge::run(args),
+        Command::Edge(args) => commands::edge::run(args, &data_dir),
         Command::GitHook { hook } => commands::git_hook::run(&hook),
         Command::SandboxInit { .. } => unreachable!("handled before the log starts"),
         Command::Credential { operation } => commands::credential::run(&operation, &data_dir),

@@ -128,6 +128,8 @@ async fn lockstep_edge_serves_its_admin_api_behind_its_token_and_refuses_unknown
     std::fs::write(&token_file, TOKEN).unwrap();
     let (public, admin) = (support::free_port(), support::free_port());
     let mut edge = std::process::Command::new(assert_cmd::cargo::cargo_bin!("lockstep"))
+        .arg("--data-dir")
+        .arg(dir.path())
         .args(["edge", "--listen", &format!("127.0.0.1:{public}")])
         .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
         .arg("--token-file")

@@ -56,6 +56,30 @@ fn client_loop(
     })
 }
 
+/// An anonymous and a logged-in visitor requesting pages in a loop.
+struct Visitors {
+    stop: Arc<AtomicBool>,
+    anonymous: tokio::task::JoinHandle<Vec<Answer>>,
+    logged_in: tokio::task::JoinHandle<Vec<Answer>>,
+}
+
+impl Visitors {
+    fn start(edge: u16) -> Visitors {
+        let stop = Arc::new(AtomicBool::new(false));
+        Visitors {
+            anonymous: client_loop(edge, "/", None, stop.clone()),
+            logged_in: client_loop(edge, "/private", Some("session=alice"), stop.clone()),
+            stop,
+        }
+    }
+
+    /// Their answers: the anonymous visitor's, then the logged-in one's.
+    async fn finish(self) -> (Vec<Answer>, Vec<Answer>) {
+        self.stop.store(true, Ordering::Relaxed);
+        (self.anonymous.await.unwrap(), self.logged_in.await.unwrap())
+    }
+}
+
 /// Deploys a new version while anonymous and logged-in clients load the edge; returns their
 /// answers and the old and new releases.
 async fn deploy_under_load(
@@ -67,35 +91,33 @@ async fn deploy_under_load(
     // Warm the cache for anonymous visitors.
     let first = get(platform.edge, "/", None).await;
     assert_eq!(first.0, 200, "{first:?}");
-    let stop = Arc::new(AtomicBool::new(false));
-    let anonymous = client_loop(platform.edge, "/", None, stop.clone());
-    let logged_in = client_loop(
-        platform.edge,
-        "/private",
-        Some("session=alice"),
-        stop.clone(),
-    );
+    let visitors = Visitors::start(platform.edge);
     tokio::time::sleep(Duration::from_millis(300)).await;
     project.new_version(label);
     let new = tree_of(project);
     let pushed = platform.push(project, "HEAD:production");
     assert!(pushed.status.success(), "{}", text(&pushed));
     // Past the deploy, until both kinds of client have seen the new release.
+    wait_for_release(platform.edge, &new).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (anonymous, logged_in) = visitors.finish().await;
+    (anonymous, logged_in, old, new)
+}
+
+/// Waits until a logged-in visitor (whom the cache never answers) gets `release`.
+async fn wait_for_release(edge: u16, release: &str) {
     support::eventually(
         Duration::from_secs(30),
         "the new release through the edge",
         || async {
-            get(platform.edge, "/private", Some("session=bob"))
+            get(edge, "/private", Some("session=bob"))
                 .await
                 .1
                 .as_deref()
-                == Some(new.as_str())
+                == Some(release)
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    (anonymous.await.unwrap(), logged_in.await.unwrap(), old, new)
 }
 
 /// Old releases, then new ones, never old after new; `allowed` says what may stand between.
@@ -173,4 +195,40 @@ async fn visitors_see_no_error_through_a_deploy_and_never_the_old_release_after_
         logged_in[first_503..=last_503].iter().all(|a| a.0 == 503),
         "503s only inside the closed window: {logged_in:?}"
     );
+}
+
+/// The edge is a process of its own that keeps the routes it was given: the controller dying in
+/// the middle of a deploy, and coming back to finish it, costs visitors a wait and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_edge_serves_through_a_controller_crash_in_the_middle_of_a_deploy() {
+    let mut platform = Platform::start().await;
+    let project = Project::with_slow_deploy_hook(2);
+    assert!(platform.push(&project, "HEAD:production").status.success());
+    let old = tree_of(&project);
+    let first = get(platform.edge, "/", None).await;
+    assert_eq!(first.0, 200, "{first:?}");
+    project.new_version("v2");
+    let new = tree_of(&project);
+
+    platform.restart_with_failpoint(Some("after:close")).await;
+    let _ = platform.push(&project, "HEAD:production");
+    assert_eq!(
+        platform.wait_for_exit().await,
+        Some(86),
+        "the controller died"
+    );
+
+    let visitors = Visitors::start(platform.edge);
+    platform.restart().await;
+    let resumed = platform.latest_activity().await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let resumed = platform.wait_for_activity(&resumed).await;
+    assert_eq!(resumed["result"], "success", "{resumed}");
+    wait_for_release(platform.edge, &new).await;
+    let (anonymous, logged_in) = visitors.finish().await;
+    assert!(!logged_in.is_empty());
+    assert_switches_once(&anonymous, &old, &new, |_| false);
+    assert_switches_once(&logged_in, &old, &new, |_| false);
 }

@@ -3,12 +3,12 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use lockstep_edge::{EnvironmentRoute, EnvironmentView, NodeState};
+use lockstep_edge::{EdgeOptions, EnvironmentRoute, EnvironmentView, GateState, NodeState};
 use reqwest::Method;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{Fetched, Origin, TOKEN, TestEdge, eventually, route};
+use crate::support::{Fetched, Origin, TOKEN, TestEdge, eventually, options, route};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_picks_the_environment_and_unknown_hosts_get_404() {
@@ -380,4 +380,34 @@ async fn serve_returns_after_shutdown_and_held_requests_are_answered() {
         .expect("serve returns")
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_edge_serves_the_routes_and_gates_it_was_given() {
+    let origin = Origin::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let saved = EdgeOptions {
+        saved_routes: Some(state.path().join("routes.json")),
+        ..options()
+    };
+    let first = TestEdge::start_with(saved.clone()).await;
+    first.put("main", &route(&[&origin])).await;
+    first
+        .put(
+            "staging",
+            &EnvironmentRoute::new(vec!["staging.localhost".into()], vec![origin.url()]),
+        )
+        .await;
+    first.gate("staging", GateState::Closed, None).await;
+    first.wait_nodes("main", NodeState::Open).await;
+    drop(first);
+
+    let second = TestEdge::start_with(saved).await;
+    let main = second.view("main").await;
+    assert_eq!(main.route.hosts, ["localhost"]);
+    assert_eq!(main.route.nodes, [origin.url()]);
+    assert_eq!(second.view("staging").await.route.gate, GateState::Closed);
+    second.wait_nodes("main", NodeState::Open).await;
+    let page = second.fetch("/after-restart").await;
+    assert_eq!(page.status, 200, "{}", page.body);
 }

@@ -152,6 +152,7 @@ pub fn options() -> EdgeOptions {
         origin_timeout: Duration::from_secs(1),
         connect_timeout: Duration::from_secs(1),
         health_interval: Duration::from_millis(100),
+        saved_routes: None,
     }
 }
 

@@ -1,7 +1,8 @@
-//! `lockstep edge`: the caching edge on its own, for hosts where the controller runs apart.
+//! `lockstep edge`: the caching edge as a process of its own. `up` runs it this way, so that
+//! the edge keeps serving while the controller restarts; on other hosts it runs apart.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -27,8 +28,11 @@ pub struct EdgeArgs {
     cache_mb: u64,
 }
 
-pub fn run(args: EdgeArgs) -> anyhow::Result<ExitCode> {
+/// The routes the controller gave, kept in `data_dir` across restarts.
+pub fn run(args: EdgeArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
     let token = super::read_token_file(&args.token_file)?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let public = tokio::net::TcpListener::bind(args.listen)
@@ -41,8 +45,13 @@ pub fn run(args: EdgeArgs) -> anyhow::Result<ExitCode> {
             domain: args.domain,
             admin_token: token,
             cache_bytes: args.cache_mb * 1024 * 1024,
+            saved_routes: Some(data_dir.join("routes.json")),
             ..EdgeOptions::default()
         });
+        // `lockstep up` finds an edge it did not start (after its own crash) through this file.
+        let pid_file = data_dir.join("edge.pid");
+        std::fs::write(&pid_file, std::process::id().to_string())
+            .with_context(|| format!("cannot write {}", pid_file.display()))?;
         edge.serve(public, admin, crate::shutdown_signal())
             .await
             .context("the edge failed")?;

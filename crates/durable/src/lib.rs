@@ -1,5 +1,8 @@
 //! Files that must survive a crash whole: written beside their final name, flushed to disk,
 //! renamed into place, and the folder flushed so the rename itself is durable.
+//!
+//! Owns: how every role writes its state files. Must never: write in place, or follow a link at
+//! the final name (a folder an app can write may hold one).
 
 use std::io::Write;
 use std::path::Path;
@@ -16,26 +19,22 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> std::io::Resul
 
 /// Writes a file whole, readable by its owner only, replacing whatever is at `path` (a link
 /// there included: it is replaced, never followed, so that a folder the app can write is safe
-/// to write in). The file is given to `owner` when this process is root.
+/// to write in). The file is given to `owner` (uid, gid) when this process is root.
 pub fn replace_private(
     path: &Path,
     contents: &[u8],
-    owner: Option<lockstep_supervisor::RunAs>,
+    owner: Option<(u32, u32)>,
 ) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let mut file = tempfile::NamedTempFile::new_in(dir)?;
     file.write_all(contents)?;
-    if let Some(owner) = owner.filter(|_| nix::unistd::geteuid().is_root()) {
-        nix::unistd::fchown(
-            file.as_file(),
-            Some(owner.uid.into()),
-            Some(owner.gid.into()),
-        )?;
+    if let Some((uid, gid)) = owner.filter(|_| nix::unistd::geteuid().is_root()) {
+        nix::unistd::fchown(file.as_file(), Some(uid.into()), Some(gid.into()))?;
     }
     file.as_file().sync_all()?;
     file.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    std::fs::File::open(dir)?.sync_all()
 }
 
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> std::io::Result<Option<T>> {

@@ -1,0 +1,147 @@
+//! What `up` keeps between runs so that it comes back the same: tokens and ports, in `up.json`.
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::NODES;
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct Layout {
+    pub admin_token: String,
+    pub agent_token: String,
+    pub edge_token: String,
+    /// One per node of `NODES`, in that order.
+    pub agent_ports: Vec<u16>,
+    /// The edge's admin API; 0 in layouts from before the edge ran as a process of its own.
+    #[serde(default)]
+    pub edge_admin_port: u16,
+}
+
+impl Layout {
+    /// The layout of an earlier `up` in `data_dir`, repaired if it needs to be, or a new one.
+    pub fn load(data_dir: &Path) -> anyhow::Result<Layout> {
+        let path = data_dir.join("up.json");
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let mut layout: Layout = serde_json::from_str(&text)
+                .with_context(|| format!("{} is unreadable", path.display()))?;
+            if layout.repair_ports()? {
+                tracing::warn!(agents = ?layout.agent_ports, edge = layout.edge_admin_port, "ports repaired: two processes had one port, or one had none");
+                write_private(&path, &serde_json::to_string_pretty(&layout)?)?;
+            }
+            return Ok(layout);
+        }
+        let mut ports = free_ports(NODES.len() + 1, &[])?;
+        let layout = Layout {
+            admin_token: random_token()?,
+            agent_token: random_token()?,
+            edge_token: random_token()?,
+            edge_admin_port: ports.pop().expect("one port for the edge"),
+            agent_ports: ports,
+        };
+        write_private(&path, &serde_json::to_string_pretty(&layout)?)?;
+        Ok(layout)
+    }
+
+    /// Gives every node and the edge a port of its own. Whether it changed anything.
+    fn repair_ports(&mut self) -> anyhow::Result<bool> {
+        let mut ports = self.agent_ports.clone();
+        ports.resize(NODES.len(), 0);
+        ports.push(self.edge_admin_port);
+        let changed = give_each_its_own_port(&mut ports)? || self.agent_ports.len() != NODES.len();
+        self.edge_admin_port = ports.pop().expect("the edge's port");
+        self.agent_ports = ports;
+        Ok(changed)
+    }
+}
+
+/// A port shared with an earlier entry, and a missing one (0), is replaced by a free port.
+/// Whether it changed anything.
+fn give_each_its_own_port(ports: &mut [u16]) -> anyhow::Result<bool> {
+    let mut sound = Vec::new();
+    let mut broken = Vec::new();
+    for (index, port) in ports.iter().enumerate() {
+        if *port == 0 || sound.contains(port) {
+            broken.push(index);
+        } else {
+            sound.push(*port);
+        }
+    }
+    let fresh = free_ports(broken.len(), &sound)?;
+    for (index, port) in broken.iter().zip(fresh) {
+        ports[*index] = port;
+    }
+    Ok(!broken.is_empty())
+}
+
+/// `count` ports free now, all different and none of `taken`: bound together, so that the
+/// system cannot hand out one of them twice.
+fn free_ports(count: usize, taken: &[u16]) -> anyhow::Result<Vec<u16>> {
+    let mut listeners = Vec::new();
+    let mut ports = Vec::new();
+    while ports.len() < count {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        if !taken.contains(&port) {
+            ports.push(port);
+        }
+        listeners.push(listener);
+    }
+    Ok(ports)
+}
+
+/// Writes a file readable by its owner only, whole or not at all: tools read `endpoints.json`
+/// while `up` starts, and must never see it half written.
+pub(super) fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    lockstep_durable::replace_private(path, contents.as_bytes(), None)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn random_token() -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(agent_ports: Vec<u16>, edge_admin_port: u16) -> Layout {
+        Layout {
+            admin_token: String::new(),
+            agent_token: String::new(),
+            edge_token: String::new(),
+            agent_ports,
+            edge_admin_port,
+        }
+    }
+
+    #[test]
+    fn shared_and_missing_ports_get_free_ones_of_their_own() {
+        let mut broken = layout(vec![5, 5, 0, 7], 7);
+        assert!(broken.repair_ports().unwrap());
+        assert_eq!(broken.agent_ports.len(), NODES.len());
+        assert_eq!(
+            (broken.agent_ports[0], broken.agent_ports[3]),
+            (5, 7),
+            "sound ports stay"
+        );
+        let mut every = broken.agent_ports.clone();
+        every.push(broken.edge_admin_port);
+        every.sort_unstable();
+        every.dedup();
+        assert_eq!(every.len(), NODES.len() + 1, "{every:?}");
+        assert!(!every.contains(&0), "{every:?}");
+    }
+
+    #[test]
+    fn sound_ports_are_left_alone() {
+        let mut sound = layout(vec![11, 12, 13, 14, 15], 16);
+        assert!(!sound.repair_ports().unwrap());
+        assert_eq!(sound.agent_ports, [11, 12, 13, 14, 15]);
+        assert_eq!(sound.edge_admin_port, 16);
+    }
+}

@@ -1,0 +1,232 @@
+//! `lockstep up`: the embedded default on one machine. The controller in this process; five
+//! agents and the caching edge each an OS process of its own with its own data folder and port:
+//! three production nodes, one staging node, one development node.
+//!
+//! Code map: `layout` (tokens and ports kept between runs), `daemons` (the agents' and the
+//! edge's processes).
+
+mod daemons;
+mod layout;
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use lockstep_controller::{Controller, ControllerOptions, EdgeContact, NodeSpec, Topology};
+use serde::{Deserialize, Serialize};
+
+use daemons::{Daemon, Daemons, Kind};
+use layout::{Layout, write_private};
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// Address of the controller: API, git and dashboard.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
+    /// The project's name, in its git remote and `PLATFORM_PROJECT`.
+    #[arg(long, default_value = "shop")]
+    project: String,
+    /// Address of the caching edge: production at `localhost`, others at `ENV.localhost`.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    edge_listen: SocketAddr,
+    /// Memory the edge may use for its cache, in megabytes.
+    #[arg(long, default_value_t = 256)]
+    edge_cache_mb: u64,
+    /// Pass this variable of your environment to every build and app too (CA and proxy
+    /// settings are passed already).
+    #[arg(long = "pass-env", value_name = "NAME")]
+    pass_env: Vec<String>,
+}
+
+const NODES: [&str; 5] = [
+    "production-1",
+    "production-2",
+    "production-3",
+    "staging-1",
+    "development-1",
+];
+
+/// What users and tools read to find the running platform (SPEC section 7).
+#[derive(Serialize, Deserialize)]
+pub struct Endpoints {
+    pub api: String,
+    pub git: String,
+    pub edge: Option<String>,
+    pub token: String,
+}
+
+pub fn run(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
+    lockstep_supervisor::check_installed()?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    // Tokens, keys and the state database are in here: Lockstep's user alone may enter.
+    std::fs::set_permissions(
+        data_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .with_context(|| format!("cannot make {} private", data_dir.display()))?;
+    let operator = lockstep_supervisor::OperatorEnv::from_process(&args.pass_env);
+    let layout = Layout::load(data_dir)?;
+    let binary = std::env::current_exe().context("cannot find the lockstep binary")?;
+    let mut daemons = start_daemons(&args, data_dir, &binary, &layout)?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let result = runtime.block_on(async {
+        daemons.wait_until_answering().await?;
+        let node = |i: usize| NodeSpec {
+            name: NODES[i].into(),
+            agent_url: format!("http://127.0.0.1:{}", layout.agent_ports[i]),
+        };
+        let public_url = format!("http://{}", args.listen);
+        let controller = Controller::open(ControllerOptions {
+            data_dir: data_dir.join("controller"),
+            project: args.project.clone(),
+            domain: "localhost".into(),
+            admin_token: layout.admin_token.clone(),
+            agent_token: layout.agent_token.clone(),
+            public_url: public_url.clone(),
+            lockstep_binary: binary.clone(),
+            topology: Topology {
+                production: vec![node(0), node(1), node(2)],
+                staging: vec![node(3)],
+                development: node(4),
+            },
+            edge: Some(EdgeContact {
+                admin_url: format!("http://127.0.0.1:{}", layout.edge_admin_port),
+                token: layout.edge_token.clone(),
+            }),
+            operator,
+        })
+        .context("cannot start the controller")?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}; is another Lockstep running? (--listen picks another address)", args.listen))?;
+        let endpoints = Endpoints {
+            api: public_url.clone(),
+            git: controller.git_remote(),
+            edge: Some(edge_url(args.edge_listen, None)),
+            token: layout.admin_token.clone(),
+        };
+        write_private(&data_dir.join("endpoints.json"), &serde_json::to_string_pretty(&endpoints)?)?;
+        print_banner(&endpoints, data_dir, &binary, args.edge_listen);
+        tokio::select! {
+            result = controller.serve(listener, crate::shutdown_signal()) => result.context("the controller failed"),
+            () = daemons.keep_alive(&binary) => unreachable!("keep_alive never ends"),
+        }
+    });
+    println!("Stopping the nodes and the edge...");
+    daemons.stop();
+    result?;
+    println!("Lockstep stopped. `lockstep up` with the same data directory brings it back.");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts (or adopts) the five agents and the edge.
+fn start_daemons(
+    args: &UpArgs,
+    data_dir: &Path,
+    binary: &Path,
+    layout: &Layout,
+) -> anyhow::Result<Daemons> {
+    let agent_token_file = data_dir.join("agent-token");
+    write_private(&agent_token_file, &layout.agent_token)?;
+    let edge_token_file = data_dir.join("edge-token");
+    write_private(&edge_token_file, &layout.edge_token)?;
+    let pass_env = args
+        .pass_env
+        .iter()
+        .flat_map(|name| [OsString::from("--pass-env"), name.into()]);
+    let mut daemons = Daemons::default();
+    for (node, port) in NODES.iter().zip(&layout.agent_ports) {
+        let mut agent_args = vec![
+            OsString::from("--listen"),
+            format!("127.0.0.1:{port}").into(),
+            "--token-file".into(),
+            agent_token_file.clone().into(),
+        ];
+        agent_args.extend(pass_env.clone());
+        daemons.start(
+            binary,
+            Daemon::new(
+                Kind::Agent,
+                node,
+                *port,
+                data_dir.join("agents").join(node),
+                agent_args,
+                &layout.agent_token,
+            ),
+        )?;
+    }
+    let edge_args = vec![
+        OsString::from("--listen"),
+        args.edge_listen.to_string().into(),
+        "--admin-listen".into(),
+        format!("127.0.0.1:{}", layout.edge_admin_port).into(),
+        "--token-file".into(),
+        edge_token_file.into(),
+        "--cache-mb".into(),
+        args.edge_cache_mb.to_string().into(),
+    ];
+    daemons.start(
+        binary,
+        Daemon::new(
+            Kind::Edge,
+            "edge",
+            layout.edge_admin_port,
+            data_dir.join("edge"),
+            edge_args,
+            &layout.edge_token,
+        ),
+    )?;
+    Ok(daemons)
+}
+
+fn print_banner(endpoints: &Endpoints, data_dir: &Path, binary: &Path, edge: SocketAddr) {
+    println!("Lockstep is running: 3 production nodes, 1 staging node, 1 development node.");
+    println!();
+    println!("  production   {}", edge_url(edge, None));
+    println!("  staging      {}", edge_url(edge, Some("staging")));
+    println!("  git remote   {}", endpoints.git);
+    println!("  API          {}", endpoints.api);
+    println!("  token        {}", endpoints.token);
+    println!("  data         {}", data_dir.display());
+    println!();
+    if nix::unistd::geteuid().is_root() {
+        println!(
+            "Every build and app runs sandboxed, as its environment's own user (uid 70001 and up)."
+        );
+    } else {
+        println!(
+            "Every build and app runs sandboxed. Lockstep runs as uid {}, so every environment's\napps run as that one user; run it as root for one user per environment.",
+            nix::unistd::geteuid()
+        );
+    }
+    println!();
+    println!("Git takes any user name with the token as the password; or let lockstep answer");
+    println!("for you, in your project:");
+    println!();
+    println!(
+        "  git config credential.helper '!{} --data-dir {} credential'",
+        binary.display(),
+        data_dir.display()
+    );
+    println!("  git remote add lockstep {}", endpoints.git);
+    println!("  git push lockstep HEAD:production");
+    println!();
+    println!(
+        "The CLI finds this instance through {}/endpoints.json.",
+        data_dir.display()
+    );
+    println!("Press Ctrl-C to stop.");
+}
+
+/// An environment's address on the edge: browsers resolve `*.localhost` to loopback.
+fn edge_url(edge: SocketAddr, environment: Option<&str>) -> String {
+    let host = match environment {
+        Some(env) => format!("{env}.localhost"),
+        None => "localhost".into(),
+    };
+    format!("http://{host}:{}/", edge.port())
+}
