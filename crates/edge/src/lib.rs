@@ -23,7 +23,8 @@
 //! cacheable path, `answers` the edge's own responses), `client` (node connections, choice of
 //! node, retries), `gate` (the gate and node states), `hold` (held requests), `health` (active
 //! checks), `cache` (`rules` and keys, `policy`, `store`, `flight` coalescing, `tee`), `admin`
-//! (the API), `metrics`, `wire` (the API's types), `headers`, `error`.
+//! (the API), `metrics`, `wire` (the API's types), `headers`, `error`; `fuzzing` (entry points of
+//! the fuzz targets, with `--cfg fuzzing` only).
 //!
 //! The integration tests (`tests/integration`) run the edge against real origin processes,
 //! `tests/origin.py`, which speak the node routers' gate protocol.
@@ -32,6 +33,8 @@ mod admin;
 mod cache;
 mod client;
 mod error;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 mod gate;
 mod headers;
 mod health;
@@ -51,7 +54,7 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 pub use cache::CacheResult;
@@ -192,6 +195,7 @@ impl Edge {
                         let open = open.clone();
                         let stopped = stopped.clone();
                         tokio::spawn(async move {
+                            let _ = stream.set_nodelay(true);
                             edge.connection(stream, peer, stopped).await;
                             drop(open);
                         });
@@ -219,13 +223,15 @@ impl Edge {
         Ok(())
     }
 
-    async fn connection(
+    /// Serves one client connection: a TCP stream, or any byte stream (the fuzzer's).
+    async fn connection<Io>(
         self: Arc<Self>,
-        stream: TcpStream,
+        stream: Io,
         peer: SocketAddr,
         mut stopped: watch::Receiver<bool>,
-    ) {
-        let _ = stream.set_nodelay(true);
+    ) where
+        Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let edge = self.clone();
         let service = hyper::service::service_fn(move |request| {
             let edge = edge.clone();

@@ -82,6 +82,11 @@ pub(crate) async fn handle(
     let body = headers::has_body(&parts.headers).then_some(body);
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::add_forwarded(&mut parts.headers, client, &raw_host);
+    // A request that named its host in the target alone reaches the app with that host, never
+    // with the node's address, which the app would write into pages cached for this host.
+    if let Ok(value) = HeaderValue::from_str(&raw_host) {
+        parts.headers.insert(header::HOST, value);
+    }
     let (mut response, result) = match class {
         Classified::Pass(reason) => {
             tracing::debug!(environment = %ctx.env.name, uri = %parts.uri, reason, "pass");

@@ -136,6 +136,31 @@ async fn a_target_naming_another_host_is_refused_and_clients_say_nothing_of_wher
     assert_eq!(headers["x-forwarded-proto"], "http");
     assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
     assert!(headers.get("forwarded").is_none(), "{headers}");
+
+    // Named in the target alone, or twice, the host reaches the app as the edge routed it, never
+    // as the node's address or the second value.
+    for (request, may_refuse) in [
+        (
+            &b"GET http://localhost/target-only HTTP/1.1\r\nConnection: close\r\n\r\n"[..],
+            false,
+        ),
+        (
+            b"GET /twice HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+            true,
+        ),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(edge.public).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        if may_refuse && answer.starts_with("HTTP/1.1 400") {
+            continue;
+        }
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let log = origin.log().await;
+        let headers = &log.last().unwrap()["headers"];
+        assert_eq!(headers["host"], "localhost", "{headers}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
