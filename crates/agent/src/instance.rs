@@ -125,6 +125,10 @@ impl Instance {
             .map_err(AgentError::io(format!("create {}", dir.display())))?;
         hooks.mark_interrupted()?;
 
+        if state.router_port == 0 {
+            // Kept for the instance's life: the edge routes to it across restarts.
+            state.router_port = free_port()?;
+        }
         let listener = TcpListener::bind(("127.0.0.1", state.router_port))
             .await
             .map_err(AgentError::io(format!(
@@ -963,10 +967,5 @@ pub fn check_deployment_id(id: &str) -> Result<(), AgentError> {
 }
 
 fn free_port() -> Result<u16, AgentError> {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
-        .map_err(AgentError::io("find a free port"))?;
-    Ok(listener
-        .local_addr()
-        .map_err(AgentError::io("find a free port"))?
-        .port())
+    lockstep_supervisor::free_listen_port().map_err(AgentError::io("find a free port"))
 }

@@ -75,20 +75,8 @@ fn give_each_its_own_port(ports: &mut [u16]) -> anyhow::Result<bool> {
     Ok(!broken.is_empty())
 }
 
-/// `count` ports free now, all different and none of `taken`: bound together, so that the
-/// system cannot hand out one of them twice.
 fn free_ports(count: usize, taken: &[u16]) -> anyhow::Result<Vec<u16>> {
-    let mut listeners = Vec::new();
-    let mut ports = Vec::new();
-    while ports.len() < count {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let port = listener.local_addr()?.port();
-        if !taken.contains(&port) {
-            ports.push(port);
-        }
-        listeners.push(listener);
-    }
-    Ok(ports)
+    lockstep_supervisor::free_listen_ports(count, taken).context("cannot find free ports")
 }
 
 /// Writes a file readable by its owner only, whole or not at all: tools read `endpoints.json`
