@@ -38,6 +38,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/instances/{env}/crons/{name}/run", post(run_cron))
         .route("/v1/instances/{env}/logs/{process}", get(log))
         .route("/v1/instances/{env}/users", put(users))
+        .route("/v1/instances/{env}/services", put(services))
         .route("/v1/instances/{env}/exec", post(exec))
         .layer(axum::middleware::from_fn_with_state(
             agent.clone(),
@@ -227,6 +228,16 @@ async fn log(
         .instance(&env)
         .await?
         .log(&process, query.bytes.unwrap_or(64 * 1024))
+}
+
+async fn services(
+    State(agent): State<Arc<Agent>>,
+    Path(env): Path<String>,
+    Json(specs): Json<Vec<lockstep_proto::agent::ServiceSpec>>,
+) -> Answer<Vec<lockstep_proto::agent::ServiceStatus>> {
+    Ok(Json(
+        agent.instance(&env).await?.ensure_services(specs).await?,
+    ))
 }
 
 async fn users(

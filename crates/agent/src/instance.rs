@@ -15,7 +15,7 @@ use lockstep_image::{ImageId, ImageInfo};
 use lockstep_proto::agent::{
     ActiveRelease, Closed, CronRunInfo, DiskUse, ExecOutcome, ExecRequest, Gate, HookKind,
     HookOutcome, HookRequest, HookState, InstanceConfig, InstanceStatus, NodeUser, ProcessInfo,
-    ProcessState, RuntimeInputs, Staged, Step, SwapRequest,
+    ProcessState, RuntimeInputs, ServiceSpec, ServiceStatus, Staged, Step, SwapRequest,
 };
 use lockstep_supervisor::{
     Cancel, CronOutcome, CronRunner, CronSpec, HookFailure, HookSpec, LogLimits, ProcessSpec,
@@ -32,6 +32,7 @@ use crate::locations::Served;
 use crate::release::{MountRoots, ReadyMount, Releases, disk_use};
 use crate::router::{GateControl, NodeRouter, Upstream};
 use crate::runtime_env::{RuntimeContext, config_json, runtime_env};
+use crate::services::Services;
 
 /// Releases kept besides the active one, for rollback.
 const KEPT_RELEASES: usize = 3;
@@ -78,6 +79,7 @@ pub struct Instance {
     hooks: HookStore,
     supervisor: Supervisor,
     crons: CronRunner,
+    services: Services,
     context: Arc<NodeContext>,
     router_task: tokio::task::JoinHandle<()>,
     /// Hooks running now, by deployment and hook, so a repeated request waits for the outcome.
@@ -156,10 +158,11 @@ impl Instance {
             supervisor: Supervisor::new(LogLimits::default(), context.init.clone()),
             crons: CronRunner::new(
                 dir.join("cron-runs.jsonl"),
-                log_dir,
+                log_dir.clone(),
                 LogLimits::default(),
                 context.init.clone(),
             ),
+            services: Services::load(dir.join("services"), log_dir, context.clone())?,
             dir,
             state: Mutex::new(state),
             gate,
@@ -169,8 +172,33 @@ impl Instance {
             router_task,
             running_hooks: Default::default(),
         });
+        instance.restart_services_after_load().await;
         instance.restart_web_after_load().await;
         Ok(instance)
+    }
+
+    /// Services run whatever the gate: after a restart they start again at once, before the
+    /// web process that may connect to them.
+    async fn restart_services_after_load(&self) {
+        let specs = self.services.declared();
+        if specs.is_empty() {
+            return;
+        }
+        if let Err(error) = self.ensure_services(specs).await {
+            tracing::warn!(%error, "the services did not start again after a restart");
+        }
+    }
+
+    /// Makes this node run the environment's services as `specs` say (SPEC section 10).
+    pub async fn ensure_services(
+        &self,
+        specs: Vec<ServiceSpec>,
+    ) -> Result<Vec<ServiceStatus>, AgentError> {
+        let user = {
+            let state = self.state.lock().await;
+            self.user(&state)?
+        };
+        self.services.ensure(specs, user).await
     }
 
     /// After a restart the active release's web process starts again, behind the closed gate,
@@ -296,7 +324,7 @@ impl Instance {
         self: &Arc<Self>,
         request: &HookRequest,
     ) -> Result<HookOutcome, AgentError> {
-        check_deployment_id(&request.step.deployment)?;
+        check_plain_name(&request.step.deployment, "deployment id")?;
         let key = (request.step.deployment.clone(), request.hook);
         let mut finished = {
             let state = self.state.lock().await;
@@ -431,7 +459,7 @@ impl Instance {
         deployment: &str,
         hook: HookKind,
     ) -> Result<Option<HookOutcome>, AgentError> {
-        check_deployment_id(deployment)?;
+        check_plain_name(deployment, "deployment id")?;
         self.hooks.get(deployment, hook)
     }
 
@@ -620,15 +648,7 @@ impl Instance {
     }
 
     pub fn log(&self, process: &str, max_bytes: u64) -> Result<String, AgentError> {
-        let valid = !process.is_empty()
-            && process
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !valid {
-            return Err(AgentError::BadRequest(format!(
-                "`{process}` is not a process name"
-            )));
-        }
+        check_plain_name(process, "process name")?;
         lockstep_supervisor::read_log(&self.dir.join("logs"), process, max_bytes)
             .map_err(AgentError::io(format!("read the log of {process}")))
     }
@@ -688,6 +708,7 @@ impl Instance {
                 releases_bytes: disk_use(&self.dir.join("releases")),
                 mounts_bytes: disk_use(&self.dir.join("mounts")),
             },
+            services: self.services.status(),
         }
     }
 
@@ -865,10 +886,16 @@ impl Instance {
         }
         sandbox.runtime = runtime.commands;
         sandbox.host_files = self.context.operator.files.clone();
+        let relationships = crate::relationships::platform_relationships(
+            &info.config.app.relationships,
+            &self.services.reachable(),
+            &crate::runtime_env::cluster(&state.config),
+        );
         let context = RuntimeContext {
             config: &state.config,
             image: info,
             inputs: &active.runtime,
+            relationships: &relationships,
             operator: &self.context.operator,
         };
         let env = runtime_env(&context);
@@ -937,6 +964,7 @@ impl Instance {
         self.gate.close().await;
         self.crons.stop().await;
         self.supervisor.stop_all().await;
+        self.services.stop_all().await;
     }
 }
 
@@ -950,19 +978,18 @@ fn check_router_port(state: &Persisted, config: &InstanceConfig) -> Result<(), A
     Ok(())
 }
 
-/// Deployment ids become file names: letters, digits, `-` and `_` only.
-pub fn check_deployment_id(id: &str) -> Result<(), AgentError> {
-    let valid = !id.is_empty()
-        && id.len() <= 64
-        && id
+/// Deployment ids, process and service names become file names: letters, digits, `-` and `_`
+/// only. `what` names the kind of name in the message.
+pub fn check_plain_name(name: &str, what: &str) -> Result<(), AgentError> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if valid {
         Ok(())
     } else {
-        Err(AgentError::BadRequest(format!(
-            "`{id}` is not a deployment id"
-        )))
+        Err(AgentError::BadRequest(format!("`{name}` is not a {what}")))
     }
 }
 

@@ -14,9 +14,11 @@ mod hooks;
 mod instance;
 mod locations;
 mod metrics;
+mod relationships;
 mod release;
 mod router;
 mod runtime_env;
+mod services;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -13,6 +13,8 @@ pub struct RuntimeContext<'a> {
     pub config: &'a InstanceConfig,
     pub image: &'a ImageInfo,
     pub inputs: &'a RuntimeInputs,
+    /// `PLATFORM_RELATIONSHIPS` before encoding: this node's endpoints of the services.
+    pub relationships: &'a serde_json::Value,
     pub operator: &'a OperatorEnv,
 }
 
@@ -38,10 +40,7 @@ pub fn runtime_env(context: &RuntimeContext<'_>) -> BTreeMap<String, String> {
         ),
         ("PLATFORM_TREE_ID", context.image.tree_id.clone()),
         ("PLATFORM_APP_DIR", APP_ROOT.to_owned()),
-        (
-            "PLATFORM_RELATIONSHIPS",
-            base64_json(&context.inputs.relationships),
-        ),
+        ("PLATFORM_RELATIONSHIPS", base64_json(context.relationships)),
         ("PLATFORM_ROUTES", base64_json(&context.inputs.routes)),
         ("LOCKSTEP_NODE", context.config.node.clone()),
     ];
@@ -53,7 +52,7 @@ pub fn runtime_env(context: &RuntimeContext<'_>) -> BTreeMap<String, String> {
     env
 }
 
-fn cluster(config: &InstanceConfig) -> String {
+pub fn cluster(config: &InstanceConfig) -> String {
     config
         .cluster
         .clone()

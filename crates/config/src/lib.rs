@@ -179,7 +179,7 @@ pub fn check(sources: &Sources, runtimes: &dyn Runtimes) -> Checked {
         None => Some(BTreeMap::new()),
         Some(text) => match parse_root(&mut services_report, text) {
             None => Some(BTreeMap::new()),
-            Some(root) => services::read(&mut services_report, &root),
+            Some(root) => services::read(&mut services_report, &root, runtimes),
         },
     };
     let project = match (app, routes, services) {
@@ -500,6 +500,38 @@ mod tests {
             Some("install the Debian package `php8.2-fpm`")
         );
         assert!(check(&sources, &AnyRuntime).project.is_some());
+    }
+
+    #[test]
+    fn a_service_engine_the_machine_lacks_is_an_error_at_its_type() {
+        struct NoMariadb;
+        impl Runtimes for NoMariadb {
+            fn missing(&self, language: &str) -> Option<String> {
+                (language == "mariadb")
+                    .then(|| "install the Debian package `mariadb-server`".into())
+            }
+        }
+        let sources = Sources {
+            app: Some("name: app\ntype: 'python:3.11'\nweb: {commands: {start: x}}\nrelationships: {db: 'shop:mysql'}\n".into()),
+            services: Some("cache:\n  type: redis-persistent:7.0\nshop:\n  type: mysql:10.6\n".into()),
+            ..Default::default()
+        };
+        let checked = check(&sources, &NoMariadb);
+        assert_eq!(
+            messages(&checked),
+            ["the service `mysql:10.6` cannot run here: no mariadb is installed"]
+        );
+        let error = &checked.diagnostics[0];
+        assert_eq!((error.file.as_str(), error.line), (SERVICES_FILE, 4));
+        assert_eq!(
+            error.help.as_deref(),
+            Some("install the Debian package `mariadb-server`")
+        );
+        let project = check(&sources, &AnyRuntime).project.expect("valid");
+        let cache = &project.services["cache"];
+        assert!(cache.persistent);
+        assert_eq!(cache.written_type, "redis-persistent:7.0");
+        assert_eq!(project.services["shop"].kind, ServiceKind::Mariadb);
     }
 
     #[test]

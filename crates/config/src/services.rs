@@ -14,6 +14,11 @@ pub const SERVICES_FILE: &str = ".platform/services.yaml";
 pub struct Service {
     pub kind: ServiceKind,
     pub version: String,
+    /// `type` as written (`mysql:10.6`, `redis-persistent:7.0`): apps see it in
+    /// `PLATFORM_RELATIONSHIPS`.
+    pub written_type: String,
+    /// Whether a Redis keeps its data on disk (`redis-persistent`).
+    pub persistent: bool,
     /// Megabytes.
     pub disk: Option<u64>,
     #[serde(skip)]
@@ -26,10 +31,19 @@ pub enum ServiceKind {
     Postgresql,
     /// `mariadb` and its alias `mysql`.
     Mariadb,
+    /// `redis`, and `redis-persistent`.
     Redis,
 }
 
 impl ServiceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceKind::Postgresql => "postgresql",
+            ServiceKind::Mariadb => "mariadb",
+            ServiceKind::Redis => "redis",
+        }
+    }
+
     /// The endpoint a relationship gets when it names none, as on Platform.sh.
     pub fn default_endpoint(self) -> &'static str {
         match self {
@@ -61,13 +75,16 @@ const KNOWN_UNSUPPORTED: &[&str] = &[
     "opensearch",
     "oracle-mysql",
     "rabbitmq",
-    "redis-persistent",
     "solr",
     "varnish",
     "vault-kms",
 ];
 
-pub(crate) fn read(report: &mut FileReport<'_>, root: &Node) -> Option<BTreeMap<String, Service>> {
+pub(crate) fn read(
+    report: &mut FileReport<'_>,
+    root: &Node,
+    runtimes: &dyn crate::Runtimes,
+) -> Option<BTreeMap<String, Service>> {
     let mut services = BTreeMap::new();
     let mut ok = true;
     for (name, body) in decode::mapping(report, root, "")? {
@@ -81,7 +98,7 @@ pub(crate) fn read(report: &mut FileReport<'_>, root: &Node) -> Option<BTreeMap<
             "type",
             "name the service type and version, such as `type: \"postgresql:16\"`",
         )
-        .and_then(|n| read_type(report, n, &format!("{path}.type")));
+        .and_then(|n| read_type(report, n, &format!("{path}.type"), runtimes));
         let disk = match fields.get("disk") {
             None => Some(None),
             Some(n) => decode::integer(
@@ -94,12 +111,22 @@ pub(crate) fn read(report: &mut FileReport<'_>, root: &Node) -> Option<BTreeMap<
             .map(|mb| Some(mb as u64)),
         };
         match (kind, disk) {
-            (Some((kind, version)), Some(disk)) => {
+            (
+                Some(ServiceType {
+                    kind,
+                    version,
+                    written,
+                    persistent,
+                }),
+                Some(disk),
+            ) => {
                 services.insert(
                     name.name.clone(),
                     Service {
                         kind,
                         version,
+                        written_type: written,
+                        persistent,
                         disk,
                         span: name.span,
                     },
@@ -111,19 +138,27 @@ pub(crate) fn read(report: &mut FileReport<'_>, root: &Node) -> Option<BTreeMap<
     ok.then_some(services)
 }
 
+struct ServiceType {
+    kind: ServiceKind,
+    version: String,
+    written: String,
+    persistent: bool,
+}
+
 fn read_type(
     report: &mut FileReport<'_>,
     node: &Node,
     path: &str,
-) -> Option<(ServiceKind, String)> {
+    runtimes: &dyn crate::Runtimes,
+) -> Option<ServiceType> {
     let text = decode::text(report, node, path)?;
-    let (kind, version) = text.split_once(':').unwrap_or((text.as_str(), ""));
-    let kind = match kind {
+    let (name, version) = text.split_once(':').unwrap_or((text.as_str(), ""));
+    let kind = match name {
         "postgresql" => ServiceKind::Postgresql,
         "mariadb" | "mysql" => ServiceKind::Mariadb,
-        "redis" => ServiceKind::Redis,
+        "redis" | "redis-persistent" => ServiceKind::Redis,
         other => {
-            let supported = "Lockstep runs `postgresql`, `mariadb` (or `mysql`) and `redis`";
+            let supported = "Lockstep runs `postgresql`, `mariadb` (or `mysql`), `redis` and `redis-persistent`";
             if KNOWN_UNSUPPORTED.contains(&other) {
                 report.error(
                     node.span,
@@ -133,7 +168,13 @@ fn read_type(
             } else {
                 let help = match crate::diagnostic::suggest(
                     other,
-                    ["postgresql", "mariadb", "mysql", "redis"],
+                    [
+                        "postgresql",
+                        "mariadb",
+                        "mysql",
+                        "redis",
+                        "redis-persistent",
+                    ],
                 ) {
                     Some(near) => format!("did you mean `{near}`? {supported}"),
                     None => supported.into(),
@@ -155,7 +196,23 @@ fn read_type(
         );
         return None;
     }
-    Some((kind, version.to_owned()))
+    if let Some(advice) = runtimes.missing(kind.as_str()) {
+        report.error(
+            node.span,
+            format!(
+                "the service `{text}` cannot run here: no {} is installed",
+                kind.as_str()
+            ),
+            Some(advice),
+        );
+        return None;
+    }
+    Some(ServiceType {
+        kind,
+        version: version.to_owned(),
+        written: text.clone(),
+        persistent: name == "redis-persistent",
+    })
 }
 
 fn example_type(kind: ServiceKind) -> &'static str {

@@ -520,7 +520,6 @@ impl Controller {
     ) -> Result<RuntimeInputs, ControllerError> {
         Ok(RuntimeInputs {
             variables: self.variables_for(environment, crate::variables::Audience::Runtime)?,
-            relationships: serde_json::json!({}),
             routes: self.platform_routes(environment, image)?,
         })
     }

@@ -17,7 +17,6 @@ fn runtime(variables: &[(&str, &str)]) -> RuntimeInputs {
             .iter()
             .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
             .collect::<BTreeMap<_, _>>(),
-        relationships: serde_json::json!({}),
         routes: serde_json::json!({}),
     }
 }
@@ -524,7 +523,6 @@ async fn the_app_sees_platform_variables_and_runs_unprivileged() {
         ("env:GREETING", "hello from the environment"),
         ("theme", "dark"),
     ]);
-    inputs.relationships = serde_json::json!({"database": [{"host": "db.internal", "port": 5432}]});
     inputs.routes =
         serde_json::json!({"https://shop.localhost/": {"type": "upstream", "upstream": "app"}});
     client.deploy(ENV, &setup.v1, "d1", 1, inputs.clone()).await;
@@ -569,7 +567,11 @@ async fn the_app_sees_platform_variables_and_runs_unprivileged() {
         "hello from the environment"
     );
     assert_eq!(report["variables"], serde_json::json!({"theme": "dark"}));
-    assert_eq!(report["relationships"], inputs.relationships);
+    assert_eq!(
+        report["relationships"],
+        serde_json::json!({}),
+        "the sample app declares no relationship"
+    );
     assert_eq!(report["routes"], inputs.routes);
 
     // As root, the app runs as its environment's user, who owns its mounts.

@@ -109,8 +109,6 @@ pub struct RuntimeInputs {
     /// Runtime-visible variables by full name (`env:NAME`, `django:secret`), already merged
     /// by precedence.
     pub variables: BTreeMap<String, serde_json::Value>,
-    /// `PLATFORM_RELATIONSHIPS` before encoding.
-    pub relationships: serde_json::Value,
     /// `PLATFORM_ROUTES` before encoding.
     pub routes: serde_json::Value,
 }
@@ -248,6 +246,8 @@ pub struct InstanceStatus {
     pub cron_runs: Vec<CronRunInfo>,
     pub hooks: Vec<HookOutcome>,
     pub disk: DiskUse,
+    #[serde(default)]
+    pub services: Vec<ServiceStatus>,
 }
 
 /// Every error answer of the agent's API.
@@ -278,4 +278,70 @@ pub struct ExecOutcome {
     pub exit_code: Option<i32>,
     /// Standard output and error, merged.
     pub output: String,
+}
+
+/// The engines a service instance runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceEngine {
+    Postgresql,
+    Mariadb,
+    Redis,
+}
+
+impl ServiceEngine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceEngine::Postgresql => "postgresql",
+            ServiceEngine::Mariadb => "mariadb",
+            ServiceEngine::Redis => "redis",
+        }
+    }
+}
+
+/// One service of an environment, as one node runs it: sent for every service the deployed
+/// configuration declares, before the deployment starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    /// Its name in `.platform/services.yaml`.
+    pub name: String,
+    pub engine: ServiceEngine,
+    /// `type` as written (`postgresql:15`, `redis-persistent:7.0`), for `PLATFORM_RELATIONSHIPS`.
+    pub service_type: String,
+    /// Whether a Redis keeps its data on disk (`redis-persistent`); the databases always do.
+    pub persistent: bool,
+    /// Megabytes, as `disk` says; reported beside what the data uses.
+    pub disk_mb: Option<u64>,
+    /// The password of the service's application user, generated per environment.
+    pub password: String,
+    pub role: ServiceRole,
+}
+
+/// What this node's instance of a service is in its environment's topology.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "role")]
+pub enum ServiceRole {
+    /// The instance apps write to.
+    Primary,
+    /// No instance here: this node's endpoint forwards to the primary at `primary`
+    /// (`host:port`) on another node.
+    Remote { primary: String },
+}
+
+/// A service instance on a node, once it accepts connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub engine: ServiceEngine,
+    pub role: ServiceRole,
+    /// Where the engine itself listens on this node; 0 when it runs on another node.
+    pub port: u16,
+    /// Where this node's apps reach the service (the port in `PLATFORM_RELATIONSHIPS`): a local
+    /// endpoint that follows the primary.
+    pub endpoint_port: u16,
+    /// The engine's process on this node; none when the primary runs elsewhere.
+    pub process: Option<ProcessState>,
+    /// Bytes the service's data uses on this node.
+    pub data_bytes: u64,
+    pub disk_mb: Option<u64>,
 }

@@ -1,6 +1,7 @@
-//! The language runtimes a machine offers pushed code (SPEC section 9): `type: LANG:VERSION`
-//! resolved to the host's programs, which the sandbox shows in `/opt/runtime/bin` as the plain
-//! names the app calls (`python3`, `node`, `php`).
+//! The runtimes a machine offers (SPEC sections 9 and 10): `type: LANG:VERSION` of an app, and
+//! `type: ENGINE:VERSION` of a service, resolved to the host's programs. An app's sandbox shows
+//! them in `/opt/runtime/bin` as the plain names the app calls (`python3`, `node`, `php`); a
+//! service's engine is started by its host path, which the sandbox shows under `/usr`.
 //!
 //! The exact version when it is installed, else the nearest installed version of the language
 //! with a warning (an error under `strict_runtimes`); a language with no version installed is an
@@ -151,40 +152,75 @@ fn installed(language: &str) -> Result<Vec<Install>, ()> {
             commands
         }),
         "golang" => {
-            let mut roots: Vec<PathBuf> = std::fs::read_dir("/usr/lib")
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|entry| entry.path())
-                .filter(|path| {
-                    path.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("go-"))
-                })
-                .map(|path| path.join("bin"))
-                .collect();
-            roots.sort();
+            let roots = bin_folders("/usr/lib", |name| name.starts_with("go-"));
             let roots: Vec<&Path> = roots.iter().map(PathBuf::as_path).collect();
             reported(&roots, "go", &["version"], |dir| {
                 named(dir, &[("go", "go"), ("gofmt", "gofmt")])
             })
         }
         "java" => {
-            let mut homes: Vec<PathBuf> = std::fs::read_dir("/usr/lib/jvm")
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|entry| entry.path().join("bin"))
-                .filter(|bin| bin.join("java").is_file())
-                .collect();
-            homes.sort();
+            let homes = bin_folders("/usr/lib/jvm", |_| true);
             let homes: Vec<&Path> = homes.iter().map(PathBuf::as_path).collect();
             reported(&homes, "java", &["-version"], |dir| {
                 named(dir, &[("java", "java"), ("javac", "javac")])
             })
         }
+        "postgresql" => {
+            let roots = bin_folders("/usr/lib/postgresql", |_| true);
+            let roots: Vec<&Path> = roots.iter().map(PathBuf::as_path).collect();
+            reported(&roots, "postgres", &["--version"], |dir| {
+                let mut commands = named(
+                    dir,
+                    &[
+                        ("postgres", "postgres"),
+                        ("initdb", "initdb"),
+                        ("pg_basebackup", "pg_basebackup"),
+                        ("pg_ctl", "pg_ctl"),
+                    ],
+                );
+                commands.extend(named(Path::new("/usr/bin"), &[("psql", "psql")]));
+                commands
+            })
+        }
+        "mariadb" | "mysql" => reported(
+            &[Path::new("/usr/sbin")],
+            "mariadbd",
+            &["--version"],
+            |dir| {
+                let mut commands = named(dir, &[("mariadbd", "mariadbd")]);
+                commands.extend(named(
+                    Path::new("/usr/bin"),
+                    &[
+                        ("mariadb", "mariadb"),
+                        ("mariadb-install-db", "mariadb-install-db"),
+                    ],
+                ));
+                commands
+            },
+        ),
+        "redis" | "redis-persistent" => reported(&bins, "redis-server", &["--version"], |dir| {
+            named(
+                dir,
+                &[("redis-server", "redis-server"), ("redis-cli", "redis-cli")],
+            )
+        }),
         _ => return Err(()),
     })
+}
+
+/// The `bin` folders of the folders in `parent` whose name `wanted` takes, sorted
+/// (`/usr/lib/jvm/*/bin`, `/usr/lib/postgresql/*/bin`).
+fn bin_folders(parent: &str, wanted: impl Fn(&str) -> bool) -> Vec<PathBuf> {
+    let mut folders: Vec<PathBuf> = std::fs::read_dir(parent)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| entry.file_name().to_str().is_some_and(&wanted))
+        .map(|entry| entry.path().join("bin"))
+        .filter(|bin| bin.is_dir())
+        .collect();
+    folders.sort();
+    folders
 }
 
 /// Installs named `<prefix><version>` in `dirs` (`python3.11`, `php8.2`), first dir first.
@@ -310,9 +346,12 @@ fn advice(language: &str) -> String {
         "ruby" => "ruby",
         "golang" => "golang",
         "java" => "default-jdk",
+        "postgresql" => "postgresql-15",
+        "mariadb" | "mysql" => "mariadb-server",
+        "redis" | "redis-persistent" => "redis-server",
         _ => {
             return format!(
-                "Lockstep runs python, nodejs, php, golang, ruby and java apps, not `{language}`"
+                "Lockstep runs python, nodejs, php, golang, ruby and java apps, and postgresql, mariadb and redis services, not `{language}`"
             );
         }
     };

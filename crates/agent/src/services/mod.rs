@@ -1,0 +1,506 @@
+//! An environment's services on this node (SPEC section 10): each engine's server supervised
+//! like an app process, in a sandbox of its own as the environment's user, with its data in
+//! `services/<name>/data` (its `/app`); and, on every node, the service's endpoint, which the
+//! app's relationship names and which forwards to the primary wherever it runs.
+//!
+//! Services do not take part in the deploy procedure: they start before the first deployment
+//! that declares them and keep running through every closed window, since the deploy hook uses
+//! them. A service the configuration no longer declares is stopped; its data stays.
+//!
+//! Code map: `engine` (what differs between PostgreSQL, MariaDB and Redis), `endpoint` (the
+//! forwarding port and who may connect to it).
+
+mod endpoint;
+mod engine;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lockstep_proto::agent::{ProcessState, ServiceRole, ServiceSpec, ServiceStatus};
+use lockstep_supervisor::{
+    Cancel, HookSpec, LogLimits, ProcessSpec, ProcessState as SupervisedState, RunAs, Sandbox,
+    Supervisor,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::NodeContext;
+use crate::error::AgentError;
+use endpoint::{Endpoint, Target};
+pub use engine::Shape;
+use engine::engine;
+
+/// How long a server may take to accept connections and take its user and database.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// A database gets time to write its buffers out before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(60);
+/// A server that exits this many times before it is ready will not do better.
+const START_ATTEMPTS: u32 = 3;
+
+/// What survives a restart of the agent: the services and the ports each one keeps.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Persisted {
+    services: BTreeMap<String, Kept>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Kept {
+    /// `None` once the configuration no longer declares it: stopped, its data kept.
+    spec: Option<ServiceSpec>,
+    /// Where the engine listens when it runs on this node.
+    port: u16,
+    /// Where the node's apps reach it.
+    endpoint_port: u16,
+}
+
+/// What the app's runtime needs of a service for its relationships.
+pub struct Reachable {
+    pub spec: ServiceSpec,
+    pub endpoint_port: u16,
+}
+
+pub struct Services {
+    dir: PathBuf,
+    log_dir: PathBuf,
+    context: Arc<NodeContext>,
+    supervisor: Supervisor,
+    /// One [`Services::ensure`] at a time.
+    ensuring: Mutex<()>,
+    kept: std::sync::Mutex<Persisted>,
+    endpoints: std::sync::Mutex<BTreeMap<String, Endpoint>>,
+    /// The spec each running server was started with.
+    running: std::sync::Mutex<BTreeMap<String, ServiceSpec>>,
+}
+
+impl Services {
+    /// The services kept in `dir`; nothing runs until [`Services::ensure`].
+    pub fn load(
+        dir: PathBuf,
+        log_dir: PathBuf,
+        context: Arc<NodeContext>,
+    ) -> Result<Services, AgentError> {
+        let path = dir.join("services.json");
+        let kept = lockstep_durable::read_json(&path)
+            .map_err(AgentError::io(format!("read {}", path.display())))?
+            .unwrap_or_default();
+        Ok(Services {
+            supervisor: Supervisor::new(LogLimits::default(), context.init.clone()),
+            dir,
+            log_dir,
+            context,
+            ensuring: Mutex::new(()),
+            kept: std::sync::Mutex::new(kept),
+            endpoints: Default::default(),
+            running: Default::default(),
+        })
+    }
+
+    /// The specs in force, to start again after a restart of the agent.
+    pub fn declared(&self) -> Vec<ServiceSpec> {
+        self.kept()
+            .services
+            .values()
+            .filter_map(|kept| kept.spec.clone())
+            .collect()
+    }
+
+    /// Makes this node run `specs` and nothing else, and answers once each accepts
+    /// connections: a primary here is started (its data folder made the first time) and its
+    /// user and database made; a primary elsewhere is reached through the endpoint.
+    pub async fn ensure(
+        &self,
+        specs: Vec<ServiceSpec>,
+        user: RunAs,
+    ) -> Result<Vec<ServiceStatus>, AgentError> {
+        let _one_at_a_time = self.ensuring.lock().await;
+        let mut names = Vec::new();
+        for spec in &specs {
+            crate::instance::check_plain_name(&spec.name, "service name")?;
+            names.push(spec.name.clone());
+        }
+        let (entries, removed) = {
+            let mut kept = self.kept();
+            let taken: Vec<u16> = kept
+                .services
+                .values()
+                .flat_map(|k| [k.port, k.endpoint_port])
+                .collect();
+            let missing = specs
+                .iter()
+                .filter(|spec| !kept.services.contains_key(&spec.name))
+                .count();
+            let mut fresh = lockstep_supervisor::free_listen_ports(missing * 2, &taken)
+                .map_err(AgentError::io("find ports for the services"))?
+                .into_iter();
+            let mut entries = Vec::new();
+            for spec in &specs {
+                let entry = kept
+                    .services
+                    .entry(spec.name.clone())
+                    .or_insert_with(|| Kept {
+                        spec: None,
+                        port: fresh.next().expect("a port per new service"),
+                        endpoint_port: fresh.next().expect("an endpoint port per new service"),
+                    });
+                entry.spec = Some(spec.clone());
+                entries.push(entry.clone());
+            }
+            let removed: Vec<String> = kept
+                .services
+                .iter_mut()
+                .filter(|(name, k)| k.spec.is_some() && !names.contains(name))
+                .map(|(name, k)| {
+                    k.spec = None;
+                    name.clone()
+                })
+                .collect();
+            self.save(&kept)?;
+            (entries, removed)
+        };
+        for name in removed {
+            tracing::info!(service = %name, "the configuration no longer declares it: stopped, its data kept");
+            self.stop_server(&name).await;
+            self.endpoints.lock().expect("endpoints lock").remove(&name);
+        }
+        for (spec, entry) in specs.iter().zip(&entries) {
+            self.open_endpoint(spec, entry, user).await?;
+            match &spec.role {
+                ServiceRole::Primary => self.run_primary(spec, entry.port, user).await?,
+                ServiceRole::Remote { .. } => self.stop_server(&spec.name).await,
+            }
+        }
+        Ok(self.status())
+    }
+
+    pub fn status(&self) -> Vec<ServiceStatus> {
+        let kept = self.kept().clone();
+        self.status_of(&kept)
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, Persisted> {
+        self.kept.lock().expect("services lock")
+    }
+
+    /// The services apps may have relationships to, by name.
+    pub fn reachable(&self) -> BTreeMap<String, Reachable> {
+        self.kept()
+            .services
+            .iter()
+            .filter_map(|(name, kept)| {
+                Some((
+                    name.clone(),
+                    Reachable {
+                        spec: kept.spec.clone()?,
+                        endpoint_port: kept.endpoint_port,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Stops every server (the agent is stopping); data stays.
+    pub async fn stop_all(&self) {
+        self.supervisor.stop_all().await;
+        self.running.lock().expect("running lock").clear();
+    }
+
+    fn save(&self, kept: &Persisted) -> Result<(), AgentError> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(AgentError::io(format!("create {}", self.dir.display())))?;
+        let path = self.dir.join("services.json");
+        lockstep_durable::write_json(&path, kept)
+            .map_err(AgentError::io(format!("write {}", path.display())))
+    }
+
+    async fn open_endpoint(
+        &self,
+        spec: &ServiceSpec,
+        kept: &Kept,
+        user: RunAs,
+    ) -> Result<(), AgentError> {
+        let address = match &spec.role {
+            ServiceRole::Primary => format!("127.0.0.1:{}", kept.port),
+            ServiceRole::Remote { primary } => primary.clone(),
+        };
+        let target = Target {
+            address,
+            login: engine(spec.engine).endpoint_login(&spec.password),
+        };
+        let open = self
+            .endpoints
+            .lock()
+            .expect("endpoints lock")
+            .contains_key(&spec.name);
+        if !open {
+            let allowed = vec![user.uid, 0];
+            let endpoint = Endpoint::listen(kept.endpoint_port, allowed)
+                .await
+                .map_err(AgentError::io(format!(
+                    "listen on port {} for service {}",
+                    kept.endpoint_port, spec.name
+                )))?;
+            self.endpoints
+                .lock()
+                .expect("endpoints lock")
+                .insert(spec.name.clone(), endpoint);
+        }
+        if let Some(endpoint) = self
+            .endpoints
+            .lock()
+            .expect("endpoints lock")
+            .get(&spec.name)
+        {
+            endpoint.point_at(target);
+        }
+        Ok(())
+    }
+
+    async fn run_primary(
+        &self,
+        spec: &ServiceSpec,
+        port: u16,
+        user: RunAs,
+    ) -> Result<(), AgentError> {
+        let already = self.running.lock().expect("running lock").get(&spec.name) == Some(spec);
+        let server_state = self
+            .supervisor
+            .status()
+            .into_iter()
+            .find(|p| p.name == process_name(&spec.name))
+            .map(|p| p.state);
+        if already && server_state == Some(SupervisedState::Running) {
+            return Ok(());
+        }
+        let folder = self.dir.join(&spec.name);
+        let data = folder.join("data");
+        lockstep_supervisor::give_folder(&folder, user)
+            .and_then(|()| lockstep_supervisor::give_folder(&data, user))
+            .map_err(AgentError::io(format!(
+                "make the folder of service {}",
+                spec.name
+            )))?;
+        let runtime = self.context.runtime(
+            &format!("{}:{}", spec.engine.as_str(), version(spec)),
+            false,
+        )?;
+        if let Some(warning) = runtime.warning() {
+            tracing::warn!(service = %spec.name, "{warning}");
+        }
+        let programs = runtime.commands;
+        let engine = engine(spec.engine);
+        for (name, text) in engine.config_files(port, &spec.password, spec.persistent) {
+            lockstep_durable::replace_private(
+                &data.join(name),
+                text.as_bytes(),
+                Some((user.uid, user.gid)),
+            )
+            .map_err(AgentError::io(format!(
+                "write {name} of service {}",
+                spec.name
+            )))?;
+        }
+        let mut sandbox = Sandbox::prepare(
+            data.clone(),
+            &folder,
+            user,
+            self.context.sandbox_owner.clone(),
+        )
+        .map_err(AgentError::io("prepare the service's sandbox"))?;
+        sandbox.app_writable = true;
+        let env = service_env();
+        if let Some(script) = engine.init_script(&programs) {
+            self.run_script(&spec.name, "init", &script, &sandbox, env.clone())
+                .await?;
+        }
+        self.supervisor
+            .start(ProcessSpec {
+                name: process_name(&spec.name),
+                command: engine.start_script(&programs, port),
+                sandbox: sandbox.clone(),
+                env: env.clone(),
+                log_dir: self.log_dir.clone(),
+                stop_grace: STOP_GRACE,
+            })
+            .await?;
+        self.running
+            .lock()
+            .expect("running lock")
+            .insert(spec.name.clone(), spec.clone());
+        self.wait_until_listening(&spec.name, port).await?;
+        if let Some(script) = engine.provision_script(&programs, port) {
+            let mut env = env;
+            env.insert("SERVICE_PASSWORD".into(), spec.password.clone());
+            // A server that listens may still be recovering: the script is tried until it
+            // takes, within the same patience.
+            let deadline = Instant::now() + READY_TIMEOUT;
+            loop {
+                match self
+                    .run_script(&spec.name, "provision", &script, &sandbox, env.clone())
+                    .await
+                {
+                    Ok(()) => break,
+                    Err(error) if Instant::now() > deadline => return Err(error),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+                }
+            }
+        }
+        tracing::info!(service = %spec.name, port, version = %runtime.version, "service ready");
+        Ok(())
+    }
+
+    async fn wait_until_listening(&self, name: &str, port: u16) -> Result<(), AgentError> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            let restarts = self
+                .supervisor
+                .status()
+                .into_iter()
+                .find(|p| p.name == process_name(name))
+                .map_or(0, |p| p.restarts);
+            let gave_up = if restarts >= START_ATTEMPTS {
+                Some(format!("exited {restarts} times"))
+            } else if Instant::now() > deadline {
+                Some(format!(
+                    "did not listen within {} s",
+                    READY_TIMEOUT.as_secs()
+                ))
+            } else {
+                None
+            };
+            if let Some(reason) = gave_up {
+                self.stop_server(name).await;
+                let output =
+                    lockstep_supervisor::read_log(&self.log_dir, &process_name(name), 4096)
+                        .unwrap_or_default();
+                return Err(AgentError::Refused(format!(
+                    "service {name} {reason}. Its last output:\n{output}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Runs a script of the engine's to its end in the service's sandbox; its output goes to
+    /// the service's log.
+    async fn run_script(
+        &self,
+        name: &str,
+        what: &str,
+        script: &str,
+        sandbox: &Sandbox,
+        env: BTreeMap<String, String>,
+    ) -> Result<(), AgentError> {
+        let spec = HookSpec {
+            script: script.to_owned(),
+            sandbox: sandbox.clone(),
+            env,
+            timeout: READY_TIMEOUT,
+            cancel: Cancel::default(),
+        };
+        let log = self.log_dir.join(format!("{}.log", process_name(name)));
+        let name = name.to_owned();
+        let step = what.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut lines = Vec::new();
+            let outcome =
+                lockstep_supervisor::run_hook(&spec, &mut |line| lines.push(line.to_owned()));
+            append_lines(&log, &lines);
+            outcome.map(|_| ()).map_err(|failure| {
+                let last = lines[lines.len().saturating_sub(10)..].join("\n");
+                AgentError::Refused(format!(
+                    "the {step} step of service {name} failed: {failure}. Its last output:\n{last}"
+                ))
+            })
+        })
+        .await
+        .map_err(|error| {
+            AgentError::Refused(format!("the {what} step of a service panicked: {error}"))
+        })?
+    }
+
+    async fn stop_server(&self, name: &str) {
+        self.supervisor.stop(&process_name(name)).await;
+        self.supervisor.forget(&process_name(name));
+        self.running.lock().expect("running lock").remove(name);
+    }
+
+    fn status_of(&self, kept: &Persisted) -> Vec<ServiceStatus> {
+        let processes = self.supervisor.status();
+        kept.services
+            .iter()
+            .filter_map(|(name, k)| {
+                let spec = k.spec.as_ref()?;
+                let process = processes
+                    .iter()
+                    .find(|p| p.name == process_name(name))
+                    .map(|p| match p.state {
+                        SupervisedState::Running => ProcessState::Running,
+                        SupervisedState::BackingOff => ProcessState::BackingOff,
+                        SupervisedState::Stopped => ProcessState::Stopped,
+                    });
+                let here = matches!(spec.role, ServiceRole::Primary);
+                Some(ServiceStatus {
+                    name: name.clone(),
+                    engine: spec.engine,
+                    role: spec.role.clone(),
+                    port: if here { k.port } else { 0 },
+                    endpoint_port: k.endpoint_port,
+                    process,
+                    data_bytes: crate::release::disk_use(&self.dir.join(name).join("data")),
+                    disk_mb: spec.disk_mb,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The engine's fields of a relationship to `spec`.
+pub fn shape(spec: &ServiceSpec) -> Shape {
+    engine(spec.engine).relationship(&spec.password)
+}
+
+/// The supervisor's name for a service's server, and its log's: `service-NAME`.
+pub fn process_name(service: &str) -> String {
+    format!("service-{service}")
+}
+
+/// The version `type` asks for (`postgresql:15` → `15`).
+fn version(spec: &ServiceSpec) -> &str {
+    spec.service_type.split_once(':').map_or("", |(_, v)| v)
+}
+
+fn service_env() -> BTreeMap<String, String> {
+    [
+        (
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        ),
+        ("HOME", lockstep_supervisor::APP_ROOT),
+        ("USER", lockstep_supervisor::APP_USER),
+        ("LANG", "C.UTF-8"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+fn append_lines(log: &Path, lines: &[String]) {
+    use std::io::Write;
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        for line in lines {
+            let _ = writeln!(file, "{line}");
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! Services on nodes as the controller drives them: real agent processes run PostgreSQL,
+//! MariaDB and Redis in their sandboxes, and real clients connect through each service's
+//! endpoint, the port an app's relationship names.
+
+mod support;
+
+use std::process::Command;
+
+use lockstep_proto::agent::{ProcessState, ServiceEngine, ServiceRole, ServiceSpec, ServiceStatus};
+use support::*;
+
+const ENV: &str = "staging";
+const PASSWORD: &str = "0123456789abcdef0123456789abcdef";
+
+fn spec(name: &str, engine: ServiceEngine, service_type: &str, role: ServiceRole) -> ServiceSpec {
+    ServiceSpec {
+        name: name.into(),
+        engine,
+        service_type: service_type.into(),
+        persistent: true,
+        disk_mb: Some(512),
+        password: PASSWORD.into(),
+        role,
+    }
+}
+
+fn all_three() -> Vec<ServiceSpec> {
+    vec![
+        spec(
+            "db",
+            ServiceEngine::Postgresql,
+            "postgresql:15",
+            ServiceRole::Primary,
+        ),
+        spec(
+            "shop",
+            ServiceEngine::Mariadb,
+            "mysql:10.11",
+            ServiceRole::Primary,
+        ),
+        spec(
+            "cache",
+            ServiceEngine::Redis,
+            "redis-persistent:7.0",
+            ServiceRole::Primary,
+        ),
+    ]
+}
+
+async fn ensure(client: &AgentClient, specs: &[ServiceSpec]) -> Vec<ServiceStatus> {
+    let path = format!("/v1/instances/{ENV}/services");
+    let body = client
+        .send(client.http.put(client.url(&path)).json(specs))
+        .await
+        .ok();
+    serde_json::from_value(body).unwrap()
+}
+
+fn named<'a>(statuses: &'a [ServiceStatus], name: &str) -> &'a ServiceStatus {
+    statuses
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no service {name} in {statuses:?}"))
+}
+
+/// Runs a client program; its output, or its error output when it fails.
+fn client(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<String, String> {
+    let output = Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    if output.status.success() && !text.starts_with("ERR") && !text.starts_with("NOAUTH") {
+        Ok(text)
+    } else {
+        Err(format!("{text}{}", String::from_utf8_lossy(&output.stderr)))
+    }
+}
+
+fn psql(port: u16, sql: &str) -> Result<String, String> {
+    client(
+        "psql",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "main",
+            "-d",
+            "main",
+            "-qtAc",
+            sql,
+        ],
+        &[("PGPASSWORD", PASSWORD), ("PGCONNECT_TIMEOUT", "10")],
+    )
+}
+
+fn mariadb(port: u16, sql: &str) -> Result<String, String> {
+    client(
+        "mariadb",
+        &[
+            "--no-defaults",
+            "-h",
+            "127.0.0.1",
+            "-P",
+            &port.to_string(),
+            "-u",
+            "user",
+            &format!("-p{PASSWORD}"),
+            "main",
+            "-N",
+            "-e",
+            sql,
+        ],
+        &[],
+    )
+}
+
+fn redis(port: u16, args: &[&str]) -> Result<String, String> {
+    let port = port.to_string();
+    let mut all = vec!["-p", port.as_str()];
+    all.extend(args);
+    client("redis-cli", &all, &[])
+}
+
+#[tokio::test]
+async fn each_engine_serves_through_its_endpoint_and_keeps_its_data_across_restarts() {
+    let data = tempfile::tempdir().unwrap();
+    let storage = tempfile::tempdir().unwrap();
+    let mut agent = AgentProcess::start(data.path()).await;
+    agent
+        .client()
+        .configure(&instance_config(ENV, storage.path()))
+        .await;
+
+    let services = ensure(&agent.client(), &all_three()).await;
+    for service in &services {
+        assert_eq!(service.process, Some(ProcessState::Running), "{service:?}");
+        assert_ne!(service.endpoint_port, service.port);
+    }
+    let db = named(&services, "db").endpoint_port;
+    let shop = named(&services, "shop").endpoint_port;
+    let cache = named(&services, "cache");
+    assert_eq!(
+        psql(
+            db,
+            "CREATE TABLE orders (id int); INSERT INTO orders VALUES (42); SELECT id FROM orders"
+        )
+        .unwrap(),
+        "42"
+    );
+    assert_eq!(
+        mariadb(
+            shop,
+            "CREATE TABLE carts (id int); INSERT INTO carts VALUES (7); SELECT id FROM carts"
+        )
+        .unwrap(),
+        "7"
+    );
+    // Apps reach Redis without a password, as on Platform.sh; the engine itself wants one.
+    assert_eq!(
+        redis(cache.endpoint_port, &["SET", "visits", "3"]).unwrap(),
+        "OK"
+    );
+    assert!(
+        redis(cache.port, &["GET", "visits"])
+            .unwrap_err()
+            .contains("NOAUTH")
+    );
+    // A wrong password is refused at the engine, endpoint or not.
+    let wrong = client(
+        "psql",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &db.to_string(),
+            "-U",
+            "main",
+            "-d",
+            "main",
+            "-tAc",
+            "SELECT 1",
+        ],
+        &[("PGPASSWORD", "wrong")],
+    );
+    assert!(
+        wrong
+            .unwrap_err()
+            .contains("password authentication failed")
+    );
+
+    // Sent again, nothing moves.
+    let places = |statuses: &[ServiceStatus]| -> Vec<(String, u16, u16, Option<ProcessState>)> {
+        statuses
+            .iter()
+            .map(|s| (s.name.clone(), s.port, s.endpoint_port, s.process.clone()))
+            .collect()
+    };
+    let again = ensure(&agent.client(), &all_three()).await;
+    assert_eq!(places(&again), places(&services));
+
+    agent.kill();
+    let agent = AgentProcess::start(data.path()).await;
+    let back = agent.client().status(ENV).await.services;
+    assert_eq!(back.len(), 3, "{back:?}");
+    assert_eq!(psql(db, "SELECT id FROM orders").unwrap(), "42");
+    assert_eq!(mariadb(shop, "SELECT id FROM carts").unwrap(), "7");
+    assert_eq!(redis(cache.endpoint_port, &["GET", "visits"]).unwrap(), "3");
+
+    // A service the configuration drops stops; its data stays for when it comes back.
+    let without_cache: Vec<ServiceSpec> = all_three().into_iter().take(2).collect();
+    let services = ensure(&agent.client(), &without_cache).await;
+    assert!(services.iter().all(|s| s.name != "cache"));
+    assert!(redis(cache.endpoint_port, &["PING"]).is_err());
+    assert!(std::net::TcpStream::connect(("127.0.0.1", cache.port)).is_err());
+    let services = ensure(&agent.client(), &all_three()).await;
+    assert_eq!(named(&services, "cache").endpoint_port, cache.endpoint_port);
+    assert_eq!(redis(cache.endpoint_port, &["GET", "visits"]).unwrap(), "3");
+}
+
+#[tokio::test]
+async fn another_user_on_the_host_cannot_use_an_environments_endpoint() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run a client as another user");
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let storage = tempfile::tempdir().unwrap();
+    let agent = AgentProcess::start(data.path()).await;
+    agent
+        .client()
+        .configure(&instance_config(ENV, storage.path()))
+        .await;
+    let cache = spec(
+        "cache",
+        ServiceEngine::Redis,
+        "redis:7.0",
+        ServiceRole::Primary,
+    );
+    let services = ensure(&agent.client(), &[cache]).await;
+    let port = named(&services, "cache").endpoint_port.to_string();
+    let as_user = |uid: u32| {
+        client(
+            "setpriv",
+            &[
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+                "redis-cli",
+                "-p",
+                &port,
+                "PING",
+            ],
+            &[],
+        )
+    };
+    assert_eq!(as_user(APP_USER.uid).unwrap(), "PONG");
+    assert!(
+        as_user(APP_USER.uid - 1).is_err(),
+        "another environment's user got in"
+    );
+}
+
+#[tokio::test]
+async fn a_node_without_the_primary_reaches_it_through_its_own_endpoint() {
+    let (first_data, second_data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let storage = tempfile::tempdir().unwrap();
+    let first = AgentProcess::start(first_data.path()).await;
+    let second = AgentProcess::start(second_data.path()).await;
+    for agent in [&first, &second] {
+        agent
+            .client()
+            .configure(&instance_config(ENV, storage.path()))
+            .await;
+    }
+    let primary = ensure(
+        &first.client(),
+        &[spec(
+            "db",
+            ServiceEngine::Postgresql,
+            "postgresql:15",
+            ServiceRole::Primary,
+        )],
+    )
+    .await;
+    let primary = named(&primary, "db");
+    let remote = ServiceRole::Remote {
+        primary: format!("127.0.0.1:{}", primary.port),
+    };
+    let elsewhere = ensure(
+        &second.client(),
+        &[spec(
+            "db",
+            ServiceEngine::Postgresql,
+            "postgresql:15",
+            remote,
+        )],
+    )
+    .await;
+    let elsewhere = named(&elsewhere, "db");
+    assert_eq!(elsewhere.process, None, "no server runs on the second node");
+    psql(
+        elsewhere.endpoint_port,
+        "CREATE TABLE notes (body text); INSERT INTO notes VALUES ('hello')",
+    )
+    .unwrap();
+    assert_eq!(
+        psql(primary.endpoint_port, "SELECT body FROM notes").unwrap(),
+        "hello"
+    );
+}
