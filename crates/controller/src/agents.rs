@@ -52,6 +52,7 @@ pub enum Call<'a> {
     Background(&'a Step),
     Users(&'a [lockstep_proto::agent::NodeUser]),
     Exec(&'a lockstep_proto::agent::ExecRequest),
+    Services(&'a [lockstep_proto::agent::ServiceSpec]),
 }
 
 impl AgentClient {
@@ -107,6 +108,7 @@ impl AgentClient {
             Call::Background(step) => self.http.post(url(&["background"])?).json(step),
             Call::Users(users) => self.http.put(url(&["users"])?).json(users),
             Call::Exec(request) => self.http.post(url(&["exec"])?).json(request),
+            Call::Services(specs) => self.http.put(url(&["services"])?).json(specs),
         };
         let response = request
             .bearer_auth(&self.token)

@@ -15,6 +15,7 @@ mod git;
 mod orchestrator;
 mod push;
 mod secrets;
+mod services;
 mod store;
 mod users;
 mod variables;
@@ -93,6 +94,9 @@ pub enum ControllerError {
     /// branch's.
     #[error("{0}")]
     BranchName(String),
+    /// A service's engine or version differs from what its data was made with.
+    #[error("{0}")]
+    ServiceChanged(String),
     #[error("cannot {action}")]
     Io {
         action: String,
@@ -102,7 +106,7 @@ pub enum ControllerError {
 }
 
 impl ControllerError {
-    fn agent(node: &Node) -> impl FnOnce(agents::CallError) -> ControllerError + '_ {
+    pub(crate) fn agent(node: &Node) -> impl FnOnce(agents::CallError) -> ControllerError + '_ {
         move |error| ControllerError::Agent {
             node: node.name.clone(),
             message: error.to_string(),

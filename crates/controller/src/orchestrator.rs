@@ -115,6 +115,8 @@ impl Controller {
             None => job.image.clone(),
         };
         self.configure_instances(&env.name, &nodes).await?;
+        self.ensure_services(&env.name, &image, Some(&job.activity))
+            .await?;
         let plan = Plan {
             deployment: job.activity.clone(),
             nodes: nodes.iter().map(|n| n.name.clone()).collect(),
@@ -377,6 +379,9 @@ impl Controller {
             Err(CallError::Node(NodeFailure::Failed(_))) => {
                 self.configure_instances(environment, std::slice::from_ref(node))
                     .await?;
+                // A node that lost its instance lost its services' endpoints too.
+                self.ensure_services(environment, &serving.image, None)
+                    .await?;
                 self.agents
                     .status(&node.agent_url, environment)
                     .await
@@ -478,6 +483,47 @@ impl Controller {
                     .set_router_port(environment, &node.name, status.router_port)?;
             }
             self.send_users(environment, env.kind, node).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the services `image`'s configuration declares on every node of the environment,
+    /// before anything of its deployment happens; said in `activity`'s log when given.
+    async fn ensure_services(
+        &self,
+        environment: &str,
+        image: &str,
+        activity: Option<&str>,
+    ) -> Result<(), ControllerError> {
+        let manifest = self
+            .images
+            .manifest(&image.parse().map_err(ControllerError::image)?)?;
+        let declared = &manifest.info.config.services;
+        if declared.is_empty() && self.store.services(environment)?.is_empty() {
+            return Ok(());
+        }
+        let specs = crate::services::specs(&self.store, environment, declared)?;
+        if let Some(activity) = activity {
+            self.store.phase_started(activity, "services")?;
+        }
+        let nodes = self.store.nodes(environment)?;
+        let placed = crate::services::place(&self.agents, environment, &nodes, specs).await?;
+        if let Some(activity) = activity {
+            for (node, services) in &placed {
+                for service in services {
+                    let role = match &service.role {
+                        lockstep_proto::agent::ServiceRole::Primary => "primary".to_owned(),
+                        lockstep_proto::agent::ServiceRole::Remote { primary } => {
+                            format!("endpoint to the primary at {primary}")
+                        }
+                    };
+                    self.store.append_log(
+                        activity,
+                        &format!("Service {} on {node}: {role}, ready", service.name),
+                    )?;
+                }
+            }
+            self.store.phase_ended(activity, "services")?;
         }
         Ok(())
     }

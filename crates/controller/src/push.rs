@@ -226,13 +226,6 @@ impl Controller {
                 return self.fail_push(&activity.id, &reason, out);
             }
         };
-        if !manifest.info.config.services.is_empty() {
-            return self.fail_push(
-                &activity.id,
-                "the project defines services in .platform/services.yaml, which Lockstep does not run yet",
-                out,
-            );
-        }
         let _ = self.store.record_image(&manifest);
         let _ = self
             .store

@@ -110,7 +110,29 @@ CREATE UNIQUE INDEX environments_by_uid ON environments (uid);
     r#"
 ALTER TABLE environments ADD COLUMN pending INTEGER NOT NULL DEFAULT 0;
 "#,
+    // Each service an environment ever declared, with the credentials apps get for it.
+    r#"
+CREATE TABLE services (
+    environment TEXT NOT NULL,
+    name TEXT NOT NULL,
+    engine TEXT NOT NULL,
+    version TEXT NOT NULL,
+    password TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (environment, name)
+);
+"#,
 ];
+
+/// A service of an environment as first declared: its engine and version never change, since
+/// its data is in that engine's format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredService {
+    pub name: String,
+    pub engine: lockstep_proto::agent::ServiceKind,
+    pub version: String,
+    pub password: String,
+}
 
 /// Environments' Unix users are numbered from here up: above the ids Debian gives users and
 /// its dynamic range, below the ranges rootless containers usually take (`/etc/subuid`).
@@ -444,6 +466,56 @@ impl Store {
             c.execute(
                 "UPDATE nodes SET router_port = ?3 WHERE environment = ?1 AND name = ?2",
                 params![environment, node, port],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn services(&self, environment: &str) -> Result<Vec<StoredService>, StoreError> {
+        self.with(|c| {
+            let mut statement = c.prepare(
+                "SELECT name, engine, version, password FROM services WHERE environment = ?1 ORDER BY name",
+            )?;
+            let rows = statement.query_map([environment], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                ))
+            })?;
+            let mut services = Vec::new();
+            for row in rows {
+                let (name, engine, version, password) = row?;
+                services.push(StoredService {
+                    name,
+                    engine: serde_json::from_value(serde_json::Value::String(engine))?,
+                    version,
+                    password,
+                });
+            }
+            Ok(services)
+        })
+    }
+
+    /// Records a service the first time an environment declares it; a service already recorded
+    /// stays as it was.
+    pub fn add_service(
+        &self,
+        environment: &str,
+        service: &StoredService,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO services (environment, name, engine, version, password, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    environment,
+                    service.name,
+                    service.engine.as_str(),
+                    service.version,
+                    service.password,
+                    timestamp(Utc::now())
+                ],
             )?;
             Ok(())
         })

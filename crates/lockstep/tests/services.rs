@@ -6,13 +6,13 @@ mod support;
 
 use std::process::Command;
 
-use lockstep_proto::agent::{ProcessState, ServiceEngine, ServiceRole, ServiceSpec, ServiceStatus};
+use lockstep_proto::agent::{ProcessState, ServiceKind, ServiceRole, ServiceSpec, ServiceStatus};
 use support::*;
 
 const ENV: &str = "staging";
 const PASSWORD: &str = "0123456789abcdef0123456789abcdef";
 
-fn spec(name: &str, engine: ServiceEngine, service_type: &str, role: ServiceRole) -> ServiceSpec {
+fn spec(name: &str, engine: ServiceKind, service_type: &str, role: ServiceRole) -> ServiceSpec {
     ServiceSpec {
         name: name.into(),
         engine,
@@ -28,19 +28,19 @@ fn all_three() -> Vec<ServiceSpec> {
     vec![
         spec(
             "db",
-            ServiceEngine::Postgresql,
+            ServiceKind::Postgresql,
             "postgresql:15",
             ServiceRole::Primary,
         ),
         spec(
             "shop",
-            ServiceEngine::Mariadb,
+            ServiceKind::Mariadb,
             "mysql:10.11",
             ServiceRole::Primary,
         ),
         spec(
             "cache",
-            ServiceEngine::Redis,
+            ServiceKind::Redis,
             "redis-persistent:7.0",
             ServiceRole::Primary,
         ),
@@ -236,7 +236,7 @@ async fn another_user_on_the_host_cannot_use_an_environments_endpoint() {
         .await;
     let cache = spec(
         "cache",
-        ServiceEngine::Redis,
+        ServiceKind::Redis,
         "redis:7.0",
         ServiceRole::Primary,
     );
@@ -280,7 +280,7 @@ async fn a_node_without_the_primary_reaches_it_through_its_own_endpoint() {
         &first.client(),
         &[spec(
             "db",
-            ServiceEngine::Postgresql,
+            ServiceKind::Postgresql,
             "postgresql:15",
             ServiceRole::Primary,
         )],
@@ -292,12 +292,7 @@ async fn a_node_without_the_primary_reaches_it_through_its_own_endpoint() {
     };
     let elsewhere = ensure(
         &second.client(),
-        &[spec(
-            "db",
-            ServiceEngine::Postgresql,
-            "postgresql:15",
-            remote,
-        )],
+        &[spec("db", ServiceKind::Postgresql, "postgresql:15", remote)],
     )
     .await;
     let elsewhere = named(&elsewhere, "db");
@@ -311,4 +306,101 @@ async fn a_node_without_the_primary_reaches_it_through_its_own_endpoint() {
         psql(primary.endpoint_port, "SELECT body FROM notes").unwrap(),
         "hello"
     );
+}
+
+async fn call(method: reqwest::Method, router: &str, path: &str) -> serde_json::Value {
+    let response = reqwest::Client::new()
+        .request(method, format!("{router}{path}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{path}: {}",
+        response.status()
+    );
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_production_push_runs_its_services_and_every_node_reaches_the_same_primary() {
+    let platform = Platform::start().await;
+    let project = Project::example("services-app");
+    let output = platform.push(&project, "HEAD:production");
+    assert!(output.status.success(), "{}", text(&output));
+    let said = text(&output);
+    assert!(
+        said.contains("Service db on production-1: primary, ready"),
+        "{said}"
+    );
+    assert!(
+        said.contains("Service db on production-3: endpoint to the primary"),
+        "{said}"
+    );
+
+    let routers = platform.routers("production").await;
+    assert_eq!(routers.len(), 3);
+    let mut counter = 0;
+    for (i, router) in routers.iter().enumerate() {
+        let added = call(
+            reqwest::Method::POST,
+            router,
+            &format!("/notes?body=note%20{i}"),
+        )
+        .await;
+        assert_eq!(added["node"], format!("production-{}", i + 1));
+        call(reqwest::Method::POST, router, &format!("/carts?id={i}")).await;
+        counter = call(reqwest::Method::POST, router, "/counter").await["counter"]
+            .as_i64()
+            .unwrap();
+    }
+    assert_eq!(counter, 3, "one Redis counts for every node");
+    for router in &routers {
+        let notes = call(reqwest::Method::GET, router, "/notes").await;
+        assert_eq!(
+            notes["notes"],
+            serde_json::json!(["note 0", "note 1", "note 2"])
+        );
+        let carts = call(reqwest::Method::GET, router, "/carts").await;
+        assert_eq!(carts["carts"], serde_json::json!([0, 1, 2]));
+    }
+    let migrations = call(reqwest::Method::GET, &routers[0], "/migrations").await;
+    assert_eq!(
+        migrations["migrations"].as_array().unwrap().len(),
+        1,
+        "{migrations}"
+    );
+
+    // The next deployment migrates once more, against the same data.
+    std::fs::write(project.path().join("VERSION"), "2").unwrap();
+    project.commit("v2");
+    let output = platform.push(&project, "HEAD:production");
+    assert!(output.status.success(), "{}", text(&output));
+    let migrations = call(reqwest::Method::GET, &routers[2], "/migrations").await;
+    assert_eq!(
+        migrations["migrations"].as_array().unwrap().len(),
+        2,
+        "{migrations}"
+    );
+    let notes = call(reqwest::Method::GET, &routers[1], "/notes").await;
+    assert_eq!(notes["notes"].as_array().unwrap().len(), 3);
+
+    // A service's version does not change under its data: refused, nothing else changes.
+    let services = project.path().join(".platform/services.yaml");
+    let text_now = std::fs::read_to_string(&services).unwrap();
+    std::fs::write(
+        &services,
+        text_now.replace("postgresql:15", "postgresql:16"),
+    )
+    .unwrap();
+    project.commit("postgresql 16");
+    let output = platform.push(&project, "HEAD:production");
+    assert!(!output.status.success(), "a version change was accepted");
+    assert!(
+        text(&output).contains("service `db` runs postgresql:15"),
+        "{}",
+        text(&output)
+    );
+    let notes = call(reqwest::Method::GET, &routers[0], "/notes").await;
+    assert_eq!(notes["notes"].as_array().unwrap().len(), 3);
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
+pub use lockstep_config::ServiceKind;
 use serde::{Deserialize, Serialize};
 
 /// The header that carries the instance's gate state on every answer of a node router.
@@ -280,32 +281,13 @@ pub struct ExecOutcome {
     pub output: String,
 }
 
-/// The engines a service instance runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ServiceEngine {
-    Postgresql,
-    Mariadb,
-    Redis,
-}
-
-impl ServiceEngine {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ServiceEngine::Postgresql => "postgresql",
-            ServiceEngine::Mariadb => "mariadb",
-            ServiceEngine::Redis => "redis",
-        }
-    }
-}
-
 /// One service of an environment, as one node runs it: sent for every service the deployed
 /// configuration declares, before the deployment starts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSpec {
     /// Its name in `.platform/services.yaml`.
     pub name: String,
-    pub engine: ServiceEngine,
+    pub engine: ServiceKind,
     /// `type` as written (`postgresql:15`, `redis-persistent:7.0`), for `PLATFORM_RELATIONSHIPS`.
     pub service_type: String,
     /// Whether a Redis keeps its data on disk (`redis-persistent`); the databases always do.
@@ -332,7 +314,7 @@ pub enum ServiceRole {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceStatus {
     pub name: String,
-    pub engine: ServiceEngine,
+    pub engine: ServiceKind,
     pub role: ServiceRole,
     /// Where the engine itself listens on this node; 0 when it runs on another node.
     pub port: u16,

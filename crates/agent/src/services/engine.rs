@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use lockstep_proto::agent::ServiceEngine;
+use lockstep_proto::agent::ServiceKind;
 use serde_json::{Value, json};
 
 /// The engine's host programs, by name (from the supervisor's runtimes).
@@ -49,11 +49,11 @@ pub struct Shape {
     pub query: Value,
 }
 
-pub(super) fn engine(kind: ServiceEngine) -> &'static dyn Engine {
+pub(super) fn engine(kind: ServiceKind) -> &'static dyn Engine {
     match kind {
-        ServiceEngine::Postgresql => &Postgresql,
-        ServiceEngine::Mariadb => &Mariadb,
-        ServiceEngine::Redis => &Redis,
+        ServiceKind::Postgresql => &Postgresql,
+        ServiceKind::Mariadb => &Mariadb,
+        ServiceKind::Redis => &Redis,
     }
 }
 

@@ -14,7 +14,14 @@ use lockstep_proto::agent::{
 };
 
 pub fn sample_app() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/app")
+    example_dir("app")
+}
+
+/// `examples/NAME` of the repository.
+pub fn example_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name)
 }
 
 /// A git repository holding a copy of the sample app, as a user's project would.
@@ -24,12 +31,17 @@ pub struct Project {
 
 impl Project {
     pub fn sample() -> Project {
+        Self::example("app")
+    }
+
+    /// A copy of `examples/NAME`, committed.
+    pub fn example(name: &str) -> Project {
         let project = Project {
             dir: tempfile::tempdir().unwrap(),
         };
         let status = Command::new("cp")
             .arg("-r")
-            .arg(sample_app().join("."))
+            .arg(example_dir(name).join("."))
             .arg(project.path())
             .status()
             .unwrap();
