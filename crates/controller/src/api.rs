@@ -325,6 +325,7 @@ struct NodeStatus {
     router: Option<String>,
     gate: Option<lockstep_proto::agent::Gate>,
     active: Option<lockstep_proto::agent::ActiveRelease>,
+    services: Vec<lockstep_proto::agent::ServiceStatus>,
     error: Option<String>,
 }
 
@@ -351,16 +352,16 @@ async fn environment_status(
     let mut nodes = Vec::new();
     for node in controller.store.nodes(&environment.name)? {
         // A node that never received the environment has nothing to say yet.
-        let (gate, active, error) = if node.router_port.is_none() {
-            (None, None, Some("no release yet".to_owned()))
+        let (gate, active, services, error) = if node.router_port.is_none() {
+            (None, None, Vec::new(), Some("no release yet".to_owned()))
         } else {
             match controller
                 .agents
                 .status(&node.agent_url, &environment.name)
                 .await
             {
-                Ok(status) => (Some(status.gate), status.active, None),
-                Err(error) => (None, None, Some(error.to_string())),
+                Ok(status) => (Some(status.gate), status.active, status.services, None),
+                Err(error) => (None, None, Vec::new(), Some(error.to_string())),
             }
         };
         nodes.push(NodeStatus {
@@ -369,6 +370,7 @@ async fn environment_status(
             agent: node.agent_url,
             gate,
             active,
+            services,
             error,
         });
     }
@@ -708,7 +710,7 @@ async fn app_log(
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
             format!(
-                "`{process}` is not a process name: `web`, `worker-NAME`, `cron-NAME`, `hook-deploy`, `hook-post_deploy`"
+                "`{process}` is not a process name: `web`, `worker-NAME`, `cron-NAME`, `hook-deploy`, `hook-post_deploy`, `service-NAME`"
             ),
         ));
     }

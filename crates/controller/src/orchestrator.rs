@@ -13,7 +13,9 @@ use std::time::Duration;
 use lockstep_deploy::{
     Command, Deployment, Event, HookKind, NodeFailure, Phase, Plan, Record, Release, Reply, Request,
 };
-use lockstep_proto::agent::{HookRequest, HookState, RuntimeInputs, Step, SwapRequest};
+use lockstep_proto::agent::{
+    HookRequest, HookState, RuntimeInputs, ServiceRole, Step, SwapRequest,
+};
 use tokio::sync::mpsc;
 
 use crate::agents::{Call, CallError};
@@ -512,8 +514,9 @@ impl Controller {
             for (node, services) in &placed {
                 for service in services {
                     let role = match &service.role {
-                        lockstep_proto::agent::ServiceRole::Primary => "primary".to_owned(),
-                        lockstep_proto::agent::ServiceRole::Remote { primary } => {
+                        ServiceRole::Primary { .. } => "primary".to_owned(),
+                        ServiceRole::Replica { primary } => format!("replica of {primary}"),
+                        ServiceRole::Remote { primary } => {
                             format!("endpoint to the primary at {primary}")
                         }
                     };

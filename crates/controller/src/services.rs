@@ -1,13 +1,14 @@
 //! An environment's services across its nodes (SPEC section 10). What the deployed
 //! configuration declares becomes one spec per service, sent to every node before the
 //! deployment begins, so that services are up for the deploy hook and run through the closed
-//! window. The first node runs each primary; every other node reaches it through its endpoint.
+//! window. The first node runs each primary; every other node runs a replica where the engine
+//! has its own replication (PostgreSQL, Redis), and reaches the primary through its endpoint.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use lockstep_config::Service;
-use lockstep_proto::agent::{ServiceRole, ServiceSpec, ServiceStatus};
+use lockstep_proto::agent::{ServiceKind, ServiceRole, ServiceSpec, ServiceStatus};
 
 use crate::ControllerError;
 use crate::agents::{AgentClient, Call};
@@ -58,7 +59,7 @@ pub(crate) fn specs(
             persistent: service.persistent,
             disk_mb: service.disk,
             password: stored.password,
-            role: ServiceRole::Primary,
+            role: ServiceRole::Primary { replicas: 0 },
         });
     }
     Ok(specs)
@@ -75,7 +76,18 @@ pub(crate) async fn place(
     let Some((first, others)) = nodes.split_first() else {
         return Ok(Vec::new());
     };
-    let primaries = ensure_on(agents, environment, first, &specs).await?;
+    let replicas = others.len() as u32;
+    let primary_specs: Vec<ServiceSpec> = specs
+        .iter()
+        .cloned()
+        .map(|mut spec| {
+            if follows_with_replicas(&spec) {
+                spec.role = ServiceRole::Primary { replicas };
+            }
+            spec
+        })
+        .collect();
+    let primaries = ensure_on(agents, environment, first, &primary_specs).await?;
     let primary_host = host_of(&first.agent_url);
     let mut placed = vec![(first.name.clone(), primaries.clone())];
     let remote: Vec<ServiceSpec> = specs
@@ -85,8 +97,11 @@ pub(crate) async fn place(
                 .iter()
                 .find(|s| s.name == spec.name)
                 .map_or(0, |s| s.port);
-            spec.role = ServiceRole::Remote {
-                primary: format!("{primary_host}:{port}"),
+            let primary = format!("{primary_host}:{port}");
+            spec.role = if follows_with_replicas(&spec) {
+                ServiceRole::Replica { primary }
+            } else {
+                ServiceRole::Remote { primary }
             };
             spec
         })
@@ -98,6 +113,12 @@ pub(crate) async fn place(
         ));
     }
     Ok(placed)
+}
+
+/// Whether the other nodes run replicas of the service with the engine's own replication
+/// (PostgreSQL streaming, Redis replication), or only reach its primary.
+fn follows_with_replicas(spec: &ServiceSpec) -> bool {
+    matches!(spec.engine, ServiceKind::Postgresql | ServiceKind::Redis)
 }
 
 async fn ensure_on(

@@ -77,15 +77,18 @@ enum Command {
         #[command(flatten)]
         wait: commands::ops::WaitArgs,
     },
-    /// An app process's log on a node.
+    /// An app process's or a service's log on a node.
     Logs {
         env: String,
         /// The node [default: the environment's first].
         #[arg(long)]
         node: Option<String>,
         /// `web`, `worker-NAME`, `cron-NAME`, `hook-deploy`, `hook-post_deploy` [default: web].
-        #[arg(long)]
+        #[arg(long, conflicts_with = "service")]
         process: Option<String>,
+        /// A service of `.platform/services.yaml` instead: its server's log.
+        #[arg(long)]
+        service: Option<String>,
         #[command(flatten)]
         connection: commands::ops::Connection,
     },
@@ -213,8 +216,10 @@ fn main() -> ExitCode {
             env,
             node,
             process,
+            service,
             connection,
         } => remote(connection, &data_dir, |client| async move {
+            let process = service.map(|name| format!("service-{name}")).or(process);
             commands::ops::logs(&client, &env, node, process).await
         }),
     };

@@ -5,6 +5,7 @@
 mod support;
 
 use std::process::Command;
+use std::time::Duration;
 
 use lockstep_proto::agent::{ProcessState, ServiceKind, ServiceRole, ServiceSpec, ServiceStatus};
 use support::*;
@@ -30,19 +31,19 @@ fn all_three() -> Vec<ServiceSpec> {
             "db",
             ServiceKind::Postgresql,
             "postgresql:15",
-            ServiceRole::Primary,
+            ServiceRole::Primary { replicas: 0 },
         ),
         spec(
             "shop",
             ServiceKind::Mariadb,
             "mysql:10.11",
-            ServiceRole::Primary,
+            ServiceRole::Primary { replicas: 0 },
         ),
         spec(
             "cache",
             ServiceKind::Redis,
             "redis-persistent:7.0",
-            ServiceRole::Primary,
+            ServiceRole::Primary { replicas: 0 },
         ),
     ]
 }
@@ -79,6 +80,11 @@ fn client(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<String, 
 }
 
 fn psql(port: u16, sql: &str) -> Result<String, String> {
+    psql_as(port, PASSWORD, sql)
+}
+
+/// `sql` as the app's user `main`, with its password.
+fn psql_as(port: u16, password: &str, sql: &str) -> Result<String, String> {
     client(
         "psql",
         &[
@@ -93,7 +99,7 @@ fn psql(port: u16, sql: &str) -> Result<String, String> {
             "-qtAc",
             sql,
         ],
-        &[("PGPASSWORD", PASSWORD), ("PGCONNECT_TIMEOUT", "10")],
+        &[("PGPASSWORD", password), ("PGCONNECT_TIMEOUT", "10")],
     )
 }
 
@@ -238,7 +244,7 @@ async fn another_user_on_the_host_cannot_use_an_environments_endpoint() {
         "cache",
         ServiceKind::Redis,
         "redis:7.0",
-        ServiceRole::Primary,
+        ServiceRole::Primary { replicas: 0 },
     );
     let services = ensure(&agent.client(), &[cache]).await;
     let port = named(&services, "cache").endpoint_port.to_string();
@@ -282,7 +288,7 @@ async fn a_node_without_the_primary_reaches_it_through_its_own_endpoint() {
             "db",
             ServiceKind::Postgresql,
             "postgresql:15",
-            ServiceRole::Primary,
+            ServiceRole::Primary { replicas: 0 },
         )],
     )
     .await;
@@ -334,7 +340,11 @@ async fn a_production_push_runs_its_services_and_every_node_reaches_the_same_pri
         "{said}"
     );
     assert!(
-        said.contains("Service db on production-3: endpoint to the primary"),
+        said.contains("Service db on production-3: replica of 127.0.0.1:"),
+        "{said}"
+    );
+    assert!(
+        said.contains("Service carts on production-2: endpoint to the primary at 127.0.0.1:"),
         "{said}"
     );
 
@@ -369,6 +379,84 @@ async fn a_production_push_runs_its_services_and_every_node_reaches_the_same_pri
         migrations["migrations"].as_array().unwrap().len(),
         1,
         "{migrations}"
+    );
+
+    // Each other node keeps a copy with the engine's own replication, and apps there still
+    // wrote to the primary.
+    let kept_on = |node: &str| -> serde_json::Value {
+        let path = platform
+            .data_dir
+            .join("agents")
+            .join(node)
+            .join("instances/production/services/services.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let primary = kept_on("production-1")["services"]["db"].clone();
+    let on_primary = psql_as(
+        primary["port"].as_u64().unwrap() as u16,
+        primary["spec"]["password"].as_str().unwrap(),
+        "SHOW synchronous_standby_names",
+    );
+    assert_eq!(
+        on_primary.unwrap(),
+        "ANY 1 (*)",
+        "a commit waits for a replica"
+    );
+    for node in ["production-2", "production-3"] {
+        let kept = kept_on(node);
+        let service = |name: &str| kept["services"][name].clone();
+        let db = service("db");
+        assert_eq!(db["spec"]["role"]["role"], "replica");
+        let replica = db["port"].as_u64().unwrap() as u16;
+        let password = db["spec"]["password"].as_str().unwrap().to_owned();
+        let sql = |query: &str| psql_as(replica, &password, query);
+        assert_eq!(sql("SELECT pg_is_in_recovery()").unwrap(), "t");
+        eventually(
+            Duration::from_secs(10),
+            "the notes on a replica",
+            || async { sql("SELECT count(*) FROM notes").is_ok_and(|count| count == "3") },
+        )
+        .await;
+        let counter = service("counter");
+        let port = counter["port"].as_u64().unwrap().to_string();
+        let password = counter["spec"]["password"].as_str().unwrap().to_owned();
+        eventually(
+            Duration::from_secs(10),
+            "the counter on a Redis replica",
+            || async {
+                client(
+                    "redis-cli",
+                    &[
+                        "-p",
+                        &port,
+                        "--no-auth-warning",
+                        "-a",
+                        &password,
+                        "GET",
+                        "counter",
+                    ],
+                    &[],
+                )
+                .is_ok_and(|value| value == "3")
+            },
+        )
+        .await;
+    }
+
+    let status = text(&platform.cli(&["status"]));
+    assert!(
+        status.contains("service db (postgresql): primary, running"),
+        "{status}"
+    );
+    assert!(
+        status.contains("service counter (redis): replica of 127.0.0.1:"),
+        "{status}"
+    );
+    let log = platform.cli(&["logs", "production", "--service", "db"]);
+    assert!(
+        text(&log).contains("database system is ready to accept connections"),
+        "{}",
+        text(&log)
     );
 
     // The next deployment migrates once more, against the same data.

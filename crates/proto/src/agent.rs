@@ -303,10 +303,13 @@ pub struct ServiceSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "role")]
 pub enum ServiceRole {
-    /// The instance apps write to.
-    Primary,
-    /// No instance here: this node's endpoint forwards to the primary at `primary`
-    /// (`host:port`) on another node.
+    /// The instance apps write to. With replicas, a PostgreSQL primary confirms a commit only
+    /// once one of them has it too.
+    Primary { replicas: u32 },
+    /// An instance following the primary at `primary` (`host:port`) with the engine's own
+    /// replication; this node's endpoint forwards to the primary.
+    Replica { primary: String },
+    /// No instance here: this node's endpoint forwards to the primary at `primary`.
     Remote { primary: String },
 }
 

@@ -1,34 +1,35 @@
-//! What differs between the engines: how a data folder is made, how the server starts, how the
-//! app's user and database are made, and what a relationship to it looks like. Every script
-//! runs in the service's sandbox, where the data folder is `/app` and `/run` is its own.
+//! What differs between the engines: how a data folder is made (a replica's as a copy of the
+//! primary's), how the server starts, how the app's user and database are made, and what a
+//! relationship to it looks like. Every script runs in the service's sandbox, where the data
+//! folder is `/app` and `/run` is its own.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use lockstep_proto::agent::ServiceKind;
+use lockstep_proto::agent::{ServiceKind, ServiceRole};
 use serde_json::{Value, json};
 
 /// The engine's host programs, by name (from the supervisor's runtimes).
 pub(super) type Programs = BTreeMap<String, PathBuf>;
 
-/// The user name inside every sandbox, which MariaDB's root account is tied to.
+/// The user name inside every sandbox, which MariaDB's administrator account is tied to.
 const SANDBOX_USER: &str = lockstep_supervisor::APP_USER;
 
+/// The database and user Platform.sh gives an app by default.
+const DATABASE: &str = "main";
+
 pub(super) trait Engine: Sync {
-    /// Makes the data folder; does nothing when it is made already.
-    fn init_script(&self, programs: &Programs) -> Option<String>;
+    /// Makes the data folder (a replica's as a copy of the primary's, with the password in
+    /// `$SERVICE_PASSWORD`); does nothing when it is made already.
+    fn init_script(&self, programs: &Programs, role: &ServiceRole) -> Option<String>;
     /// The server, in the foreground, listening on loopback at `port`.
-    fn start_script(&self, programs: &Programs, port: u16) -> String;
+    fn start_script(&self, programs: &Programs, port: u16, role: &ServiceRole) -> String;
     /// Files the server reads, written into the data folder before each start: `(name, text)`.
-    fn config_files(
-        &self,
-        _port: u16,
-        _password: &str,
-        _persistent: bool,
-    ) -> Vec<(&'static str, String)> {
+    fn config_files(&self, _server: &Server<'_>) -> Vec<(&'static str, String)> {
         Vec::new()
     }
-    /// Makes the app's user (password in `$SERVICE_PASSWORD`) and database; safe to repeat.
+    /// On a primary: makes the app's user (password in `$SERVICE_PASSWORD`), its database,
+    /// and the user replicas connect as; safe to repeat.
     fn provision_script(&self, programs: &Programs, port: u16) -> Option<String>;
     /// The fields of a relationship that depend on the engine, as Platform.sh gives them.
     fn relationship(&self, password: &str) -> Shape;
@@ -37,6 +38,14 @@ pub(super) trait Engine: Sync {
     fn endpoint_login(&self, _password: &str) -> Option<(Vec<u8>, &'static [u8])> {
         None
     }
+}
+
+/// What a config file is written for.
+pub(super) struct Server<'a> {
+    pub port: u16,
+    pub password: &'a str,
+    pub persistent: bool,
+    pub role: &'a ServiceRole,
 }
 
 /// The engine's part of a relationship.
@@ -65,33 +74,60 @@ fn program<'a>(programs: &'a Programs, name: &'a str) -> std::borrow::Cow<'a, st
         })
 }
 
-/// The database and user Platform.sh gives an app by default.
-const DATABASE: &str = "main";
+/// `host:port` of a primary, split; `default_port` when it names none.
+fn host_and_port<'a>(primary: &'a str, default_port: &'a str) -> (&'a str, &'a str) {
+    primary.rsplit_once(':').unwrap_or((primary, default_port))
+}
 
 struct Postgresql;
 
+/// The role replicas connect as, with the service's password.
+const REPLICATION_USER: &str = "replicator";
+
 impl Engine for Postgresql {
-    fn init_script(&self, programs: &Programs) -> Option<String> {
-        Some(format!(
-            "test -f /app/pg/PG_VERSION || exec {initdb} -D /app/pg -U postgres --auth-local=trust --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 --no-instructions",
-            initdb = program(programs, "initdb")
-        ))
+    fn init_script(&self, programs: &Programs, role: &ServiceRole) -> Option<String> {
+        Some(match role {
+            ServiceRole::Replica { primary } => {
+                let (host, port) = host_and_port(primary, "5432");
+                // `-R` makes the copy a standby of the primary it was copied from.
+                format!(
+                    "test -f /app/pg/PG_VERSION || PGPASSWORD=\"$SERVICE_PASSWORD\" exec {basebackup} -h {host} -p {port} -U {REPLICATION_USER} -D /app/pg -R -X stream -c fast",
+                    basebackup = program(programs, "pg_basebackup")
+                )
+            }
+            _ => format!(
+                "test -f /app/pg/PG_VERSION || exec {initdb} -D /app/pg -U postgres --auth-local=trust --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 --no-instructions",
+                initdb = program(programs, "initdb")
+            ),
+        })
     }
 
-    fn start_script(&self, programs: &Programs, port: u16) -> String {
+    fn start_script(&self, programs: &Programs, port: u16, role: &ServiceRole) -> String {
+        // With replicas, a commit is confirmed once one of them has it too, so that it
+        // survives the loss of the primary's node.
+        let synchronous = match role {
+            ServiceRole::Primary { replicas } if *replicas > 0 => {
+                " -c 'synchronous_standby_names=ANY 1 (*)'"
+            }
+            _ => "",
+        };
         // The superuser comes in only through the socket in the sandbox's own /run.
         format!(
-            "exec {postgres} -D /app/pg -c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories=/run -c logging_collector=off -c shared_buffers=32MB",
+            "exec {postgres} -D /app/pg -c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories=/run -c logging_collector=off -c shared_buffers=32MB -c wal_keep_size=256MB{synchronous}",
             postgres = program(programs, "postgres")
         )
     }
 
     fn provision_script(&self, programs: &Programs, port: u16) -> Option<String> {
+        // These commits need no replica: a replica is a copy of the primary made after them.
         Some(format!(
             "{psql} -h /run -p {port} -U postgres -d postgres -v ON_ERROR_STOP=1 -q <<SQL
+SET synchronous_commit TO local;
 SELECT 'CREATE ROLE {DATABASE} LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{DATABASE}')\\gexec
 ALTER ROLE {DATABASE} PASSWORD '$SERVICE_PASSWORD';
 SELECT 'CREATE DATABASE {DATABASE} OWNER {DATABASE}' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{DATABASE}')\\gexec
+SELECT 'CREATE ROLE {REPLICATION_USER} REPLICATION LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{REPLICATION_USER}')\\gexec
+ALTER ROLE {REPLICATION_USER} PASSWORD '$SERVICE_PASSWORD';
 SQL",
             psql = program(programs, "psql")
         ))
@@ -115,7 +151,7 @@ struct Mariadb;
 const MARIADB_USER: &str = "user";
 
 impl Engine for Mariadb {
-    fn init_script(&self, programs: &Programs) -> Option<String> {
+    fn init_script(&self, programs: &Programs, _role: &ServiceRole) -> Option<String> {
         // The administrator is the sandbox's user through the socket, and nobody over the
         // network.
         Some(format!(
@@ -124,7 +160,7 @@ impl Engine for Mariadb {
         ))
     }
 
-    fn start_script(&self, programs: &Programs, port: u16) -> String {
+    fn start_script(&self, programs: &Programs, port: u16, _role: &ServiceRole) -> String {
         format!(
             "exec {mariadbd} --no-defaults --datadir=/app/mysql --socket=/run/mysqld.sock --port={port} --bind-address=127.0.0.1 --pid-file=/run/mariadbd.pid --skip-name-resolve --tmpdir=/tmp --innodb-buffer-pool-size=64M --innodb-log-file-size=16M",
             mariadbd = program(programs, "mariadbd")
@@ -158,33 +194,41 @@ SQL",
 struct Redis;
 
 impl Engine for Redis {
-    fn init_script(&self, _programs: &Programs) -> Option<String> {
+    fn init_script(&self, _programs: &Programs, _role: &ServiceRole) -> Option<String> {
         None
     }
 
-    fn start_script(&self, programs: &Programs, _port: u16) -> String {
+    fn start_script(&self, programs: &Programs, _port: u16, _role: &ServiceRole) -> String {
         format!(
             "exec {server} /app/redis.conf",
             server = program(programs, "redis-server")
         )
     }
 
-    fn config_files(
-        &self,
-        port: u16,
-        password: &str,
-        persistent: bool,
-    ) -> Vec<(&'static str, String)> {
-        let (appendonly, save) = if persistent {
+    fn config_files(&self, server: &Server<'_>) -> Vec<(&'static str, String)> {
+        let Server {
+            port,
+            password,
+            persistent,
+            role,
+        } = server;
+        let (appendonly, save) = if *persistent {
             ("yes", "3600 1 300 100 60 10000")
         } else {
             ("no", "")
+        };
+        let follow = match role {
+            ServiceRole::Replica { primary } => {
+                let (host, port) = host_and_port(primary, "6379");
+                format!("replicaof {host} {port}\n")
+            }
+            _ => String::new(),
         };
         // In a file, not on the command line, where any local user could read the password.
         vec![(
             "redis.conf",
             format!(
-                "bind 127.0.0.1\nport {port}\nprotected-mode yes\ndir /app\ndaemonize no\nlogfile \"\"\nrequirepass {password}\nmasterauth {password}\nappendonly {appendonly}\nsave \"{save}\"\n"
+                "bind 127.0.0.1\nport {port}\nprotected-mode yes\ndir /app\ndaemonize no\nlogfile \"\"\nrequirepass {password}\nmasterauth {password}\nappendonly {appendonly}\nsave \"{save}\"\n{follow}"
             ),
         )]
     }

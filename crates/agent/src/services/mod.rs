@@ -167,7 +167,9 @@ impl Services {
         for (spec, entry) in specs.iter().zip(&entries) {
             self.open_endpoint(spec, entry, user).await?;
             match &spec.role {
-                ServiceRole::Primary => self.run_primary(spec, entry.port, user).await?,
+                ServiceRole::Primary { .. } | ServiceRole::Replica { .. } => {
+                    self.run_server(spec, entry.port, user).await?
+                }
                 ServiceRole::Remote { .. } => self.stop_server(&spec.name).await,
             }
         }
@@ -221,8 +223,8 @@ impl Services {
         user: RunAs,
     ) -> Result<(), AgentError> {
         let address = match &spec.role {
-            ServiceRole::Primary => format!("127.0.0.1:{}", kept.port),
-            ServiceRole::Remote { primary } => primary.clone(),
+            ServiceRole::Primary { .. } => format!("127.0.0.1:{}", kept.port),
+            ServiceRole::Replica { primary } | ServiceRole::Remote { primary } => primary.clone(),
         };
         let target = Target {
             address,
@@ -257,7 +259,9 @@ impl Services {
         Ok(())
     }
 
-    async fn run_primary(
+    /// Starts this node's server of `spec` (a primary, or a replica following one) unless it
+    /// runs already as `spec` says.
+    async fn run_server(
         &self,
         spec: &ServiceSpec,
         port: u16,
@@ -290,7 +294,13 @@ impl Services {
         }
         let programs = runtime.commands;
         let engine = engine(spec.engine);
-        for (name, text) in engine.config_files(port, &spec.password, spec.persistent) {
+        let server = engine::Server {
+            port,
+            password: &spec.password,
+            persistent: spec.persistent,
+            role: &spec.role,
+        };
+        for (name, text) in engine.config_files(&server) {
             lockstep_durable::replace_private(
                 &data.join(name),
                 text.as_bytes(),
@@ -310,14 +320,16 @@ impl Services {
         .map_err(AgentError::io("prepare the service's sandbox"))?;
         sandbox.app_writable = true;
         let env = service_env();
-        if let Some(script) = engine.init_script(&programs) {
-            self.run_script(&spec.name, "init", &script, &sandbox, env.clone())
+        let mut with_password = env.clone();
+        with_password.insert("SERVICE_PASSWORD".into(), spec.password.clone());
+        if let Some(script) = engine.init_script(&programs, &spec.role) {
+            self.run_script(&spec.name, "init", &script, &sandbox, with_password.clone())
                 .await?;
         }
         self.supervisor
             .start(ProcessSpec {
                 name: process_name(&spec.name),
-                command: engine.start_script(&programs, port),
+                command: engine.start_script(&programs, port, &spec.role),
                 sandbox: sandbox.clone(),
                 env: env.clone(),
                 log_dir: self.log_dir.clone(),
@@ -329,15 +341,20 @@ impl Services {
             .expect("running lock")
             .insert(spec.name.clone(), spec.clone());
         self.wait_until_listening(&spec.name, port).await?;
-        if let Some(script) = engine.provision_script(&programs, port) {
-            let mut env = env;
-            env.insert("SERVICE_PASSWORD".into(), spec.password.clone());
+        let primary = matches!(spec.role, ServiceRole::Primary { .. });
+        if let Some(script) = engine.provision_script(&programs, port).filter(|_| primary) {
             // A server that listens may still be recovering: the script is tried until it
             // takes, within the same patience.
             let deadline = Instant::now() + READY_TIMEOUT;
             loop {
                 match self
-                    .run_script(&spec.name, "provision", &script, &sandbox, env.clone())
+                    .run_script(
+                        &spec.name,
+                        "provision",
+                        &script,
+                        &sandbox,
+                        with_password.clone(),
+                    )
                     .await
                 {
                     Ok(()) => break,
@@ -446,7 +463,7 @@ impl Services {
                         SupervisedState::BackingOff => ProcessState::BackingOff,
                         SupervisedState::Stopped => ProcessState::Stopped,
                     });
-                let here = matches!(spec.role, ServiceRole::Primary);
+                let here = !matches!(spec.role, ServiceRole::Remote { .. });
                 Some(ServiceStatus {
                     name: name.clone(),
                     engine: spec.engine,

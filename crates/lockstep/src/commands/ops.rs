@@ -126,7 +126,44 @@ fn print_environment(env: &serde_json::Value) {
             gate,
             node["router"].as_str().unwrap_or("-")
         );
+        for service in node["services"].as_array().into_iter().flatten() {
+            print_service(service);
+        }
     }
+}
+
+/// `    service db (postgresql): primary, running, 45 MB of 1024 MB`
+fn print_service(service: &serde_json::Value) {
+    let role = match service["role"]["role"].as_str() {
+        Some("primary") => format!(
+            "primary, {}",
+            service["process"].as_str().unwrap_or("not running")
+        ),
+        Some("replica") => format!(
+            "replica of {}, {}",
+            service["role"]["primary"].as_str().unwrap_or("?"),
+            service["process"].as_str().unwrap_or("not running")
+        ),
+        _ => format!(
+            "endpoint to the primary at {}",
+            service["role"]["primary"].as_str().unwrap_or("?")
+        ),
+    };
+    let megabytes = service["data_bytes"].as_u64().unwrap_or(0) / (1024 * 1024);
+    let disk = match service["disk_mb"].as_u64() {
+        Some(limit) => format!(", {megabytes} MB of {limit} MB"),
+        None => format!(", {megabytes} MB"),
+    };
+    let disk = if service["port"].as_u64() == Some(0) {
+        String::new()
+    } else {
+        disk
+    };
+    println!(
+        "    service {} ({}): {role}{disk}",
+        service["name"].as_str().unwrap_or("?"),
+        service["engine"].as_str().unwrap_or("?"),
+    );
 }
 
 pub async fn env(client: &ApiClient, command: EnvCommand) -> anyhow::Result<ExitCode> {
