@@ -39,6 +39,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/instances/{env}/logs/{process}", get(log))
         .route("/v1/instances/{env}/users", put(users))
         .route("/v1/instances/{env}/services", put(services))
+        .route("/v1/instances/{env}/services/client", post(service_client))
         .route("/v1/instances/{env}/exec", post(exec))
         .layer(axum::middleware::from_fn_with_state(
             agent.clone(),
@@ -237,6 +238,16 @@ async fn services(
 ) -> Answer<Vec<lockstep_proto::agent::ServiceStatus>> {
     Ok(Json(
         agent.instance(&env).await?.ensure_services(specs).await?,
+    ))
+}
+
+async fn service_client(
+    State(agent): State<Arc<Agent>>,
+    Path(env): Path<String>,
+    Json(request): Json<lockstep_proto::agent::ServiceClientRequest>,
+) -> Answer<lockstep_proto::agent::ExecOutcome> {
+    Ok(Json(
+        agent.instance(&env).await?.service_client(&request).await?,
     ))
 }
 

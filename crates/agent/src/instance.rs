@@ -4,7 +4,7 @@
 //! generation. The gate opens only on `open` with the generation of the active release (I1); it
 //! is closed whenever the agent starts.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,8 @@ use lockstep_image::{ImageId, ImageInfo};
 use lockstep_proto::agent::{
     ActiveRelease, Closed, CronRunInfo, DiskUse, ExecOutcome, ExecRequest, Gate, HookKind,
     HookOutcome, HookRequest, HookState, InstanceConfig, InstanceStatus, NodeUser, ProcessInfo,
-    ProcessState, RuntimeInputs, ServiceSpec, ServiceStatus, Staged, Step, SwapRequest,
+    ProcessState, RuntimeInputs, ServiceClientRequest, ServiceSpec, ServiceStatus, Staged, Step,
+    SwapRequest,
 };
 use lockstep_supervisor::{
     Cancel, CronOutcome, CronRunner, CronSpec, HookFailure, HookSpec, LogLimits, ProcessSpec,
@@ -519,6 +520,30 @@ impl Instance {
 
     /// Runs a command in the active release's runtime environment, as the app's user.
     pub async fn exec(&self, request: &ExecRequest) -> Result<ExecOutcome, AgentError> {
+        tracing::info!(user = %request.user, command = %request.command, "running a command for a user");
+        self.run_in_runtime(|_| Ok((request.command.clone(), Default::default())))
+            .await
+    }
+
+    /// A service's client through one of the app's relationships (`lockstep sql`, `redis`).
+    pub async fn service_client(
+        &self,
+        request: &ServiceClientRequest,
+    ) -> Result<ExecOutcome, AgentError> {
+        tracing::info!(user = %request.user, relationship = ?request.relationship, "running a service client for a user");
+        let services = self.services.reachable();
+        self.run_in_runtime(|info| {
+            crate::service_client::command(&info.config.app.relationships, &services, request)
+        })
+        .await
+    }
+
+    /// Runs the script `make` gives for the active release, with the extra variables it
+    /// gives, in the app's runtime environment, to its end.
+    async fn run_in_runtime(
+        &self,
+        make: impl FnOnce(&ImageInfo) -> Result<(String, BTreeMap<String, String>), AgentError>,
+    ) -> Result<ExecOutcome, AgentError> {
         let state = self.state.lock().await;
         let Some(active) = state.active.clone() else {
             return Err(AgentError::Refused(
@@ -527,16 +552,17 @@ impl Instance {
         };
         let id: ImageId = active.release.image.parse()?;
         let info = self.releases.info(&id)?;
-        let (sandbox, env) = self.runtime(&state, &active, &info)?;
+        let (script, extra) = make(&info)?;
+        let (sandbox, mut env) = self.runtime(&state, &active, &info)?;
+        env.extend(extra);
         let spec = HookSpec {
-            script: request.command.clone(),
+            script,
             sandbox,
             env,
             timeout: EXEC_TIMEOUT,
             cancel: Cancel::default(),
         };
         drop(state);
-        tracing::info!(user = %request.user, command = %request.command, "running a command for a user");
         let result = tokio::task::spawn_blocking(move || {
             let mut output = String::new();
             let result = lockstep_supervisor::run_hook(&spec, &mut |line| {

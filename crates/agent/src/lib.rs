@@ -18,6 +18,7 @@ mod relationships;
 mod release;
 mod router;
 mod runtime_env;
+mod service_client;
 mod services;
 
 use std::collections::BTreeMap;

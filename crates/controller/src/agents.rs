@@ -53,6 +53,7 @@ pub enum Call<'a> {
     Users(&'a [lockstep_proto::agent::NodeUser]),
     Exec(&'a lockstep_proto::agent::ExecRequest),
     Services(&'a [lockstep_proto::agent::ServiceSpec]),
+    ServiceClient(&'a lockstep_proto::agent::ServiceClientRequest),
 }
 
 impl AgentClient {
@@ -109,6 +110,9 @@ impl AgentClient {
             Call::Users(users) => self.http.put(url(&["users"])?).json(users),
             Call::Exec(request) => self.http.post(url(&["exec"])?).json(request),
             Call::Services(specs) => self.http.put(url(&["services"])?).json(specs),
+            Call::ServiceClient(request) => {
+                self.http.post(url(&["services", "client"])?).json(request)
+            }
         };
         let response = request
             .bearer_auth(&self.token)

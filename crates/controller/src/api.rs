@@ -33,6 +33,10 @@ pub fn router(controller: Arc<Controller>) -> Router {
             get(get_variable).put(set_variable).delete(delete_variable),
         )
         .route("/api/v1/environments/{env}/exec", post(exec))
+        .route(
+            "/api/v1/environments/{env}/services/client",
+            post(service_client),
+        )
         .route("/api/v1/users", get(list_users))
         .route(
             "/api/v1/users/{email}",
@@ -893,21 +897,68 @@ async fn exec(
     Extension(principal): Extension<Principal>,
     Json(query): Json<ExecQuery>,
 ) -> Result<Json<lockstep_proto::agent::ExecOutcome>, ApiError> {
-    let environment = check(&controller, &principal, Action::Ssh, &env)?;
-    check_app_ssh_access(&controller, &principal, &environment)?;
-    let node = node_of(&controller, &env, query.node.as_deref())?;
-    let request = lockstep_proto::agent::ExecRequest {
-        command: query.command,
-        user: principal.name().to_owned(),
+    let node = query.node.clone();
+    run_on_node(&controller, &principal, &env, node.as_deref(), |user| {
+        NodeCommand::Exec(lockstep_proto::agent::ExecRequest {
+            command: query.command,
+            user,
+        })
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct ServiceClientQuery {
+    node: Option<String>,
+    relationship: Option<String>,
+    #[serde(flatten)]
+    client: lockstep_proto::agent::ServiceClient,
+}
+
+/// `lockstep sql`, `lockstep redis`: a service's client through a relationship, on one node.
+async fn service_client(
+    State(controller): State<Arc<Controller>>,
+    Path(env): Path<String>,
+    Extension(principal): Extension<Principal>,
+    Json(query): Json<ServiceClientQuery>,
+) -> Result<Json<lockstep_proto::agent::ExecOutcome>, ApiError> {
+    let node = query.node.clone();
+    run_on_node(&controller, &principal, &env, node.as_deref(), |user| {
+        NodeCommand::ServiceClient(lockstep_proto::agent::ServiceClientRequest {
+            relationship: query.relationship,
+            client: query.client,
+            user,
+        })
+    })
+    .await
+}
+
+/// What runs in the app's runtime environment on a node for a user.
+enum NodeCommand {
+    Exec(lockstep_proto::agent::ExecRequest),
+    ServiceClient(lockstep_proto::agent::ServiceClientRequest),
+}
+
+/// Runs `command` (made with the caller's name) on `node` of `env`, for a caller with the role
+/// `lockstep ssh` needs: it reaches the app's data.
+async fn run_on_node(
+    controller: &Controller,
+    principal: &Principal,
+    env: &str,
+    node: Option<&str>,
+    command: impl FnOnce(String) -> NodeCommand,
+) -> Result<Json<lockstep_proto::agent::ExecOutcome>, ApiError> {
+    let environment = check(controller, principal, Action::Ssh, env)?;
+    check_app_ssh_access(controller, principal, &environment)?;
+    let node = node_of(controller, env, node)?;
+    let command = command(principal.name().to_owned());
+    let call = match &command {
+        NodeCommand::Exec(request) => crate::agents::Call::Exec(request),
+        NodeCommand::ServiceClient(request) => crate::agents::Call::ServiceClient(request),
     };
     controller
         .agents
-        .call(
-            &node.agent_url,
-            &env,
-            crate::agents::Call::Exec(&request),
-            Duration::from_secs(600),
-        )
+        .call(&node.agent_url, env, call, Duration::from_secs(600))
         .await
         .map(Json)
         .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("{}: {e}", node.name)))

@@ -118,6 +118,36 @@ enum Command {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// SQL on a database service through the app's relationship (psql or mariadb), on a node.
+    Sql {
+        env: String,
+        /// The relationship [default: the first to a PostgreSQL or MariaDB service].
+        #[arg(long)]
+        relationship: Option<String>,
+        /// The node [default: the environment's first].
+        #[arg(long)]
+        node: Option<String>,
+        /// The SQL to run [default: standard input, whole].
+        #[arg(short = 'c', long = "command")]
+        sql: Option<String>,
+        #[command(flatten)]
+        connection: commands::ops::Connection,
+    },
+    /// A Redis command through the app's relationship (redis-cli), on a node.
+    Redis {
+        env: String,
+        /// The relationship [default: the first to a Redis service].
+        #[arg(long)]
+        relationship: Option<String>,
+        /// The node [default: the environment's first].
+        #[arg(long)]
+        node: Option<String>,
+        #[command(flatten)]
+        connection: commands::ops::Connection,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        args: Vec<String>,
+    },
     /// A git credential helper that answers with the token of a running `lockstep up`.
     Credential {
         /// What git asks: `get`, `store` or `erase`.
@@ -211,6 +241,30 @@ fn main() -> ExitCode {
             command,
         } => remote(connection, &data_dir, |client| async move {
             commands::ops::ssh(&client, &env, node, command).await
+        }),
+        Command::Sql {
+            env,
+            relationship,
+            node,
+            sql,
+            connection,
+        } => remote(connection, &data_dir, |client| async move {
+            let input = match sql {
+                Some(sql) => sql,
+                None => std::io::read_to_string(std::io::stdin())?,
+            };
+            let client_kind = lockstep_proto::agent::ServiceClient::Sql { input };
+            commands::ops::service_client(&client, &env, node, relationship, client_kind).await
+        }),
+        Command::Redis {
+            env,
+            relationship,
+            node,
+            connection,
+            args,
+        } => remote(connection, &data_dir, |client| async move {
+            let client_kind = lockstep_proto::agent::ServiceClient::Redis { args };
+            commands::ops::service_client(&client, &env, node, relationship, client_kind).await
         }),
         Command::Logs {
             env,

@@ -459,6 +459,45 @@ async fn a_production_push_runs_its_services_and_every_node_reaches_the_same_pri
         text(&log)
     );
 
+    // The services' own clients, through the app's relationships, as `platform sql` does.
+    let sql = platform.cli(&["sql", "production", "-c", "SELECT count(*) FROM notes"]);
+    assert!(sql.status.success(), "{}", text(&sql));
+    assert!(
+        text(&sql).lines().any(|line| line.trim() == "3"),
+        "{}",
+        text(&sql)
+    );
+    let carts = platform.cli(&[
+        "sql",
+        "production",
+        "--relationship",
+        "shop",
+        "--node",
+        "production-3",
+        "-c",
+        "SELECT id FROM carts ORDER BY id",
+    ]);
+    assert_eq!(
+        text(&carts).split_whitespace().collect::<Vec<_>>(),
+        ["id", "0", "1", "2"]
+    );
+    let counter = platform.cli(&["redis", "production", "--", "GET", "counter"]);
+    assert_eq!(text(&counter).trim(), "3");
+    let wrong = platform.cli(&[
+        "sql",
+        "production",
+        "--relationship",
+        "cache",
+        "-c",
+        "SELECT 1",
+    ]);
+    assert!(!wrong.status.success());
+    assert!(
+        text(&wrong).contains("relationship `cache` is to a redis service"),
+        "{}",
+        text(&wrong)
+    );
+
     // The next deployment migrates once more, against the same data.
     std::fs::write(project.path().join("VERSION"), "2").unwrap();
     project.commit("v2");

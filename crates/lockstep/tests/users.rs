@@ -112,12 +112,26 @@ async fn every_role_on_every_environment_type_may_do_exactly_what_the_table_says
                 )
                 .await;
                 assert_eq!(ssh, expect(may_push), "{email} runs a command on {env}");
+                let data = status_as(
+                    &platform,
+                    &token,
+                    reqwest::Method::POST,
+                    &format!("/environments/{env}/services/client"),
+                    serde_json::json!({"client": "redis", "args": ["PING"]}),
+                )
+                .await;
+                // Allowed, it goes on to the node (where the sample app has no relationship).
+                assert_eq!(
+                    data != 403,
+                    may_push,
+                    "{email} runs a service client on {env}: {data}"
+                );
                 assert_eq!(
                     push_as(&platform, &project, &token, env),
                     may_push,
                     "{email} pushes to {env}"
                 );
-                checked += 6;
+                checked += 7;
             }
             let users = status_as(
                 &platform,
@@ -130,7 +144,7 @@ async fn every_role_on_every_environment_type_may_do_exactly_what_the_table_says
             assert_eq!(users, 403, "{email} is not a project admin");
         }
     }
-    assert_eq!(checked, 3 * 4 * 3 * 6);
+    assert_eq!(checked, 3 * 4 * 3 * 7);
     let wrong = status_as(
         &platform,
         "not-a-token",

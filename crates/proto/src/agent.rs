@@ -330,3 +330,23 @@ pub struct ServiceStatus {
     pub data_bytes: u64,
     pub disk_mb: Option<u64>,
 }
+
+/// A service's own client run against it through an app's relationship, on a node
+/// (`lockstep sql`, `lockstep redis`), in the app's runtime environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceClientRequest {
+    /// The relationship to use; none means the first one to a service of the client's kind.
+    pub relationship: Option<String>,
+    pub client: ServiceClient,
+    /// Who asked, for the node's log.
+    pub user: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "client")]
+pub enum ServiceClient {
+    /// `psql` or `mariadb`, reading `input` as its script.
+    Sql { input: String },
+    /// `redis-cli` with these arguments.
+    Redis { args: Vec<String> },
+}

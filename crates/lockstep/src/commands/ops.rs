@@ -652,6 +652,28 @@ pub async fn user(client: &ApiClient, command: UserCommand) -> anyhow::Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
+/// `lockstep sql`, `lockstep redis`: the service's client on a node, its output printed and
+/// its exit status kept.
+pub async fn service_client(
+    client: &ApiClient,
+    env: &str,
+    node: Option<String>,
+    relationship: Option<String>,
+    service_client: lockstep_proto::agent::ServiceClient,
+) -> anyhow::Result<ExitCode> {
+    let mut body = serde_json::to_value(&service_client)?;
+    body["node"] = serde_json::json!(node);
+    body["relationship"] = serde_json::json!(relationship);
+    let outcome: lockstep_proto::agent::ExecOutcome = client
+        .post(&format!("/environments/{env}/services/client"), &body)
+        .await?;
+    print!("{}", outcome.output);
+    Ok(match outcome.exit_code {
+        Some(0) => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    })
+}
+
 /// `lockstep ssh`: a command on a node, or, without one, each line of standard input in turn.
 pub async fn ssh(
     client: &ApiClient,
