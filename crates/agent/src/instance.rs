@@ -33,7 +33,7 @@ use crate::locations::Served;
 use crate::release::{MountRoots, ReadyMount, Releases, disk_use};
 use crate::router::{GateControl, NodeRouter, Upstream};
 use crate::runtime_env::{RuntimeContext, config_json, runtime_env};
-use crate::services::Services;
+use crate::services::{Services, Wait};
 
 /// Releases kept besides the active one, for rollback.
 const KEPT_RELEASES: usize = 3;
@@ -173,33 +173,46 @@ impl Instance {
             router_task,
             running_hooks: Default::default(),
         });
-        instance.restart_services_after_load().await;
+        instance.restart_services_after_load();
         instance.restart_web_after_load().await;
         Ok(instance)
     }
 
-    /// Services run whatever the gate: after a restart they start again at once, before the
-    /// web process that may connect to them.
-    async fn restart_services_after_load(&self) {
+    /// Services run whatever the gate: after a restart they start again at once, in the
+    /// background, since a clustered member may wait for the others (which start with their
+    /// own agents) before it listens.
+    fn restart_services_after_load(self: &Arc<Self>) {
         let specs = self.services.declared();
         if specs.is_empty() {
             return;
         }
-        if let Err(error) = self.ensure_services(specs).await {
-            tracing::warn!(%error, "the services did not start again after a restart");
-        }
+        let instance = self.clone();
+        tokio::spawn(async move {
+            if let Err(error) = instance.start_services(specs, Wait::No).await {
+                tracing::warn!(%error, "the services did not start again after a restart");
+            }
+        });
     }
 
-    /// Makes this node run the environment's services as `specs` say (SPEC section 10).
+    /// Makes this node run the environment's services as `specs` say (SPEC section 10), and
+    /// answers once they accept connections.
     pub async fn ensure_services(
         &self,
         specs: Vec<ServiceSpec>,
+    ) -> Result<Vec<ServiceStatus>, AgentError> {
+        self.start_services(specs, Wait::UntilReady).await
+    }
+
+    async fn start_services(
+        &self,
+        specs: Vec<ServiceSpec>,
+        wait: Wait,
     ) -> Result<Vec<ServiceStatus>, AgentError> {
         let user = {
             let state = self.state.lock().await;
             self.user(&state)?
         };
-        self.services.ensure(specs, user).await
+        self.services.ensure(specs, user, wait).await
     }
 
     /// After a restart the active release's web process starts again, behind the closed gate,

@@ -515,7 +515,7 @@ impl Controller {
                 for service in services {
                     let role = match &service.role {
                         ServiceRole::Primary { .. } => "primary".to_owned(),
-                        ServiceRole::Replica { primary } => format!("replica of {primary}"),
+                        ServiceRole::Replica { primary, .. } => format!("replica of {primary}"),
                         ServiceRole::Remote { primary } => {
                             format!("endpoint to the primary at {primary}")
                         }

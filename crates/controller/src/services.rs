@@ -1,14 +1,15 @@
 //! An environment's services across its nodes (SPEC section 10). What the deployed
 //! configuration declares becomes one spec per service, sent to every node before the
 //! deployment begins, so that services are up for the deploy hook and run through the closed
-//! window. The first node runs each primary; every other node runs a replica where the engine
-//! has its own replication (PostgreSQL, Redis), and reaches the primary through its endpoint.
+//! window. The first node runs each primary; every other node runs a replica with the engine's
+//! own replication (PostgreSQL streaming, Redis replication, a Galera cluster for MariaDB), and
+//! reaches the primary through its endpoint.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use lockstep_config::Service;
-use lockstep_proto::agent::{ServiceKind, ServiceRole, ServiceSpec, ServiceStatus};
+use lockstep_proto::agent::{ServiceRole, ServiceSpec, ServiceStatus};
 
 use crate::ControllerError;
 use crate::agents::{AgentClient, Call};
@@ -59,14 +60,18 @@ pub(crate) fn specs(
             persistent: service.persistent,
             disk_mb: service.disk,
             password: stored.password,
-            role: ServiceRole::Primary { replicas: 0 },
+            role: ServiceRole::Primary {
+                replicas: 0,
+                cluster: Vec::new(),
+            },
         });
     }
     Ok(specs)
 }
 
-/// Runs `specs` on `nodes`: primaries on the first node, endpoints that follow them on the
-/// others. Answers each node's services once they all accept connections.
+/// Runs `specs` on `nodes`: primaries on the first node; on the others, replicas with the
+/// engine's own replication (a Galera member for MariaDB), or endpoints to the primary.
+/// Answers each node's services once they all accept connections.
 pub(crate) async fn place(
     agents: &AgentClient,
     environment: &str,
@@ -77,48 +82,82 @@ pub(crate) async fn place(
         return Ok(Vec::new());
     };
     let replicas = others.len() as u32;
-    let primary_specs: Vec<ServiceSpec> = specs
-        .iter()
-        .cloned()
-        .map(|mut spec| {
-            if follows_with_replicas(&spec) {
-                spec.role = ServiceRole::Primary { replicas };
-            }
-            spec
-        })
-        .collect();
+    let primary_specs = with_roles(&specs, |_| ServiceRole::Primary {
+        replicas,
+        cluster: Vec::new(),
+    });
     let primaries = ensure_on(agents, environment, first, &primary_specs).await?;
     let primary_host = host_of(&first.agent_url);
+    let on_primary = |name: &str| primaries.iter().find(|s| s.name == name);
+    let replica_specs = with_roles(&specs, |spec| {
+        let status = on_primary(&spec.name);
+        ServiceRole::Replica {
+            primary: format!("{primary_host}:{}", status.map_or(0, |s| s.port)),
+            cluster: status
+                .filter(|s| s.cluster_port != 0)
+                .map(|s| vec![format!("{primary_host}:{}", s.cluster_port)])
+                .unwrap_or_default(),
+        }
+    });
     let mut placed = vec![(first.name.clone(), primaries.clone())];
-    let remote: Vec<ServiceSpec> = specs
-        .into_iter()
-        .map(|mut spec| {
-            let port = primaries
-                .iter()
-                .find(|s| s.name == spec.name)
-                .map_or(0, |s| s.port);
-            let primary = format!("{primary_host}:{port}");
-            spec.role = if follows_with_replicas(&spec) {
-                ServiceRole::Replica { primary }
-            } else {
-                ServiceRole::Remote { primary }
-            };
-            spec
-        })
-        .collect();
     for node in others {
         placed.push((
             node.name.clone(),
-            ensure_on(agents, environment, node, &remote).await?,
+            ensure_on(agents, environment, node, &replica_specs).await?,
         ));
+    }
+    // Every member of a cluster learns where all the others are, to rejoin after a restart
+    // through whichever is up.
+    let members = |name: &str| -> Vec<String> {
+        nodes
+            .iter()
+            .zip(&placed)
+            .filter_map(|(node, (_, statuses))| {
+                let status = statuses.iter().find(|s| s.name == name)?;
+                (status.cluster_port != 0)
+                    .then(|| format!("{}:{}", host_of(&node.agent_url), status.cluster_port))
+            })
+            .collect()
+    };
+    if specs.iter().any(|spec| members(&spec.name).len() > 1) {
+        let told = |specs: &[ServiceSpec]| {
+            with_roles(specs, |spec| match spec.role.clone() {
+                ServiceRole::Primary { replicas, .. } => ServiceRole::Primary {
+                    replicas,
+                    cluster: members(&spec.name),
+                },
+                ServiceRole::Replica { primary, .. } => ServiceRole::Replica {
+                    primary,
+                    cluster: members(&spec.name),
+                },
+                remote => remote,
+            })
+        };
+        let (primary_specs, replica_specs) = (told(&primary_specs), told(&replica_specs));
+        for (index, node) in nodes.iter().enumerate() {
+            let specs = if index == 0 {
+                &primary_specs
+            } else {
+                &replica_specs
+            };
+            placed[index].1 = ensure_on(agents, environment, node, specs).await?;
+        }
     }
     Ok(placed)
 }
 
-/// Whether the other nodes run replicas of the service with the engine's own replication
-/// (PostgreSQL streaming, Redis replication), or only reach its primary.
-fn follows_with_replicas(spec: &ServiceSpec) -> bool {
-    matches!(spec.engine, ServiceKind::Postgresql | ServiceKind::Redis)
+/// `specs` with each one's role as `role` says.
+fn with_roles(
+    specs: &[ServiceSpec],
+    role: impl Fn(&ServiceSpec) -> ServiceRole,
+) -> Vec<ServiceSpec> {
+    specs
+        .iter()
+        .map(|spec| ServiceSpec {
+            role: role(spec),
+            ..spec.clone()
+        })
+        .collect()
 }
 
 async fn ensure_on(

@@ -31,19 +31,28 @@ fn all_three() -> Vec<ServiceSpec> {
             "db",
             ServiceKind::Postgresql,
             "postgresql:15",
-            ServiceRole::Primary { replicas: 0 },
+            ServiceRole::Primary {
+                replicas: 0,
+                cluster: Vec::new(),
+            },
         ),
         spec(
             "shop",
             ServiceKind::Mariadb,
             "mysql:10.11",
-            ServiceRole::Primary { replicas: 0 },
+            ServiceRole::Primary {
+                replicas: 0,
+                cluster: Vec::new(),
+            },
         ),
         spec(
             "cache",
             ServiceKind::Redis,
             "redis-persistent:7.0",
-            ServiceRole::Primary { replicas: 0 },
+            ServiceRole::Primary {
+                replicas: 0,
+                cluster: Vec::new(),
+            },
         ),
     ]
 }
@@ -104,6 +113,11 @@ fn psql_as(port: u16, password: &str, sql: &str) -> Result<String, String> {
 }
 
 fn mariadb(port: u16, sql: &str) -> Result<String, String> {
+    mariadb_as(port, PASSWORD, sql)
+}
+
+/// `sql` as the app's user `user`, with its password.
+fn mariadb_as(port: u16, password: &str, sql: &str) -> Result<String, String> {
     client(
         "mariadb",
         &[
@@ -114,7 +128,7 @@ fn mariadb(port: u16, sql: &str) -> Result<String, String> {
             &port.to_string(),
             "-u",
             "user",
-            &format!("-p{PASSWORD}"),
+            &format!("-p{password}"),
             "main",
             "-N",
             "-e",
@@ -212,9 +226,20 @@ async fn each_engine_serves_through_its_endpoint_and_keeps_its_data_across_resta
     let agent = AgentProcess::start(data.path()).await;
     let back = agent.client().status(ENV).await.services;
     assert_eq!(back.len(), 3, "{back:?}");
-    assert_eq!(psql(db, "SELECT id FROM orders").unwrap(), "42");
+    // The agent answers at once and starts its services behind it.
+    eventually(Duration::from_secs(30), "PostgreSQL back", || async {
+        psql(db, "SELECT id FROM orders").is_ok_and(|id| id == "42")
+    })
+    .await;
+    eventually(Duration::from_secs(30), "MariaDB back", || async {
+        mariadb(shop, "SELECT 1").is_ok()
+    })
+    .await;
     assert_eq!(mariadb(shop, "SELECT id FROM carts").unwrap(), "7");
-    assert_eq!(redis(cache.endpoint_port, &["GET", "visits"]).unwrap(), "3");
+    eventually(Duration::from_secs(30), "Redis back", || async {
+        redis(cache.endpoint_port, &["GET", "visits"]).is_ok_and(|v| v == "3")
+    })
+    .await;
 
     // A service the configuration drops stops; its data stays for when it comes back.
     let without_cache: Vec<ServiceSpec> = all_three().into_iter().take(2).collect();
@@ -244,7 +269,10 @@ async fn another_user_on_the_host_cannot_use_an_environments_endpoint() {
         "cache",
         ServiceKind::Redis,
         "redis:7.0",
-        ServiceRole::Primary { replicas: 0 },
+        ServiceRole::Primary {
+            replicas: 0,
+            cluster: Vec::new(),
+        },
     );
     let services = ensure(&agent.client(), &[cache]).await;
     let port = named(&services, "cache").endpoint_port.to_string();
@@ -288,7 +316,10 @@ async fn a_node_without_the_primary_reaches_it_through_its_own_endpoint() {
             "db",
             ServiceKind::Postgresql,
             "postgresql:15",
-            ServiceRole::Primary { replicas: 0 },
+            ServiceRole::Primary {
+                replicas: 0,
+                cluster: Vec::new(),
+            },
         )],
     )
     .await;
@@ -344,7 +375,7 @@ async fn a_production_push_runs_its_services_and_every_node_reaches_the_same_pri
         "{said}"
     );
     assert!(
-        said.contains("Service carts on production-2: endpoint to the primary at 127.0.0.1:"),
+        said.contains("Service carts on production-2: replica of 127.0.0.1:"),
         "{said}"
     );
 
@@ -417,6 +448,17 @@ async fn a_production_push_runs_its_services_and_every_node_reaches_the_same_pri
             || async { sql("SELECT count(*) FROM notes").is_ok_and(|count| count == "3") },
         )
         .await;
+        // MariaDB's other nodes are members of one Galera cluster.
+        let carts = service("carts");
+        let member = carts["port"].as_u64().unwrap() as u16;
+        let password = carts["spec"]["password"].as_str().unwrap().to_owned();
+        let status = mariadb_as(member, &password, "SHOW STATUS LIKE 'wsrep_cluster_size'");
+        assert_eq!(status.unwrap().split_whitespace().last(), Some("3"));
+        assert_eq!(
+            mariadb_as(member, &password, "SELECT count(*) FROM carts").unwrap(),
+            "3",
+            "Galera replicates synchronously"
+        );
         let counter = service("counter");
         let port = counter["port"].as_u64().unwrap().to_string();
         let password = counter["spec"]["password"].as_str().unwrap().to_owned();
@@ -530,4 +572,61 @@ async fn a_production_push_runs_its_services_and_every_node_reaches_the_same_pri
     );
     let notes = call(reqwest::Method::GET, &routers[0], "/notes").await;
     assert_eq!(notes["notes"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn services_come_back_with_their_data_when_lockstep_starts_again() {
+    let mut platform = Platform::start().await;
+    let project = Project::example("services-app");
+    let output = platform.push(&project, "HEAD:production");
+    assert!(output.status.success(), "{}", text(&output));
+    let routers = platform.routers("production").await;
+    call(reqwest::Method::POST, &routers[1], "/notes?body=kept").await;
+    call(reqwest::Method::POST, &routers[2], "/carts?id=9").await;
+    call(reqwest::Method::POST, &routers[0], "/counter").await;
+
+    // Every node stops, the Galera cluster whole; it starts again on the member that left
+    // last.
+    platform.restart().await;
+    let routers = platform.routers("production").await;
+    for router in &routers {
+        eventually(
+            Duration::from_secs(90),
+            "the services back on every node",
+            || async {
+                let answer = |path: &'static str| {
+                    let url = format!("{router}{path}");
+                    async move {
+                        let response = reqwest::get(url).await.ok()?;
+                        response.status().is_success().then_some(())?;
+                        response.json::<serde_json::Value>().await.ok()
+                    }
+                };
+                let notes = answer("/notes").await;
+                let carts = answer("/carts").await;
+                notes.is_some_and(|n| n["notes"] == serde_json::json!(["kept"]))
+                    && carts.is_some_and(|c| c["carts"] == serde_json::json!([9]))
+            },
+        )
+        .await;
+    }
+    let counter = call(reqwest::Method::POST, &routers[2], "/counter").await;
+    assert_eq!(counter["counter"], 2);
+    // The members that did not start it rejoin it, retried until it is there.
+    eventually(
+        Duration::from_secs(90),
+        "three Galera members again",
+        || async {
+            let sql = platform.cli(&[
+                "sql",
+                "production",
+                "--relationship",
+                "shop",
+                "-c",
+                "SHOW STATUS LIKE 'wsrep_cluster_size'",
+            ]);
+            text(&sql).contains("wsrep_cluster_size\t3")
+        },
+    )
+    .await;
 }

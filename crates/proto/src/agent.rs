@@ -305,12 +305,41 @@ pub struct ServiceSpec {
 pub enum ServiceRole {
     /// The instance apps write to. With replicas, a PostgreSQL primary confirms a commit only
     /// once one of them has it too.
-    Primary { replicas: u32 },
+    Primary {
+        replicas: u32,
+        /// A clustered engine's members (Galera), `host:port` of each one's cluster port,
+        /// once known: where it rejoins after a restart.
+        #[serde(default)]
+        cluster: Vec<String>,
+    },
     /// An instance following the primary at `primary` (`host:port`) with the engine's own
-    /// replication; this node's endpoint forwards to the primary.
-    Replica { primary: String },
+    /// replication (a Galera member, for MariaDB); this node's endpoint forwards to the
+    /// primary.
+    Replica {
+        primary: String,
+        #[serde(default)]
+        cluster: Vec<String>,
+    },
     /// No instance here: this node's endpoint forwards to the primary at `primary`.
     Remote { primary: String },
+}
+
+impl ServiceRole {
+    /// The same role whatever the cluster's members: a new member list is no reason to
+    /// restart a server, only where it rejoins next time.
+    pub fn without_members(&self) -> ServiceRole {
+        match self {
+            ServiceRole::Primary { replicas, .. } => ServiceRole::Primary {
+                replicas: *replicas,
+                cluster: Vec::new(),
+            },
+            ServiceRole::Replica { primary, .. } => ServiceRole::Replica {
+                primary: primary.clone(),
+                cluster: Vec::new(),
+            },
+            remote => remote.clone(),
+        }
+    }
 }
 
 /// A service instance on a node, once it accepts connections.
@@ -324,6 +353,9 @@ pub struct ServiceStatus {
     /// Where this node's apps reach the service (the port in `PLATFORM_RELATIONSHIPS`): a local
     /// endpoint that follows the primary.
     pub endpoint_port: u16,
+    /// Where the other members of a clustered engine (Galera) reach this one; 0 otherwise.
+    #[serde(default)]
+    pub cluster_port: u16,
     /// The engine's process on this node; none when the primary runs elsewhere.
     pub process: Option<ProcessState>,
     /// Bytes the service's data uses on this node.

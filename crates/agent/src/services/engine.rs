@@ -24,6 +24,11 @@ pub(super) trait Engine: Sync {
     fn init_script(&self, programs: &Programs, role: &ServiceRole) -> Option<String>;
     /// The server, in the foreground, listening on loopback at `port`.
     fn start_script(&self, programs: &Programs, port: u16, role: &ServiceRole) -> String;
+    /// Whether the engine forms a cluster of its own when it has replicas (Galera), and so
+    /// needs [`Server::cluster_ports`].
+    fn clusters(&self) -> bool {
+        false
+    }
     /// Files the server reads, written into the data folder before each start: `(name, text)`.
     fn config_files(&self, _server: &Server<'_>) -> Vec<(&'static str, String)> {
         Vec::new()
@@ -42,7 +47,12 @@ pub(super) trait Engine: Sync {
 
 /// What a config file is written for.
 pub(super) struct Server<'a> {
+    /// The service's name, which names its cluster too.
+    pub name: &'a str,
     pub port: u16,
+    /// A clustered engine's own ports: for its members, for incremental and for full state
+    /// transfers.
+    pub cluster_ports: &'a [u16],
     pub password: &'a str,
     pub persistent: bool,
     pub role: &'a ServiceRole,
@@ -87,7 +97,7 @@ const REPLICATION_USER: &str = "replicator";
 impl Engine for Postgresql {
     fn init_script(&self, programs: &Programs, role: &ServiceRole) -> Option<String> {
         Some(match role {
-            ServiceRole::Replica { primary } => {
+            ServiceRole::Replica { primary, .. } => {
                 let (host, port) = host_and_port(primary, "5432");
                 // `-R` makes the copy a standby of the primary it was copied from.
                 format!(
@@ -106,7 +116,7 @@ impl Engine for Postgresql {
         // With replicas, a commit is confirmed once one of them has it too, so that it
         // survives the loss of the primary's node.
         let synchronous = match role {
-            ServiceRole::Primary { replicas } if *replicas > 0 => {
+            ServiceRole::Primary { replicas, .. } if *replicas > 0 => {
                 " -c 'synchronous_standby_names=ANY 1 (*)'"
             }
             _ => "",
@@ -147,6 +157,9 @@ SQL",
 
 struct Mariadb;
 
+/// Galera's library, from Debian's `galera-4`.
+const GALERA: &str = "/usr/lib/galera/libgalera_smm.so";
+
 /// The user Platform.sh gives an app on MariaDB.
 const MARIADB_USER: &str = "user";
 
@@ -160,11 +173,45 @@ impl Engine for Mariadb {
         ))
     }
 
-    fn start_script(&self, programs: &Programs, port: u16, _role: &ServiceRole) -> String {
+    fn start_script(&self, programs: &Programs, _port: u16, role: &ServiceRole) -> String {
+        // A new cluster starts on its primary; a cluster that was stopped whole starts again
+        // on the member Galera marked safe to start it, the last one to leave. Every other
+        // member joins, retried until a member is there (after a crash of every member,
+        // Galera's `pc.recovery` forms the cluster again once they are all back).
+        let first = matches!(role, ServiceRole::Primary { .. });
         format!(
-            "exec {mariadbd} --no-defaults --datadir=/app/mysql --socket=/run/mysqld.sock --port={port} --bind-address=127.0.0.1 --pid-file=/run/mariadbd.pid --skip-name-resolve --tmpdir=/tmp --innodb-buffer-pool-size=64M --innodb-log-file-size=16M",
+            "bootstrap=\nif {{ [ {first} = true ] && [ ! -f /app/mysql/grastate.dat ]; }} || grep -q '^safe_to_bootstrap: 1' /app/mysql/grastate.dat 2>/dev/null; then bootstrap=--wsrep-new-cluster; fi\nexec {mariadbd} --defaults-file=/app/lockstep.cnf $bootstrap",
             mariadbd = program(programs, "mariadbd")
         )
+    }
+
+    fn clusters(&self) -> bool {
+        true
+    }
+
+    fn config_files(&self, server: &Server<'_>) -> Vec<(&'static str, String)> {
+        let mut config = format!(
+            "[mysqld]\ndatadir=/app/mysql\nsocket=/run/mysqld.sock\nport={port}\nbind-address=127.0.0.1\npid-file=/run/mariadbd.pid\nskip-name-resolve\ntmpdir=/tmp\ninnodb-buffer-pool-size=64M\ninnodb-log-file-size=16M\n",
+            port = server.port
+        );
+        let members = match server.role {
+            ServiceRole::Primary { replicas, cluster } if *replicas > 0 => Some(cluster.clone()),
+            ServiceRole::Replica {
+                primary: _,
+                cluster,
+            } => Some(cluster.clone()),
+            _ => None,
+        };
+        if let (Some(members), [member, ist, sst]) = (members, server.cluster_ports) {
+            let own = format!("127.0.0.1:{member}");
+            let others: Vec<String> = members.into_iter().filter(|m| *m != own).collect();
+            config.push_str(&format!(
+                "binlog-format=ROW\ninnodb-autoinc-lock-mode=2\nwsrep-on=ON\nwsrep-provider={GALERA}\nwsrep-cluster-name={name}\nwsrep-node-name={member}\nwsrep-node-address=127.0.0.1\nwsrep-provider-options=\"gmcast.listen_addr=tcp://127.0.0.1:{member};ist.recv_addr=127.0.0.1:{ist};pc.recovery=TRUE\"\nwsrep-sst-method=rsync\nwsrep-sst-receive-address=127.0.0.1:{sst}\nwsrep-cluster-address=gcomm://{others}\n",
+                name = server.name,
+                others = others.join(","),
+            ));
+        }
+        vec![("lockstep.cnf", config)]
     }
 
     fn provision_script(&self, programs: &Programs, _port: u16) -> Option<String> {
@@ -211,6 +258,7 @@ impl Engine for Redis {
             password,
             persistent,
             role,
+            ..
         } = server;
         let (appendonly, save) = if *persistent {
             ("yes", "3600 1 300 100 60 10000")
@@ -218,7 +266,7 @@ impl Engine for Redis {
             ("no", "")
         };
         let follow = match role {
-            ServiceRole::Replica { primary } => {
+            ServiceRole::Replica { primary, .. } => {
                 let (host, port) = host_and_port(primary, "6379");
                 format!("replicaof {host} {port}\n")
             }

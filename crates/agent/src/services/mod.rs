@@ -53,6 +53,26 @@ struct Kept {
     port: u16,
     /// Where the node's apps reach it.
     endpoint_port: u16,
+    /// A clustered engine's own ports (Galera: members, incremental and full state
+    /// transfers), given once it is clustered.
+    #[serde(default)]
+    cluster_ports: Vec<u16>,
+}
+
+/// A server started by this run of the agent.
+struct Running {
+    /// What it was started as.
+    spec: ServiceSpec,
+    /// Whether its user and database were made since.
+    provisioned: bool,
+}
+
+/// Whether [`Services::ensure`] answers once every server accepts connections (a deploy
+/// needs them), or as soon as each is started (an agent starting again must answer at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    UntilReady,
+    No,
 }
 
 /// What the app's runtime needs of a service for its relationships.
@@ -70,8 +90,8 @@ pub struct Services {
     ensuring: Mutex<()>,
     kept: std::sync::Mutex<Persisted>,
     endpoints: std::sync::Mutex<BTreeMap<String, Endpoint>>,
-    /// The spec each running server was started with.
-    running: std::sync::Mutex<BTreeMap<String, ServiceSpec>>,
+    /// Each server started by this run of the agent.
+    running: std::sync::Mutex<BTreeMap<String, Running>>,
 }
 
 impl Services {
@@ -113,6 +133,7 @@ impl Services {
         &self,
         specs: Vec<ServiceSpec>,
         user: RunAs,
+        wait: Wait,
     ) -> Result<Vec<ServiceStatus>, AgentError> {
         let _one_at_a_time = self.ensuring.lock().await;
         let mut names = Vec::new();
@@ -125,15 +146,20 @@ impl Services {
             let taken: Vec<u16> = kept
                 .services
                 .values()
-                .flat_map(|k| [k.port, k.endpoint_port])
+                .flat_map(|k| {
+                    [k.port, k.endpoint_port]
+                        .into_iter()
+                        .chain(k.cluster_ports.clone())
+                })
                 .collect();
             let missing = specs
                 .iter()
                 .filter(|spec| !kept.services.contains_key(&spec.name))
                 .count();
-            let mut fresh = lockstep_supervisor::free_listen_ports(missing * 2, &taken)
-                .map_err(AgentError::io("find ports for the services"))?
-                .into_iter();
+            let fresh_ports = lockstep_supervisor::free_listen_ports(missing * 2, &taken)
+                .map_err(AgentError::io("find ports for the services"))?;
+            let mut fresh = fresh_ports.clone().into_iter();
+            let mut taken: Vec<u16> = taken.into_iter().chain(fresh_ports).collect();
             let mut entries = Vec::new();
             for spec in &specs {
                 let entry = kept
@@ -143,8 +169,29 @@ impl Services {
                         spec: None,
                         port: fresh.next().expect("a port per new service"),
                         endpoint_port: fresh.next().expect("an endpoint port per new service"),
+                        cluster_ports: Vec::new(),
                     });
+                // A cluster's member list is replaced by another, never forgotten: with none, a
+                // member would start a cluster of its own.
+                let mut spec = spec.clone();
+                if let (Some(old), Some(new)) = (
+                    entry.spec.as_ref().and_then(|s| members(&s.role)),
+                    members_mut(&mut spec.role),
+                ) && new.is_empty()
+                {
+                    *new = old.clone();
+                }
                 entry.spec = Some(spec.clone());
+                let clustered = engine(spec.engine).clusters()
+                    && matches!(
+                        spec.role,
+                        ServiceRole::Primary { replicas: 1.., .. } | ServiceRole::Replica { .. }
+                    );
+                if clustered && entry.cluster_ports.is_empty() {
+                    entry.cluster_ports = lockstep_supervisor::free_listen_ports(3, &taken)
+                        .map_err(AgentError::io("find ports for a service's cluster"))?;
+                    taken.extend(&entry.cluster_ports);
+                }
                 entries.push(entry.clone());
             }
             let removed: Vec<String> = kept
@@ -164,11 +211,15 @@ impl Services {
             self.stop_server(&name).await;
             self.endpoints.lock().expect("endpoints lock").remove(&name);
         }
-        for (spec, entry) in specs.iter().zip(&entries) {
+        for entry in &entries {
+            let spec = entry
+                .spec
+                .as_ref()
+                .expect("a declared service has its spec");
             self.open_endpoint(spec, entry, user).await?;
             match &spec.role {
                 ServiceRole::Primary { .. } | ServiceRole::Replica { .. } => {
-                    self.run_server(spec, entry.port, user).await?
+                    self.run_server(spec, entry, user, wait).await?
                 }
                 ServiceRole::Remote { .. } => self.stop_server(&spec.name).await,
             }
@@ -224,7 +275,9 @@ impl Services {
     ) -> Result<(), AgentError> {
         let address = match &spec.role {
             ServiceRole::Primary { .. } => format!("127.0.0.1:{}", kept.port),
-            ServiceRole::Replica { primary } | ServiceRole::Remote { primary } => primary.clone(),
+            ServiceRole::Replica { primary, .. } | ServiceRole::Remote { primary } => {
+                primary.clone()
+            }
         };
         let target = Target {
             address,
@@ -264,19 +317,11 @@ impl Services {
     async fn run_server(
         &self,
         spec: &ServiceSpec,
-        port: u16,
+        kept: &Kept,
         user: RunAs,
+        wait: Wait,
     ) -> Result<(), AgentError> {
-        let already = self.running.lock().expect("running lock").get(&spec.name) == Some(spec);
-        let server_state = self
-            .supervisor
-            .status()
-            .into_iter()
-            .find(|p| p.name == process_name(&spec.name))
-            .map(|p| p.state);
-        if already && server_state == Some(SupervisedState::Running) {
-            return Ok(());
-        }
+        let port = kept.port;
         let folder = self.dir.join(&spec.name);
         let data = folder.join("data");
         lockstep_supervisor::give_folder(&folder, user)
@@ -285,17 +330,12 @@ impl Services {
                 "make the folder of service {}",
                 spec.name
             )))?;
-        let runtime = self.context.runtime(
-            &format!("{}:{}", spec.engine.as_str(), version(spec)),
-            false,
-        )?;
-        if let Some(warning) = runtime.warning() {
-            tracing::warn!(service = %spec.name, "{warning}");
-        }
-        let programs = runtime.commands;
         let engine = engine(spec.engine);
+        // Written even for a server that runs on: it reads them when it starts again.
         let server = engine::Server {
+            name: &spec.name,
             port,
+            cluster_ports: &kept.cluster_ports,
             password: &spec.password,
             persistent: spec.persistent,
             role: &spec.role,
@@ -311,6 +351,30 @@ impl Services {
                 spec.name
             )))?;
         }
+        let same_server = |running: &Running| {
+            let mut running = running.spec.clone();
+            running.role = running.role.without_members();
+            let mut wanted = spec.clone();
+            wanted.role = wanted.role.without_members();
+            running == wanted
+        };
+        let already = self
+            .running
+            .lock()
+            .expect("running lock")
+            .get(&spec.name)
+            .is_some_and(same_server);
+        let server_state = self
+            .supervisor
+            .status()
+            .into_iter()
+            .find(|p| p.name == process_name(&spec.name))
+            .map(|p| p.state);
+        let runtime = self.context.runtime(
+            &format!("{}:{}", spec.engine.as_str(), version(spec)),
+            false,
+        )?;
+        let programs = runtime.commands.clone();
         let mut sandbox = Sandbox::prepare(
             data.clone(),
             &folder,
@@ -322,27 +386,51 @@ impl Services {
         let env = service_env();
         let mut with_password = env.clone();
         with_password.insert("SERVICE_PASSWORD".into(), spec.password.clone());
-        if let Some(script) = engine.init_script(&programs, &spec.role) {
-            self.run_script(&spec.name, "init", &script, &sandbox, with_password.clone())
+        let restarts_before = if already && server_state != Some(SupervisedState::Stopped) {
+            self.restarts(&spec.name)
+        } else {
+            if let Some(warning) = runtime.warning() {
+                tracing::warn!(service = %spec.name, "{warning}");
+            }
+            if let Some(script) = engine.init_script(&programs, &spec.role) {
+                self.run_script(&spec.name, "init", &script, &sandbox, with_password.clone())
+                    .await?;
+            }
+            self.supervisor
+                .start(ProcessSpec {
+                    name: process_name(&spec.name),
+                    command: engine.start_script(&programs, port, &spec.role),
+                    sandbox: sandbox.clone(),
+                    env: env.clone(),
+                    log_dir: self.log_dir.clone(),
+                    stop_grace: STOP_GRACE,
+                })
                 .await?;
+            self.running.lock().expect("running lock").insert(
+                spec.name.clone(),
+                Running {
+                    spec: spec.clone(),
+                    provisioned: false,
+                },
+            );
+            0
+        };
+        if wait == Wait::No {
+            return Ok(());
         }
-        self.supervisor
-            .start(ProcessSpec {
-                name: process_name(&spec.name),
-                command: engine.start_script(&programs, port, &spec.role),
-                sandbox: sandbox.clone(),
-                env: env.clone(),
-                log_dir: self.log_dir.clone(),
-                stop_grace: STOP_GRACE,
-            })
+        self.wait_until_listening(&spec.name, port, restarts_before)
             .await?;
-        self.running
+        let provisioned = self
+            .running
             .lock()
             .expect("running lock")
-            .insert(spec.name.clone(), spec.clone());
-        self.wait_until_listening(&spec.name, port).await?;
+            .get(&spec.name)
+            .is_some_and(|running| running.provisioned);
         let primary = matches!(spec.role, ServiceRole::Primary { .. });
-        if let Some(script) = engine.provision_script(&programs, port).filter(|_| primary) {
+        if let Some(script) = engine
+            .provision_script(&programs, port)
+            .filter(|_| primary && !provisioned)
+        {
             // A server that listens may still be recovering: the script is tried until it
             // takes, within the same patience.
             let deadline = Instant::now() + READY_TIMEOUT;
@@ -362,12 +450,35 @@ impl Services {
                     Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
                 }
             }
+            if let Some(running) = self
+                .running
+                .lock()
+                .expect("running lock")
+                .get_mut(&spec.name)
+            {
+                running.provisioned = true;
+            }
         }
         tracing::info!(service = %spec.name, port, version = %runtime.version, "service ready");
         Ok(())
     }
 
-    async fn wait_until_listening(&self, name: &str, port: u16) -> Result<(), AgentError> {
+    fn restarts(&self, name: &str) -> u32 {
+        self.supervisor
+            .status()
+            .into_iter()
+            .find(|p| p.name == process_name(name))
+            .map_or(0, |p| p.restarts)
+    }
+
+    /// Waits until the server listens; gives up (and stops it) once it exited
+    /// [`START_ATTEMPTS`] times more than `restarts_before`, or after [`READY_TIMEOUT`].
+    async fn wait_until_listening(
+        &self,
+        name: &str,
+        port: u16,
+        restarts_before: u32,
+    ) -> Result<(), AgentError> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -376,12 +487,7 @@ impl Services {
             {
                 return Ok(());
             }
-            let restarts = self
-                .supervisor
-                .status()
-                .into_iter()
-                .find(|p| p.name == process_name(name))
-                .map_or(0, |p| p.restarts);
+            let restarts = self.restarts(name).saturating_sub(restarts_before);
             let gave_up = if restarts >= START_ATTEMPTS {
                 Some(format!("exited {restarts} times"))
             } else if Instant::now() > deadline {
@@ -470,6 +576,7 @@ impl Services {
                     role: spec.role.clone(),
                     port: if here { k.port } else { 0 },
                     endpoint_port: k.endpoint_port,
+                    cluster_port: k.cluster_ports.first().copied().unwrap_or(0),
                     process,
                     data_bytes: crate::release::disk_use(&self.dir.join(name).join("data")),
                     disk_mb: spec.disk_mb,
@@ -482,6 +589,25 @@ impl Services {
 /// The engine's fields of a relationship to `spec`.
 pub fn shape(spec: &ServiceSpec) -> Shape {
     engine(spec.engine).relationship(&spec.password)
+}
+
+/// A clustered role's member list.
+fn members(role: &ServiceRole) -> Option<&Vec<String>> {
+    match role {
+        ServiceRole::Primary { cluster, .. } | ServiceRole::Replica { cluster, .. } => {
+            Some(cluster)
+        }
+        ServiceRole::Remote { .. } => None,
+    }
+}
+
+fn members_mut(role: &mut ServiceRole) -> Option<&mut Vec<String>> {
+    match role {
+        ServiceRole::Primary { cluster, .. } | ServiceRole::Replica { cluster, .. } => {
+            Some(cluster)
+        }
+        ServiceRole::Remote { .. } => None,
+    }
 }
 
 /// The supervisor's name for a service's server, and its log's: `service-NAME`.

@@ -278,17 +278,16 @@ impl Daemons {
         }
     }
 
-    /// SIGTERM lets each daemon finish (an agent stops its app's processes); SIGKILL whatever
-    /// remains after 30 s.
+    /// SIGTERM lets each daemon finish (an agent stops its app's processes and services);
+    /// SIGKILL one that takes more than 30 s. One at a time, the first node last, as an
+    /// operator stops a cluster: a Galera cluster stopped whole starts again only on the member
+    /// that left last, and members leaving at once leave none marked so.
     pub fn stop(&mut self) {
-        for daemon in &self.daemons {
+        for daemon in self.daemons.iter_mut().rev() {
             if let Some(pid) = daemon.pid() {
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             }
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for daemon in &mut self.daemons {
-            daemon.stop(deadline);
+            daemon.stop(Instant::now() + Duration::from_secs(30));
         }
     }
 }
