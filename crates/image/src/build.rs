@@ -173,6 +173,16 @@ impl Builder {
         if let Some(warning) = runtime.warning() {
             log(&format!("  {warning}"));
         }
+        // Services resolve as runtimes do; said here, where the pusher reads it.
+        for service in config.services.values() {
+            let engine = lockstep_supervisor::resolve_runtime(
+                &service.written_type,
+                request.strict_runtimes,
+            )?;
+            if let Some(warning) = engine.warning() {
+                log(&format!("  {warning}"));
+            }
+        }
 
         // The build user gets the tree, and the project's cache of this environment.
         give_tree(&app_dir, request.user).map_err(workspace(&app_dir))?;

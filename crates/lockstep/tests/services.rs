@@ -570,6 +570,12 @@ async fn a_production_push_runs_its_services_and_every_node_reaches_the_same_pri
         "{}",
         text(&output)
     );
+    // The build said which version would have run, as it does for runtimes.
+    assert!(
+        text(&output).contains("`type: postgresql:16` asks for a version this machine does not have; it runs postgresql 15"),
+        "{}",
+        text(&output)
+    );
     let notes = call(reqwest::Method::GET, &routers[0], "/notes").await;
     assert_eq!(notes["notes"].as_array().unwrap().len(), 3);
 }
