@@ -88,9 +88,17 @@ impl EdgeClient {
 }
 
 impl Controller {
-    /// Before the nodes close: the edge starts serving from cache and holding requests.
+    /// Before the nodes close: the edge starts serving from cache and holding requests. The
+    /// route goes first, closed: on a first deployment the edge does not know the environment
+    /// yet.
     pub(crate) async fn edge_closing(&self, environment: &str) {
         if let Some(edge) = &self.edge {
+            if let Ok(env) = self.store.environment(environment)
+                && let Ok(mut route) = self.edge_route(&env)
+            {
+                route.gate = GateState::Closed;
+                edge.put(environment, route).await;
+            }
             edge.gate(
                 environment,
                 GateCommand {
