@@ -40,6 +40,10 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/instances/{env}/users", put(users))
         .route("/v1/instances/{env}/services", put(services))
         .route("/v1/instances/{env}/services/client", post(service_client))
+        .route(
+            "/v1/instances/{env}/services/replication",
+            get(service_replication),
+        )
         .route("/v1/instances/{env}/exec", post(exec))
         .layer(axum::middleware::from_fn_with_state(
             agent.clone(),
@@ -248,6 +252,15 @@ async fn service_client(
 ) -> Answer<lockstep_proto::agent::ExecOutcome> {
     Ok(Json(
         agent.instance(&env).await?.service_client(&request).await?,
+    ))
+}
+
+async fn service_replication(
+    State(agent): State<Arc<Agent>>,
+    Path(env): Path<String>,
+) -> Answer<Vec<lockstep_proto::agent::ServiceReplication>> {
+    Ok(Json(
+        agent.instance(&env).await?.service_replication().await?,
     ))
 }
 

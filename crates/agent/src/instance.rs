@@ -15,8 +15,8 @@ use lockstep_image::{ImageId, ImageInfo};
 use lockstep_proto::agent::{
     ActiveRelease, Closed, CronRunInfo, DiskUse, ExecOutcome, ExecRequest, Gate, HookKind,
     HookOutcome, HookRequest, HookState, InstanceConfig, InstanceStatus, NodeUser, ProcessInfo,
-    ProcessState, RuntimeInputs, ServiceClientRequest, ServiceSpec, ServiceStatus, Staged, Step,
-    SwapRequest,
+    ProcessState, RuntimeInputs, ServiceClientRequest, ServiceReplication, ServiceSpec,
+    ServiceStatus, Staged, Step, SwapRequest,
 };
 use lockstep_supervisor::{
     Cancel, CronOutcome, CronRunner, CronSpec, HookFailure, HookSpec, LogLimits, ProcessSpec,
@@ -201,6 +201,15 @@ impl Instance {
         specs: Vec<ServiceSpec>,
     ) -> Result<Vec<ServiceStatus>, AgentError> {
         self.start_services(specs, Wait::UntilReady).await
+    }
+
+    /// How each replica on this node follows its primary.
+    pub async fn service_replication(&self) -> Result<Vec<ServiceReplication>, AgentError> {
+        let user = {
+            let state = self.state.lock().await;
+            self.user(&state)?
+        };
+        Ok(self.services.replication(user).await)
     }
 
     async fn start_services(

@@ -54,6 +54,7 @@ pub enum Call<'a> {
     Exec(&'a lockstep_proto::agent::ExecRequest),
     Services(&'a [lockstep_proto::agent::ServiceSpec]),
     ServiceClient(&'a lockstep_proto::agent::ServiceClientRequest),
+    ServiceReplication,
 }
 
 impl AgentClient {
@@ -113,6 +114,7 @@ impl AgentClient {
             Call::ServiceClient(request) => {
                 self.http.post(url(&["services", "client"])?).json(request)
             }
+            Call::ServiceReplication => self.http.get(url(&["services", "replication"])?),
         };
         let response = request
             .bearer_auth(&self.token)

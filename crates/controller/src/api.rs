@@ -330,7 +330,28 @@ struct NodeStatus {
     gate: Option<lockstep_proto::agent::Gate>,
     active: Option<lockstep_proto::agent::ActiveRelease>,
     services: Vec<lockstep_proto::agent::ServiceStatus>,
+    /// How the replicas on the node follow their primaries; asked only here, since it queries
+    /// each server.
+    replication: Vec<lockstep_proto::agent::ServiceReplication>,
     error: Option<String>,
+}
+
+/// The replicas' state on a node, or nothing when it does not answer in time.
+async fn replication_on(
+    controller: &Controller,
+    agent_url: &str,
+    environment: &str,
+) -> Vec<lockstep_proto::agent::ServiceReplication> {
+    controller
+        .agents
+        .call(
+            agent_url,
+            environment,
+            crate::agents::Call::ServiceReplication,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_default()
 }
 
 #[derive(Serialize)]
@@ -356,16 +377,35 @@ async fn environment_status(
     let mut nodes = Vec::new();
     for node in controller.store.nodes(&environment.name)? {
         // A node that never received the environment has nothing to say yet.
-        let (gate, active, services, error) = if node.router_port.is_none() {
-            (None, None, Vec::new(), Some("no release yet".to_owned()))
+        let (gate, active, services, replication, error) = if node.router_port.is_none() {
+            (
+                None,
+                None,
+                Vec::new(),
+                Vec::new(),
+                Some("no release yet".to_owned()),
+            )
         } else {
             match controller
                 .agents
                 .status(&node.agent_url, &environment.name)
                 .await
             {
-                Ok(status) => (Some(status.gate), status.active, status.services, None),
-                Err(error) => (None, None, Vec::new(), Some(error.to_string())),
+                Ok(status) => {
+                    let replication = if status.services.is_empty() {
+                        Vec::new()
+                    } else {
+                        replication_on(controller, &node.agent_url, &environment.name).await
+                    };
+                    (
+                        Some(status.gate),
+                        status.active,
+                        status.services,
+                        replication,
+                        None,
+                    )
+                }
+                Err(error) => (None, None, Vec::new(), Vec::new(), Some(error.to_string())),
             }
         };
         nodes.push(NodeStatus {
@@ -375,6 +415,7 @@ async fn environment_status(
             gate,
             active,
             services,
+            replication,
             error,
         });
     }

@@ -490,8 +490,34 @@ async fn a_production_push_runs_its_services_and_every_node_reaches_the_same_pri
         status.contains("service db (postgresql): primary, running"),
         "{status}"
     );
+    // Each replica line says how it follows, in its engine's words.
+    let replica_lines = |name: &str| -> Vec<String> {
+        status
+            .lines()
+            .filter(|line| {
+                line.contains(&format!("service {name} ("))
+                    && line.contains("replica of 127.0.0.1:")
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(replica_lines("db").len(), 2, "{status}");
     assert!(
-        status.contains("service counter (redis): replica of 127.0.0.1:"),
+        replica_lines("db")
+            .iter()
+            .all(|l| l.contains("running, streaming (")),
+        "{status}"
+    );
+    assert!(
+        replica_lines("carts")
+            .iter()
+            .all(|l| l.contains("running, Synced, ")),
+        "{status}"
+    );
+    assert!(
+        replica_lines("counter")
+            .iter()
+            .all(|l| l.contains("running, up, ")),
         "{status}"
     );
     let log = platform.cli(&["logs", "production", "--service", "db"]);

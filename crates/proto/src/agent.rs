@@ -382,3 +382,14 @@ pub enum ServiceClient {
     /// `redis-cli` with these arguments.
     Redis { args: Vec<String> },
 }
+
+/// How a replica on a node follows its primary, in its engine's words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceReplication {
+    pub name: String,
+    /// PostgreSQL's WAL receiver status (`streaming`), Redis's link to its primary (`up`),
+    /// Galera's member state (`Synced`); `unknown` when the server did not say.
+    pub state: String,
+    /// Bytes received and not yet applied, where the engine counts them (PostgreSQL).
+    pub lag_bytes: Option<u64>,
+}

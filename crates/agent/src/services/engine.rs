@@ -36,6 +36,9 @@ pub(super) trait Engine: Sync {
     /// On a primary: makes the app's user (password in `$SERVICE_PASSWORD`), its database,
     /// and the user replicas connect as; safe to repeat.
     fn provision_script(&self, programs: &Programs, port: u16) -> Option<String>;
+    /// On a replica: prints how it follows its primary, as `STATE [LAG_BYTES]` on one line
+    /// (the password in `$SERVICE_PASSWORD`).
+    fn replication_script(&self, programs: &Programs, port: u16) -> String;
     /// The fields of a relationship that depend on the engine, as Platform.sh gives them.
     fn relationship(&self, password: &str) -> Shape;
     /// What the node's endpoint says to the server first on each connection, and the answer it
@@ -143,6 +146,13 @@ SQL",
         ))
     }
 
+    fn replication_script(&self, programs: &Programs, port: u16) -> String {
+        format!(
+            "{psql} -h /run -p {port} -U postgres -d postgres -tA -F ' ' -c \"SELECT coalesce((SELECT status FROM pg_stat_wal_receiver), 'stopped'), coalesce(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0)::bigint\"",
+            psql = program(programs, "psql")
+        )
+    }
+
     fn relationship(&self, password: &str) -> Shape {
         Shape {
             scheme: "pgsql",
@@ -226,6 +236,13 @@ SQL",
         ))
     }
 
+    fn replication_script(&self, programs: &Programs, _port: u16) -> String {
+        format!(
+            "{mariadb} --no-defaults -S /run/mysqld.sock -u {SANDBOX_USER} -N -e \"SHOW STATUS LIKE 'wsrep_local_state_comment'\" | awk '{{print $2}}'",
+            mariadb = program(programs, "mariadb")
+        )
+    }
+
     fn relationship(&self, password: &str) -> Shape {
         Shape {
             scheme: "mysql",
@@ -283,6 +300,13 @@ impl Engine for Redis {
 
     fn provision_script(&self, _programs: &Programs, _port: u16) -> Option<String> {
         None
+    }
+
+    fn replication_script(&self, programs: &Programs, port: u16) -> String {
+        format!(
+            "REDISCLI_AUTH=\"$SERVICE_PASSWORD\" {cli} -p {port} INFO replication | tr -d '\\r' | awk -F: '/^master_link_status:/ {{print $2}}'",
+            cli = program(programs, "redis-cli")
+        )
     }
 
     fn relationship(&self, _password: &str) -> Shape {

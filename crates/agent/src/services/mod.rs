@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lockstep_proto::agent::{ProcessState, ServiceRole, ServiceSpec, ServiceStatus};
+use lockstep_proto::agent::{
+    ProcessState, ServiceReplication, ServiceRole, ServiceSpec, ServiceStatus,
+};
 use lockstep_supervisor::{
     Cancel, HookSpec, LogLimits, ProcessSpec, ProcessState as SupervisedState, RunAs, Sandbox,
     Supervisor,
@@ -73,6 +75,13 @@ struct Running {
 pub enum Wait {
     UntilReady,
     No,
+}
+
+/// Where a script's output goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Log,
+    Return,
 }
 
 /// What the app's runtime needs of a service for its relationships.
@@ -375,14 +384,7 @@ impl Services {
             false,
         )?;
         let programs = runtime.commands.clone();
-        let mut sandbox = Sandbox::prepare(
-            data.clone(),
-            &folder,
-            user,
-            self.context.sandbox_owner.clone(),
-        )
-        .map_err(AgentError::io("prepare the service's sandbox"))?;
-        sandbox.app_writable = true;
+        let sandbox = self.sandbox(&spec.name, user)?;
         let env = service_env();
         let mut with_password = env.clone();
         with_password.insert("SERVICE_PASSWORD".into(), spec.password.clone());
@@ -393,8 +395,15 @@ impl Services {
                 tracing::warn!(service = %spec.name, "{warning}");
             }
             if let Some(script) = engine.init_script(&programs, &spec.role) {
-                self.run_script(&spec.name, "init", &script, &sandbox, with_password.clone())
-                    .await?;
+                self.run_script(
+                    &spec.name,
+                    "init",
+                    &script,
+                    &sandbox,
+                    with_password.clone(),
+                    Output::Log,
+                )
+                .await?;
             }
             self.supervisor
                 .start(ProcessSpec {
@@ -442,10 +451,11 @@ impl Services {
                         &script,
                         &sandbox,
                         with_password.clone(),
+                        Output::Log,
                     )
                     .await
                 {
-                    Ok(()) => break,
+                    Ok(_) => break,
                     Err(error) if Instant::now() > deadline => return Err(error),
                     Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
                 }
@@ -511,8 +521,74 @@ impl Services {
         }
     }
 
+    /// The sandbox of service `name`'s server and scripts: its data folder at `/app`,
+    /// writable.
+    fn sandbox(&self, name: &str, user: RunAs) -> Result<Sandbox, AgentError> {
+        let folder = self.dir.join(name);
+        let mut sandbox = Sandbox::prepare(
+            folder.join("data"),
+            &folder,
+            user,
+            self.context.sandbox_owner.clone(),
+        )
+        .map_err(AgentError::io("prepare the service's sandbox"))?;
+        sandbox.app_writable = true;
+        Ok(sandbox)
+    }
+
+    /// How each replica on this node follows its primary, asked of its server.
+    pub async fn replication(&self, user: RunAs) -> Vec<ServiceReplication> {
+        let replicas: Vec<(ServiceSpec, u16)> = self
+            .kept()
+            .services
+            .values()
+            .filter_map(|kept| {
+                let spec = kept.spec.clone()?;
+                matches!(spec.role, ServiceRole::Replica { .. }).then_some((spec, kept.port))
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for (spec, port) in replicas {
+            let said = match (
+                self.sandbox(&spec.name, user),
+                self.context.runtime(
+                    &format!("{}:{}", spec.engine.as_str(), version(&spec)),
+                    false,
+                ),
+            ) {
+                (Ok(sandbox), Ok(runtime)) => {
+                    let script = engine(spec.engine).replication_script(&runtime.commands, port);
+                    let mut env = service_env();
+                    env.insert("SERVICE_PASSWORD".into(), spec.password.clone());
+                    self.run_script(
+                        &spec.name,
+                        "replication",
+                        &script,
+                        &sandbox,
+                        env,
+                        Output::Return,
+                    )
+                    .await
+                    .unwrap_or_default()
+                }
+                _ => Vec::new(),
+            };
+            let mut words = said
+                .first()
+                .map(String::as_str)
+                .unwrap_or("")
+                .split_whitespace();
+            answers.push(ServiceReplication {
+                name: spec.name.clone(),
+                state: words.next().unwrap_or("unknown").to_owned(),
+                lag_bytes: words.next().and_then(|lag| lag.parse().ok()),
+            });
+        }
+        answers
+    }
+
     /// Runs a script of the engine's to its end in the service's sandbox; its output goes to
-    /// the service's log.
+    /// the service's log, or back to the caller.
     async fn run_script(
         &self,
         name: &str,
@@ -520,7 +596,8 @@ impl Services {
         script: &str,
         sandbox: &Sandbox,
         env: BTreeMap<String, String>,
-    ) -> Result<(), AgentError> {
+        output: Output,
+    ) -> Result<Vec<String>, AgentError> {
         let spec = HookSpec {
             script: script.to_owned(),
             sandbox: sandbox.clone(),
@@ -535,9 +612,11 @@ impl Services {
             let mut lines = Vec::new();
             let outcome =
                 lockstep_supervisor::run_hook(&spec, &mut |line| lines.push(line.to_owned()));
-            append_lines(&log, &lines);
-            outcome.map(|_| ()).map_err(|failure| {
-                let last = lines[lines.len().saturating_sub(10)..].join("\n");
+            if output == Output::Log {
+                append_lines(&log, &lines);
+            }
+            let last = lines[lines.len().saturating_sub(10)..].join("\n");
+            outcome.map(|_| lines).map_err(|failure| {
                 AgentError::Refused(format!(
                     "the {step} step of service {name} failed: {failure}. Its last output:\n{last}"
                 ))

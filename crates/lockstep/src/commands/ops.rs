@@ -127,23 +127,40 @@ fn print_environment(env: &serde_json::Value) {
             node["router"].as_str().unwrap_or("-")
         );
         for service in node["services"].as_array().into_iter().flatten() {
-            print_service(service);
+            let replication = node["replication"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| r["name"] == service["name"]);
+            print_service(service, replication);
         }
     }
 }
 
-/// `    service db (postgresql): primary, running, 45 MB of 1024 MB`
-fn print_service(service: &serde_json::Value) {
+/// `    service db (postgresql): primary, running, 45 MB of 1024 MB`, and for a replica how it
+/// follows its primary (`streaming, 0 B behind`).
+fn print_service(service: &serde_json::Value, replication: Option<&serde_json::Value>) {
     let role = match service["role"]["role"].as_str() {
         Some("primary") => format!(
             "primary, {}",
             service["process"].as_str().unwrap_or("not running")
         ),
-        Some("replica") => format!(
-            "replica of {}, {}",
-            service["role"]["primary"].as_str().unwrap_or("?"),
-            service["process"].as_str().unwrap_or("not running")
-        ),
+        Some("replica") => {
+            let follows = match replication {
+                Some(r) => match r["lag_bytes"].as_u64() {
+                    Some(lag) => {
+                        format!(", {} ({lag} B behind)", r["state"].as_str().unwrap_or("?"))
+                    }
+                    None => format!(", {}", r["state"].as_str().unwrap_or("?")),
+                },
+                None => String::new(),
+            };
+            format!(
+                "replica of {}, {}{follows}",
+                service["role"]["primary"].as_str().unwrap_or("?"),
+                service["process"].as_str().unwrap_or("not running")
+            )
+        }
         _ => format!(
             "endpoint to the primary at {}",
             service["role"]["primary"].as_str().unwrap_or("?")
