@@ -7,14 +7,16 @@
 //! that declares them and keep running through every closed window, since the deploy hook uses
 //! them. A service the configuration no longer declares is stopped; its data stays.
 //!
-//! Code map: `engine` (what differs between PostgreSQL, MariaDB and Redis), `endpoint` (the
-//! forwarding port and who may connect to it).
+//! Code map: `engine` (what differs between PostgreSQL, MariaDB and Redis), `scripts` (an
+//! engine's scripts run in the service's sandbox), `endpoint` (the forwarding port and who may
+//! connect to it).
 
 mod endpoint;
 mod engine;
+mod scripts;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,8 +24,7 @@ use lockstep_proto::agent::{
     ProcessState, ServiceReplication, ServiceRole, ServiceSpec, ServiceStatus,
 };
 use lockstep_supervisor::{
-    Cancel, HookSpec, LogLimits, ProcessSpec, ProcessState as SupervisedState, RunAs, Sandbox,
-    Supervisor,
+    LogLimits, ProcessSpec, ProcessState as SupervisedState, RunAs, Sandbox, Supervisor,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -33,6 +34,7 @@ use crate::error::AgentError;
 use endpoint::{Endpoint, Target};
 pub use engine::Shape;
 use engine::engine;
+use scripts::{Output, service_env};
 
 /// How long a server may take to accept connections and take its user and database.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -75,13 +77,6 @@ struct Running {
 pub enum Wait {
     UntilReady,
     No,
-}
-
-/// Where a script's output goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Output {
-    Log,
-    Return,
 }
 
 /// What the app's runtime needs of a service for its relationships.
@@ -395,13 +390,13 @@ impl Services {
                 tracing::warn!(service = %spec.name, "{warning}");
             }
             if let Some(script) = engine.init_script(&programs, &spec.role) {
-                self.run_script(
+                scripts::run(
                     &spec.name,
                     "init",
                     &script,
                     &sandbox,
                     with_password.clone(),
-                    Output::Log,
+                    self.log_output(&spec.name),
                 )
                 .await?;
             }
@@ -444,17 +439,15 @@ impl Services {
             // takes, within the same patience.
             let deadline = Instant::now() + READY_TIMEOUT;
             loop {
-                match self
-                    .run_script(
-                        &spec.name,
-                        "provision",
-                        &script,
-                        &sandbox,
-                        with_password.clone(),
-                        Output::Log,
-                    )
-                    .await
-                {
+                let provision = scripts::run(
+                    &spec.name,
+                    "provision",
+                    &script,
+                    &sandbox,
+                    with_password.clone(),
+                    self.log_output(&spec.name),
+                );
+                match provision.await {
                     Ok(_) => break,
                     Err(error) if Instant::now() > deadline => return Err(error),
                     Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
@@ -560,7 +553,7 @@ impl Services {
                     let script = engine(spec.engine).replication_script(&runtime.commands, port);
                     let mut env = service_env();
                     env.insert("SERVICE_PASSWORD".into(), spec.password.clone());
-                    self.run_script(
+                    scripts::run(
                         &spec.name,
                         "replication",
                         &script,
@@ -587,45 +580,9 @@ impl Services {
         answers
     }
 
-    /// Runs a script of the engine's to its end in the service's sandbox; its output goes to
-    /// the service's log, or back to the caller.
-    async fn run_script(
-        &self,
-        name: &str,
-        what: &str,
-        script: &str,
-        sandbox: &Sandbox,
-        env: BTreeMap<String, String>,
-        output: Output,
-    ) -> Result<Vec<String>, AgentError> {
-        let spec = HookSpec {
-            script: script.to_owned(),
-            sandbox: sandbox.clone(),
-            env,
-            timeout: READY_TIMEOUT,
-            cancel: Cancel::default(),
-        };
-        let log = self.log_dir.join(format!("{}.log", process_name(name)));
-        let name = name.to_owned();
-        let step = what.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let mut lines = Vec::new();
-            let outcome =
-                lockstep_supervisor::run_hook(&spec, &mut |line| lines.push(line.to_owned()));
-            if output == Output::Log {
-                append_lines(&log, &lines);
-            }
-            let last = lines[lines.len().saturating_sub(10)..].join("\n");
-            outcome.map(|_| lines).map_err(|failure| {
-                AgentError::Refused(format!(
-                    "the {step} step of service {name} failed: {failure}. Its last output:\n{last}"
-                ))
-            })
-        })
-        .await
-        .map_err(|error| {
-            AgentError::Refused(format!("the {what} step of a service panicked: {error}"))
-        })?
+    /// The service's log, for the output of its scripts.
+    fn log_output(&self, name: &str) -> Output {
+        Output::Log(self.log_dir.join(format!("{}.log", process_name(name))))
     }
 
     async fn stop_server(&self, name: &str) {
@@ -697,32 +654,4 @@ pub fn process_name(service: &str) -> String {
 /// The version `type` asks for (`postgresql:15` → `15`).
 fn version(spec: &ServiceSpec) -> &str {
     spec.service_type.split_once(':').map_or("", |(_, v)| v)
-}
-
-fn service_env() -> BTreeMap<String, String> {
-    [
-        (
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        ),
-        ("HOME", lockstep_supervisor::APP_ROOT),
-        ("USER", lockstep_supervisor::APP_USER),
-        ("LANG", "C.UTF-8"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect()
-}
-
-fn append_lines(log: &Path, lines: &[String]) {
-    use std::io::Write;
-    if let Ok(mut file) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-    {
-        for line in lines {
-            let _ = writeln!(file, "{line}");
-        }
-    }
 }
