@@ -124,6 +124,13 @@ pub(crate) fn failure(reason: &str, before_close: bool) -> String {
     }
 }
 
+/// A reason without the output it quotes (`... Its last output:` and the lines after), which
+/// the failure's own line said already.
+fn summary(reason: &str) -> &str {
+    let before_output = reason.split(". Its last output:").next().unwrap_or(reason);
+    before_output.lines().next().unwrap_or(before_output)
+}
+
 pub(crate) fn ending(outcome: &Outcome) -> String {
     let lost = |lost_nodes: &[NodeName]| match lost_nodes {
         [] => String::new(),
@@ -132,17 +139,20 @@ pub(crate) fn ending(outcome: &Outcome) -> String {
     };
     match outcome {
         Outcome::Completed { lost_nodes } => format!("Deployment completed{}", lost(lost_nodes)),
-        Outcome::Aborted { reason } => format!("Deployment aborted: {reason}"),
+        Outcome::Aborted { reason } => format!("Deployment aborted: {}", summary(reason)),
         Outcome::OpenedDespiteHookFailure { reason, lost_nodes } => format!(
-            "Deployment failed, opened with the new release anyway: {reason}{}",
+            "Deployment failed, opened with the new release anyway: {}{}",
+            summary(reason),
             lost(lost_nodes)
         ),
         Outcome::RolledBack { reason, lost_nodes } => format!(
-            "Deployment failed and was rolled back: {reason}{}",
+            "Deployment failed and was rolled back: {}{}",
+            summary(reason),
             lost(lost_nodes)
         ),
         Outcome::StayedClosed { reason } => format!(
-            "Deployment failed; the environment stays closed until an operator deploys or rolls back: {reason}"
+            "Deployment failed; the environment stays closed until an operator deploys or rolls back: {}",
+            summary(reason)
         ),
     }
 }
@@ -157,5 +167,27 @@ fn phase_name(phase: Phase) -> &'static str {
         Phase::Open => "open",
         Phase::PostDeploy => "post_deploy",
         Phase::Rollback => "rollback",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ending_names_the_failure_without_quoting_its_output_again() {
+        let reason = "node production-1 failed: the web process exited 3 times; nothing opened. Its last output:\nTraceback\nError: no module";
+        let ending = ending(&Outcome::RolledBack {
+            reason: reason.into(),
+            lost_nodes: Vec::new(),
+        });
+        assert_eq!(
+            ending,
+            "Deployment failed and was rolled back: node production-1 failed: the web process exited 3 times; nothing opened"
+        );
+        assert!(
+            failure(reason, false).contains("Error: no module"),
+            "said once, with the failure"
+        );
     }
 }
