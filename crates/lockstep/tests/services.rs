@@ -662,3 +662,80 @@ async fn services_come_back_with_their_data_when_lockstep_starts_again() {
     )
     .await;
 }
+
+/// The sample app (which uses no service itself) with these services and relationships.
+fn declare(project: &Project, services: &[(&str, &str, &str)]) {
+    let mut yaml = String::new();
+    let mut relationships = String::from("relationships:\n");
+    for (name, service_type, endpoint) in services {
+        yaml.push_str(&format!("{name}:\n  type: \"{service_type}\"\n"));
+        relationships.push_str(&format!("  {name}: \"{name}:{endpoint}\"\n"));
+    }
+    std::fs::create_dir_all(project.path().join(".platform")).unwrap();
+    std::fs::write(project.path().join(".platform/services.yaml"), yaml).unwrap();
+    let app = std::fs::read_to_string(support::sample_app().join(".platform.app.yaml")).unwrap();
+    let relationships = if services.is_empty() {
+        String::new()
+    } else {
+        relationships
+    };
+    std::fs::write(
+        project.path().join(".platform.app.yaml"),
+        app + &relationships,
+    )
+    .unwrap();
+    project.commit(&format!("{} services", services.len()));
+}
+
+#[tokio::test]
+async fn a_new_service_starts_empty_and_a_dropped_one_stops_with_its_data_kept() {
+    let platform = Platform::start().await;
+    let project = Project::sample();
+    let push = |what: &str| {
+        let output = platform.push(&project, "HEAD:staging");
+        assert!(output.status.success(), "{what}: {}", text(&output));
+        text(&output)
+    };
+    declare(&project, &[("db", "postgresql:15", "postgresql")]);
+    assert!(push("db").contains("Service db on staging-1: primary, ready"));
+    let sql = |query: &str| text(&platform.cli(&["sql", "staging", "-c", query]));
+    sql("CREATE TABLE kept (x int); INSERT INTO kept VALUES (1)");
+
+    declare(
+        &project,
+        &[
+            ("db", "postgresql:15", "postgresql"),
+            ("cache", "redis:7.0", "redis"),
+        ],
+    );
+    assert!(push("db and cache").contains("Service cache on staging-1: primary, ready"));
+    let keys = platform.cli(&["redis", "staging", "--", "DBSIZE"]);
+    assert_eq!(text(&keys).trim(), "0", "a new service starts empty");
+    assert!(
+        sql("SELECT x FROM kept").contains(" 1\n"),
+        "{}",
+        sql("SELECT x FROM kept")
+    );
+
+    declare(&project, &[("cache", "redis:7.0", "redis")]);
+    push("cache alone");
+    let status = text(&platform.cli(&["status"]));
+    assert!(!status.contains("service db "), "{status}");
+    let data = platform
+        .data_dir
+        .join("agents/staging-1/instances/staging/services/db/data/pg/PG_VERSION");
+    assert!(data.exists(), "a dropped service's data stays");
+
+    declare(
+        &project,
+        &[
+            ("db", "postgresql:15", "postgresql"),
+            ("cache", "redis:7.0", "redis"),
+        ],
+    );
+    push("db again");
+    assert!(
+        sql("SELECT x FROM kept").contains(" 1\n"),
+        "the data came back with it"
+    );
+}
