@@ -120,18 +120,17 @@ pub(crate) async fn place(
             .collect()
     };
     if specs.iter().any(|spec| members(&spec.name).len() > 1) {
-        let told = |specs: &[ServiceSpec]| {
-            with_roles(specs, |spec| match spec.role.clone() {
-                ServiceRole::Primary { replicas, .. } => ServiceRole::Primary {
-                    replicas,
-                    cluster: members(&spec.name),
-                },
-                ServiceRole::Replica { primary, .. } => ServiceRole::Replica {
-                    primary,
-                    cluster: members(&spec.name),
-                },
-                remote => remote,
-            })
+        let told = |specs: &[ServiceSpec]| -> Vec<ServiceSpec> {
+            specs
+                .iter()
+                .cloned()
+                .map(|mut spec| {
+                    if let Some(cluster) = spec.role.members_mut() {
+                        *cluster = members(&spec.name);
+                    }
+                    spec
+                })
+                .collect()
         };
         let (primary_specs, replica_specs) = (told(&primary_specs), told(&replica_specs));
         for (index, node) in nodes.iter().enumerate() {

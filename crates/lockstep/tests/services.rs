@@ -190,22 +190,7 @@ async fn each_engine_serves_through_its_endpoint_and_keeps_its_data_across_resta
             .contains("NOAUTH")
     );
     // A wrong password is refused at the engine, endpoint or not.
-    let wrong = client(
-        "psql",
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &db.to_string(),
-            "-U",
-            "main",
-            "-d",
-            "main",
-            "-tAc",
-            "SELECT 1",
-        ],
-        &[("PGPASSWORD", "wrong")],
-    );
+    let wrong = psql_as(db, "wrong", "SELECT 1");
     assert!(
         wrong
             .unwrap_err()

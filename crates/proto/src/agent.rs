@@ -325,19 +325,13 @@ pub enum ServiceRole {
 }
 
 impl ServiceRole {
-    /// The same role whatever the cluster's members: a new member list is no reason to
-    /// restart a server, only where it rejoins next time.
-    pub fn without_members(&self) -> ServiceRole {
+    /// A clustered role's member list; none for a node without an instance.
+    pub fn members_mut(&mut self) -> Option<&mut Vec<String>> {
         match self {
-            ServiceRole::Primary { replicas, .. } => ServiceRole::Primary {
-                replicas: *replicas,
-                cluster: Vec::new(),
-            },
-            ServiceRole::Replica { primary, .. } => ServiceRole::Replica {
-                primary: primary.clone(),
-                cluster: Vec::new(),
-            },
-            remote => remote.clone(),
+            ServiceRole::Primary { cluster, .. } | ServiceRole::Replica { cluster, .. } => {
+                Some(cluster)
+            }
+            ServiceRole::Remote { .. } => None,
         }
     }
 }

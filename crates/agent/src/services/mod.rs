@@ -178,12 +178,14 @@ impl Services {
                 // A cluster's member list is replaced by another, never forgotten: with none, a
                 // member would start a cluster of its own.
                 let mut spec = spec.clone();
-                if let (Some(old), Some(new)) = (
-                    entry.spec.as_ref().and_then(|s| members(&s.role)),
-                    members_mut(&mut spec.role),
-                ) && new.is_empty()
+                let known = entry
+                    .spec
+                    .clone()
+                    .and_then(|mut old| old.role.members_mut().map(std::mem::take));
+                if let (Some(known), Some(new)) = (known, spec.role.members_mut())
+                    && new.is_empty()
                 {
-                    *new = old.clone();
+                    *new = known;
                 }
                 entry.spec = Some(spec.clone());
                 let clustered = engine(spec.engine).clusters()
@@ -355,13 +357,16 @@ impl Services {
                 spec.name
             )))?;
         }
-        let same_server = |running: &Running| {
-            let mut running = running.spec.clone();
-            running.role = running.role.without_members();
-            let mut wanted = spec.clone();
-            wanted.role = wanted.role.without_members();
-            running == wanted
+        // A new member list is no reason to restart a server, only where it rejoins next time.
+        let without_members = |spec: &ServiceSpec| {
+            let mut spec = spec.clone();
+            if let Some(members) = spec.role.members_mut() {
+                members.clear();
+            }
+            spec
         };
+        let same_server =
+            |running: &Running| without_members(&running.spec) == without_members(spec);
         let already = self
             .running
             .lock()
@@ -625,25 +630,6 @@ impl Services {
 /// The engine's fields of a relationship to `spec`.
 pub fn shape(spec: &ServiceSpec) -> Shape {
     engine(spec.engine).relationship(&spec.password)
-}
-
-/// A clustered role's member list.
-fn members(role: &ServiceRole) -> Option<&Vec<String>> {
-    match role {
-        ServiceRole::Primary { cluster, .. } | ServiceRole::Replica { cluster, .. } => {
-            Some(cluster)
-        }
-        ServiceRole::Remote { .. } => None,
-    }
-}
-
-fn members_mut(role: &mut ServiceRole) -> Option<&mut Vec<String>> {
-    match role {
-        ServiceRole::Primary { cluster, .. } | ServiceRole::Replica { cluster, .. } => {
-            Some(cluster)
-        }
-        ServiceRole::Remote { .. } => None,
-    }
 }
 
 /// The supervisor's name for a service's server, and its log's: `service-NAME`.
