@@ -218,9 +218,7 @@ async fn old_and_new_releases_never_serve_at_once_through_a_deploy() {
         .expect("the old release served");
     assert!(last_old < first_new, "old release after the new one");
     assert!(
-        answers[last_old..first_new]
-            .iter()
-            .any(|a| *a == (503, None)),
+        answers[last_old..first_new].contains(&(503, None)),
         "no closed window between the releases"
     );
     for (i, answer) in answers.iter().enumerate() {
