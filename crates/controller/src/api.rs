@@ -37,6 +37,10 @@ pub fn router(controller: Arc<Controller>) -> Router {
             "/api/v1/environments/{env}/services/client",
             post(service_client),
         )
+        .route(
+            "/api/v1/environments/{env}/services/{service}/promote",
+            post(promote_service),
+        )
         .route("/api/v1/users", get(list_users))
         .route(
             "/api/v1/users/{email}",
@@ -74,6 +78,7 @@ impl From<ControllerError> for ApiError {
             ControllerError::Store(
                 StoreError::UnknownEnvironment(_) | StoreError::UnknownActivity(_),
             ) => StatusCode::NOT_FOUND,
+            ControllerError::Promotion(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let mut message = error.to_string();
@@ -972,6 +977,26 @@ async fn service_client(
         })
     })
     .await
+}
+
+#[derive(Deserialize)]
+struct PromoteQuery {
+    node: Option<String>,
+}
+
+/// `lockstep service promote`: a replica becomes the primary of a service whose primary is gone.
+async fn promote_service(
+    State(controller): State<Arc<Controller>>,
+    Path((env, service)): Path<(String, String)>,
+    Extension(principal): Extension<Principal>,
+    Json(query): Json<PromoteQuery>,
+) -> Result<Json<crate::services::PromoteOutcome>, ApiError> {
+    check(&controller, &principal, Action::Manage, &env)?;
+    tracing::info!(environment = %env, %service, by = %principal.name(), "promoting a replica");
+    let outcome = controller
+        .promote(&env, &service, query.node.as_deref())
+        .await?;
+    Ok(Json(outcome))
 }
 
 /// What runs in the app's runtime environment on a node for a user.

@@ -97,6 +97,9 @@ pub enum ControllerError {
     /// A service's engine or version differs from what its data was made with.
     #[error("{0}")]
     ServiceChanged(String),
+    /// A service's primary cannot move as asked.
+    #[error("{0}")]
+    Promotion(String),
     #[error("cannot {action}")]
     Io {
         action: String,

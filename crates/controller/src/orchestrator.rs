@@ -14,11 +14,13 @@ use lockstep_deploy::{
     Command, Deployment, Event, HookKind, NodeFailure, Phase, Plan, Record, Release, Reply, Request,
 };
 use lockstep_proto::agent::{
-    HookRequest, HookState, RuntimeInputs, ServiceRole, Step, SwapRequest,
+    HookRequest, HookState, InstanceStatus, ProcessState, RuntimeInputs, ServiceReplication,
+    ServiceRole, Step, SwapRequest,
 };
 use tokio::sync::mpsc;
 
 use crate::agents::{Call, CallError};
+use crate::services::{Placed, PromoteOutcome, Reach, placement_lines};
 use crate::store::Node;
 use crate::{Controller, ControllerError};
 
@@ -37,6 +39,9 @@ pub struct DeployJob {
 pub struct Queues {
     /// Environments with a deployment running, and the newest one waiting behind it.
     running: Mutex<HashMap<String, Option<DeployJob>>>,
+    /// One placement of services at a time: a deployment's, a catch-up's or a promotion's,
+    /// each from what the store says at that moment.
+    placing_services: tokio::sync::Mutex<()>,
 }
 
 impl Controller {
@@ -117,7 +122,7 @@ impl Controller {
             None => job.image.clone(),
         };
         self.configure_instances(&env.name, &nodes).await?;
-        self.ensure_services(&env.name, &image, Some(&job.activity))
+        self.ensure_services(&env.name, &image, Some(&job.activity), Reach::EveryNode)
             .await?;
         let plan = Plan {
             deployment: job.activity.clone(),
@@ -382,7 +387,7 @@ impl Controller {
                 self.configure_instances(environment, std::slice::from_ref(node))
                     .await?;
                 // A node that lost its instance lost its services' endpoints too.
-                self.ensure_services(environment, &serving.image, None)
+                self.ensure_services(environment, &serving.image, None, Reach::AnsweringNodes)
                     .await?;
                 self.agents
                     .status(&node.agent_url, environment)
@@ -391,6 +396,13 @@ impl Controller {
             }
             Err(error) => return Err(ControllerError::agent(node)(error)),
         };
+        // A node back from a promotion made while it was away still runs the old primary, or
+        // follows it: it takes its new part before it serves again.
+        if self.services_misplaced(environment, node, &status.services)? {
+            tracing::info!(environment, node = %node.name, "services placed again");
+            self.ensure_services(environment, &serving.image, None, Reach::AnsweringNodes)
+                .await?;
+        }
         let open_at_serving = status.gate
             == (lockstep_proto::agent::Gate::Open {
                 generation: serving.generation,
@@ -489,46 +501,171 @@ impl Controller {
         Ok(())
     }
 
-    /// Runs the services `image`'s configuration declares on every node of the environment,
-    /// before anything of its deployment happens; said in `activity`'s log when given.
+    /// Whether `node` runs any of the environment's services otherwise than the store says:
+    /// a primary that is no longer the primary, or a replica following an old one.
+    fn services_misplaced(
+        &self,
+        environment: &str,
+        node: &Node,
+        running: &[lockstep_proto::agent::ServiceStatus],
+    ) -> Result<bool, ControllerError> {
+        let stored = self.store.services(environment)?;
+        let first = self.store.nodes(environment)?.into_iter().next();
+        Ok(running.iter().any(|status| {
+            let Some(service) = stored.iter().find(|s| s.name == status.name) else {
+                return false;
+            };
+            let primary_node = service
+                .primary_node
+                .as_deref()
+                .or(first.as_ref().map(|n| n.name.as_str()));
+            match &status.role {
+                ServiceRole::Primary { .. } => primary_node != Some(node.name.as_str()),
+                ServiceRole::Replica { primary, .. } | ServiceRole::Remote { primary } => {
+                    primary_node == Some(node.name.as_str())
+                        || service
+                            .primary_address
+                            .as_ref()
+                            .is_some_and(|address| address != primary)
+                }
+            }
+        }))
+    }
+
+    /// Runs the services `image`'s configuration declares on the nodes of the environment
+    /// (before anything of a deployment happens); said in `activity`'s log when given.
     async fn ensure_services(
         &self,
         environment: &str,
         image: &str,
         activity: Option<&str>,
-    ) -> Result<(), ControllerError> {
+        reach: Reach,
+    ) -> Result<Option<Placed>, ControllerError> {
         let manifest = self
             .images
             .manifest(&image.parse().map_err(ControllerError::image)?)?;
         let declared = &manifest.info.config.services;
+        let _one_at_a_time = self.queues.placing_services.lock().await;
         if declared.is_empty() && self.store.services(environment)?.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let specs = crate::services::specs(&self.store, environment, declared)?;
         if let Some(activity) = activity {
             self.store.phase_started(activity, "services")?;
         }
         let nodes = self.store.nodes(environment)?;
-        let placed = crate::services::place(&self.agents, environment, &nodes, specs).await?;
+        let placed = crate::services::place(
+            &self.agents,
+            environment,
+            &nodes,
+            specs,
+            &self.store.services(environment)?,
+            reach,
+        )
+        .await?;
+        for (service, address) in &placed.primaries {
+            self.store
+                .set_service_primary(environment, service, None, Some(address))?;
+        }
         if let Some(activity) = activity {
-            for (node, services) in &placed {
-                for service in services {
-                    let role = match &service.role {
-                        ServiceRole::Primary { .. } => "primary".to_owned(),
-                        ServiceRole::Replica { primary, .. } => format!("replica of {primary}"),
-                        ServiceRole::Remote { primary } => {
-                            format!("endpoint to the primary at {primary}")
-                        }
-                    };
-                    self.store.append_log(
-                        activity,
-                        &format!("Service {} on {node}: {role}, ready", service.name),
-                    )?;
-                }
+            for line in placement_lines(&placed) {
+                self.store.append_log(activity, &line)?;
             }
             self.store.phase_ended(activity, "services")?;
         }
-        Ok(())
+        Ok(Some(placed))
+    }
+
+    /// `lockstep service promote`: moves the primary of `service` to a replica, the one that
+    /// received the most unless `asked` names one, once its primary is gone (its node does not
+    /// answer, or its server does not run). The store records the new primary first, so that
+    /// the old one, when its node returns, is made a replica of the new one before it serves.
+    pub async fn promote(
+        &self,
+        environment: &str,
+        service: &str,
+        asked: Option<&str>,
+    ) -> Result<PromoteOutcome, ControllerError> {
+        let env = self.store.environment(environment)?;
+        let Some(serving) = env.serving else {
+            return Err(ControllerError::Promotion(format!(
+                "{environment} has not deployed yet: it runs no service"
+            )));
+        };
+        let stored = self.store.services(environment)?;
+        let Some(stored) = stored.iter().find(|s| s.name == service) else {
+            return Err(ControllerError::Promotion(format!(
+                "{environment} has no service {service}; `lockstep status` lists its services"
+            )));
+        };
+        let nodes = self.store.nodes(environment)?;
+        let primary_node = stored
+            .primary_node
+            .clone()
+            .or_else(|| nodes.first().map(|n| n.name.clone()))
+            .unwrap_or_default();
+        if nodes.len() < 2 {
+            return Err(ControllerError::Promotion(format!(
+                "{environment} runs on one node: {service} has no replica to promote"
+            )));
+        }
+        let mut steps = Vec::new();
+        let asking = Duration::from_secs(5);
+        let node = |name: &str| nodes.iter().find(|n| n.name == name);
+        let primary_runs = match node(&primary_node) {
+            Some(node) => self
+                .agents
+                .call::<InstanceStatus>(&node.agent_url, environment, Call::Status, asking)
+                .await
+                .ok()
+                .and_then(|status| status.services.into_iter().find(|s| s.name == service))
+                .is_some_and(|status| status.process == Some(ProcessState::Running)),
+            None => false,
+        };
+        if primary_runs {
+            return Err(ControllerError::Promotion(format!(
+                "the primary of {service} runs on {primary_node}: promote replaces a primary that is gone (its node does not answer, or its server does not run)"
+            )));
+        }
+        steps.push(format!(
+            "The primary of {service} on {primary_node} is gone"
+        ));
+        let mut received = Vec::new();
+        for node in nodes.iter().filter(|n| n.name != primary_node) {
+            let answer = self
+                .agents
+                .call::<Vec<ServiceReplication>>(
+                    &node.agent_url,
+                    environment,
+                    Call::ServiceReplication,
+                    asking,
+                )
+                .await;
+            let position = answer
+                .ok()
+                .and_then(|replicas| replicas.into_iter().find(|r| r.name == service))
+                .and_then(|replica| replica.received);
+            steps.push(match position {
+                Some(position) => format!("Replica on {}: received up to {position}", node.name),
+                None => format!("Replica on {}: did not answer", node.name),
+            });
+            received.push((node.name.clone(), position));
+        }
+        let chosen = crate::services::choose_promotion(service, &primary_node, &received, asked)?;
+        self.store
+            .set_service_primary(environment, service, Some(&chosen), None)?;
+        let placed = self
+            .ensure_services(environment, &serving.image, None, Reach::AnsweringNodes)
+            .await?;
+        if let Some(placed) = &placed {
+            steps.extend(placement_lines(placed));
+        }
+        Ok(PromoteOutcome {
+            service: service.to_owned(),
+            from: primary_node,
+            to: chosen,
+            steps,
+        })
     }
 
     /// Builds an environment's branch again, with its build variables, within the activity.

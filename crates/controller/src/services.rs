@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use lockstep_config::Service;
 use lockstep_proto::agent::{ServiceRole, ServiceSpec, ServiceStatus};
+use serde::Serialize;
 
 use crate::ControllerError;
 use crate::agents::{AgentClient, Call};
@@ -48,6 +49,8 @@ pub(crate) fn specs(
                     engine: service.kind,
                     version: service.version.clone(),
                     password: crate::random_token(),
+                    primary_node: None,
+                    primary_address: None,
                 };
                 store.add_service(environment, &stored)?;
                 stored
@@ -69,94 +72,193 @@ pub(crate) fn specs(
     Ok(specs)
 }
 
-/// Runs `specs` on `nodes`: primaries on the first node; on the others, replicas with the
-/// engine's own replication (a Galera member for MariaDB), or endpoints to the primary.
-/// Answers each node's services once they all accept connections.
+/// Whether placing services needs every node of the environment, as a deployment does, or
+/// goes on without the ones that do not answer, as a promotion does when a node is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reach {
+    EveryNode,
+    AnsweringNodes,
+}
+
+/// What [`place`] did.
+pub(crate) struct Placed {
+    /// Each node placed, with its services.
+    pub nodes: Vec<(String, Vec<ServiceStatus>)>,
+    /// Nodes that did not answer, left as they were.
+    pub skipped: Vec<String>,
+    /// `host:port` of each service's primary.
+    pub primaries: BTreeMap<String, String>,
+}
+
+/// Runs `specs` on `nodes`: each service's primary on the node `stored` records for it (the
+/// first node until a promotion); on every other node a replica with the engine's own replication
+/// (a Galera member for MariaDB). Answers each node's services once they all accept
+/// connections.
 pub(crate) async fn place(
     agents: &AgentClient,
     environment: &str,
     nodes: &[Node],
     specs: Vec<ServiceSpec>,
-) -> Result<Vec<(String, Vec<ServiceStatus>)>, ControllerError> {
-    let Some((first, others)) = nodes.split_first() else {
-        return Ok(Vec::new());
+    stored: &[StoredService],
+    reach: Reach,
+) -> Result<Placed, ControllerError> {
+    let mut placed = Placed {
+        nodes: Vec::new(),
+        skipped: Vec::new(),
+        primaries: BTreeMap::new(),
     };
-    let replicas = others.len() as u32;
-    let primary_specs = with_roles(&specs, |_| ServiceRole::Primary {
-        replicas,
-        cluster: Vec::new(),
-    });
-    let primaries = ensure_on(agents, environment, first, &primary_specs).await?;
-    let primary_host = host_of(&first.agent_url);
-    let on_primary = |name: &str| primaries.iter().find(|s| s.name == name);
-    let replica_specs = with_roles(&specs, |spec| {
-        let status = on_primary(&spec.name);
-        ServiceRole::Replica {
-            primary: format!("{primary_host}:{}", status.map_or(0, |s| s.port)),
-            cluster: status
-                .filter(|s| s.cluster_port != 0)
-                .map(|s| vec![format!("{primary_host}:{}", s.cluster_port)])
-                .unwrap_or_default(),
+    let Some(first) = nodes.first() else {
+        return Ok(placed);
+    };
+    let primary_node = |service: &str| -> &str {
+        stored
+            .iter()
+            .find(|s| s.name == service)
+            .and_then(|s| s.primary_node.as_deref())
+            .filter(|node| nodes.iter().any(|n| n.name == *node))
+            .unwrap_or(first.name.as_str())
+    };
+    // A primary on a node that does not answer is where it was last placed.
+    placed.primaries = stored
+        .iter()
+        .filter_map(|s| Some((s.name.clone(), s.primary_address.clone()?)))
+        .collect();
+    // What each node runs now: where the primaries listen, and the clusters' members.
+    let mut running: BTreeMap<&str, Vec<ServiceStatus>> = BTreeMap::new();
+    for node in nodes {
+        match agents.status(&node.agent_url, environment).await {
+            Ok(status) => {
+                running.insert(&node.name, status.services);
+            }
+            Err(error) if reach == Reach::EveryNode => {
+                return Err(ControllerError::agent(node)(error));
+            }
+            Err(error) => {
+                tracing::warn!(environment, node = %node.name, %error, "node left out of the services' placement");
+                placed.skipped.push(node.name.clone());
+            }
         }
-    });
-    let mut placed = vec![(first.name.clone(), primaries.clone())];
-    for node in others {
-        placed.push((
-            node.name.clone(),
-            ensure_on(agents, environment, node, &replica_specs).await?,
-        ));
     }
-    // Every member of a cluster learns where all the others are, to rejoin after a restart
-    // through whichever is up.
-    let members = |name: &str| -> Vec<String> {
+    let learn = |placed: &mut Placed, node: &Node, statuses: &[ServiceStatus]| {
+        for status in statuses {
+            if primary_node(&status.name) == node.name && status.port != 0 {
+                placed.primaries.insert(
+                    status.name.clone(),
+                    format!("{}:{}", host_of(&node.agent_url), status.port),
+                );
+            }
+        }
+    };
+    for node in nodes {
+        if let Some(statuses) = running.get(node.name.as_str()) {
+            learn(&mut placed, node, statuses);
+        }
+    }
+    let members = |running: &BTreeMap<&str, Vec<ServiceStatus>>, service: &str| -> Vec<String> {
         nodes
             .iter()
-            .zip(&placed)
-            .filter_map(|(node, (_, statuses))| {
-                let status = statuses.iter().find(|s| s.name == name)?;
+            .filter_map(|node| {
+                let status = running
+                    .get(node.name.as_str())?
+                    .iter()
+                    .find(|s| s.name == service)?;
                 (status.cluster_port != 0)
                     .then(|| format!("{}:{}", host_of(&node.agent_url), status.cluster_port))
             })
             .collect()
     };
-    if specs.iter().any(|spec| members(&spec.name).len() > 1) {
-        let told = |specs: &[ServiceSpec]| -> Vec<ServiceSpec> {
-            specs
-                .iter()
-                .cloned()
-                .map(|mut spec| {
-                    if let Some(cluster) = spec.role.members_mut() {
-                        *cluster = members(&spec.name);
-                    }
-                    spec
+    let replicas = nodes.len() as u32 - 1;
+    let roles_on = |node: &Node,
+                    placed: &Placed,
+                    running: &BTreeMap<&str, Vec<ServiceStatus>>|
+     -> Result<Vec<ServiceSpec>, ControllerError> {
+        specs
+            .iter()
+            .map(|spec| {
+                let cluster = members(running, &spec.name);
+                let role = if primary_node(&spec.name) == node.name {
+                    ServiceRole::Primary { replicas, cluster }
+                } else {
+                    let primary = placed.primaries.get(&spec.name).cloned().ok_or_else(|| {
+                        ControllerError::Promotion(format!(
+                            "service {} has no primary to follow: its node {} does not answer",
+                            spec.name,
+                            primary_node(&spec.name)
+                        ))
+                    })?;
+                    ServiceRole::Replica { primary, cluster }
+                };
+                Ok(ServiceSpec {
+                    role,
+                    ..spec.clone()
                 })
-                .collect()
+            })
+            .collect()
+    };
+    // The first node first: a new service's primary is there, and the others follow it.
+    let mut told = BTreeMap::new();
+    for node in nodes {
+        if placed.skipped.contains(&node.name) {
+            continue;
+        }
+        let specs = roles_on(node, &placed, &running)?;
+        let statuses = ensure_on(agents, environment, node, &specs).await?;
+        learn(&mut placed, node, &statuses);
+        running.insert(&node.name, statuses);
+        told.insert(node.name.as_str(), specs);
+    }
+    // Every member of a cluster learns where all the others are, to rejoin after a restart
+    // through whichever is up.
+    for node in nodes {
+        let Some(before) = told.get(node.name.as_str()) else {
+            continue;
         };
-        let (primary_specs, replica_specs) = (told(&primary_specs), told(&replica_specs));
-        for (index, node) in nodes.iter().enumerate() {
-            let specs = if index == 0 {
-                &primary_specs
-            } else {
-                &replica_specs
-            };
-            placed[index].1 = ensure_on(agents, environment, node, specs).await?;
+        let specs = roles_on(node, &placed, &running)?;
+        if &specs != before {
+            let statuses = ensure_on(agents, environment, node, &specs).await?;
+            running.insert(&node.name, statuses);
         }
     }
+    placed.nodes = nodes
+        .iter()
+        .filter_map(|node| Some((node.name.clone(), running.get(node.name.as_str())?.clone())))
+        .filter(|(name, _)| !placed.skipped.contains(name))
+        .collect();
     Ok(placed)
 }
 
-/// `specs` with each one's role as `role` says.
-fn with_roles(
-    specs: &[ServiceSpec],
-    role: impl Fn(&ServiceSpec) -> ServiceRole,
-) -> Vec<ServiceSpec> {
-    specs
-        .iter()
-        .map(|spec| ServiceSpec {
-            role: role(spec),
-            ..spec.clone()
-        })
-        .collect()
+/// What a placement did, one line per service and node, as an activity's log says it.
+pub(crate) fn placement_lines(placed: &Placed) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (node, services) in &placed.nodes {
+        for service in services {
+            let role = match &service.role {
+                ServiceRole::Primary { .. } => "primary".to_owned(),
+                ServiceRole::Replica { primary, .. } => format!("replica of {primary}"),
+                ServiceRole::Remote { primary } => {
+                    format!("endpoint to the primary at {primary}")
+                }
+            };
+            lines.push(format!("Service {} on {node}: {role}, ready", service.name));
+        }
+    }
+    for node in &placed.skipped {
+        lines.push(format!(
+            "Node {node} does not answer: its services take their part when it returns, before it serves again"
+        ));
+    }
+    lines
+}
+
+/// What `lockstep service promote` did.
+#[derive(Debug, Serialize)]
+pub struct PromoteOutcome {
+    pub service: String,
+    /// The node whose primary was replaced.
+    pub from: String,
+    pub to: String,
+    /// What was found and done, one line each.
+    pub steps: Vec<String>,
 }
 
 async fn ensure_on(
@@ -182,4 +284,103 @@ fn host_of(agent_url: &str) -> String {
         .ok()
         .and_then(|url| url.host_str().map(str::to_owned))
         .unwrap_or_else(|| "127.0.0.1".into())
+}
+
+/// Which node's replica of `service` to promote, from how far each answering replica has
+/// received the primary's history (`received`, by node). The one that received the most holds
+/// every write the primary confirmed (a PostgreSQL commit waits for one replica, a Galera write
+/// for every member); one asked for by name must have received as much.
+pub(crate) fn choose_promotion(
+    service: &str,
+    primary_node: &str,
+    received: &[(String, Option<u64>)],
+    asked: Option<&str>,
+) -> Result<String, ControllerError> {
+    let refuse = |message: String| Err(ControllerError::Promotion(message));
+    let candidates: Vec<(&str, u64)> = received
+        .iter()
+        .filter(|(node, _)| node != primary_node)
+        .filter_map(|(node, received)| Some((node.as_str(), (*received)?)))
+        .collect();
+    let furthest = candidates
+        .iter()
+        .copied()
+        .reduce(|best, next| if next.1 > best.1 { next } else { best });
+    let Some((furthest_node, furthest_received)) = furthest else {
+        return refuse(format!(
+            "no replica of {service} answered: there is nothing to promote until one of its nodes is back"
+        ));
+    };
+    let Some(asked) = asked else {
+        return Ok(furthest_node.to_owned());
+    };
+    if asked == primary_node {
+        return refuse(format!("{asked} runs the primary of {service} already"));
+    }
+    let Some(&(_, asked_received)) = candidates.iter().find(|(node, _)| *node == asked) else {
+        return refuse(format!(
+            "{asked} has no replica of {service} that answered; the replicas that did: {}",
+            candidates
+                .iter()
+                .map(|(node, _)| *node)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    };
+    if asked_received < furthest_received {
+        return refuse(format!(
+            "{furthest_node} received more of {service}'s changes than {asked} ({furthest_received} against {asked_received}): promoting {asked} could lose confirmed writes. Promote {furthest_node}, or leave out --node"
+        ));
+    }
+    Ok(asked.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn received(pairs: &[(&str, Option<u64>)]) -> Vec<(String, Option<u64>)> {
+        pairs.iter().map(|(n, r)| (n.to_string(), *r)).collect()
+    }
+
+    #[test]
+    fn the_replica_that_received_most_is_promoted() {
+        let answers = received(&[("p-2", Some(100)), ("p-3", Some(250))]);
+        assert_eq!(
+            choose_promotion("db", "p-1", &answers, None).unwrap(),
+            "p-3"
+        );
+        assert_eq!(
+            choose_promotion("db", "p-1", &answers, Some("p-3")).unwrap(),
+            "p-3"
+        );
+    }
+
+    #[test]
+    fn a_replica_behind_another_is_refused() {
+        let answers = received(&[("p-2", Some(100)), ("p-3", Some(250))]);
+        let error = choose_promotion("db", "p-1", &answers, Some("p-2")).unwrap_err();
+        assert!(error.to_string().contains("Promote p-3"), "{error}");
+    }
+
+    #[test]
+    fn the_primary_itself_or_a_silent_node_is_refused() {
+        let answers = received(&[("p-2", Some(100)), ("p-3", None)]);
+        assert!(choose_promotion("db", "p-1", &answers, Some("p-1")).is_err());
+        let error = choose_promotion("db", "p-1", &answers, Some("p-3")).unwrap_err();
+        assert!(
+            error.to_string().contains("the replicas that did: p-2"),
+            "{error}"
+        );
+        assert!(choose_promotion("db", "p-1", &received(&[("p-2", None)]), None).is_err());
+    }
+
+    #[test]
+    fn equal_replicas_promote_the_first_in_node_order() {
+        let answers = received(&[("p-2", Some(7)), ("p-3", Some(7))]);
+        assert_eq!(
+            choose_promotion("db", "p-1", &answers, None).unwrap(),
+            "p-2"
+        );
+    }
 }

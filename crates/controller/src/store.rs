@@ -122,6 +122,12 @@ CREATE TABLE services (
     PRIMARY KEY (environment, name)
 );
 "#,
+    // Where each service's primary runs once a promotion moved it off the first node, and
+    // where it listened when last placed, for a node that returns to compare with.
+    r#"
+ALTER TABLE services ADD COLUMN primary_node TEXT;
+ALTER TABLE services ADD COLUMN primary_address TEXT;
+"#,
 ];
 
 /// A service of an environment as first declared: its engine and version never change, since
@@ -132,6 +138,10 @@ pub struct StoredService {
     pub engine: lockstep_proto::agent::ServiceKind,
     pub version: String,
     pub password: String,
+    /// The node of its primary; `None` until a promotion: the environment's first node.
+    pub primary_node: Option<String>,
+    /// `host:port` where its primary listened when it was last placed.
+    pub primary_address: Option<String>,
 }
 
 /// Environments' Unix users are numbered from here up: above the ids Debian gives users and
@@ -474,24 +484,30 @@ impl Store {
     pub fn services(&self, environment: &str) -> Result<Vec<StoredService>, StoreError> {
         self.with(|c| {
             let mut statement = c.prepare(
-                "SELECT name, engine, version, password FROM services WHERE environment = ?1 ORDER BY name",
+                "SELECT name, engine, version, password, primary_node, primary_address FROM services WHERE environment = ?1 ORDER BY name",
             )?;
             let rows = statement.query_map([environment], |row| {
                 Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, String>(3)?,
+                    (
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                    ),
+                    row.get::<_, Option<String>>(4)?,
+                    row.get::<_, Option<String>>(5)?,
                 ))
             })?;
             let mut services = Vec::new();
             for row in rows {
-                let (name, engine, version, password) = row?;
+                let ((name, engine, version, password), primary_node, primary_address) = row?;
                 services.push(StoredService {
                     name,
                     engine: serde_json::from_value(serde_json::Value::String(engine))?,
                     version,
                     password,
+                    primary_node,
+                    primary_address,
                 });
             }
             Ok(services)
@@ -516,6 +532,24 @@ impl Store {
                     service.password,
                     timestamp(Utc::now())
                 ],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Records where the primary of `service` runs: on `node` from now on (a promotion), and
+    /// listening at `address` (as just placed); `None` leaves that part as it was.
+    pub fn set_service_primary(
+        &self,
+        environment: &str,
+        service: &str,
+        node: Option<&str>,
+        address: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE services SET primary_node = coalesce(?3, primary_node), primary_address = coalesce(?4, primary_address) WHERE environment = ?1 AND name = ?2",
+                params![environment, service, node, address],
             )?;
             Ok(())
         })

@@ -54,6 +54,13 @@ enum Command {
         #[command(subcommand)]
         command: commands::ops::EnvCommand,
     },
+    /// Services of `.platform/services.yaml` across an environment's nodes.
+    Service {
+        #[command(flatten)]
+        connection: commands::ops::Connection,
+        #[command(subcommand)]
+        command: commands::ops::ServiceCommand,
+    },
     /// Activities: pushes, deploys, rollbacks, with their phases and logs.
     Activity {
         #[command(flatten)]
@@ -201,6 +208,12 @@ fn main() -> ExitCode {
             command,
         } => remote(connection, &data_dir, |client| async move {
             commands::ops::env(&client, command).await
+        }),
+        Command::Service {
+            connection,
+            command,
+        } => remote(connection, &data_dir, |client| async move {
+            commands::ops::service(&client, command).await
         }),
         Command::Activity {
             connection,

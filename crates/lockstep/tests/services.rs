@@ -399,14 +399,7 @@ async fn a_production_push_runs_its_services_and_every_node_reaches_the_same_pri
 
     // Each other node keeps a copy with the engine's own replication, and apps there still
     // wrote to the primary.
-    let kept_on = |node: &str| -> serde_json::Value {
-        let path = platform
-            .data_dir
-            .join("agents")
-            .join(node)
-            .join("instances/production/services/services.json");
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-    };
+    let kept_on = |node: &str| kept_on(&platform, node);
     let primary = kept_on("production-1")["services"]["db"].clone();
     let on_primary = psql_as(
         primary["port"].as_u64().unwrap() as u16,
@@ -591,6 +584,16 @@ async fn a_production_push_runs_its_services_and_every_node_reaches_the_same_pri
     assert_eq!(notes["notes"].as_array().unwrap().len(), 3);
 }
 
+/// What a production node's agent keeps of its services: each one's spec and ports.
+fn kept_on(platform: &Platform, node: &str) -> serde_json::Value {
+    let path = platform
+        .data_dir
+        .join("agents")
+        .join(node)
+        .join("instances/production/services/services.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 #[tokio::test]
 async fn services_come_back_with_their_data_when_lockstep_starts_again() {
     let mut platform = Platform::start().await;
@@ -722,5 +725,205 @@ async fn a_new_service_starts_empty_and_a_dropped_one_stops_with_its_data_kept()
     assert!(
         sql("SELECT x FROM kept").contains(" 1\n"),
         "the data came back with it"
+    );
+}
+
+/// Sends `signal` to `root` and every process descended from it, as a host that stops (SIGSTOP)
+/// or comes back (SIGCONT) takes all of them with it; walked again until no new one appears.
+fn signal_tree(root: i32, signal: nix::sys::signal::Signal) {
+    let parent_of = |pid: i32| -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name is in parentheses and may hold spaces: the fields after it count.
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let mut signalled = std::collections::BTreeSet::new();
+    loop {
+        let mut tree = std::collections::BTreeSet::from([root]);
+        let mut grew = true;
+        let processes: Vec<(i32, i32)> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter_map(|pid| Some((pid, parent_of(pid)?)))
+            .collect();
+        while grew {
+            grew = false;
+            for (pid, parent) in &processes {
+                if tree.contains(parent) && tree.insert(*pid) {
+                    grew = true;
+                }
+            }
+        }
+        let new: Vec<i32> = tree.difference(&signalled).copied().collect();
+        if new.is_empty() {
+            return;
+        }
+        for pid in new {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+            signalled.insert(pid);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_primarys_node_is_gone_a_promoted_replica_keeps_every_confirmed_write() {
+    let platform = Platform::start().await;
+    let project = Project::example("services-app");
+    let output = platform.push(&project, "HEAD:production");
+    assert!(output.status.success(), "{}", text(&output));
+    let routers = platform.routers("production").await;
+
+    // A writer through the second node, whose app reaches the primary on the first node
+    // through its endpoint. A note is confirmed once the app answered that it added it.
+    let (confirmed_tx, mut confirmed) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let router = routers[1].clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(3))
+                .build()
+                .unwrap();
+            let mut attempted = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let body = format!("write {attempted}");
+                attempted += 1;
+                let url = format!("{router}/notes?body={}", body.replace(' ', "%20"));
+                let added = http.post(url).send().await;
+                if added.is_ok_and(|response| response.status().is_success()) {
+                    confirmed_tx.send(body).unwrap();
+                }
+            }
+            attempted
+        })
+    };
+    let mut confirmed_writes = Vec::new();
+    while confirmed_writes.len() < 20 {
+        confirmed_writes.push(confirmed.recv().await.unwrap());
+    }
+
+    // A primary that runs is not replaced.
+    let refused =
+        tokio::task::block_in_place(|| platform.cli(&["service", "promote", "production", "db"]));
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("the primary of db runs on production-1"),
+        "{}",
+        text(&refused)
+    );
+
+    // The first node goes away mid-write: its agent, its app and its primaries stop at once.
+    let first_agent = platform.agent_pid("production-1");
+    signal_tree(first_agent, nix::sys::signal::Signal::SIGSTOP);
+    while let Ok(body) = confirmed.try_recv() {
+        confirmed_writes.push(body);
+    }
+
+    // Without a node named, the replica that received the most becomes the primary.
+    let promote =
+        tokio::task::block_in_place(|| platform.cli(&["service", "promote", "production", "db"]));
+    assert!(promote.status.success(), "{}", text(&promote));
+    let said = text(&promote);
+    assert!(
+        said.contains("The primary of db on production-1 is gone"),
+        "{said}"
+    );
+    assert!(said.contains("Node production-1 does not answer"), "{said}");
+    let new_primary = if said.contains("The primary of db is on production-2 now") {
+        "production-2"
+    } else {
+        assert!(
+            said.contains("The primary of db is on production-3 now"),
+            "{said}"
+        );
+        "production-3"
+    };
+    let other = if new_primary == "production-2" {
+        "production-3"
+    } else {
+        "production-2"
+    };
+    assert!(
+        said.contains(&format!("Service db on {other}: replica of 127.0.0.1:")),
+        "{said}"
+    );
+
+    // Writes come back through the same node, now to the new primary.
+    let first_after = loop {
+        let body = confirmed.recv().await.unwrap();
+        let number: u32 = body.trim_start_matches("write ").parse().unwrap();
+        confirmed_writes.push(body);
+        if confirmed_writes.len() > 25 {
+            break number;
+        }
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let attempted = writer.await.unwrap();
+    while let Ok(body) = confirmed.try_recv() {
+        confirmed_writes.push(body);
+    }
+    assert!(first_after > 0 && attempted > first_after);
+    let notes = call(reqwest::Method::GET, &routers[1], "/notes").await;
+    let stored: Vec<String> = notes["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_owned())
+        .collect();
+    for body in &confirmed_writes {
+        assert!(
+            stored.contains(body),
+            "confirmed write `{body}` lost; stored: {stored:?}"
+        );
+    }
+
+    // The first node returns: its old primary, which may hold writes nobody confirmed, is set
+    // aside and copied again from the new one before its node serves.
+    signal_tree(first_agent, nix::sys::signal::Signal::SIGCONT);
+    let kept_on = |node: &str| kept_on(&platform, node);
+    eventually(
+        Duration::from_secs(120),
+        "the old primary a replica of the new one",
+        || async { kept_on("production-1")["services"]["db"]["spec"]["role"]["role"] == "replica" },
+    )
+    .await;
+    let old = kept_on("production-1")["services"]["db"].clone();
+    let port = old["port"].as_u64().unwrap() as u16;
+    let password = old["spec"]["password"].as_str().unwrap().to_owned();
+    eventually(
+        Duration::from_secs(60),
+        "every confirmed note on the old primary's node, now a replica",
+        || async {
+            psql_as(port, &password, "SELECT pg_is_in_recovery()").is_ok_and(|r| r == "t")
+                && psql_as(port, &password, "SELECT count(*) FROM notes")
+                    .is_ok_and(|count| count == stored.len().to_string())
+        },
+    )
+    .await;
+    assert!(
+        platform
+            .data_dir
+            .join(
+                "agents/production-1/instances/production/services/db/data/pg.replaced/PG_VERSION"
+            )
+            .exists(),
+        "the old primary's data is set aside, not deleted"
+    );
+    // Its app reaches the new primary too.
+    let notes = call(reqwest::Method::GET, &routers[0], "/notes").await;
+    assert_eq!(notes["notes"].as_array().unwrap().len(), stored.len());
+    let status = text(&platform.cli(&["status"]));
+    assert_eq!(
+        status
+            .lines()
+            .filter(|l| l.contains("service db (postgresql): primary"))
+            .count(),
+        1,
+        "{status}"
     );
 }

@@ -103,6 +103,20 @@ async fn every_role_on_every_environment_type_may_do_exactly_what_the_table_says
                     expect(may_manage),
                     "{email} changes a setting of {env}"
                 );
+                let promote = status_as(
+                    &platform,
+                    &token,
+                    reqwest::Method::POST,
+                    &format!("/environments/{env}/services/db/promote"),
+                    serde_json::json!({}),
+                )
+                .await;
+                // Allowed, it goes on to find that the sample app has no service.
+                assert_eq!(
+                    promote != 403,
+                    may_manage,
+                    "{email} promotes a replica on {env}: {promote}"
+                );
                 let ssh = status_as(
                     &platform,
                     &token,
@@ -131,7 +145,7 @@ async fn every_role_on_every_environment_type_may_do_exactly_what_the_table_says
                     may_push,
                     "{email} pushes to {env}"
                 );
-                checked += 7;
+                checked += 8;
             }
             let users = status_as(
                 &platform,
@@ -144,7 +158,7 @@ async fn every_role_on_every_environment_type_may_do_exactly_what_the_table_says
             assert_eq!(users, 403, "{email} is not a project admin");
         }
     }
-    assert_eq!(checked, 3 * 4 * 3 * 7);
+    assert_eq!(checked, 3 * 4 * 3 * 8);
     let wrong = status_as(
         &platform,
         "not-a-token",

@@ -386,4 +386,9 @@ pub struct ServiceReplication {
     pub state: String,
     /// Bytes received and not yet applied, where the engine counts them (PostgreSQL).
     pub lag_bytes: Option<u64>,
+    /// How much of the primary's history it has received, in the engine's own unit (PostgreSQL's
+    /// WAL position in bytes, Galera's last committed sequence number, Redis's replication
+    /// offset): of two replicas, the one further on holds every write the other holds.
+    #[serde(default)]
+    pub received: Option<u64>,
 }

@@ -33,11 +33,13 @@ pub(super) trait Engine: Sync {
     fn config_files(&self, _server: &Server<'_>) -> Vec<(&'static str, String)> {
         Vec::new()
     }
-    /// On a primary: makes the app's user (password in `$SERVICE_PASSWORD`), its database,
-    /// and the user replicas connect as; safe to repeat.
-    fn provision_script(&self, programs: &Programs, port: u16) -> Option<String>;
-    /// On a replica: prints how it follows its primary, as `STATE [LAG_BYTES]` on one line
-    /// (the password in `$SERVICE_PASSWORD`).
+    /// On a primary, once it listens: takes the primary's part (a replica promoted in place
+    /// stops following, and a PostgreSQL primary with `replicas` waits for one of them on each
+    /// commit), then makes the app's user (password in `$SERVICE_PASSWORD`), its database, and
+    /// the user replicas connect as; safe to repeat.
+    fn provision_script(&self, programs: &Programs, port: u16, replicas: u32) -> Option<String>;
+    /// On a replica: prints how it follows its primary, as `STATE LAG_BYTES RECEIVED` on one
+    /// line, `-` for what the engine does not count (the password in `$SERVICE_PASSWORD`).
     fn replication_script(&self, programs: &Programs, port: u16) -> String;
     /// The fields of a relationship that depend on the engine, as Platform.sh gives them.
     fn relationship(&self, password: &str) -> Shape;
@@ -102,39 +104,70 @@ impl Engine for Postgresql {
         Some(match role {
             ServiceRole::Replica { primary, .. } => {
                 let (host, port) = host_and_port(primary, "5432");
-                // `-R` makes the copy a standby of the primary it was copied from.
+                // `-R` makes the copy a standby. A data folder that is no standby's was a
+                // primary's, replaced by a promotion since: what it holds beyond the new
+                // primary was never confirmed to anyone, so it is set aside and copied again.
                 format!(
-                    "test -f /app/pg/PG_VERSION || PGPASSWORD=\"$SERVICE_PASSWORD\" exec {basebackup} -h {host} -p {port} -U {REPLICATION_USER} -D /app/pg -R -X stream -c fast",
+                    "if test -f /app/pg/PG_VERSION && ! test -f /app/pg/standby.signal; then rm -rf /app/pg.replaced && mv /app/pg /app/pg.replaced; fi\ntest -f /app/pg/PG_VERSION || PGPASSWORD=\"$SERVICE_PASSWORD\" exec {basebackup} -h {host} -p {port} -U {REPLICATION_USER} -D /app/pg -R -X stream -c fast",
                     basebackup = program(programs, "pg_basebackup")
                 )
             }
             _ => format!(
-                "test -f /app/pg/PG_VERSION || exec {initdb} -D /app/pg -U postgres --auth-local=trust --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 --no-instructions",
+                "test -f /app/pg/PG_VERSION || {{ {initdb} -D /app/pg -U postgres --auth-local=trust --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 --no-instructions && printf 'shared_buffers = 32MB\\nwal_keep_size = 256MB\\n' >> /app/pg/postgresql.conf; }}",
                 initdb = program(programs, "initdb")
             ),
         })
     }
 
     fn start_script(&self, programs: &Programs, port: u16, role: &ServiceRole) -> String {
-        // With replicas, a commit is confirmed once one of them has it too, so that it
-        // survives the loss of the primary's node.
-        let synchronous = match role {
-            ServiceRole::Primary { replicas, .. } if *replicas > 0 => {
-                " -c 'synchronous_standby_names=ANY 1 (*)'"
+        // A replica follows whichever primary its role names now, not the one it was copied
+        // from, with the password from a file rather than on the command line.
+        let follow = match role {
+            ServiceRole::Replica { primary, .. } => {
+                let (host, port) = host_and_port(primary, "5432");
+                format!(
+                    " -c 'primary_conninfo=host={host} port={port} user={REPLICATION_USER} passfile=/app/pgpass'"
+                )
             }
-            _ => "",
+            _ => String::new(),
         };
-        // The superuser comes in only through the socket in the sandbox's own /run.
+        // The superuser comes in only through the socket in the sandbox's own /run. A stop
+        // is PostgreSQL's fast shutdown (SIGINT): its own SIGTERM waits for every session to
+        // end, and its sessions are beyond the reach of a stop (each leads a process group).
         format!(
-            "exec {postgres} -D /app/pg -c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories=/run -c logging_collector=off -c shared_buffers=32MB -c wal_keep_size=256MB{synchronous}",
+            "{postgres} -D /app/pg -c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories=/run -c logging_collector=off{follow} &\nserver=$!\ntrap 'kill -INT $server' TERM\nwait $server; code=$?\nif kill -0 $server 2>/dev/null; then wait $server; code=$?; fi\nexit $code",
             postgres = program(programs, "postgres")
         )
     }
 
-    fn provision_script(&self, programs: &Programs, port: u16) -> Option<String> {
-        // These commits need no replica: a replica is a copy of the primary made after them.
+    fn config_files(&self, server: &Server<'_>) -> Vec<(&'static str, String)> {
+        match server.role {
+            ServiceRole::Replica { primary, .. } => {
+                let (host, port) = host_and_port(primary, "5432");
+                vec![(
+                    "pgpass",
+                    format!("{host}:{port}:*:{REPLICATION_USER}:{}\n", server.password),
+                )]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn provision_script(&self, programs: &Programs, port: u16, replicas: u32) -> Option<String> {
+        // With replicas, a commit is confirmed once one of them has it too, so that it
+        // survives the loss of the primary's node. Kept in the data folder, so that the server
+        // has it from its first moment after a restart. The commits below need no replica: a
+        // replica is a copy of the primary made after them.
+        let synchronous = if replicas > 0 {
+            "SET synchronous_standby_names TO 'ANY 1 (*)'"
+        } else {
+            "RESET synchronous_standby_names"
+        };
         Some(format!(
             "{psql} -h /run -p {port} -U postgres -d postgres -v ON_ERROR_STOP=1 -q <<SQL
+SELECT pg_promote(true, 60) WHERE pg_is_in_recovery() \\g /dev/null
+ALTER SYSTEM {synchronous};
+SELECT pg_reload_conf() \\g /dev/null
 SET synchronous_commit TO local;
 SELECT 'CREATE ROLE {DATABASE} LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{DATABASE}')\\gexec
 ALTER ROLE {DATABASE} PASSWORD '$SERVICE_PASSWORD';
@@ -148,7 +181,7 @@ SQL",
 
     fn replication_script(&self, programs: &Programs, port: u16) -> String {
         format!(
-            "{psql} -h /run -p {port} -U postgres -d postgres -tA -F ' ' -c \"SELECT coalesce((SELECT status FROM pg_stat_wal_receiver), 'stopped'), coalesce(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0)::bigint\"",
+            "{psql} -h /run -p {port} -U postgres -d postgres -tA -F ' ' -c \"SELECT coalesce((SELECT status FROM pg_stat_wal_receiver), 'stopped'), coalesce(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0)::bigint, pg_wal_lsn_diff(greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), '0/0')::bigint\"",
             psql = program(programs, "psql")
         )
     }
@@ -224,7 +257,8 @@ impl Engine for Mariadb {
         vec![("lockstep.cnf", config)]
     }
 
-    fn provision_script(&self, programs: &Programs, _port: u16) -> Option<String> {
+    fn provision_script(&self, programs: &Programs, _port: u16, _replicas: u32) -> Option<String> {
+        // Every Galera member takes writes: a primary is only where the endpoints point.
         Some(format!(
             "{mariadb} --no-defaults -S /run/mysqld.sock -u {SANDBOX_USER} <<SQL
 CREATE DATABASE IF NOT EXISTS {DATABASE};
@@ -238,7 +272,7 @@ SQL",
 
     fn replication_script(&self, programs: &Programs, _port: u16) -> String {
         format!(
-            "{mariadb} --no-defaults -S /run/mysqld.sock -u {SANDBOX_USER} -N -e \"SHOW STATUS LIKE 'wsrep_local_state_comment'\" | awk '{{print $2}}'",
+            "{mariadb} --no-defaults -S /run/mysqld.sock -u {SANDBOX_USER} -N -e \"SHOW STATUS WHERE Variable_name IN ('wsrep_local_state_comment', 'wsrep_last_committed')\" | awk '{{v[$1] = $2}} END {{print v[\"wsrep_local_state_comment\"], \"-\", v[\"wsrep_last_committed\"]}}'",
             mariadb = program(programs, "mariadb")
         )
     }
@@ -298,13 +332,17 @@ impl Engine for Redis {
         )]
     }
 
-    fn provision_script(&self, _programs: &Programs, _port: u16) -> Option<String> {
-        None
+    fn provision_script(&self, programs: &Programs, port: u16, _replicas: u32) -> Option<String> {
+        // A replica promoted in place stops following; its data is the primary's now.
+        Some(format!(
+            "REDISCLI_AUTH=\"$SERVICE_PASSWORD\" {cli} -p {port} REPLICAOF NO ONE >/dev/null",
+            cli = program(programs, "redis-cli")
+        ))
     }
 
     fn replication_script(&self, programs: &Programs, port: u16) -> String {
         format!(
-            "REDISCLI_AUTH=\"$SERVICE_PASSWORD\" {cli} -p {port} INFO replication | tr -d '\\r' | awk -F: '/^master_link_status:/ {{print $2}}'",
+            "REDISCLI_AUTH=\"$SERVICE_PASSWORD\" {cli} -p {port} INFO replication | tr -d '\\r' | awk -F: '{{v[$1] = $2}} END {{print v[\"master_link_status\"], \"-\", v[\"slave_repl_offset\"]}}'",
             cli = program(programs, "redis-cli")
         )
     }

@@ -143,6 +143,7 @@ impl Services {
         let mut names = Vec::new();
         for spec in &specs {
             crate::instance::check_plain_name(&spec.name, "service name")?;
+            check_addresses(&spec.role)?;
             names.push(spec.name.clone());
         }
         let (entries, removed) = {
@@ -357,22 +358,52 @@ impl Services {
                 spec.name
             )))?;
         }
-        // A new member list is no reason to restart a server, only where it rejoins next time.
-        let without_members = |spec: &ServiceSpec| {
+        // A new member list is no reason to restart a server, only where it rejoins next time;
+        // nor is a promotion, which the server takes in place (a Redis replica's data is in its
+        // memory alone).
+        let without_role_details = |spec: &ServiceSpec| {
             let mut spec = spec.clone();
-            if let Some(members) = spec.role.members_mut() {
-                members.clear();
-            }
+            spec.role = match spec.role {
+                ServiceRole::Primary { .. } | ServiceRole::Replica { .. } if engine.clusters() => {
+                    ServiceRole::Primary {
+                        replicas: 0,
+                        cluster: Vec::new(),
+                    }
+                }
+                ServiceRole::Primary { replicas, .. } => ServiceRole::Primary {
+                    replicas,
+                    cluster: Vec::new(),
+                },
+                ServiceRole::Replica { primary, .. } => ServiceRole::Replica {
+                    primary,
+                    cluster: Vec::new(),
+                },
+                remote => remote,
+            };
             spec
         };
-        let same_server =
-            |running: &Running| without_members(&running.spec) == without_members(spec);
-        let already = self
-            .running
-            .lock()
-            .expect("running lock")
-            .get(&spec.name)
-            .is_some_and(same_server);
+        let promoted = |running: &Running| {
+            matches!(running.spec.role, ServiceRole::Replica { .. })
+                && matches!(spec.role, ServiceRole::Primary { .. })
+        };
+        let already = {
+            let mut running = self.running.lock().expect("running lock");
+            match running.get_mut(&spec.name) {
+                Some(server) if promoted(server) => {
+                    server.spec = spec.clone();
+                    server.provisioned = false;
+                    true
+                }
+                Some(server) => {
+                    let same = without_role_details(&server.spec) == without_role_details(spec);
+                    if same {
+                        server.spec = spec.clone();
+                    }
+                    same
+                }
+                None => false,
+            }
+        };
         let server_state = self
             .supervisor
             .status()
@@ -394,6 +425,8 @@ impl Services {
             if let Some(warning) = runtime.warning() {
                 tracing::warn!(service = %spec.name, "{warning}");
             }
+            // Its data folder may be set aside and made again.
+            self.stop_server(&spec.name).await;
             if let Some(script) = engine.init_script(&programs, &spec.role) {
                 scripts::run(
                     &spec.name,
@@ -435,10 +468,13 @@ impl Services {
             .expect("running lock")
             .get(&spec.name)
             .is_some_and(|running| running.provisioned);
-        let primary = matches!(spec.role, ServiceRole::Primary { .. });
-        if let Some(script) = engine
-            .provision_script(&programs, port)
-            .filter(|_| primary && !provisioned)
+        let replicas = match spec.role {
+            ServiceRole::Primary { replicas, .. } => Some(replicas),
+            _ => None,
+        };
+        if let Some(script) = replicas
+            .filter(|_| !provisioned)
+            .and_then(|replicas| engine.provision_script(&programs, port, replicas))
         {
             // A server that listens may still be recovering: the script is tried until it
             // takes, within the same patience.
@@ -580,6 +616,7 @@ impl Services {
                 name: spec.name.clone(),
                 state: words.next().unwrap_or("unknown").to_owned(),
                 lag_bytes: words.next().and_then(|lag| lag.parse().ok()),
+                received: words.next().and_then(|received| received.parse().ok()),
             });
         }
         answers
@@ -625,6 +662,31 @@ impl Services {
             })
             .collect()
     }
+}
+
+/// The addresses in `role` go into the engine's scripts and files: each must be a plain
+/// `host:port`.
+fn check_addresses(role: &ServiceRole) -> Result<(), AgentError> {
+    let (primary, members) = match role {
+        ServiceRole::Primary { cluster, .. } => (None, cluster.as_slice()),
+        ServiceRole::Replica { primary, cluster } => (Some(primary), cluster.as_slice()),
+        ServiceRole::Remote { primary } => (Some(primary), &[][..]),
+    };
+    for address in primary.into_iter().chain(members) {
+        let plain = address.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'))
+                && port.parse::<u16>().is_ok()
+        });
+        if !plain {
+            return Err(AgentError::BadRequest(format!(
+                "`{address}` is not a service address (host:port)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The engine's fields of a relationship to `spec`.

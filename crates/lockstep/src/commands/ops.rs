@@ -44,6 +44,20 @@ pub enum EnvCommand {
 }
 
 #[derive(Subcommand)]
+pub enum ServiceCommand {
+    /// Make a replica the primary of a service whose primary is gone (its node does not answer,
+    /// or its server does not run): the one that received the most, unless --node names one.
+    /// The old primary becomes a replica of the new one when its node returns.
+    Promote {
+        env: String,
+        service: String,
+        /// The node whose replica becomes the primary [default: the one that received the most].
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum ActivityCommand {
     /// List activities, newest first.
     List {
@@ -689,6 +703,28 @@ pub async fn service_client(
         Some(0) => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,
     })
+}
+
+pub async fn service(client: &ApiClient, command: ServiceCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ServiceCommand::Promote { env, service, node } => {
+            let outcome: serde_json::Value = client
+                .post(
+                    &format!("/environments/{env}/services/{service}/promote"),
+                    &serde_json::json!({ "node": node }),
+                )
+                .await?;
+            for step in outcome["steps"].as_array().into_iter().flatten() {
+                println!("{}", step.as_str().unwrap_or_default());
+            }
+            println!(
+                "The primary of {service} is on {} now (it was on {}).",
+                outcome["to"].as_str().unwrap_or("?"),
+                outcome["from"].as_str().unwrap_or("?")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 /// `lockstep ssh`: a command on a node, or, without one, each line of standard input in turn.
