@@ -21,29 +21,34 @@ pub fn platform_relationships(
             // whose services lag behind gives the app no entry rather than a wrong one.
             continue;
         };
-        let shape = crate::services::shape(&service.spec);
+        let Some(connection) =
+            crate::services::connection(&service.spec, relationship.endpoint.as_deref())
+        else {
+            // The configuration check ties every relationship to an endpoint of its service.
+            continue;
+        };
         let host = "127.0.0.1";
         let port = service.endpoint_port;
-        let credentials = match (shape.username.as_str(), shape.password.as_str()) {
+        let credentials = match (&connection.username, &connection.password) {
             (Some(user), Some(password)) => format!("{user}:{password}@"),
             _ => String::new(),
         };
-        let path = shape
+        let path = connection
             .path
-            .as_str()
+            .as_ref()
             .map_or(String::new(), |p| format!("/{p}"));
         all.insert(
             name.clone(),
             json!([{
-                "scheme": shape.scheme,
+                "scheme": connection.scheme,
                 "host": host,
                 "port": port,
-                "username": shape.username,
-                "password": shape.password,
-                "path": shape.path,
-                "query": shape.query,
+                "username": connection.username,
+                "password": connection.password,
+                "path": connection.path,
+                "query": connection.query,
                 "fragment": null,
-                "rel": relationship.endpoint.clone().unwrap_or_else(|| shape.rel.to_owned()),
+                "rel": connection.rel,
                 "service": relationship.service,
                 "type": service.spec.service_type,
                 "cluster": cluster,
@@ -51,7 +56,7 @@ pub fn platform_relationships(
                 "ip": host,
                 "public": false,
                 "host_mapped": false,
-                "url": format!("{}://{credentials}{host}:{port}{path}", shape.scheme),
+                "url": format!("{}://{credentials}{host}:{port}{path}", connection.scheme),
             }]),
         );
     }

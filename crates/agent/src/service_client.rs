@@ -24,7 +24,7 @@ pub fn command(
         ServiceClient::Sql { .. } => "an SQL database (postgresql, mariadb)",
         ServiceClient::Redis { .. } => "a redis service",
     };
-    let (name, service) = match &request.relationship {
+    let (name, service, endpoint) = match &request.relationship {
         Some(name) => {
             let relationship = relationships.get(name).ok_or_else(|| {
                 AgentError::BadRequest(format!(
@@ -44,7 +44,7 @@ pub fn command(
                     service.spec.engine.as_str()
                 )));
             }
-            (name.clone(), service)
+            (name.clone(), service, relationship.endpoint.as_deref())
         }
         None => relationships
             .iter()
@@ -52,7 +52,7 @@ pub fn command(
                 services
                     .get(&relationship.service)
                     .filter(|service| fits(service.spec.engine))
-                    .map(|service| (name.clone(), service))
+                    .map(|service| (name.clone(), service, relationship.endpoint.as_deref()))
             })
             .ok_or_else(|| {
                 AgentError::BadRequest(format!(
@@ -63,20 +63,26 @@ pub fn command(
     };
     tracing::debug!(relationship = %name, "service client");
     let port = service.endpoint_port;
-    let shape = crate::services::shape(&service.spec);
-    let user = shape.username.as_str().unwrap_or_default();
-    let database = shape.path.as_str().unwrap_or_default();
+    let connection = crate::services::connection(&service.spec, endpoint).ok_or_else(|| {
+        AgentError::Refused(format!(
+            "relationship `{name}` names an endpoint that service `{}` does not define",
+            service.spec.name
+        ))
+    })?;
+    let user = connection.username.unwrap_or_default();
+    let database = connection.path.unwrap_or_default();
+    let password = connection.password.unwrap_or_default();
     let mut env = BTreeMap::new();
     let script = match (&request.client, service.spec.engine) {
         (ServiceClient::Sql { input }, ServiceKind::Postgresql) => {
-            env.insert("PGPASSWORD".into(), service.spec.password.clone());
+            env.insert("PGPASSWORD".into(), password);
             env.insert("LOCKSTEP_SQL".into(), input.clone());
             format!(
                 "printf '%s\\n' \"$LOCKSTEP_SQL\" | psql -h 127.0.0.1 -p {port} -U {user} -d {database} -v ON_ERROR_STOP=1"
             )
         }
         (ServiceClient::Sql { input }, _) => {
-            env.insert("MYSQL_PWD".into(), service.spec.password.clone());
+            env.insert("MYSQL_PWD".into(), password);
             env.insert("LOCKSTEP_SQL".into(), input.clone());
             format!(
                 "printf '%s\\n' \"$LOCKSTEP_SQL\" | mariadb --no-defaults -h 127.0.0.1 -P {port} -u {user} {database}"

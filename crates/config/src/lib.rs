@@ -12,6 +12,7 @@ mod diagnostic;
 mod mounts;
 mod processes;
 mod routes;
+mod service_endpoints;
 mod services;
 mod web;
 pub mod yaml;
@@ -26,6 +27,7 @@ pub use diagnostic::{Diagnostic, Severity};
 pub use mounts::{Mount, MountSource};
 pub use processes::{Cron, DEFAULT_CRON_SHUTDOWN_TIMEOUT_SECS, MAX_CRON_TIMEOUT_SECS, Worker};
 pub use routes::{Cache, ROUTES_FILE, Route, RouteKind};
+pub use service_endpoints::{Endpoint, Privilege, ServiceEndpoints};
 pub use services::{SERVICES_FILE, Service, ServiceKind};
 pub use web::{Expires, Location, Passthru, Rule, SocketFamily, Web};
 
@@ -407,18 +409,38 @@ fn check_relationships(
             );
             continue;
         };
-        let expected = service.kind.default_endpoint();
-        if let Some(endpoint) = relationship.endpoint.as_deref().filter(|e| *e != expected) {
+        let endpoints = &service.endpoints.endpoints;
+        let endpoint = relationship
+            .endpoint
+            .as_deref()
+            .unwrap_or(service.kind.default_endpoint());
+        if !endpoints.contains_key(endpoint) {
+            let defined = endpoints
+                .keys()
+                .map(|e| format!("`{e}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let service_name = &relationship.service;
+            let default = service.kind.default_endpoint();
+            let help = match suggest(endpoint, endpoints.keys().map(String::as_str)) {
+                Some(near) => format!("did you mean `\"{service_name}:{near}\"`?"),
+                None if endpoints.len() == 1 && endpoints.contains_key(default) => format!(
+                    "write `\"{service_name}:{default}\"`, or leave the endpoint out to get `{default}`"
+                ),
+                None => format!("name one of its endpoints: {defined}"),
+            };
+            let span = if relationship.endpoint.is_some() {
+                relationship.endpoint_span
+            } else {
+                relationship.service_span
+            };
             report.error(
-                relationship.endpoint_span,
+                span,
                 format!(
-                    "relationship `{name}` asks for endpoint `{endpoint}`, but service `{}` has only `{expected}`",
+                    "relationship `{name}` asks for endpoint `{endpoint}`, but service `{}` defines only {defined}",
                     relationship.service
                 ),
-                Some(format!(
-                    "write `\"{}:{expected}\"`, or leave the endpoint out to get `{expected}`",
-                    relationship.service
-                )),
+                Some(help),
             );
         }
     }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::{self, Keys};
 use crate::diagnostic::FileReport;
+use crate::service_endpoints::ServiceEndpoints;
 use crate::yaml::{Node, Span};
 
 pub const SERVICES_FILE: &str = ".platform/services.yaml";
@@ -21,6 +22,8 @@ pub struct Service {
     pub persistent: bool,
     /// Megabytes.
     pub disk: Option<u64>,
+    /// Its databases and the endpoints relationships name.
+    pub endpoints: ServiceEndpoints,
     #[serde(skip)]
     pub(crate) span: Span,
 }
@@ -55,12 +58,9 @@ impl ServiceKind {
 }
 
 const SERVICE_KEYS: Keys = Keys {
-    supported: &["type", "disk"],
+    supported: &["type", "disk", "configuration"],
     ignored: &["size", "resources"],
-    unsupported: &[(
-        "configuration",
-        "Lockstep gives each service one database and one endpoint; remove `configuration`",
-    )],
+    unsupported: &[],
 };
 
 /// Platform.sh service types Lockstep knows it cannot run yet, so they get a precise message.
@@ -110,7 +110,18 @@ pub(crate) fn read(
             )
             .map(|mb| Some(mb as u64)),
         };
-        match (kind, disk) {
+        let endpoints = kind
+            .as_ref()
+            .and_then(|kind| match fields.get("configuration") {
+                None => Some(ServiceEndpoints::default_for(kind.kind)),
+                Some(node) => crate::service_endpoints::read(
+                    report,
+                    node,
+                    &format!("{path}.configuration"),
+                    kind.kind,
+                ),
+            });
+        match (kind, disk, endpoints) {
             (
                 Some(ServiceType {
                     kind,
@@ -119,6 +130,7 @@ pub(crate) fn read(
                     persistent,
                 }),
                 Some(disk),
+                Some(endpoints),
             ) => {
                 services.insert(
                     name.name.clone(),
@@ -128,6 +140,7 @@ pub(crate) fn read(
                         written_type: written,
                         persistent,
                         disk,
+                        endpoints,
                         span: name.span,
                     },
                 );

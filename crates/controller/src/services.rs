@@ -63,6 +63,7 @@ pub(crate) fn specs(
             persistent: service.persistent,
             disk_mb: service.disk,
             password: stored.password,
+            endpoints: service.endpoints.clone(),
             role: ServiceRole::Primary {
                 replicas: 0,
                 cluster: Vec::new(),

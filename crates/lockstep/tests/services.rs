@@ -22,6 +22,7 @@ fn spec(name: &str, engine: ServiceKind, service_type: &str, role: ServiceRole) 
         disk_mb: Some(512),
         password: PASSWORD.into(),
         role,
+        endpoints: lockstep_proto::agent::ServiceEndpoints::default_for(engine),
     }
 }
 
@@ -653,26 +654,194 @@ async fn services_come_back_with_their_data_when_lockstep_starts_again() {
 
 /// The sample app (which uses no service itself) with these services and relationships.
 fn declare(project: &Project, services: &[(&str, &str, &str)]) {
-    let mut yaml = String::new();
-    let mut relationships = String::from("relationships:\n");
-    for (name, service_type, endpoint) in services {
-        yaml.push_str(&format!("{name}:\n  type: \"{service_type}\"\n"));
-        relationships.push_str(&format!("  {name}: \"{name}:{endpoint}\"\n"));
-    }
+    let yaml: String = services
+        .iter()
+        .map(|(name, service_type, _)| format!("{name}:\n  type: \"{service_type}\"\n"))
+        .collect();
+    let relationships: Vec<(String, String)> = services
+        .iter()
+        .map(|(name, _, endpoint)| (name.to_string(), format!("{name}:{endpoint}")))
+        .collect();
+    declare_yaml(project, &yaml, &relationships);
+}
+
+/// The sample app with `services_yaml` and these relationships (name, `"service:endpoint"`).
+fn declare_yaml(project: &Project, services_yaml: &str, relationships: &[(String, String)]) {
     std::fs::create_dir_all(project.path().join(".platform")).unwrap();
-    std::fs::write(project.path().join(".platform/services.yaml"), yaml).unwrap();
+    std::fs::write(
+        project.path().join(".platform/services.yaml"),
+        services_yaml,
+    )
+    .unwrap();
     let app = std::fs::read_to_string(support::sample_app().join(".platform.app.yaml")).unwrap();
-    let relationships = if services.is_empty() {
+    let relationships = if relationships.is_empty() {
         String::new()
     } else {
         relationships
+            .iter()
+            .map(|(name, target)| format!("  {name}: \"{target}\"\n"))
+            .fold("relationships:\n".to_owned(), |all, line| all + &line)
     };
     std::fs::write(
         project.path().join(".platform.app.yaml"),
         app + &relationships,
     )
     .unwrap();
-    project.commit(&format!("{} services", services.len()));
+    project.commit(&format!("{} relationships", relationships.len()));
+}
+
+#[tokio::test]
+async fn each_endpoint_is_a_user_with_the_privileges_its_configuration_gives() {
+    let platform = Platform::start().await;
+    let project = Project::sample();
+    let services = r#"
+shop:
+  type: "mariadb:10.11"
+  configuration:
+    schemas: [main, legacy]
+    endpoints:
+      admin:
+        default_schema: main
+        privileges: {main: admin, legacy: admin}
+      reporter:
+        default_schema: legacy
+        privileges: {legacy: ro}
+db:
+  type: "postgresql:15"
+  configuration:
+    databases: [main, events]
+    extensions: [pg_trgm, uuid-ossp]
+    endpoints:
+      admin:
+        privileges: {main: admin, events: admin}
+      reporter:
+        default_database: events
+        privileges: {events: ro}
+"#;
+    let relationships = [
+        ("shop_admin", "shop:admin"),
+        ("shop_reports", "shop:reporter"),
+        ("db_admin", "db:admin"),
+        ("db_reports", "db:reporter"),
+    ]
+    .map(|(name, target)| (name.to_owned(), target.to_owned()));
+    declare_yaml(&project, services, &relationships);
+    let output = platform.push(&project, "HEAD:staging");
+    assert!(output.status.success(), "{}", text(&output));
+    let sql = |relationship: &str, query: &str| {
+        let output = platform.cli(&[
+            "sql",
+            "staging",
+            "--relationship",
+            relationship,
+            "-c",
+            query,
+        ]);
+        (output.status.success(), text(&output))
+    };
+    let succeeds = |relationship: &str, query: &str| {
+        let (ok, said) = sql(relationship, query);
+        assert!(ok, "{relationship}: {query}: {said}");
+        said
+    };
+    let refused = |relationship: &str, query: &str, because: &str| {
+        let (ok, said) = sql(relationship, query);
+        assert!(!ok, "{relationship} may: {query}: {said}");
+        assert!(said.contains(because), "{relationship}: {query}: {said}");
+    };
+
+    // MariaDB: the administrator writes both schemas; the reporter reads one and writes none.
+    succeeds(
+        "shop_admin",
+        "CREATE TABLE legacy.orders (id int); INSERT INTO legacy.orders VALUES (7)",
+    );
+    let read = succeeds(
+        "shop_reports",
+        "SELECT CONCAT(current_user(), '/', id) FROM orders",
+    );
+    assert!(read.contains("reporter@%/7"), "{read}");
+    refused(
+        "shop_reports",
+        "INSERT INTO orders VALUES (8)",
+        "INSERT command denied to user 'reporter'",
+    );
+    refused(
+        "shop_reports",
+        "SELECT 1 FROM main.anything",
+        "denied to user 'reporter'",
+    );
+
+    // PostgreSQL the same, with its databases and the extension in each of them.
+    succeeds(
+        "db_admin",
+        "CREATE TABLE events (id int); INSERT INTO events VALUES (7)",
+    );
+    let read = succeeds(
+        "db_reports",
+        "SELECT current_user || '/' || current_database() || '/' || id FROM events",
+    );
+    assert!(read.contains("reporter/events/7"), "{read}");
+    let extensions = succeeds("db_reports", "SELECT extname FROM pg_extension");
+    assert!(
+        extensions.contains("pg_trgm") && extensions.contains("uuid-ossp"),
+        "{extensions}"
+    );
+    refused(
+        "db_reports",
+        "INSERT INTO events VALUES (8)",
+        "permission denied for table events",
+    );
+    refused(
+        "db_reports",
+        "\\c main",
+        "permission denied for database \"main\"",
+    );
+
+    // Each endpoint has a password of its own: the reporter's does not let it in as the
+    // administrator.
+    let said = platform.cli(&[
+        "ssh",
+        "staging",
+        "--",
+        "printenv PLATFORM_RELATIONSHIPS | base64 -d",
+    ]);
+    let given: serde_json::Value = serde_json::from_slice(&said.stdout).unwrap();
+    let field = |relationship: &str, name: &str| given[relationship][0][name].clone();
+    assert_eq!(field("db_reports", "username"), "reporter");
+    assert_eq!(field("db_reports", "path"), "events");
+    assert_eq!(field("shop_admin", "rel"), "admin");
+    let reporters = field("db_reports", "password");
+    assert_ne!(reporters, field("db_admin", "password"));
+    let as_admin = client(
+        "psql",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &field("db_admin", "port").to_string(),
+            "-U",
+            "admin",
+            "-d",
+            "events",
+            "-qtAc",
+            "SELECT 1",
+        ],
+        &[("PGPASSWORD", reporters.as_str().unwrap())],
+    );
+    assert!(
+        as_admin
+            .as_ref()
+            .is_err_and(|e| e.contains("password authentication failed for user \"admin\"")),
+        "{as_admin:?}"
+    );
+
+    // Privileges follow the configuration: a reporter given write access writes at the next
+    // push, with no restart of its service.
+    let widened = services.replace("privileges: {legacy: ro}", "privileges: {legacy: rw}");
+    declare_yaml(&project, &widened, &relationships);
+    let output = platform.push(&project, "HEAD:staging");
+    assert!(output.status.success(), "{}", text(&output));
+    succeeds("shop_reports", "INSERT INTO orders VALUES (8)");
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
-pub use lockstep_config::ServiceKind;
+pub use lockstep_config::{Endpoint, Privilege, ServiceEndpoints, ServiceKind};
 use serde::{Deserialize, Serialize};
 
 /// The header that carries the instance's gate state on every answer of a node router.
@@ -297,6 +297,10 @@ pub struct ServiceSpec {
     /// The password of the service's application user, generated per environment.
     pub password: String,
     pub role: ServiceRole,
+    /// Its databases and the endpoints relationships name; empty in what an agent kept from
+    /// before endpoints were sent, which means the engine's default.
+    #[serde(default)]
+    pub endpoints: ServiceEndpoints,
 }
 
 /// What this node's instance of a service is in its environment's topology.

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use lockstep_proto::agent::{ServiceKind, ServiceRole};
+use lockstep_proto::agent::{Privilege, ServiceEndpoints, ServiceKind, ServiceRole};
 use serde_json::{Value, json};
 
 /// The engine's host programs, by name (from the supervisor's runtimes).
@@ -14,9 +14,6 @@ pub(super) type Programs = BTreeMap<String, PathBuf>;
 
 /// The user name inside every sandbox, which MariaDB's administrator account is tied to.
 const SANDBOX_USER: &str = lockstep_supervisor::APP_USER;
-
-/// The database and user Platform.sh gives an app by default.
-const DATABASE: &str = "main";
 
 pub(super) trait Engine: Sync {
     /// Makes the data folder (a replica's as a copy of the primary's, with the password in
@@ -35,14 +32,21 @@ pub(super) trait Engine: Sync {
     }
     /// On a primary, once it listens: takes the primary's part (a replica promoted in place
     /// stops following, and a PostgreSQL primary with `replicas` waits for one of them on each
-    /// commit), then makes the app's user (password in `$SERVICE_PASSWORD`), its database, and
-    /// the user replicas connect as; safe to repeat.
-    fn provision_script(&self, programs: &Programs, port: u16, replicas: u32) -> Option<String>;
+    /// commit), then makes the databases, a user per endpoint with its privileges (the password
+    /// of the `i`th endpoint in `$ENDPOINT_PASSWORD_i`), and the user replicas connect as
+    /// (password in `$SERVICE_PASSWORD`); safe to repeat.
+    fn provision_script(
+        &self,
+        programs: &Programs,
+        port: u16,
+        replicas: u32,
+        endpoints: &ServiceEndpoints,
+    ) -> Option<String>;
     /// On a replica: prints how it follows its primary, as `STATE LAG_BYTES RECEIVED` on one
     /// line, `-` for what the engine does not count (the password in `$SERVICE_PASSWORD`).
     fn replication_script(&self, programs: &Programs, port: u16) -> String;
     /// The fields of a relationship that depend on the engine, as Platform.sh gives them.
-    fn relationship(&self, password: &str) -> Shape;
+    fn relationship(&self) -> Shape;
     /// What the node's endpoint says to the server first on each connection, and the answer it
     /// must get, for engines whose clients on Platform.sh connect without a password.
     fn endpoint_login(&self, _password: &str) -> Option<(Vec<u8>, &'static [u8])> {
@@ -66,11 +70,26 @@ pub(super) struct Server<'a> {
 /// The engine's part of a relationship.
 pub struct Shape {
     pub scheme: &'static str,
-    pub rel: &'static str,
-    pub username: Value,
-    pub password: Value,
-    pub path: Value,
+    /// Whether apps log in with an endpoint's user and password (not Redis, whose endpoint
+    /// logs in for them).
+    pub logs_in: bool,
     pub query: Value,
+}
+
+/// `$ENDPOINT_PASSWORD_i`, where a provisioning script finds the password of the `i`th
+/// endpoint.
+pub(super) fn endpoint_password_variable(index: usize) -> String {
+    format!("ENDPOINT_PASSWORD_{index}")
+}
+
+/// The user that owns `database` in PostgreSQL: the first endpoint with every privilege on it,
+/// else the superuser.
+fn owner_of<'a>(endpoints: &'a ServiceEndpoints, database: &str) -> &'a str {
+    endpoints
+        .endpoints
+        .values()
+        .find(|e| e.privileges.get(database) == Some(&Privilege::Admin))
+        .map_or("postgres", |e| e.username.as_str())
 }
 
 pub(super) fn engine(kind: ServiceKind) -> &'static dyn Engine {
@@ -153,7 +172,13 @@ impl Engine for Postgresql {
         }
     }
 
-    fn provision_script(&self, programs: &Programs, port: u16, replicas: u32) -> Option<String> {
+    fn provision_script(
+        &self,
+        programs: &Programs,
+        port: u16,
+        replicas: u32,
+        endpoints: &ServiceEndpoints,
+    ) -> Option<String> {
         // With replicas, a commit is confirmed once one of them has it too, so that it
         // survives the loss of the primary's node. Kept in the data folder, so that the server
         // has it from its first moment after a restart. The commits below need no replica: a
@@ -163,18 +188,84 @@ impl Engine for Postgresql {
         } else {
             "RESET synchronous_standby_names"
         };
-        Some(format!(
-            "{psql} -h /run -p {port} -U postgres -d postgres -v ON_ERROR_STOP=1 -q <<SQL
-SELECT pg_promote(true, 60) WHERE pg_is_in_recovery() \\g /dev/null
+        let mut sql = format!(
+            "SELECT pg_promote(true, 60) WHERE pg_is_in_recovery() \\g /dev/null
 ALTER SYSTEM {synchronous};
 SELECT pg_reload_conf() \\g /dev/null
 SET synchronous_commit TO local;
-SELECT 'CREATE ROLE {DATABASE} LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{DATABASE}')\\gexec
-ALTER ROLE {DATABASE} PASSWORD '$SERVICE_PASSWORD';
-SELECT 'CREATE DATABASE {DATABASE} OWNER {DATABASE}' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{DATABASE}')\\gexec
 SELECT 'CREATE ROLE {REPLICATION_USER} REPLICATION LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{REPLICATION_USER}')\\gexec
 ALTER ROLE {REPLICATION_USER} PASSWORD '$SERVICE_PASSWORD';
-SQL",
+"
+        );
+        for (index, endpoint) in endpoints.endpoints.values().enumerate() {
+            let user = &endpoint.username;
+            let password = endpoint_password_variable(index);
+            sql.push_str(&format!(
+                "SELECT 'CREATE ROLE \"{user}\" LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{user}')\\gexec
+ALTER ROLE \"{user}\" PASSWORD '${password}';
+"
+            ));
+        }
+        for database in &endpoints.databases {
+            let owner = owner_of(endpoints, database);
+            sql.push_str(&format!(
+                "SELECT 'CREATE DATABASE \"{database}\" OWNER \"{owner}\"' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{database}')\\gexec
+REVOKE CONNECT, TEMPORARY ON DATABASE \"{database}\" FROM PUBLIC;
+\\c \"{database}\"
+SET synchronous_commit TO local;
+"
+            ));
+            for extension in &endpoints.extensions {
+                sql.push_str(&format!(
+                    "CREATE EXTENSION IF NOT EXISTS \"{extension}\";\n"
+                ));
+            }
+            for endpoint in endpoints.endpoints.values() {
+                let user = &endpoint.username;
+                if user == owner {
+                    continue;
+                }
+                sql.push_str(&format!(
+                    "REVOKE ALL ON DATABASE \"{database}\" FROM \"{user}\";
+REVOKE ALL ON ALL TABLES IN SCHEMA public FROM \"{user}\";
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM \"{user}\";
+ALTER DEFAULT PRIVILEGES FOR ROLE \"{owner}\" IN SCHEMA public REVOKE ALL ON TABLES FROM \"{user}\";
+ALTER DEFAULT PRIVILEGES FOR ROLE \"{owner}\" IN SCHEMA public REVOKE ALL ON SEQUENCES FROM \"{user}\";
+"
+                ));
+                if owner != "postgres" {
+                    sql.push_str(&format!("REVOKE \"{owner}\" FROM \"{user}\";\n"));
+                }
+                let Some(privilege) = endpoint.privileges.get(database) else {
+                    continue;
+                };
+                let (tables, sequences) = match privilege {
+                    Privilege::Ro => ("SELECT", "SELECT"),
+                    Privilege::Rw => ("SELECT, INSERT, UPDATE, DELETE", "USAGE, SELECT, UPDATE"),
+                    Privilege::Admin => ("ALL", "ALL"),
+                };
+                sql.push_str(&format!(
+                    "GRANT CONNECT, TEMPORARY ON DATABASE \"{database}\" TO \"{user}\";
+GRANT USAGE ON SCHEMA public TO \"{user}\";
+GRANT {tables} ON ALL TABLES IN SCHEMA public TO \"{user}\";
+GRANT {sequences} ON ALL SEQUENCES IN SCHEMA public TO \"{user}\";
+ALTER DEFAULT PRIVILEGES FOR ROLE \"{owner}\" IN SCHEMA public GRANT {tables} ON TABLES TO \"{user}\";
+ALTER DEFAULT PRIVILEGES FOR ROLE \"{owner}\" IN SCHEMA public GRANT {sequences} ON SEQUENCES TO \"{user}\";
+"
+                ));
+                // Another administrator acts as the owner, whose objects are everyone's.
+                if *privilege == Privilege::Admin && owner != "postgres" {
+                    sql.push_str(&format!(
+                        "GRANT ALL ON DATABASE \"{database}\" TO \"{user}\";
+GRANT \"{owner}\" TO \"{user}\";
+"
+                    ));
+                }
+            }
+            sql.push_str("\\c postgres\n");
+        }
+        Some(format!(
+            "{psql} -h /run -p {port} -U postgres -d postgres -v ON_ERROR_STOP=1 -q <<SQL\n{sql}SQL",
             psql = program(programs, "psql")
         ))
     }
@@ -186,13 +277,10 @@ SQL",
         )
     }
 
-    fn relationship(&self, password: &str) -> Shape {
+    fn relationship(&self) -> Shape {
         Shape {
             scheme: "pgsql",
-            rel: "postgresql",
-            username: json!(DATABASE),
-            password: json!(password),
-            path: json!(DATABASE),
+            logs_in: true,
             query: json!({"is_master": true}),
         }
     }
@@ -202,9 +290,6 @@ struct Mariadb;
 
 /// Galera's library, from Debian's `galera-4`.
 const GALERA: &str = "/usr/lib/galera/libgalera_smm.so";
-
-/// The user Platform.sh gives an app on MariaDB.
-const MARIADB_USER: &str = "user";
 
 impl Engine for Mariadb {
     fn init_script(&self, programs: &Programs, _role: &ServiceRole) -> Option<String> {
@@ -257,15 +342,46 @@ impl Engine for Mariadb {
         vec![("lockstep.cnf", config)]
     }
 
-    fn provision_script(&self, programs: &Programs, _port: u16, _replicas: u32) -> Option<String> {
-        // Every Galera member takes writes: a primary is only where the endpoints point.
+    fn provision_script(
+        &self,
+        programs: &Programs,
+        _port: u16,
+        _replicas: u32,
+        endpoints: &ServiceEndpoints,
+    ) -> Option<String> {
+        // Every Galera member takes writes: a primary is only where the endpoints point. A
+        // user's privileges are what the configuration says now, no more. Names are quoted
+        // with backquotes, escaped from the shell's here-document.
+        let mut sql = String::new();
+        for database in &endpoints.databases {
+            sql.push_str(&format!(
+                "CREATE DATABASE IF NOT EXISTS \\`{database}\\`;\n"
+            ));
+        }
+        for (index, endpoint) in endpoints.endpoints.values().enumerate() {
+            let user = format!("'{}'@'%'", endpoint.username);
+            let password = endpoint_password_variable(index);
+            sql.push_str(&format!(
+                "CREATE USER IF NOT EXISTS {user} IDENTIFIED BY '${password}';
+ALTER USER {user} IDENTIFIED BY '${password}';
+REVOKE ALL PRIVILEGES, GRANT OPTION FROM {user};
+"
+            ));
+            for (database, privilege) in &endpoint.privileges {
+                let granted = match privilege {
+                    Privilege::Ro => "SELECT, SHOW VIEW",
+                    Privilege::Rw => {
+                        "SELECT, INSERT, UPDATE, DELETE, CREATE TEMPORARY TABLES, LOCK TABLES, EXECUTE, SHOW VIEW"
+                    }
+                    Privilege::Admin => "ALL PRIVILEGES",
+                };
+                sql.push_str(&format!(
+                    "GRANT {granted} ON \\`{database}\\`.* TO {user};\n"
+                ));
+            }
+        }
         Some(format!(
-            "{mariadb} --no-defaults -S /run/mysqld.sock -u {SANDBOX_USER} <<SQL
-CREATE DATABASE IF NOT EXISTS {DATABASE};
-CREATE USER IF NOT EXISTS '{MARIADB_USER}'@'%' IDENTIFIED BY '$SERVICE_PASSWORD';
-ALTER USER '{MARIADB_USER}'@'%' IDENTIFIED BY '$SERVICE_PASSWORD';
-GRANT ALL PRIVILEGES ON {DATABASE}.* TO '{MARIADB_USER}'@'%';
-SQL",
+            "{mariadb} --no-defaults -S /run/mysqld.sock -u {SANDBOX_USER} <<SQL\n{sql}SQL",
             mariadb = program(programs, "mariadb")
         ))
     }
@@ -277,13 +393,10 @@ SQL",
         )
     }
 
-    fn relationship(&self, password: &str) -> Shape {
+    fn relationship(&self) -> Shape {
         Shape {
             scheme: "mysql",
-            rel: "mysql",
-            username: json!(MARIADB_USER),
-            password: json!(password),
-            path: json!(DATABASE),
+            logs_in: true,
             query: json!({"is_master": true}),
         }
     }
@@ -332,7 +445,13 @@ impl Engine for Redis {
         )]
     }
 
-    fn provision_script(&self, programs: &Programs, port: u16, _replicas: u32) -> Option<String> {
+    fn provision_script(
+        &self,
+        programs: &Programs,
+        port: u16,
+        _replicas: u32,
+        _endpoints: &ServiceEndpoints,
+    ) -> Option<String> {
         // A replica promoted in place stops following; its data is the primary's now.
         Some(format!(
             "REDISCLI_AUTH=\"$SERVICE_PASSWORD\" {cli} -p {port} REPLICAOF NO ONE >/dev/null",
@@ -347,14 +466,11 @@ impl Engine for Redis {
         )
     }
 
-    fn relationship(&self, _password: &str) -> Shape {
+    fn relationship(&self) -> Shape {
         // Platform.sh's Redis takes no password: the node's endpoint gives it.
         Shape {
             scheme: "redis",
-            rel: "redis",
-            username: Value::Null,
-            password: Value::Null,
-            path: Value::Null,
+            logs_in: false,
             query: json!({}),
         }
     }

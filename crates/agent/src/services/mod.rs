@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lockstep_proto::agent::{
-    ProcessState, ServiceReplication, ServiceRole, ServiceSpec, ServiceStatus,
+    ProcessState, ServiceEndpoints, ServiceReplication, ServiceRole, ServiceSpec, ServiceStatus,
 };
 use lockstep_supervisor::{
     LogLimits, ProcessSpec, ProcessState as SupervisedState, RunAs, Sandbox, Supervisor,
@@ -32,8 +32,7 @@ use tokio::sync::Mutex;
 use crate::NodeContext;
 use crate::error::AgentError;
 use endpoint::{Endpoint, Target};
-pub use engine::Shape;
-use engine::engine;
+use engine::{Shape, engine};
 use scripts::{Output, service_env};
 
 /// How long a server may take to accept connections and take its user and database.
@@ -144,6 +143,7 @@ impl Services {
         for spec in &specs {
             crate::instance::check_plain_name(&spec.name, "service name")?;
             check_addresses(&spec.role)?;
+            check_endpoints(&spec.endpoints)?;
             names.push(spec.name.clone());
         }
         let (entries, removed) = {
@@ -363,6 +363,7 @@ impl Services {
         // memory alone).
         let without_role_details = |spec: &ServiceSpec| {
             let mut spec = spec.clone();
+            spec.endpoints = Default::default();
             spec.role = match spec.role {
                 ServiceRole::Primary { .. } | ServiceRole::Replica { .. } if engine.clusters() => {
                     ServiceRole::Primary {
@@ -397,6 +398,10 @@ impl Services {
                 Some(server) => {
                     let same = without_role_details(&server.spec) == without_role_details(spec);
                     if same {
+                        // New endpoints or privileges are made on the running server.
+                        if server.spec.endpoints != spec.endpoints {
+                            server.provisioned = false;
+                        }
                         server.spec = spec.clone();
                     }
                     same
@@ -419,6 +424,13 @@ impl Services {
         let env = service_env();
         let mut with_password = env.clone();
         with_password.insert("SERVICE_PASSWORD".into(), spec.password.clone());
+        let endpoints = endpoints_of(spec);
+        for (index, name) in endpoints.endpoints.keys().enumerate() {
+            with_password.insert(
+                engine::endpoint_password_variable(index),
+                endpoint_password(spec, name),
+            );
+        }
         let restarts_before = if already && server_state != Some(SupervisedState::Stopped) {
             self.restarts(&spec.name)
         } else {
@@ -474,7 +486,7 @@ impl Services {
         };
         if let Some(script) = replicas
             .filter(|_| !provisioned)
-            .and_then(|replicas| engine.provision_script(&programs, port, replicas))
+            .and_then(|replicas| engine.provision_script(&programs, port, replicas, &endpoints))
         {
             // A server that listens may still be recovering: the script is tried until it
             // takes, within the same patience.
@@ -689,9 +701,89 @@ fn check_addresses(role: &ServiceRole) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// The engine's fields of a relationship to `spec`.
-pub fn shape(spec: &ServiceSpec) -> Shape {
-    engine(spec.engine).relationship(&spec.password)
+/// Database, endpoint and extension names go into the engines' SQL as they are (quoted, so
+/// an extension's may hold `-`).
+fn check_endpoints(endpoints: &ServiceEndpoints) -> Result<(), AgentError> {
+    let identifiers = endpoints
+        .databases
+        .iter()
+        .chain(endpoints.endpoints.keys())
+        .chain(endpoints.endpoints.values().map(|e| &e.username))
+        .chain(
+            endpoints
+                .endpoints
+                .values()
+                .flat_map(|e| e.privileges.keys()),
+        )
+        .map(|name| (name, false));
+    let extensions = endpoints.extensions.iter().map(|name| (name, true));
+    for (name, hyphen) in identifiers.chain(extensions) {
+        let plain = name.len() <= 32
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || (hyphen && c == '-'));
+        if !plain {
+            return Err(AgentError::BadRequest(format!(
+                "`{name}` is not a database, endpoint or extension name"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The databases and endpoints of `spec`: the engine's default ones when it names none.
+fn endpoints_of(spec: &ServiceSpec) -> ServiceEndpoints {
+    if spec.endpoints.endpoints.is_empty() {
+        ServiceEndpoints::default_for(spec.engine)
+    } else {
+        spec.endpoints.clone()
+    }
+}
+
+/// The password of endpoint `name`: the service's own for its default endpoint, and one
+/// derived from it for each other, so that an app given a read-only endpoint cannot log in as
+/// another.
+fn endpoint_password(spec: &ServiceSpec, name: &str) -> String {
+    if name == spec.engine.default_endpoint() {
+        return spec.password.clone();
+    }
+    let key = blake3::derive_key(
+        "lockstep 2026-12 service endpoint password",
+        format!("{}\n{name}", spec.password).as_bytes(),
+    );
+    key[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a relationship to `spec` through `endpoint` (its default one when `None`) gives an
+/// app; `None` when the service has no such endpoint.
+pub struct Connection {
+    pub scheme: &'static str,
+    /// The endpoint's name (Platform.sh's `rel`).
+    pub rel: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// The database it opens.
+    pub path: Option<String>,
+    pub query: serde_json::Value,
+}
+
+pub fn connection(spec: &ServiceSpec, endpoint: Option<&str>) -> Option<Connection> {
+    let name = endpoint.unwrap_or(spec.engine.default_endpoint());
+    let endpoints = endpoints_of(spec);
+    let found = endpoints.endpoints.get(name)?;
+    let Shape {
+        scheme,
+        logs_in,
+        query,
+    } = engine(spec.engine).relationship();
+    Some(Connection {
+        scheme,
+        rel: name.to_owned(),
+        username: logs_in.then(|| found.username.clone()),
+        password: logs_in.then(|| endpoint_password(spec, name)),
+        path: found.default_database.clone().filter(|_| logs_in),
+        query,
+    })
 }
 
 /// The supervisor's name for a service's server, and its log's: `service-NAME`.
