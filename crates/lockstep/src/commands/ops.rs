@@ -182,6 +182,11 @@ fn print_service(service: &serde_json::Value, replication: Option<&serde_json::V
     };
     let megabytes = service["data_bytes"].as_u64().unwrap_or(0) / (1024 * 1024);
     let disk = match service["disk_mb"].as_u64() {
+        Some(limit) if megabytes > limit => {
+            format!(
+                ", {megabytes} MB of {limit} MB: over its `disk`, raise it in .platform/services.yaml"
+            )
+        }
         Some(limit) => format!(", {megabytes} MB of {limit} MB"),
         None => format!(", {megabytes} MB"),
     };
