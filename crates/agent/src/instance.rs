@@ -5,7 +5,7 @@
 //! is closed whenever the agent starts.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +51,8 @@ const EXEC_OUTPUT_BYTES: usize = 1024 * 1024;
 const WEB_START_ATTEMPTS: u32 = 3;
 /// Where a web process on a unix socket listens, inside its sandbox (`$SOCKET`).
 const SOCKET_INSIDE: &str = "/run/app.sock";
+/// PHP-FPM's configuration, written for each start of a PHP app's web process.
+const PHP_FPM_CONFIG_INSIDE: &str = "/run/php-fpm.conf";
 
 /// Sees a running hook's outcome once it is stored.
 type HookWatch = watch::Receiver<Option<HookOutcome>>;
@@ -781,7 +783,20 @@ impl Instance {
         let app_dir = self.releases.app_dir(&id);
         let mounts = self.ready_mounts(state, &id, &info)?;
         let served = Served::new(app_dir, mounts, &info.config.app.web);
-        let Some(start) = info.config.app.web.start.clone() else {
+        // A PHP app without a start command is served by PHP-FPM, as on Platform.sh.
+        let php_fpm = info.config.app.web.start.is_none() && info.config.app.language() == "php";
+        let served = if php_fpm {
+            served.running_php()
+        } else {
+            served
+        };
+        let Some(start) = info.config.app.web.start.clone().or_else(|| {
+            php_fpm.then(|| {
+                format!(
+                    "exec php-fpm --nodaemonize --force-stderr --fpm-config {PHP_FPM_CONFIG_INSIDE}"
+                )
+            })
+        }) else {
             // A static site: its locations only serve files (the config check makes sure), so
             // the router answers every request itself and no web process runs.
             if served.passes_to_app() {
@@ -795,6 +810,18 @@ impl Instance {
         };
         let (sandbox, mut env) = self.runtime(state, active, &info)?;
         let upstream = match info.config.app.web.socket_family {
+            _ if php_fpm => {
+                let socket = sandbox.run.join("app.sock");
+                remove_stale_socket(&socket)?;
+                let config = crate::php::fpm_config(SOCKET_INSIDE, &info.config.app.variables);
+                lockstep_durable::replace_private(
+                    &sandbox.run.join("php-fpm.conf"),
+                    config.as_bytes(),
+                    Some((sandbox.user.uid, sandbox.user.gid)),
+                )
+                .map_err(AgentError::io("write PHP-FPM's configuration"))?;
+                Upstream::FastCgi(socket)
+            }
             SocketFamily::Tcp => {
                 let port = free_port()?;
                 env.insert("PORT".into(), port.to_string());
@@ -802,16 +829,7 @@ impl Instance {
             }
             SocketFamily::Unix => {
                 let socket = sandbox.run.join("app.sock");
-                // A socket left by the previous release would look like a listener.
-                match std::fs::remove_file(&socket) {
-                    Ok(()) => {}
-                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(error) => {
-                        return Err(AgentError::io(format!("remove {}", socket.display()))(
-                            error,
-                        ));
-                    }
-                }
+                remove_stale_socket(&socket)?;
                 env.insert("SOCKET".into(), SOCKET_INSIDE.into());
                 Upstream::Socket(socket)
             }
@@ -846,7 +864,9 @@ impl Instance {
                 Upstream::Port(port) => tokio::net::TcpStream::connect(("127.0.0.1", *port))
                     .await
                     .is_ok(),
-                Upstream::Socket(path) => tokio::net::UnixStream::connect(path).await.is_ok(),
+                Upstream::Socket(path) | Upstream::FastCgi(path) => {
+                    tokio::net::UnixStream::connect(path).await.is_ok()
+                }
             };
             if listening {
                 return None;
@@ -864,7 +884,7 @@ impl Instance {
             if tokio::time::Instant::now() >= deadline {
                 let what = match upstream {
                     Upstream::Port(port) => format!("on port {port}"),
-                    Upstream::Socket(_) => format!("on {SOCKET_INSIDE}"),
+                    Upstream::Socket(_) | Upstream::FastCgi(_) => format!("on {SOCKET_INSIDE}"),
                 };
                 return Some(format!(
                     "did not accept connections {what} within {} s (web_start_timeout)",
@@ -1038,6 +1058,17 @@ pub fn check_plain_name(name: &str, what: &str) -> Result<(), AgentError> {
         Ok(())
     } else {
         Err(AgentError::BadRequest(format!("`{name}` is not a {what}")))
+    }
+}
+
+/// A socket left by the previous release would look like a listener.
+fn remove_stale_socket(socket: &Path) -> Result<(), AgentError> {
+    match std::fs::remove_file(socket) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(AgentError::io(format!("remove {}", socket.display()))(
+            error,
+        )),
     }
 }
 

@@ -10,10 +10,12 @@
 
 mod api;
 mod error;
+mod fastcgi;
 mod hooks;
 mod instance;
 mod locations;
 mod metrics;
+mod php;
 mod relationships;
 mod release;
 mod router;

@@ -31,6 +31,20 @@ pub struct Served {
     /// Longest prefix first.
     locations: Vec<(String, Location, Vec<Option<Regex>>)>,
     passes_to_app: bool,
+    /// Whether `.php` files are PHP-FPM's to run (a PHP app without a start command): never
+    /// served as files, run where `scripts` allows, and a passthru path names the script.
+    php: bool,
+}
+
+/// A PHP script to run, as PHP-FPM needs to find it.
+#[derive(Debug, PartialEq)]
+pub struct Script {
+    /// Where the app sees it, relative to the app folder.
+    pub path: PathBuf,
+    /// Its location's root, relative to the app folder.
+    pub document_root: PathBuf,
+    /// The URL path that names it (`/index.php`).
+    pub script_name: String,
 }
 
 /// A file opened for an answer, by the kernel, beneath its location's root.
@@ -62,6 +76,8 @@ pub enum Decision {
     },
     /// Send to the app, with this path (and the request's query) when given.
     App(Option<String>),
+    /// Run this PHP script.
+    Script(Script),
     NotFound,
     /// A path with `..` or NUL, or one that leads out of the root.
     Refused,
@@ -93,7 +109,14 @@ impl Served {
             mounts,
             locations,
             passes_to_app: web.passes_to_app(),
+            php: false,
         }
+    }
+
+    /// The same, for a PHP app whose scripts PHP-FPM runs.
+    pub fn running_php(mut self) -> Served {
+        self.php = true;
+        self
     }
 
     /// Whether some request can reach the app, so that the release needs a web process.
@@ -104,6 +127,13 @@ impl Served {
     /// Decides for a request of `raw_path` (the URI's path, still percent-encoded). `files`:
     /// whether the method may be answered with a file (GET and HEAD).
     pub fn decide(&self, raw_path: &str, files: bool) -> Decision {
+        self.decide_following(raw_path, files, true)
+    }
+
+    /// [`Served::decide`]; a PHP passthru path is decided once more, as the script it names,
+    /// when `follow` (and only once: a passthru to a passthru is no script). A passthru's
+    /// script runs whatever its location's `scripts` says, as on Platform.sh.
+    fn decide_following(&self, raw_path: &str, files: bool, follow: bool) -> Decision {
         if self.locations.is_empty() {
             return Decision::App(None);
         }
@@ -135,25 +165,63 @@ impl Served {
             Some(rule) if !rule.headers.is_empty() => rule.headers.clone(),
             _ => location.headers.clone(),
         };
-        if let (Some(root), true, true) = (&location.root, allow, files) {
+        let scripts = !follow || rule.and_then(|r| r.scripts).unwrap_or(location.scripts);
+        if let (Some(root), true, true) = (&location.root, allow, files || self.php) {
             let rest = &path[prefix.trim_end_matches('/').len()..];
             match self.find_file(root, rest, &location.index) {
-                Found::File(file) => {
+                // A PHP file is never sent as it is: it may hold the app's secrets.
+                Found::File(file) if self.php && is_php(&file.path) => {
+                    if !scripts {
+                        return Decision::NotFound;
+                    }
+                    return Decision::Script(Script {
+                        script_name: script_name(&path, &file.path),
+                        document_root: PathBuf::from(root.trim_matches('/')),
+                        path: file.path,
+                    });
+                }
+                Found::File(file) if files => {
                     return Decision::File {
                         file,
                         expires,
                         headers,
                     };
                 }
+                Found::File(_) | Found::Nothing => {}
                 Found::Outside => return Decision::Refused,
-                Found::Nothing => {}
             }
         }
         match passthru {
             Passthru::No => Decision::NotFound,
+            Passthru::App if self.php => Decision::NotFound,
             Passthru::App => Decision::App(None),
+            Passthru::Path(target) if self.php => match follow {
+                true => match self.decide_following(&target, true, false) {
+                    script @ Decision::Script(_) => script,
+                    _ => Decision::NotFound,
+                },
+                false => Decision::NotFound,
+            },
             Passthru::Path(target) => Decision::App(Some(target)),
         }
+    }
+}
+
+fn is_php(path: &Path) -> bool {
+    path.extension().is_some_and(|extension| extension == "php")
+}
+
+/// The URL path of the script `file` found for the request of `path`: the path itself, or,
+/// for a folder's index file, the folder's path with the file's name.
+fn script_name(path: &str, file: &Path) -> String {
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    if path.ends_with(&*name) {
+        path.to_owned()
+    } else {
+        format!("{}/{name}", path.trim_end_matches('/'))
     }
 }
 

@@ -37,6 +37,8 @@ pub enum Upstream {
     Port(u16),
     /// A unix socket (`$SOCKET`), by its path on the host.
     Socket(PathBuf),
+    /// PHP-FPM's FastCGI socket, by its path on the host.
+    FastCgi(PathBuf),
 }
 
 struct GateInner {
@@ -221,6 +223,19 @@ impl NodeRouter {
         };
         let new_path = match decision {
             Decision::App(new_path) => new_path,
+            Decision::Script(script) => {
+                let Some(Upstream::FastCgi(socket)) = &upstream else {
+                    self.metrics.router_request(&self.environment, "no_process");
+                    return text_response(
+                        StatusCode::BAD_GATEWAY,
+                        "PHP-FPM is not running\n",
+                        generation,
+                    );
+                };
+                let params = crate::fastcgi::cgi_params(&script, &request);
+                let answer = crate::fastcgi::request(socket, &params, request.into_body()).await;
+                return self.proxied(answer.map_err(BoxError::from), guard, generation);
+            }
             Decision::File {
                 file,
                 expires,
@@ -262,18 +277,31 @@ impl NodeRouter {
                 .map_or("/", |p| p.as_str())
                 .to_owned(),
         };
-        match self.forward(&upstream, &path, request).await {
+        let answer = self
+            .forward(&upstream, &path, request)
+            .await
+            .map(|response| response.map(|body| body.map_err(BoxError::from).boxed()));
+        self.proxied(answer, guard, generation)
+    }
+
+    /// The web process's answer, counted in flight until its body ends; or a 502 saying it did
+    /// not answer.
+    fn proxied(
+        &self,
+        answer: Result<Response<ProxyBody>, BoxError>,
+        guard: InFlight,
+        generation: u64,
+    ) -> Response<ProxyBody> {
+        match answer {
             Ok(response) => {
                 self.metrics.router_request(&self.environment, "proxied");
                 let (mut parts, body) = response.into_parts();
                 insert_gate_headers(&mut parts.headers, generation);
                 // The guard lives as long as the body, so close waits for streaming answers too.
-                let body = body
-                    .map_frame(move |frame| {
-                        let _counted = &guard;
-                        frame
-                    })
-                    .map_err(BoxError::from);
+                let body = body.map_frame(move |frame| {
+                    let _counted = &guard;
+                    frame
+                });
                 Response::from_parts(parts, body.boxed())
             }
             Err(error) => {
@@ -304,6 +332,7 @@ impl NodeRouter {
                 *request.uri_mut() = format!("http://127.0.0.1:{port}{path}").parse()?;
                 Ok(self.client.request(request).await?)
             }
+            Upstream::FastCgi(_) => Err("a PHP app's requests go to its scripts".into()),
             Upstream::Socket(socket) => {
                 *request.uri_mut() = path.parse()?;
                 let stream = tokio::net::UnixStream::connect(socket).await?;

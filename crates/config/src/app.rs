@@ -23,8 +23,12 @@ pub struct AppConfig {
     pub runtime: String,
     pub build_flavor: BuildFlavor,
     /// Global build tools per language, installed for the build and the runtime: `python` and
-    /// `python3` packages with pip, `nodejs` packages with npm (`nodejs: {yarn: "*"}`).
+    /// `python3` packages with pip, `nodejs` packages with npm (`nodejs: {yarn: "*"}`), `php`
+    /// packages with Composer.
     pub dependencies: BTreeMap<String, BTreeMap<String, String>>,
+    /// `runtime.extensions`: the PHP extensions the app needs, checked at build.
+    #[serde(default)]
+    pub extensions: Vec<String>,
     pub hooks: Hooks,
     pub web: Web,
     pub workers: BTreeMap<String, Worker>,
@@ -53,9 +57,12 @@ impl AppConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BuildFlavor {
-    /// Platform.sh's per-language default: `npm install` for Node.js, nothing for the others.
+    /// Platform.sh's per-language default: `npm install` for Node.js, `composer install` for
+    /// PHP, nothing for the others.
     Default,
     None,
+    /// `composer install` when there is a `composer.json`.
+    Composer,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,18 +115,13 @@ const APP_KEYS: Keys = Keys {
         "access",
         "source",
         "timezone",
+        "runtime",
     ],
     ignored: &["operations", "size", "resources", "firewall"],
-    unsupported: &[
-        (
-            "runtime",
-            "language extensions and runtime settings are not installed by Lockstep; remove `runtime` and install what the app needs in the build hook",
-        ),
-        (
-            "additional_hosts",
-            "Lockstep nodes use the host's resolver; remove `additional_hosts`",
-        ),
-    ],
+    unsupported: &[(
+        "additional_hosts",
+        "Lockstep nodes use the host's resolver; remove `additional_hosts`",
+    )],
 };
 
 const SOURCE_KEYS: Keys = Keys {
@@ -130,23 +132,29 @@ const SOURCE_KEYS: Keys = Keys {
 };
 const HOOK_KEYS: Keys = Keys::only(&["build", "deploy", "post_deploy"]);
 const BUILD_KEYS: Keys = Keys::only(&["flavor"]);
+const RUNTIME_KEYS: Keys = Keys {
+    supported: &["extensions"],
+    ignored: &[
+        "disabled_extensions",
+        "request_terminate_timeout",
+        "sizing_hints",
+        "xdebug",
+    ],
+    unsupported: &[],
+};
 const ACCESS_KEYS: Keys = Keys::only(&["ssh"]);
 const RELATIONSHIP_KEYS: Keys = Keys::only(&["service", "endpoint"]);
 const DEPENDENCY_KEYS: Keys = Keys {
-    supported: &["python", "python3", "nodejs"],
+    supported: &["python", "python3", "nodejs", "php"],
     ignored: &[],
     unsupported: &[
         (
-            "php",
-            "Lockstep installs global packages for `python3` (pip) and `nodejs` (npm) only; install Composer packages in the build hook",
-        ),
-        (
             "ruby",
-            "Lockstep installs global packages for `python3` (pip) and `nodejs` (npm) only; install gems in the build hook",
+            "Lockstep installs global packages for `python3` (pip), `nodejs` (npm) and `php` (Composer) only; install gems in the build hook",
         ),
         (
             "python2",
-            "Lockstep installs global packages for `python3` (pip) and `nodejs` (npm) only",
+            "Lockstep installs global packages for `python3` (pip), `nodejs` (npm) and `php` (Composer) only",
         ),
     ],
 };
@@ -192,7 +200,13 @@ pub(crate) fn read(
         read_dependencies(report, n)
     });
     let hooks = top.read_or("hooks", Hooks::default(), |n| read_hooks(report, n));
-    let web = web::read(report, &top);
+    let php = runtime
+        .as_deref()
+        .is_some_and(|runtime| runtime.split(':').next() == Some("php"));
+    let extensions = top.read_or("runtime", Vec::new(), |n| {
+        read_runtime_settings(report, n, php)
+    });
+    let web = web::read(report, &top, php);
     let workers = top.read_or("workers", BTreeMap::new(), |n| {
         processes::read_workers(report, n)
     });
@@ -227,6 +241,7 @@ pub(crate) fn read(
         runtime: runtime?,
         build_flavor: build_flavor?,
         dependencies: dependencies?,
+        extensions: extensions?,
         hooks: hooks?,
         web: web?,
         workers: workers?,
@@ -371,15 +386,76 @@ fn read_build(report: &mut FileReport<'_>, node: &Node) -> Option<BuildFlavor> {
     match decode::one_of(report, flavor, path, &["none", "default", "composer"])? {
         "none" => Some(BuildFlavor::None),
         "default" => Some(BuildFlavor::Default),
-        _ => {
-            report.error(
-                flavor.span,
-                "`build.flavor: composer` is a Platform.sh flavor that Lockstep does not support yet",
-                Some("set `flavor: none` and run `composer install` in the build hook".into()),
-            );
-            None
-        }
+        _ => Some(BuildFlavor::Composer),
     }
+}
+
+/// `runtime`: the PHP extensions the app needs (a name, or `{name: ..., configuration: ...}`).
+fn read_runtime_settings(
+    report: &mut FileReport<'_>,
+    node: &Node,
+    php: bool,
+) -> Option<Vec<String>> {
+    let runtime = decode::fields(report, node, "runtime", &RUNTIME_KEYS);
+    let Some(list) = runtime.get("extensions") else {
+        return Some(Vec::new());
+    };
+    if !php {
+        report.error(
+            list.span,
+            "`runtime.extensions` are PHP extensions, and this app does not run PHP",
+            Some("remove `runtime.extensions`".into()),
+        );
+        return None;
+    }
+    let Value::Seq(items) = &list.value else {
+        report.error(
+            list.span,
+            format!(
+                "`runtime.extensions` must be a list of extensions, not {}",
+                list.describe()
+            ),
+            Some("write a list, such as `[redis, sodium]`".into()),
+        );
+        return None;
+    };
+    let mut extensions = Vec::new();
+    for item in items {
+        let name = match &item.value {
+            Value::Map(_) => {
+                let fields = decode::fields(
+                    report,
+                    item,
+                    "runtime.extensions",
+                    &Keys {
+                        supported: &["name"],
+                        ignored: &["configuration"],
+                        unsupported: &[],
+                    },
+                );
+                decode::required(
+                    report,
+                    &fields,
+                    "runtime.extensions",
+                    "name",
+                    "name the extension, such as `name: redis`",
+                )
+                .and_then(|n| decode::text(report, n, "runtime.extensions.name"))
+            }
+            _ => decode::text(report, item, "runtime.extensions"),
+        };
+        let Some(name) = name else { continue };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            report.error(
+                item.span,
+                format!("`{name}` is not a PHP extension name"),
+                Some("use the extension's name as `php -m` lists it, such as `redis`".into()),
+            );
+            return None;
+        }
+        extensions.push(name);
+    }
+    Some(extensions)
 }
 
 fn read_dependencies(

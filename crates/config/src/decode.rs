@@ -502,7 +502,7 @@ mod tests {
 
     #[test]
     fn integers_written_with_a_unit_suggest_the_number() {
-        let (node, _) = crate::yaml::parse("t: 30s\n");
+        let (node, _) = crate::yaml::parse_alone("t: 30s\n");
         let node = node.unwrap();
         let Value::Map(entries) = &node.value else {
             panic!("not a map")

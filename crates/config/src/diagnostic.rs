@@ -56,25 +56,58 @@ impl fmt::Display for Diagnostic {
     }
 }
 
-/// Collects every diagnostic about one file, so that a check reports all of them at once.
+/// Collects every diagnostic about one file and the files it includes, so that a check reports
+/// all of them at once.
 pub struct FileReport<'a> {
-    file: String,
-    lines: Vec<&'a str>,
+    /// The file, then the files it includes, each at the index of its
+    /// [`FileId`](crate::yaml::FileId).
+    files: Vec<SourceFile<'a>>,
     pub(crate) diagnostics: Vec<Diagnostic>,
+}
+
+struct SourceFile<'a> {
+    /// The file as the user knows it.
+    name: String,
+    lines: Vec<&'a str>,
+}
+
+impl<'a> SourceFile<'a> {
+    fn new(name: String, source: &'a str) -> Self {
+        SourceFile {
+            name,
+            lines: source.lines().collect(),
+        }
+    }
 }
 
 impl<'a> FileReport<'a> {
     pub fn new(file: impl Into<String>, source: &'a str) -> Self {
         FileReport {
-            file: file.into(),
-            lines: source.lines().collect(),
+            files: vec![SourceFile::new(file.into(), source)],
             diagnostics: Vec::new(),
         }
     }
 
-    /// The file as the user knows it.
+    /// The file the report is about, as the user knows it.
     pub fn file(&self) -> &str {
-        &self.file
+        &self.files[0].name
+    }
+
+    /// A file that this one includes. Files are added in the order of their
+    /// [`FileId`](crate::yaml::FileId)s: spans
+    /// in the first added carry `FileId(1)`.
+    pub fn include(&mut self, file: impl Into<String>, source: &'a str) {
+        self.files.push(SourceFile::new(file.into(), source));
+    }
+
+    /// The diagnostics, file by file in the order the files were read, each file's from top to
+    /// bottom.
+    pub fn into_diagnostics(mut self) -> Vec<Diagnostic> {
+        let files = &self.files;
+        let order = |d: &Diagnostic| files.iter().position(|f| f.name == d.file);
+        self.diagnostics
+            .sort_by_key(|d| (order(d), d.line, d.column));
+        self.diagnostics
     }
 
     pub fn error(&mut self, span: Span, message: impl Into<String>, help: Option<String>) {
@@ -86,10 +119,13 @@ impl<'a> FileReport<'a> {
     }
 
     fn push(&mut self, severity: Severity, span: Span, message: String, help: Option<String>) {
+        // Every span is of a file the report was told of; were one not, the problem would still
+        // be worth reporting, against the report's own file.
+        let file = self.files.get(span.file.0).unwrap_or(&self.files[0]);
         let excerpt = span
             .line
             .checked_sub(1)
-            .and_then(|i| self.lines.get(i))
+            .and_then(|i| file.lines.get(i))
             .map(|line| line.trim_end().to_owned());
         let line = span.line.max(1);
         let column = span.column.max(1);
@@ -102,7 +138,7 @@ impl<'a> FileReport<'a> {
             .unwrap_or(1);
         self.diagnostics.push(Diagnostic {
             severity,
-            file: self.file.clone(),
+            file: file.name.clone(),
             line,
             column,
             message,
@@ -129,6 +165,7 @@ pub fn suggest<'c>(name: &str, candidates: impl IntoIterator<Item = &'c str>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::yaml::FileId;
 
     #[test]
     fn renders_the_line_and_a_caret_under_the_span() {
@@ -138,6 +175,7 @@ mod tests {
                 line: 2,
                 column: 1,
                 width: 4,
+                file: FileId(0),
             },
             "unknown key `hoks`",
             Some("did you mean `hooks`?".into()),

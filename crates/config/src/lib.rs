@@ -1,22 +1,26 @@
 //! Lockstep's reading of a project's Platform.sh configuration.
 //!
-//! Owns: parsing `.platform.app.yaml`, `.platform/routes.yaml` and `.platform/services.yaml` into
-//! the typed model that every other part of Lockstep uses, and every diagnostic about them.
-//! Must never: touch anything but the files it is asked to read, or stop at the first problem
-//! (users fix a config in one go only when they see all of its errors).
+//! Owns: parsing `.platform.app.yaml`, `.platform/routes.yaml` and `.platform/services.yaml` (and
+//! the files they `!include`) into the typed model that every other part of Lockstep uses, and
+//! every diagnostic about them.
+//! Must never: touch anything but the files it is asked to read, read outside the project, or
+//! stop at the first problem (users fix a config in one go only when they see all of its errors).
 
 mod app;
 mod cron_spec;
 mod decode;
 mod diagnostic;
+mod include;
 mod mounts;
 mod processes;
+mod read;
 mod routes;
 mod service_endpoints;
 mod services;
 mod web;
 pub mod yaml;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -24,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 pub use app::{APP_FILE, Access, AppConfig, BuildFlavor, Hooks, Relationship, Role};
 pub use diagnostic::{Diagnostic, Severity};
+pub use include::{MAX_INCLUDE_DEPTH, MAX_INCLUDED_BYTES};
 pub use mounts::{Mount, MountSource};
 pub use processes::{Cron, DEFAULT_CRON_SHUTDOWN_TIMEOUT_SECS, MAX_CRON_TIMEOUT_SECS, Worker};
 pub use routes::{Cache, ROUTES_FILE, Route, RouteKind};
@@ -32,6 +37,7 @@ pub use services::{SERVICES_FILE, Service, ServiceKind};
 pub use web::{Expires, Location, Passthru, Rule, SocketFamily, Web};
 
 use diagnostic::{FileReport, suggest};
+use include::{Includer, Library, Loaded};
 
 /// What the machine offers each runtime language. The check asks it so that a `type` whose
 /// language no node can run is an error at `type`, before anything is built.
@@ -55,6 +61,9 @@ impl Runtimes for AnyRuntime {
 /// does), since that app is configured exactly as in `.platform.app.yaml`.
 pub const APPLICATIONS_FILE: &str = ".platform/applications.yaml";
 
+/// The files that configure a project; any other is read only when one of them includes it.
+const CONFIGURATION_FILES: [&str; 4] = [APP_FILE, ROUTES_FILE, SERVICES_FILE, APPLICATIONS_FILE];
+
 /// Everything a project's configuration says, validated.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Project {
@@ -70,7 +79,11 @@ pub struct Sources {
     pub routes: Option<String>,
     pub services: Option<String>,
     pub applications: Option<String>,
-    /// Files there that are no configuration text (too large, not UTF-8): the file, and why.
+    /// The files that the configuration files `!include`, directly or not, by their path from
+    /// the project root; as bytes, since `type: binary` includes any file.
+    pub included: BTreeMap<String, Vec<u8>>,
+    /// Files there that are no configuration text (too large, not UTF-8, outside the project):
+    /// the file, and why. An included file is reported where it is included.
     pub unreadable: Vec<(String, String)>,
 }
 
@@ -102,58 +115,57 @@ pub enum ConfigError {
 }
 
 impl Sources {
-    /// Reads the configuration files of the project in `dir`; missing files are `None`. A file
-    /// too large to be configuration is not read past the limit, and one that is not UTF-8 text
-    /// is not read at all: both are noted in `unreadable`, for the check to report.
+    /// Reads the configuration files of the project in `dir`, and the files they include;
+    /// missing files are `None`. A file too large to be configuration is not read past the
+    /// limit, one that is not UTF-8 text is not kept (unless included as `binary`), and nothing
+    /// outside `dir` is read: these are noted in `unreadable`, for the check to report.
     pub fn read_dir(dir: &Path) -> Result<Sources, ConfigError> {
-        let mut unreadable = Vec::new();
-        let mut read = |name: &str| {
-            let path = dir.join(name);
-            let file = match std::fs::File::open(&path) {
-                Ok(file) => file,
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(source) => return Err(ConfigError::Read { path, source }),
-            };
-            let mut bytes = Vec::new();
-            std::io::Read::read_to_end(
-                &mut std::io::Read::take(file, yaml::MAX_SOURCE_BYTES as u64 + 1),
-                &mut bytes,
-            )
-            .map_err(|source| ConfigError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            if bytes.len() > yaml::MAX_SOURCE_BYTES {
-                let why = format!(
-                    "`{name}` is larger than the {} bytes a configuration file may hold",
-                    yaml::MAX_SOURCE_BYTES
-                );
-                unreadable.push((name.to_owned(), why));
-                return Ok(None);
-            }
-            match String::from_utf8(bytes) {
-                Ok(text) => Ok(Some(text)),
-                Err(error) => {
-                    let why = format!(
-                        "`{name}` is not UTF-8 text (byte {} is not), so it cannot be YAML",
-                        error.utf8_error().valid_up_to()
-                    );
-                    unreadable.push((name.to_owned(), why));
-                    Ok(None)
-                }
-            }
+        let mut folder = read::ProjectFolder::open(dir)?;
+        let mut sources = Sources {
+            app: folder.configuration(APP_FILE)?,
+            routes: folder.configuration(ROUTES_FILE)?,
+            services: folder.configuration(SERVICES_FILE)?,
+            applications: folder.configuration(APPLICATIONS_FILE)?,
+            ..Sources::default()
         };
-        let app = read(APP_FILE)?;
-        let routes = read(ROUTES_FILE)?;
-        let services = read(SERVICES_FILE)?;
-        let applications = read(APPLICATIONS_FILE)?;
-        Ok(Sources {
-            app,
-            routes,
-            services,
-            applications,
-            unreadable,
-        })
+        // The includes are found as the check will find them, by resolving them: their values
+        // are not kept, only the files read.
+        for (file, text) in sources.configuration_texts() {
+            let mut includer = Includer::new(file, &mut folder);
+            yaml::parse(text, yaml::FileId::default(), &mut includer);
+        }
+        sources.included = folder.included;
+        sources.unreadable = folder.unreadable;
+        Ok(sources)
+    }
+
+    fn configuration_texts(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        let texts = [&self.app, &self.routes, &self.services, &self.applications];
+        CONFIGURATION_FILES
+            .into_iter()
+            .zip(texts)
+            .filter_map(|(file, text)| Some((file, text.as_deref()?)))
+    }
+
+    /// The text of an included YAML file, which was read as YAML so is text.
+    fn included_text(&self, path: &str) -> &str {
+        self.included
+            .get(path)
+            .and_then(|bytes| std::str::from_utf8(bytes).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl<'a> Library<'a> for &'a Sources {
+    fn load(&mut self, path: &str) -> Loaded<'a> {
+        let sources: &'a Sources = self;
+        if let Some(bytes) = sources.included.get(path) {
+            return Loaded::Bytes(Cow::Borrowed(bytes));
+        }
+        match sources.unreadable.iter().find(|(file, _)| file == path) {
+            Some((_, why)) => Loaded::Unreadable(why.clone()),
+            None => Loaded::Missing,
+        }
     }
 }
 
@@ -172,14 +184,14 @@ pub fn check(sources: &Sources, runtimes: &dyn Runtimes) -> Checked {
         None => Some(default_routes(
             app.as_ref().map_or("app", |a| a.name.as_str()),
         )),
-        Some(text) => match parse_root(&mut routes_report, text) {
+        Some(text) => match parse_root(&mut routes_report, text, sources) {
             None => Some(Vec::new()),
             Some(root) => routes::read(&mut routes_report, &root),
         },
     };
     let services = match &sources.services {
         None => Some(BTreeMap::new()),
-        Some(text) => match parse_root(&mut services_report, text) {
+        Some(text) => match parse_root(&mut services_report, text, sources) {
             None => Some(BTreeMap::new()),
             Some(root) => services::read(&mut services_report, &root, runtimes),
         },
@@ -196,31 +208,23 @@ pub fn check(sources: &Sources, runtimes: &dyn Runtimes) -> Checked {
         }
         _ => None,
     };
-    let mut unreadable_report = FileReport::new(APP_FILE, "");
-    for (file, why) in &sources.unreadable {
-        let mut report = FileReport::new(file.clone(), "");
-        report.error(
-            yaml::Span {
-                line: 1,
-                column: 1,
-                width: 1,
-            },
-            why.clone(),
-            Some("commit the configuration as YAML text".into()),
-        );
-        unreadable_report.diagnostics.extend(report.diagnostics);
-    }
+    let unreadable_reports = sources
+        .unreadable
+        .iter()
+        .filter(|(file, _)| CONFIGURATION_FILES.contains(&file.as_str()))
+        .map(|(file, why)| {
+            let mut report = FileReport::new(file.clone(), "");
+            report.error(
+                yaml::Span::file_start(yaml::FileId::default()),
+                why.clone(),
+                Some("commit the configuration as YAML text".into()),
+            );
+            report
+        });
     // An unreadable file hides what the project is: no project then.
     let project = project.filter(|_| sources.unreadable.is_empty());
-    finish(
-        project,
-        [
-            app_report,
-            routes_report,
-            services_report,
-            unreadable_report,
-        ],
-    )
+    let reports = [app_report, routes_report, services_report];
+    finish(project, reports.into_iter().chain(unreadable_reports))
 }
 
 fn report_for<'a>(file: &str, text: &'a Option<String>) -> FileReport<'a> {
@@ -248,7 +252,7 @@ fn read_app<'a>(
                 );
                 None
             }
-            Some(text) => parse_file(&mut report, text)
+            Some(text) => parse_file(&mut report, text, sources)
                 .and_then(|root| app::read(&mut report, &root, None, runtimes)),
         };
         return (report, app);
@@ -264,7 +268,7 @@ fn read_app<'a>(
         );
         return (report, None);
     }
-    let app = parse_file(&mut report, text)
+    let app = parse_file(&mut report, text, sources)
         .and_then(|root| read_single_app(&mut report, &root, runtimes));
     (report, app)
 }
@@ -272,9 +276,13 @@ fn read_app<'a>(
 const MINIMUM_APP: &str = "`name`, `type` and `web.commands.start`";
 
 /// Parses a file that must not be empty.
-fn parse_file(report: &mut FileReport<'_>, text: &str) -> Option<yaml::Node> {
+fn parse_file<'a>(
+    report: &mut FileReport<'a>,
+    text: &str,
+    sources: &'a Sources,
+) -> Option<yaml::Node> {
     let had_errors = report.diagnostics.len();
-    let root = parse_root(report, text);
+    let root = parse_root(report, text, sources);
     if root.is_none() && report.diagnostics.len() == had_errors {
         report.error(
             Default::default(),
@@ -323,13 +331,14 @@ fn read_single_app(
     }
 }
 
-fn finish<const N: usize>(project: Option<Project>, reports: [FileReport<'_>; N]) -> Checked {
-    let mut diagnostics = Vec::new();
-    for report in reports {
-        let mut file_diagnostics = report.diagnostics;
-        file_diagnostics.sort_by_key(|d| (d.line, d.column));
-        diagnostics.extend(file_diagnostics);
-    }
+fn finish<'a>(
+    project: Option<Project>,
+    reports: impl IntoIterator<Item = FileReport<'a>>,
+) -> Checked {
+    let diagnostics: Vec<Diagnostic> = reports
+        .into_iter()
+        .flat_map(FileReport::into_diagnostics)
+        .collect();
     let project = project.filter(|_| !diagnostics.iter().any(Diagnostic::is_error));
     Checked {
         project,
@@ -337,9 +346,19 @@ fn finish<const N: usize>(project: Option<Project>, reports: [FileReport<'_>; N]
     }
 }
 
-/// Parses one file; syntax problems go to the report. `None` when there is nothing to read.
-fn parse_root(report: &mut FileReport<'_>, text: &str) -> Option<yaml::Node> {
-    let (root, problems) = yaml::parse(text);
+/// Parses one file and the files it includes; syntax problems go to the report. `None` when
+/// there is nothing to read.
+fn parse_root<'a>(
+    report: &mut FileReport<'a>,
+    text: &str,
+    sources: &'a Sources,
+) -> Option<yaml::Node> {
+    let mut library = sources;
+    let mut includer = Includer::new(report.file(), &mut library);
+    let (root, problems) = yaml::parse(text, yaml::FileId::default(), &mut includer);
+    for file in includer.files() {
+        report.include(file.clone(), sources.included_text(file));
+    }
     for problem in problems {
         report.error(problem.span, problem.message, problem.help);
     }
@@ -491,6 +510,165 @@ mod tests {
                 (
                     ROUTES_FILE.to_owned(),
                     "`.platform/routes.yaml` is larger than the 1048576 bytes a configuration file may hold"
+                        .to_owned()
+                ),
+            ]
+        );
+    }
+
+    /// Writes `files` (path from the project root, content) under `root`.
+    fn write_files(root: &Path, files: &[(&str, &[u8])]) {
+        for (path, content) in files {
+            let path = root.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+    }
+
+    fn errors_at(checked: &Checked) -> Vec<(String, usize, String)> {
+        checked
+            .errors()
+            .map(|d| (d.file.clone(), d.line, d.message.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn included_files_are_read_from_the_folder_of_the_file_that_includes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        write_files(
+            dir.path(),
+            &[
+                (APPLICATIONS_FILE, b"# one app\n- !include app.yaml\n"),
+                (
+                    ".platform/app.yaml",
+                    b"name: app\ntype: python:3.12\nweb: {commands: {start: gunicorn app:app}}\nhooks:\n  build: !include {type: string, path: build.sh}\n  deploy: !include {type: string, path: ../scripts/deploy.sh}\nvariables:\n  env:\n    KEY: !include {type: binary, path: key.bin}\n",
+                ),
+                (".platform/build.sh", b"set -e\npip install -r requirements.txt\n"),
+                ("scripts/deploy.sh", b"python manage.py migrate\n"),
+                (".platform/key.bin", &[0xde, 0xad, 0xbe, 0xef]),
+                (".platform/unused.yaml", b"not: read\n"),
+            ],
+        );
+        let sources = Sources::read_dir(dir.path()).unwrap();
+        assert_eq!(
+            sources.included.keys().collect::<Vec<_>>(),
+            [
+                ".platform/app.yaml",
+                ".platform/build.sh",
+                ".platform/key.bin",
+                "scripts/deploy.sh"
+            ]
+        );
+        let checked = check(&sources, &AnyRuntime);
+        let app = checked.project.expect("valid").app;
+        assert_eq!(app.name, "app");
+        assert_eq!(
+            app.hooks.build.as_deref(),
+            Some("set -e\npip install -r requirements.txt\n")
+        );
+        assert_eq!(
+            app.hooks.deploy.as_deref(),
+            Some("python manage.py migrate\n")
+        );
+        assert_eq!(app.variables["env:KEY"], "3q2+7w==");
+    }
+
+    #[test]
+    fn problems_in_an_included_file_are_reported_in_it() {
+        let sources = Sources {
+            applications: Some("- !include app.yaml\n".into()),
+            included: [(
+                ".platform/app.yaml".to_owned(),
+                b"name: app\ntype: python:3.12\nweb: {commands: {start: x}}\nhoks: {}\n".to_vec(),
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let checked = check(&sources, &AnyRuntime);
+        let error = checked.errors().next().expect("an error");
+        assert_eq!(
+            (error.file.as_str(), error.line, error.column),
+            (".platform/app.yaml", 4, 1)
+        );
+        assert!(error.to_string().contains("4 | hoks: {}"), "{error}");
+    }
+
+    #[test]
+    fn nothing_outside_the_project_is_read_even_through_a_symbolic_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let project = dir.path().join("project");
+        write_files(
+            dir.path(),
+            &[
+                ("secret.sh", b"SECRET\n"),
+                ("elsewhere/routes.yaml", b"SECRET: {}\n"),
+                (
+                    "project/.platform.app.yaml",
+                    b"name: app\ntype: python:3.12\nweb: {commands: {start: x}}\nhooks:\n  build: !include {type: string, path: inside.sh}\n  deploy: !include {type: string, path: outside.sh}\n",
+                ),
+                ("project/scripts/build.sh", b"make\n"),
+            ],
+        );
+        std::os::unix::fs::symlink("scripts/build.sh", project.join("inside.sh")).unwrap();
+        std::os::unix::fs::symlink("../secret.sh", project.join("outside.sh")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), project.join(".platform"))
+            .unwrap();
+        let sources = Sources::read_dir(&project).unwrap();
+        assert!(
+            sources
+                .included
+                .values()
+                .all(|bytes| !String::from_utf8_lossy(bytes).contains("SECRET"))
+        );
+        assert_eq!(sources.routes, None);
+        let checked = check(&sources, &AnyRuntime);
+        assert_eq!(
+            errors_at(&checked),
+            [
+                (
+                    APP_FILE.to_owned(),
+                    6,
+                    "`outside.sh` leads outside the project, through a symbolic link".to_owned()
+                ),
+                (
+                    ROUTES_FILE.to_owned(),
+                    1,
+                    "`.platform/routes.yaml` leads outside the project, through a symbolic link"
+                        .to_owned()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn included_files_too_large_or_not_text_are_errors_where_they_are_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let large = "#".repeat(yaml::MAX_SOURCE_BYTES + 1);
+        write_files(
+            dir.path(),
+            &[
+                (
+                    APP_FILE,
+                    b"name: app\ntype: python:3.12\nweb: {commands: {start: x}}\nvariables: !include large.yaml\nhooks:\n  build: !include {type: string, path: logo.png}\n  deploy: !include {type: binary, path: logo.png}\n",
+                ),
+                ("large.yaml", large.as_bytes()),
+                ("logo.png", b"\x89PNG"),
+            ],
+        );
+        let checked = check_dir(dir.path(), &AnyRuntime).unwrap();
+        assert_eq!(
+            errors_at(&checked),
+            [
+                (
+                    APP_FILE.to_owned(),
+                    4,
+                    "`large.yaml` is larger than the 1048576 bytes a configuration file may hold"
+                        .to_owned()
+                ),
+                (
+                    APP_FILE.to_owned(),
+                    6,
+                    "`logo.png` is not UTF-8 text (byte 0 is not), so it cannot be a string"
                         .to_owned()
                 ),
             ]

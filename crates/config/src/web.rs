@@ -11,8 +11,9 @@ use crate::yaml::{Node, Value};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Web {
-    /// The command that serves HTTP on `$PORT`. `None` only for a static site: one whose every
-    /// location serves files and passes no request to the app.
+    /// The command that serves HTTP on `$PORT`. `None` for a static site (one whose every
+    /// location serves files and passes no request to the app), and for a PHP app that PHP-FPM
+    /// serves.
     pub start: Option<String>,
     /// Keyed by URL path prefix (`/`, `/static`); the longest matching prefix applies. Empty
     /// means every request goes to the app, as on Platform.sh for every language but PHP.
@@ -54,7 +55,8 @@ pub struct Location {
     pub expires: Expires,
     /// Whether files that no rule matches may be served.
     pub allow: bool,
-    /// Platform.sh runs PHP scripts found in `root` when true; Lockstep never does.
+    /// Whether PHP scripts found in `root` run (PHP-FPM apps only; a passthru target always
+    /// runs). Platform.sh's default: true.
     pub scripts: bool,
     /// Added to the responses of files served from `root`.
     pub headers: BTreeMap<String, String>,
@@ -162,19 +164,42 @@ fn start_help(locations: Option<&BTreeMap<String, Location>>) -> String {
     }
 }
 
-pub(crate) fn read(report: &mut FileReport<'_>, top: &Fields<'_>) -> Option<Web> {
+/// `php`: a PHP app, which PHP-FPM serves when it has no start command.
+pub(crate) fn read(report: &mut FileReport<'_>, top: &Fields<'_>, php: bool) -> Option<Web> {
     let web = decode::section(report, top, "", "web", &WEB_KEYS, START_HELP)?;
     let socket_family = match web.get("upstream") {
         Some(upstream) => read_upstream(report, upstream),
         None => Some(SocketFamily::Tcp),
     };
     let locations = web.read_or("locations", BTreeMap::new(), |n| read_locations(report, n));
-    let start = read_start(report, &web, locations.as_ref());
+    let start = if php && web.get("commands").is_none() {
+        php_fpm_locations(report, &web, locations.as_ref())
+    } else {
+        read_start(report, &web, locations.as_ref())
+    };
     Some(Web {
         start: start?,
         locations: locations?,
         socket_family: socket_family?,
     })
+}
+
+/// A PHP app without a start command runs its scripts under PHP-FPM: it needs locations,
+/// which say where the scripts are.
+fn php_fpm_locations(
+    report: &mut FileReport<'_>,
+    web: &Fields<'_>,
+    locations: Option<&BTreeMap<String, Location>>,
+) -> Option<Option<String>> {
+    if locations.is_some_and(BTreeMap::is_empty) {
+        report.error(
+            web.owner,
+            "a PHP app without `web.commands.start` is served by PHP-FPM, which needs `web.locations`",
+            Some("add a location such as `\"/\": {root: public, passthru: /index.php}`".into()),
+        );
+        return None;
+    }
+    Some(None)
 }
 
 /// `Some(None)` when the app needs no web process: its locations only serve files.
@@ -279,8 +304,8 @@ fn read_location(report: &mut FileReport<'_>, node: &Node, path: &str) -> Option
     let allow = fields.read_or("allow", true, |n| {
         decode::boolean(report, n, &format!("{path}.allow"))
     });
-    let scripts = fields.read_or("scripts", false, |n| {
-        read_scripts(report, n, &format!("{path}.scripts"))
+    let scripts = fields.read_or("scripts", true, |n| {
+        decode::boolean(report, n, &format!("{path}.scripts"))
     });
     let headers = fields.read_or("headers", BTreeMap::new(), |n| {
         read_headers(report, n, &format!("{path}.headers"))
@@ -334,7 +359,7 @@ fn read_rule(report: &mut FileReport<'_>, node: &Node, path: &str, pattern: &str
     let allow = fields.read_opt("allow", |n| decode::boolean(report, n, &at("allow")));
     let expires = fields.read_opt("expires", |n| read_expires(report, n, &at("expires")));
     let passthru = fields.read_opt("passthru", |n| read_passthru(report, n, &at("passthru")));
-    let scripts = fields.read_opt("scripts", |n| read_scripts(report, n, &at("scripts")));
+    let scripts = fields.read_opt("scripts", |n| decode::boolean(report, n, &at("scripts")));
     let headers = fields.read_or("headers", BTreeMap::new(), |n| {
         read_headers(report, n, &at("headers"))
     });
@@ -372,21 +397,6 @@ fn read_passthru(report: &mut FileReport<'_>, node: &Node, path: &str) -> Option
 
 /// Accepted for Platform.sh compatibility; `true` asks for PHP scripts to run from the web
 /// root, which Lockstep never does, so it says so.
-fn read_scripts(report: &mut FileReport<'_>, node: &Node, path: &str) -> Option<bool> {
-    let scripts = decode::boolean(report, node, path)?;
-    if scripts {
-        report.warning(
-            node.span,
-            format!("`{path}: true` has no effect on Lockstep"),
-            Some(
-                "Lockstep does not run scripts from a web root; requests for them are served as files or sent to the app"
-                    .into(),
-            ),
-        );
-    }
-    Some(scripts)
-}
-
 fn read_headers(
     report: &mut FileReport<'_>,
     node: &Node,

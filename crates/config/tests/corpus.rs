@@ -2,6 +2,7 @@
 //! snapshot, and every valid project must pass.
 //!
 //! A case is one text file holding a project's files, each introduced by a `==> PATH <==` line.
+//! A file that is none of the configuration files is there for them to include.
 
 use lockstep_config::{Checked, Sources};
 
@@ -15,7 +16,10 @@ fn load_case(path: &std::path::Path) -> Sources {
             ".platform/routes.yaml" => &mut sources.routes,
             ".platform/services.yaml" => &mut sources.services,
             ".platform/applications.yaml" => &mut sources.applications,
-            other => panic!("{}: unknown file {other}", path.display()),
+            _ => {
+                sources.included.insert(name, body.into_bytes());
+                return;
+            }
         };
         *slot = Some(body);
     };

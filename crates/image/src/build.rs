@@ -223,6 +223,15 @@ impl Builder {
             log("  Installing dependencies with npm (the nodejs default build flavor)");
             script.push_str("npm prune --userconfig .npmrc && npm install --userconfig .npmrc\n");
         }
+        if let Some(check) = php_extensions_check(&config.app.extensions) {
+            script.push_str(&check);
+        }
+        if needs_composer_install(&config.app, &app_dir) {
+            log("  Installing dependencies with Composer (the composer build flavor)");
+            script.push_str(
+                "composer --no-ansi --no-interaction install --no-progress --prefer-dist --optimize-autoloader --no-dev\n",
+            );
+        }
         if let Some(hook) = &config.app.hooks.build {
             log("  Executing build hook...");
             script.push_str(hook);
@@ -283,14 +292,14 @@ fn dependencies_script(
 ) -> Option<String> {
     let mut script = String::new();
     for (language, packages) in dependencies {
-        if packages.is_empty() {
-            continue;
-        }
         let specs: Vec<String> = packages
             .iter()
+            // Composer itself is the machine's.
+            .filter(|(name, _)| !(language == "php" && name.as_str() == "composer/composer"))
             .map(|(name, version)| match language.as_str() {
                 "nodejs" if version == "*" => shell_quote(name),
                 "nodejs" => shell_quote(&format!("{name}@{version}")),
+                "php" => shell_quote(&format!("{name}:{version}")),
                 _ if version == "*" => shell_quote(name),
                 _ if version.starts_with(|c: char| c.is_ascii_digit()) => {
                     shell_quote(&format!("{name}=={version}"))
@@ -298,9 +307,15 @@ fn dependencies_script(
                 _ => shell_quote(&format!("{name}{version}")),
             })
             .collect();
+        if specs.is_empty() {
+            continue;
+        }
         let command = match language.as_str() {
             "nodejs" => "npm install --global --prefix \"$PLATFORM_APP_DIR/.global\"",
-            // The config check admits only python, python3 and nodejs.
+            "php" => {
+                "COMPOSER_HOME=\"$PLATFORM_APP_DIR/.global\" composer --no-ansi --no-interaction global require"
+            }
+            // The config check admits only python, python3, nodejs and php.
             _ => {
                 "PYTHONUSERBASE=\"$PLATFORM_APP_DIR/.global\" python3 -m pip install --user --no-warn-script-location"
             }
@@ -312,6 +327,28 @@ fn dependencies_script(
 
 fn shell_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', "'\\''"))
+}
+
+/// Stops the build with the Debian package to install for each PHP extension in `extensions`
+/// that the machine's PHP lacks.
+fn php_extensions_check(extensions: &[String]) -> Option<String> {
+    if extensions.is_empty() {
+        return None;
+    }
+    // The config check admits only names of letters, digits and `_`.
+    Some(format!(
+        "for extension in {}; do php -m | grep -qix \"$extension\" || {{ version=$(php -r 'echo PHP_MAJOR_VERSION.\".\".PHP_MINOR_VERSION;'); echo \"error: the PHP extension $extension is not installed: install the Debian package php$version-$extension\" >&2; exit 1; }}; done\n",
+        extensions.join(" ")
+    ))
+}
+
+fn needs_composer_install(app: &lockstep_config::AppConfig, app_dir: &Path) -> bool {
+    let flavor = match app.build_flavor {
+        BuildFlavor::Composer => true,
+        BuildFlavor::Default => app.language() == "php",
+        BuildFlavor::None => false,
+    };
+    flavor && app_dir.join("composer.json").exists()
 }
 
 fn needs_npm_install(app: &lockstep_config::AppConfig, app_dir: &Path) -> bool {
@@ -404,5 +441,25 @@ mod tests {
         );
         assert_eq!(dependencies_script(&BTreeMap::new()), None);
         assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+
+    #[test]
+    fn php_dependencies_go_through_composer_except_composer_itself() {
+        let only_composer = BTreeMap::from([(
+            "php".to_owned(),
+            BTreeMap::from([("composer/composer".to_owned(), "^2".to_owned())]),
+        )]);
+        assert_eq!(dependencies_script(&only_composer), None);
+        let with_a_tool = BTreeMap::from([(
+            "php".to_owned(),
+            BTreeMap::from([
+                ("composer/composer".to_owned(), "^2".to_owned()),
+                ("drush/drush".to_owned(), "^12".to_owned()),
+            ]),
+        )]);
+        assert_eq!(
+            dependencies_script(&with_a_tool).unwrap(),
+            "COMPOSER_HOME=\"$PLATFORM_APP_DIR/.global\" composer --no-ansi --no-interaction global require 'drush/drush:^12'\n"
+        );
     }
 }
