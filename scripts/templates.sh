@@ -11,7 +11,7 @@
 #   ~/lockstep/scripts/templates.sh ~/templates
 #
 # A failure caused by the machine rather than by Lockstep (a host its network cannot reach) is
-# named as such.
+# named as such. Each push's whole output is kept in LOGS when that variable names a folder.
 set -euo pipefail
 
 if [ $# -ne 1 ] || [ ! -d "$1" ]; then
@@ -53,7 +53,7 @@ first_failure() {
     echo "machine: cannot reach the network (${unreachable})"
     return
   fi
-  grep -E "^remote: (error|.*failed|.*[Ee]rror)" "$log" | head -1 | sed -E 's/^remote: +//' | cut -c1-110
+  { grep -E "^remote: (error|.*failed|.*[Ee]rror)" "$log" || true; } | head -1 | sed -E 's/^remote: +//' | cut -c1-110
 }
 
 rows=()
@@ -62,7 +62,7 @@ for folder in "$templates"/*/; do
   branch="t-$(echo "$name" | tr -c 'a-z0-9\n' '-' | cut -c1-30)"
   copy="$work/$name"
   git clone --quiet "$folder" "$copy"
-  log="$work/$name.log"
+  log="${LOGS:-$work}/$name.log"
 
   if "$lockstep" config check "$copy" >"$log" 2>&1; then check=ok; else check=FAIL; fi
   git -C "$copy" -c credential.helper="!$lockstep --data-dir $data credential" \
@@ -78,7 +78,7 @@ for folder in "$templates"/*/; do
   esac
   failure=$(first_failure "$log")
   if [ "$check" = FAIL ] && [ -z "$failure" ]; then
-    failure=$(grep -m1 -E "^error" "$log" | cut -c1-110)
+    failure=$({ grep -m1 -E "^error" "$log" || true; } | cut -c1-110)
   fi
   rows+=("$(printf '| %-12s | %-6s | %-6s | %-6s | %-10s | %s |' "$name" "$check" "$build" "$deploy" "$serves" "${failure:--}")")
   echo "$name: check $check, build $build, deploy $deploy, serves $serves" >&2

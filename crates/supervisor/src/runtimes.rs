@@ -91,12 +91,42 @@ pub fn resolve(runtime: &str, strict: bool) -> Result<Runtime, RuntimeError> {
             nearest
         }
     };
+    let mut commands = chosen.commands.clone();
+    if exact.is_none() {
+        commands.extend(versioned_aliases(
+            &chosen.commands,
+            &chosen.version,
+            version,
+        ));
+    }
     Ok(Runtime {
         requested: runtime.to_owned(),
         version: chosen.version.clone(),
         exact: exact.is_some(),
-        commands: chosen.commands.clone(),
+        commands,
     })
+}
+
+/// The version-named programs of the version that runs (`python3.11`, `pip3.11`, `php8.2`) under
+/// the names of the version asked for (`python3.10`), since the nearest version stands in for
+/// it: a build hook that calls `python3.10` gets what `type` got.
+fn versioned_aliases(
+    commands: &BTreeMap<String, PathBuf>,
+    found: &str,
+    requested: &str,
+) -> BTreeMap<String, PathBuf> {
+    let plain = !requested.is_empty() && requested.chars().all(|c| c.is_ascii_digit() || c == '.');
+    if !plain || found.is_empty() {
+        return BTreeMap::new();
+    }
+    commands
+        .values()
+        .filter_map(|path| {
+            let name = path.file_name()?.to_str()?;
+            let prefix = name.strip_suffix(found)?;
+            Some((format!("{prefix}{requested}"), path.clone()))
+        })
+        .collect()
 }
 
 /// One installed version of a language.
@@ -363,6 +393,27 @@ fn advice(language: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stand_in_version_answers_to_the_names_of_the_version_asked_for() {
+        let commands = BTreeMap::from([
+            ("python3".to_owned(), PathBuf::from("/usr/bin/python3.11")),
+            ("pip".to_owned(), PathBuf::from("/usr/bin/pip3.11")),
+            ("node".to_owned(), PathBuf::from("/usr/bin/node")),
+        ]);
+        let aliases = versioned_aliases(&commands, "3.11", "3.10");
+        assert_eq!(
+            aliases,
+            BTreeMap::from([
+                ("pip3.10".to_owned(), PathBuf::from("/usr/bin/pip3.11")),
+                (
+                    "python3.10".to_owned(),
+                    PathBuf::from("/usr/bin/python3.11")
+                ),
+            ])
+        );
+        assert!(versioned_aliases(&commands, "3.11", "3;rm").is_empty());
+    }
 
     #[test]
     fn the_nearest_version_is_the_closest_major_then_minor_then_the_newer() {
