@@ -232,6 +232,11 @@ impl Builder {
                 "composer --no-ansi --no-interaction install --no-progress --prefer-dist --optimize-autoloader --no-dev\n",
             );
         }
+        // What Lockstep runs before the hook stops the build at its first failure; the hook
+        // itself runs as written (its own `set -e`, or not), as on Platform.sh.
+        if !script.is_empty() {
+            script = format!("set -e\n{script}set +e\n");
+        }
         if let Some(hook) = &config.app.hooks.build {
             log("  Executing build hook...");
             script.push_str(hook);

@@ -434,3 +434,26 @@ fn a_language_not_installed_fails_the_check_naming_its_package() {
     }
     assert!(!log.iter().any(|l| l.contains("Executing build hook")));
 }
+
+#[test]
+fn a_failing_dependency_install_fails_the_build_before_its_hook() {
+    let (data, builder) = fresh_builder();
+    let repo = Repo::new(
+        "name: app\ntype: \"php:8.2\"\nbuild:\n  flavor: composer\nhooks:\n  build: echo the hook ran\nweb:\n  locations:\n    \"/\":\n      root: \"\"\n      passthru: /index.php\n",
+    );
+    // Not JSON: Composer fails at once, with no network needed.
+    repo.write("composer.json", "{ not json");
+    repo.commit();
+    let (result, log) = build(&builder, &repo, &no_variables());
+    assert!(
+        matches!(result, Err(BuildError::Hook(HookFailure::Exited { .. }))),
+        "{result:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("Installing dependencies with Composer")),
+        "{log:?}"
+    );
+    assert!(!log.iter().any(|l| l.contains("the hook ran")), "{log:?}");
+    assert_eq!(fs::read_dir(data.path().join("images")).unwrap().count(), 0);
+}
