@@ -386,6 +386,10 @@ struct BuildEnv<'a> {
 /// The build hook's whole environment (SPEC section 5, "Build").
 fn build_env(build: &BuildEnv<'_>) -> BTreeMap<String, String> {
     let mut env = app_env(build.operator);
+    // Debian's Python refuses `pip install --user` (PEP 668) to protect the system's packages;
+    // in the sandbox `/usr` is read-only and installs land in `/app`, as on Platform.sh. A
+    // variable may still say otherwise.
+    env.insert("PIP_BREAK_SYSTEM_PACKAGES".into(), "1".into());
     // Variables next: what the platform provides below overrides them, as on Platform.sh.
     env.extend(crate::variables_env(build.variables));
     let provided = [
