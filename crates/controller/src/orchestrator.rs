@@ -817,6 +817,7 @@ async fn send(
             let outcome = agents.hook(agent, env, &request, timeout).await?;
             Ok(Reply::Hook {
                 succeeded: outcome.state == HookState::Succeeded,
+                output: outcome.output,
             })
         }
         Request::Open { generation } => agents

@@ -133,6 +133,9 @@ pub enum Reply {
     /// The hook's outcome; `false` also for a hook interrupted by an agent restart.
     Hook {
         succeeded: bool,
+        /// The last lines of its output, said in the activity's log when it failed.
+        #[serde(default)]
+        output: Vec<String>,
     },
 }
 

@@ -212,13 +212,24 @@ impl Deployment {
             _ => return,
         };
         for (node, result) in round.results() {
-            if let NodeResult::Hook { succeeded, detail } = result {
+            if let NodeResult::Hook {
+                succeeded,
+                detail,
+                output,
+            } = result
+            {
                 out.push(Command::Log(activity_log::hook_outcome(
                     hook_name(hook),
                     node,
                     *succeeded,
                     detail.as_deref(),
                 )));
+                // A failure says why in the hook's own words.
+                if !*succeeded {
+                    for line in output {
+                        out.push(Command::Log(format!("  {line}")));
+                    }
+                }
                 let succeeded = *succeeded;
                 self.append(out, Record::HookOutcome { hook, succeeded });
             }

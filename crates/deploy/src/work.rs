@@ -37,6 +37,8 @@ pub(crate) enum NodeResult {
     Hook {
         succeeded: bool,
         detail: Option<String>,
+        /// The last lines of the hook's output.
+        output: Vec<String>,
     },
     /// The node answered that it could not do it (before close: the deployment aborts; in the
     /// swap: the new release does not start).
@@ -110,6 +112,7 @@ impl Work {
             Work::Phase(Phase::PostDeploy) => NodeResult::Hook {
                 succeeded: false,
                 detail: Some("no answer".into()),
+                output: Vec::new(),
             },
             _ => NodeResult::Lost(format!(
                 "did not answer to {} after {TRIES} tries",
@@ -148,6 +151,7 @@ impl Work {
             Request::RunHook { .. } => Verdict::Settled(NodeResult::Hook {
                 succeeded: false,
                 detail: Some(why),
+                output: Vec::new(),
             }),
             // Refused: the node is not open at the generation any more, so it restarted.
             Request::StartBackground { .. } if refused => Verdict::Reopen,
@@ -166,16 +170,18 @@ fn open_at(generation: u64) -> Vec<Request> {
 
 fn judge_reply(request: &Request, reply: &Reply) -> Verdict {
     match (request, reply) {
-        (Request::RunHook { .. }, Reply::Hook { succeeded }) => {
+        (Request::RunHook { .. }, Reply::Hook { succeeded, output }) => {
             Verdict::Settled(NodeResult::Hook {
                 succeeded: *succeeded,
                 detail: None,
+                output: output.clone(),
             })
         }
         // An outcome never guessed (I2): an answer without one counts as a failure.
         (Request::RunHook { .. }, Reply::Done) => Verdict::Settled(NodeResult::Hook {
             succeeded: false,
             detail: Some("the agent answered without the hook's outcome".into()),
+            output: Vec::new(),
         }),
         _ => Verdict::Done,
     }

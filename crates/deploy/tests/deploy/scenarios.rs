@@ -21,7 +21,10 @@ enum Answer {
 
 fn fine(_node: &str, request: &Request) -> Answer {
     match request {
-        Request::RunHook { .. } => Answer::Reply(Ok(Reply::Hook { succeeded: true })),
+        Request::RunHook { .. } => Answer::Reply(Ok(Reply::Hook {
+            succeeded: true,
+            output: Vec::new(),
+        })),
         _ => Answer::Reply(Ok(Reply::Done)),
     }
 }
@@ -31,7 +34,10 @@ fn refused(why: &str) -> Answer {
 }
 
 fn hook(succeeded: bool) -> Answer {
-    Answer::Reply(Ok(Reply::Hook { succeeded }))
+    Answer::Reply(Ok(Reply::Hook {
+        succeeded,
+        output: Vec::new(),
+    }))
 }
 
 struct Driver {
@@ -644,6 +650,41 @@ fn a_failed_post_deploy_hook_is_only_logged() {
     assert!(driver.logs().contains(
         &"The post_deploy hook failed on production-1; the new release serves anyway".to_string()
     ));
+}
+
+#[test]
+fn a_failed_hook_says_why_in_its_own_words_and_a_succeeded_one_says_nothing() {
+    let answered = |succeeded: bool| {
+        move |node: &str, request: &Request| match request {
+            Request::RunHook {
+                hook: HookKind::Deploy,
+            } => Answer::Reply(Ok(Reply::Hook {
+                succeeded,
+                output: vec![
+                    "Running migrations".into(),
+                    "relation \"notes\" exists".into(),
+                ],
+            })),
+            _ => fine(node, request),
+        }
+    };
+    let mut failed = Driver::start(plan(2));
+    failed.run(answered(false));
+    let logs = failed.logs();
+    let outcome = logs
+        .iter()
+        .position(|l| l == "The deploy hook failed on production-1")
+        .expect("the outcome is logged");
+    assert_eq!(logs[outcome + 1], "  Running migrations");
+    assert_eq!(logs[outcome + 2], "  relation \"notes\" exists");
+    let mut succeeded = Driver::start(plan(2));
+    succeeded.run(answered(true));
+    assert!(
+        !succeeded
+            .logs()
+            .iter()
+            .any(|l| l.contains("Running migrations"))
+    );
 }
 
 #[test]

@@ -195,7 +195,10 @@ impl SimNode {
         } else {
             HookState::Failed
         };
-        Some(Reply::Hook { succeeded })
+        Some(Reply::Hook {
+            succeeded,
+            output: Vec::new(),
+        })
     }
 
     pub fn crash(&mut self) {
@@ -228,5 +231,8 @@ fn refused(why: &str) -> Handling {
 }
 
 fn hook_answer(succeeded: bool) -> Handling {
-    Handling::Answer(Ok(Reply::Hook { succeeded }))
+    Handling::Answer(Ok(Reply::Hook {
+        succeeded,
+        output: Vec::new(),
+    }))
 }
