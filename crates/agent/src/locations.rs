@@ -195,13 +195,13 @@ impl Served {
             Passthru::No => Decision::NotFound,
             Passthru::App if self.php => Decision::NotFound,
             Passthru::App => Decision::App(None),
-            Passthru::Path(target) if self.php => match follow {
-                true => match self.decide_following(&target, true, false) {
+            Passthru::Path(target) if self.php && follow => {
+                match self.decide_following(&target, true, false) {
                     script @ Decision::Script(_) => script,
                     _ => Decision::NotFound,
-                },
-                false => Decision::NotFound,
-            },
+                }
+            }
+            Passthru::Path(_) if self.php => Decision::NotFound,
             Passthru::Path(target) => Decision::App(Some(target)),
         }
     }

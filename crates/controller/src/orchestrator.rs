@@ -510,15 +510,12 @@ impl Controller {
         running: &[lockstep_proto::agent::ServiceStatus],
     ) -> Result<bool, ControllerError> {
         let stored = self.store.services(environment)?;
-        let first = self.store.nodes(environment)?.into_iter().next();
+        let nodes = self.store.nodes(environment)?;
         Ok(running.iter().any(|status| {
             let Some(service) = stored.iter().find(|s| s.name == status.name) else {
                 return false;
             };
-            let primary_node = service
-                .primary_node
-                .as_deref()
-                .or(first.as_ref().map(|n| n.name.as_str()));
+            let primary_node = service.primary_on(&nodes);
             match &status.role {
                 ServiceRole::Primary { .. } => primary_node != Some(node.name.as_str()),
                 ServiceRole::Replica { primary, .. } | ServiceRole::Remote { primary } => {
@@ -599,11 +596,7 @@ impl Controller {
             )));
         };
         let nodes = self.store.nodes(environment)?;
-        let primary_node = stored
-            .primary_node
-            .clone()
-            .or_else(|| nodes.first().map(|n| n.name.clone()))
-            .unwrap_or_default();
+        let primary_node = stored.primary_on(&nodes).unwrap_or_default().to_owned();
         if nodes.len() < 2 {
             return Err(ControllerError::Promotion(format!(
                 "{environment} runs on one node: {service} has no replica to promote"

@@ -115,8 +115,7 @@ pub(crate) async fn place(
         stored
             .iter()
             .find(|s| s.name == service)
-            .and_then(|s| s.primary_node.as_deref())
-            .filter(|node| nodes.iter().any(|n| n.name == *node))
+            .and_then(|s| s.primary_on(nodes))
             .unwrap_or(first.name.as_str())
     };
     // A primary on a node that does not answer is where it was last placed.

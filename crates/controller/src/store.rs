@@ -144,6 +144,17 @@ pub struct StoredService {
     pub primary_address: Option<String>,
 }
 
+impl StoredService {
+    /// The node of its primary among `nodes`: the one a promotion recorded, while it is one of
+    /// them; else the first.
+    pub fn primary_on<'a>(&'a self, nodes: &'a [Node]) -> Option<&'a str> {
+        self.primary_node
+            .as_deref()
+            .filter(|recorded| nodes.iter().any(|n| n.name == *recorded))
+            .or(nodes.first().map(|n| n.name.as_str()))
+    }
+}
+
 /// Environments' Unix users are numbered from here up: above the ids Debian gives users and
 /// its dynamic range, below the ranges rootless containers usually take (`/etc/subuid`).
 pub const FIRST_UID: u32 = 70001;
