@@ -41,6 +41,11 @@ pub struct AppConfig {
     /// Megabytes.
     pub disk: Option<u64>,
     pub access: Access,
+    /// The repository folder the app is built from, without leading or trailing `/`: its
+    /// `source.root`, else the folder of its `.platform.app.yaml`; empty for the repository
+    /// root. Only that folder is the app's tree (at `/app`).
+    #[serde(default)]
+    pub source_root: String,
     /// The app's configuration as written, as JSON (with `name` when its key gave it): what
     /// Platform.sh gives the app as `PLATFORM_APPLICATION`.
     #[serde(default)]
@@ -172,11 +177,14 @@ const UTC_NAMES: &[&str] = &[
 ];
 
 /// Reads one app. `named` is the key that names it in `.platform/applications.yaml`, where the
-/// app may leave out `name`.
+/// app may leave out `name`; `folder` is where its configuration file is (the repository root
+/// for `.platform/applications.yaml`), which is the app's folder unless `source.root` says
+/// another.
 pub(crate) fn read(
     report: &mut FileReport<'_>,
     root: &Node,
     named: Option<&Key>,
+    folder: &str,
     runtimes: &dyn crate::Runtimes,
 ) -> Option<AppConfig> {
     let top = decode::fields(report, root, "", &APP_KEYS);
@@ -189,9 +197,9 @@ pub(crate) fn read(
         "name the runtime, such as `type: \"python:3.11\"`",
     )
     .and_then(|n| read_runtime(report, n, runtimes));
-    if let Some(source) = top.get("source") {
-        check_source(report, source);
-    }
+    let source_root = top.read_or("source", folder.to_owned(), |n| {
+        read_source_root(report, n, folder)
+    });
     if let Some(timezone) = top.get("timezone") {
         check_timezone(report, timezone);
     }
@@ -251,6 +259,7 @@ pub(crate) fn read(
         variables: variables?,
         disk: disk?,
         access: access?,
+        source_root: source_root?,
     })
 }
 
@@ -335,28 +344,14 @@ fn read_runtime(
     Some(runtime)
 }
 
-/// `source.root` moves the app into a folder of the repository; Lockstep builds the repository
-/// root, so only a root that names it is accepted.
-fn check_source(report: &mut FileReport<'_>, node: &Node) {
+/// `source.root`: the app's folder, from the repository root; `folder` when it is not given.
+fn read_source_root(report: &mut FileReport<'_>, node: &Node, folder: &str) -> Option<String> {
     let source = decode::fields(report, node, "source", &SOURCE_KEYS);
     let Some(root) = source.get("root").filter(|r| r.value != Value::Null) else {
-        return;
+        return Some(folder.to_owned());
     };
-    let Some(folder) = decode::string(report, root, "source.root")
+    decode::string(report, root, "source.root")
         .and_then(|r| decode::folder(report, &r, root.span, "`source.root`", true))
-    else {
-        return;
-    };
-    if !folder.is_empty() {
-        report.error(
-            root.span,
-            format!("`source.root: {folder}` is not supported by Lockstep yet"),
-            Some(
-                "Lockstep builds the app from the repository root: move the app there, or remove `source.root`"
-                    .into(),
-            ),
-        );
-    }
 }
 
 /// Platform.sh's `timezone` only sets the zone crons run in. Lockstep runs them in UTC, so UTC

@@ -76,6 +76,9 @@ pub struct Project {
 #[derive(Debug, Clone, Default)]
 pub struct Sources {
     pub app: Option<String>,
+    /// The `.platform.app.yaml` of each app folder below the repository root, by its path
+    /// (`search/.platform.app.yaml`).
+    pub nested_apps: BTreeMap<String, String>,
     pub routes: Option<String>,
     pub services: Option<String>,
     pub applications: Option<String>,
@@ -128,6 +131,11 @@ impl Sources {
             applications: folder.configuration(APPLICATIONS_FILE)?,
             ..Sources::default()
         };
+        for path in folder.nested_app_files(APP_FILE) {
+            if let Some(text) = folder.configuration(&path)? {
+                sources.nested_apps.insert(path, text);
+            }
+        }
         // The includes are found as the check will find them, by resolving them: their values
         // are not kept, only the files read.
         for (file, text) in sources.configuration_texts() {
@@ -139,12 +147,17 @@ impl Sources {
         Ok(sources)
     }
 
-    fn configuration_texts(&self) -> impl Iterator<Item = (&'static str, &str)> {
+    fn configuration_texts(&self) -> impl Iterator<Item = (&str, &str)> {
         let texts = [&self.app, &self.routes, &self.services, &self.applications];
+        let nested = self
+            .nested_apps
+            .iter()
+            .map(|(file, text)| (file.as_str(), text.as_str()));
         CONFIGURATION_FILES
             .into_iter()
             .zip(texts)
             .filter_map(|(file, text)| Some((file, text.as_deref()?)))
+            .chain(nested)
     }
 
     /// The text of an included YAML file, which was read as YAML so is text.
@@ -177,7 +190,7 @@ pub fn check_dir(dir: &Path, runtimes: &dyn Runtimes) -> Result<Checked, ConfigE
 /// Validates configuration text, for a machine offering `runtimes`. Never panics, whatever the
 /// input.
 pub fn check(sources: &Sources, runtimes: &dyn Runtimes) -> Checked {
-    let (mut app_report, app) = read_app(sources, runtimes);
+    let (mut app_reports, app) = read_app(sources, runtimes);
     let mut routes_report = report_for(ROUTES_FILE, &sources.routes);
     let mut services_report = report_for(SERVICES_FILE, &sources.services);
     let routes = match &sources.routes {
@@ -198,8 +211,9 @@ pub fn check(sources: &Sources, runtimes: &dyn Runtimes) -> Checked {
     };
     let project = match (app, routes, services) {
         (Some(app), Some(routes), Some(services)) => {
+            let app_report = &mut app_reports[0];
             check_upstreams(&mut routes_report, app_report.file(), &app, &routes);
-            check_relationships(&mut app_report, &app, &services);
+            check_relationships(app_report, &app, &services);
             Some(Project {
                 app,
                 routes,
@@ -211,7 +225,7 @@ pub fn check(sources: &Sources, runtimes: &dyn Runtimes) -> Checked {
     let unreadable_reports = sources
         .unreadable
         .iter()
-        .filter(|(file, _)| CONFIGURATION_FILES.contains(&file.as_str()))
+        .filter(|(file, _)| is_configuration_file(file))
         .map(|(file, why)| {
             let mut report = FileReport::new(file.clone(), "");
             report.error(
@@ -223,26 +237,71 @@ pub fn check(sources: &Sources, runtimes: &dyn Runtimes) -> Checked {
         });
     // An unreadable file hides what the project is: no project then.
     let project = project.filter(|_| sources.unreadable.is_empty());
-    let reports = [app_report, routes_report, services_report];
-    finish(project, reports.into_iter().chain(unreadable_reports))
+    let reports = app_reports
+        .into_iter()
+        .chain([routes_report, services_report]);
+    finish(project, reports.chain(unreadable_reports))
+}
+
+/// One of the files that configure a project, the app files of app folders included.
+fn is_configuration_file(file: &str) -> bool {
+    CONFIGURATION_FILES.contains(&file) || file.ends_with(&format!("/{APP_FILE}"))
 }
 
 fn report_for<'a>(file: &str, text: &'a Option<String>) -> FileReport<'a> {
     FileReport::new(file, text.as_deref().unwrap_or_default())
 }
 
-/// The app, from `.platform.app.yaml` or else from `.platform/applications.yaml`, with the report
-/// of the file it came from.
+/// The app, from `.platform/applications.yaml` or else from the `.platform.app.yaml` files (at
+/// the root, or one in each app folder), with the reports of the files it came from.
 fn read_app<'a>(
     sources: &'a Sources,
     runtimes: &dyn Runtimes,
-) -> (FileReport<'a>, Option<AppConfig>) {
-    let Some(text) = &sources.applications else {
-        let mut report = report_for(APP_FILE, &sources.app);
-        let app = match &sources.app {
+) -> (Vec<FileReport<'a>>, Option<AppConfig>) {
+    let app_files: Vec<(&str, &'a str)> = sources
+        .app
+        .iter()
+        .map(|text| (APP_FILE, text.as_str()))
+        .chain(
+            sources
+                .nested_apps
+                .iter()
+                .map(|(file, text)| (file.as_str(), text.as_str())),
+        )
+        .collect();
+    if let Some(text) = &sources.applications {
+        let mut report = FileReport::new(APPLICATIONS_FILE, text);
+        if let Some((file, _)) = app_files.first() {
+            report.error(
+                Default::default(),
+                format!(
+                    "the project configures apps in both `{file}` and `{APPLICATIONS_FILE}`, and Lockstep runs one app"
+                ),
+                Some("keep the app in one of the two files and delete the other".into()),
+            );
+            return (vec![report], None);
+        }
+        let app = parse_file(&mut report, text, sources)
+            .and_then(|root| read_single_app(&mut report, &root, runtimes));
+        return (vec![report], app);
+    }
+    let mut reports = Vec::new();
+    let mut apps = Vec::new();
+    for (file, text) in &app_files {
+        let mut report = FileReport::new(*file, text);
+        let folder = file.strip_suffix(APP_FILE).unwrap_or_default();
+        let folder = folder.trim_end_matches('/');
+        apps.push(
+            parse_file(&mut report, text, sources)
+                .and_then(|root| app::read(&mut report, &root, None, folder, runtimes)),
+        );
+        reports.push(report);
+    }
+    match reports.as_mut_slice() {
+        [] => {
+            let mut report = report_for(APP_FILE, &sources.app);
             // Reported as unreadable, not as missing.
-            None if sources.unreadable.iter().any(|(file, _)| file == APP_FILE) => None,
-            None => {
+            if !sources.unreadable.iter().any(|(file, _)| file == APP_FILE) {
                 report.error(
                     Default::default(),
                     "the project has no `.platform.app.yaml`",
@@ -250,27 +309,22 @@ fn read_app<'a>(
                         "add `{APP_FILE}` at the repository root, with at least {MINIMUM_APP}"
                     )),
                 );
-                None
             }
-            Some(text) => parse_file(&mut report, text, sources)
-                .and_then(|root| app::read(&mut report, &root, None, runtimes)),
-        };
-        return (report, app);
-    };
-    let mut report = FileReport::new(APPLICATIONS_FILE, text);
-    if sources.app.is_some() {
-        report.error(
-            Default::default(),
-            format!(
-                "the project configures apps in both `{APP_FILE}` and `{APPLICATIONS_FILE}`, and Lockstep runs one app"
-            ),
-            Some("keep the app in one of the two files and delete the other".into()),
-        );
-        return (report, None);
+            (vec![report], None)
+        }
+        [_] => (reports, apps.pop().flatten()),
+        [first, second, ..] => {
+            second.error(
+                Default::default(),
+                format!(
+                    "projects with several apps are not supported by Lockstep yet: `{}` configures another",
+                    first.file()
+                ),
+                Some("keep one `.platform.app.yaml` in the repository".into()),
+            );
+            (reports, None)
+        }
     }
-    let app = parse_file(&mut report, text, sources)
-        .and_then(|root| read_single_app(&mut report, &root, runtimes));
-    (report, app)
 }
 
 const MINIMUM_APP: &str = "`name`, `type` and `web.commands.start`";
@@ -315,7 +369,7 @@ fn read_single_app(
         }
     };
     match apps.as_slice() {
-        [(named, app, _)] => app::read(report, app, *named, runtimes),
+        [(named, app, _)] => app::read(report, app, *named, "", runtimes),
         [] => {
             report.error(root.span, "this file defines no app", None);
             None
@@ -766,6 +820,49 @@ mod tests {
         let passing =
             app_only("name: app\ntype: nodejs:18\nweb:\n  locations:\n    /: {passthru: true}\n");
         assert_eq!(messages(&passing), ["`web.commands` is required"]);
+    }
+
+    #[test]
+    fn the_app_is_built_from_its_files_folder_or_its_source_root() {
+        let app = "name: app\ntype: python:3.11\nweb: {commands: {start: ./run}}\n";
+        let root_of = |sources: Sources| {
+            check(&sources, &AnyRuntime)
+                .project
+                .expect("valid")
+                .app
+                .source_root
+        };
+        let at_root = Sources {
+            app: Some(app.into()),
+            ..Default::default()
+        };
+        assert_eq!(root_of(at_root), "");
+        let in_folder = Sources {
+            nested_apps: [("apps/search/.platform.app.yaml".into(), app.into())].into(),
+            ..Default::default()
+        };
+        assert_eq!(root_of(in_folder), "apps/search");
+        let moved = Sources {
+            app: Some(format!("{app}source: {{root: /backend/}}\n")),
+            ..Default::default()
+        };
+        assert_eq!(root_of(moved), "backend");
+        let listed = Sources {
+            applications: Some("api:\n  type: python:3.11\n  source: {root: api}\n  web: {commands: {start: ./run}}\n".into()),
+            ..Default::default()
+        };
+        assert_eq!(root_of(listed), "api");
+        let escaping = check(
+            &Sources {
+                app: Some(format!("{app}source: {{root: ../elsewhere}}\n")),
+                ..Default::default()
+            },
+            &AnyRuntime,
+        );
+        assert_eq!(
+            messages(&escaping),
+            ["`source.root` is not a valid path: it must not contain `..`"]
+        );
     }
 
     #[test]

@@ -23,6 +23,10 @@ pub(crate) struct ProjectFolder {
     pub unreadable: Vec<(String, String)>,
 }
 
+/// Bounds on the search for app folders, so that a huge repository costs little to check.
+const MAX_FOLDERS_SEARCHED: usize = 20_000;
+const MAX_SEARCH_DEPTH: usize = 8;
+
 enum FileBytes {
     Missing,
     Bytes(Vec<u8>),
@@ -61,6 +65,43 @@ impl ProjectFolder {
                 Ok(None)
             }
         }
+    }
+
+    /// The files called `name` in the project's folders below its root, by their path from the
+    /// root, in byte order. Links are not followed, and hidden folders (`.git`) are not
+    /// searched; neither is anything past [`MAX_FOLDERS_SEARCHED`] folders, or deeper than
+    /// [`MAX_SEARCH_DEPTH`].
+    pub fn nested_app_files(&self, name: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut folders = vec![(String::new(), 0)];
+        let mut searched = 0;
+        while let Some((folder, depth)) = folders.pop() {
+            searched += 1;
+            if searched > MAX_FOLDERS_SEARCHED {
+                break;
+            }
+            let Ok(entries) = std::fs::read_dir(self.root.join(&folder)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Some(entry_name) = entry.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                let path = if folder.is_empty() {
+                    entry_name.clone()
+                } else {
+                    format!("{folder}/{entry_name}")
+                };
+                let is_folder = entry.file_type().is_ok_and(|t| t.is_dir());
+                if is_folder && !entry_name.starts_with('.') && depth < MAX_SEARCH_DEPTH {
+                    folders.push((path, depth + 1));
+                } else if !folder.is_empty() && entry_name == name {
+                    found.push(path);
+                }
+            }
+        }
+        found.sort();
+        found
     }
 
     /// The file at `name` from the project root, read only if it really is in the project.

@@ -16,6 +16,10 @@ fn load_case(path: &std::path::Path) -> Sources {
             ".platform/routes.yaml" => &mut sources.routes,
             ".platform/services.yaml" => &mut sources.services,
             ".platform/applications.yaml" => &mut sources.applications,
+            nested if nested.ends_with("/.platform.app.yaml") => {
+                sources.nested_apps.insert(name, body);
+                return;
+            }
             _ => {
                 sources.included.insert(name, body.into_bytes());
                 return;

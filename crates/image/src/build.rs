@@ -64,6 +64,10 @@ pub enum BuildError {
     Git(String),
     #[error("the configuration has {} error(s)", .0.iter().filter(|d| d.is_error()).count())]
     InvalidConfig(Vec<Diagnostic>),
+    #[error(
+        "the app's folder `{0}` (its `source.root`) is not a folder of the repository: commit it, or correct `source.root`"
+    )]
+    NoAppFolder(String),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error("the build hook failed")]
@@ -151,17 +155,20 @@ impl Builder {
             .prefix("build-")
             .tempdir_in(&self.work_root)
             .map_err(workspace(&self.work_root))?;
-        let app_dir = work.path().join(APP_PREFIX);
-        std::fs::create_dir(&app_dir).map_err(workspace(&app_dir))?;
-        checkout::checkout(request.repo, &tree_id, &app_dir, request.git_env)?;
-        let checked = lockstep_config::check_dir(&app_dir, &lockstep_supervisor::HostRuntimes)
+        let tree_dir = work.path().join("tree");
+        std::fs::create_dir(&tree_dir).map_err(workspace(&tree_dir))?;
+        checkout::checkout(request.repo, &tree_id, &tree_dir, request.git_env)?;
+        let checked = lockstep_config::check_dir(&tree_dir, &lockstep_supervisor::HostRuntimes)
             .map_err(|e| BuildError::Workspace {
-                path: app_dir.clone(),
+                path: tree_dir.clone(),
                 source: std::io::Error::other(e),
             })?;
         let Some(config) = checked.project else {
             return Err(BuildError::InvalidConfig(checked.diagnostics));
         };
+        // The app's folder is all the image holds: the rest of the repository is not the app's.
+        let app_dir = work.path().join(APP_PREFIX);
+        take_app_folder(&tree_dir, &config.app.source_root, &app_dir)?;
         log(&format!(
             "Building application '{}' (runtime type: {}, tree: {})",
             config.app.name,
@@ -275,6 +282,24 @@ impl Builder {
             reused: false,
         })
     }
+}
+
+/// Moves the app's folder of the checked-out tree to `app_dir`. The folder must be a real folder
+/// of the tree: a link could lead the build anywhere.
+fn take_app_folder(tree_dir: &Path, source_root: &str, app_dir: &Path) -> Result<(), BuildError> {
+    let folder = tree_dir.join(source_root);
+    let mut walked = tree_dir.to_owned();
+    for part in Path::new(source_root).components() {
+        walked.push(part);
+        let is_folder = std::fs::symlink_metadata(&walked).is_ok_and(|m| m.is_dir());
+        if !is_folder {
+            return Err(BuildError::NoAppFolder(source_root.to_owned()));
+        }
+    }
+    std::fs::rename(&folder, app_dir).map_err(|source| BuildError::Workspace {
+        path: folder.clone(),
+        source,
+    })
 }
 
 /// The hash of every input that can change what a build produces.

@@ -457,3 +457,48 @@ fn a_failing_dependency_install_fails_the_build_before_its_hook() {
     assert!(!log.iter().any(|l| l.contains("the hook ran")), "{log:?}");
     assert_eq!(fs::read_dir(data.path().join("images")).unwrap().count(), 0);
 }
+
+#[test]
+fn an_app_in_a_folder_is_built_from_that_folder_alone() {
+    let (data, builder) = fresh_builder();
+    let repo = Repo::new(APP_CONFIG);
+    fs::create_dir_all(repo.path().join("search")).unwrap();
+    fs::rename(
+        repo.path().join(".platform.app.yaml"),
+        repo.path().join("search/.platform.app.yaml"),
+    )
+    .unwrap();
+    repo.write("search/server.py", "print('search')\n");
+    repo.write("README.md", "not the app's\n");
+    repo.commit();
+    let outcome = build(&builder, &repo, &no_variables()).0.unwrap();
+    assert_eq!(outcome.manifest.info.config.app.source_root, "search");
+    let app = unpacked_app(&builder, &outcome, data.path());
+    assert_eq!(
+        fs::read_to_string(app.join("server.py")).unwrap(),
+        "print('search')\n"
+    );
+    assert!(
+        app.join("build-env.txt").exists(),
+        "the hook ran in the folder"
+    );
+    assert!(
+        !app.join("README.md").exists(),
+        "the rest of the repository is not the app's"
+    );
+
+    // A `source.root` that is no folder of the repository (here a link out of it) fails
+    // the build, naming it.
+    fs::remove_dir_all(repo.path().join("search")).unwrap();
+    repo.write(
+        ".platform.app.yaml",
+        &format!("{APP_CONFIG}source:\n  root: elsewhere\n"),
+    );
+    std::os::unix::fs::symlink("/etc", repo.path().join("elsewhere")).unwrap();
+    repo.commit();
+    let error = build(&builder, &repo, &no_variables()).0.unwrap_err();
+    assert!(
+        matches!(&error, BuildError::NoAppFolder(folder) if folder == "elsewhere"),
+        "{error}"
+    );
+}
