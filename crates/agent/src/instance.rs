@@ -627,6 +627,18 @@ impl Instance {
                 "the web process of the active release is not running".into(),
             ));
         }
+        // The web process listened at swap, but may have exited since: one that reads what its
+        // deploy hook puts in a mount (Next.js's build, moved there by the hook) fails until
+        // the hook ran. It opens only once it listens again, without waiting out its backoff.
+        if let Some(upstream) = self.gate.upstream() {
+            self.supervisor.restart_now(WEB);
+            let timeout = Duration::from_millis(state.config.gate.start_timeout_ms);
+            if let Some(reason) = self.wait_for_web(&upstream, timeout).await {
+                let output = lockstep_supervisor::read_log(&self.dir.join("logs"), WEB, 4096)
+                    .unwrap_or_default();
+                return Err(AgentError::WebDidNotStart { reason, output });
+            }
+        }
         self.gate.open(step.generation);
         Ok(())
     }
@@ -859,6 +871,10 @@ impl Instance {
     /// exited again and again, or the start timeout passed.
     async fn wait_for_web(&self, upstream: &Upstream, timeout: Duration) -> Option<String> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let restarts = |web: &lockstep_supervisor::ProcessStatus| web.restarts;
+        let web_status = || self.supervisor.status().into_iter().find(|p| p.name == WEB);
+        // Exits before this wait do not count against it.
+        let restarts_before = web_status().as_ref().map_or(0, restarts);
         loop {
             let listening = match upstream {
                 Upstream::Port(port) => tokio::net::TcpStream::connect(("127.0.0.1", *port))
@@ -871,13 +887,15 @@ impl Instance {
             if listening {
                 return None;
             }
-            let web = self.supervisor.status().into_iter().find(|p| p.name == WEB);
-            if let Some(web) = web.filter(|web| web.restarts + 1 >= WEB_START_ATTEMPTS)
+            let exits = |web: &lockstep_supervisor::ProcessStatus| {
+                restarts(web).saturating_sub(restarts_before) + 1
+            };
+            if let Some(web) = web_status().filter(|web| exits(web) >= WEB_START_ATTEMPTS)
                 && web.state == SupervisedState::BackingOff
             {
                 return Some(format!(
                     "exited {} times before it accepted connections (last: {})",
-                    web.restarts + 1,
+                    exits(&web),
                     web.last_exit.as_deref().unwrap_or("unknown")
                 ));
             }

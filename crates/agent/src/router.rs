@@ -104,6 +104,11 @@ impl GateControl {
         self.inner.lock().expect("gate lock").upstream = upstream;
     }
 
+    /// Where requests for the app go, once its web process listened.
+    pub fn upstream(&self) -> Option<Upstream> {
+        self.inner.lock().expect("gate lock").upstream.clone()
+    }
+
     /// Set next to the upstream when a release's web side starts; `None` once it stops.
     pub fn set_served(&self, served: Option<Served>) {
         self.inner.lock().expect("gate lock").served = served.map(Arc::new);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::backoff::Backoff;
 use crate::error::{SupervisorError, check_name};
@@ -91,6 +91,8 @@ struct Control {
     id: u64,
     stop: watch::Sender<bool>,
     done: watch::Receiver<bool>,
+    /// Shared with the task: wakes it from a backoff.
+    hurry: Arc<Notify>,
 }
 
 impl Supervisor {
@@ -154,12 +156,14 @@ impl Supervisor {
         );
         let (stop_tx, stop_rx) = watch::channel(false);
         let (done_tx, done_rx) = watch::channel(false);
+        let hurry = Arc::new(Notify::new());
         lock(&self.inner.controls).insert(
             spec.name.clone(),
             Control {
                 id,
                 stop: stop_tx,
                 done: done_rx,
+                hurry: hurry.clone(),
             },
         );
         tracing::info!(process = %spec.name, pid, "process started");
@@ -170,6 +174,7 @@ impl Supervisor {
             log,
             table: self.inner.table.clone(),
             stop: stop_rx,
+            hurry,
         };
         tokio::spawn(async move {
             task.supervise(spawned).await;
@@ -200,6 +205,14 @@ impl Supervisor {
             stops.spawn(async move { this.stop(&name).await });
         }
         while stops.join_next().await.is_some() {}
+    }
+
+    /// Restarts a process waiting out its backoff now: someone waits for it (a node about to
+    /// open). No-op for a process that runs or is unknown.
+    pub fn restart_now(&self, name: &str) {
+        if let Some(control) = lock(&self.inner.controls).get(name) {
+            control.hurry.notify_waiters();
+        }
     }
 
     /// Every known process's status, sorted by name.
@@ -272,6 +285,7 @@ struct Task {
     log: SharedLog,
     table: Arc<Mutex<BTreeMap<String, Slot>>>,
     stop: watch::Receiver<bool>,
+    hurry: Arc<Notify>,
 }
 
 impl Task {
@@ -316,6 +330,7 @@ impl Task {
             current = loop {
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
+                    () = self.hurry.notified() => {}
                     () = stop_requested(&mut self.stop) => {
                         tracing::info!(process = %self.spec.name, "process stopped while backing off");
                         self.update(|s| s.state = ProcessState::Stopped);

@@ -137,6 +137,36 @@ async fn a_crashing_process_is_restarted_with_backoff() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_now_cuts_a_backoff_short() {
+    let fx = Fixture::new();
+    let supervisor = Supervisor::new(LogLimits::default(), init());
+    // Crashes until its file is there, as a web process whose files a deploy hook writes.
+    supervisor
+        .start(fx.spec(
+            "web",
+            "test -e ready || exit 3; echo $$ > started; exec sleep 1000",
+        ))
+        .await
+        .unwrap();
+    // 100 + 200 + 400 + 800 + 1600 ms: the next wait is 3.2 s.
+    wait_for("five restarts", 10, || {
+        let status = status_of(&supervisor, "web");
+        (status.restarts >= 5 && status.state == ProcessState::BackingOff).then_some(())
+    })
+    .await;
+    std::fs::write(fx.path("ready"), "").unwrap();
+    supervisor.restart_now("web");
+    // Sooner than the backoff would have restarted it.
+    wait_for("the restart", 3, || {
+        let status = status_of(&supervisor, "web");
+        (status.state == ProcessState::Running && status.restarts == 6).then_some(())
+    })
+    .await;
+    wait_for_pid(&fx.path("started")).await;
+    within("stop", 5, supervisor.stop("web")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_sends_sigterm_and_lets_the_process_exit_cleanly() {
     let fx = Fixture::new();
     let supervisor = Supervisor::new(LogLimits::default(), init());
