@@ -823,6 +823,32 @@ mod tests {
     }
 
     #[test]
+    fn the_first_upstream_route_is_primary_unless_a_route_says() {
+        let app = "name: app\ntype: python:3.11\nweb: {commands: {start: ./run}}\n";
+        let primaries = |routes: &str| -> Vec<String> {
+            let checked = check(
+                &Sources {
+                    app: Some(app.into()),
+                    routes: Some(routes.into()),
+                    ..Default::default()
+                },
+                &AnyRuntime,
+            );
+            let project = checked.project.expect("valid");
+            project
+                .routes
+                .into_iter()
+                .filter(|r| r.primary)
+                .map(|r| r.url)
+                .collect()
+        };
+        let redirect_first = "\"https://{default}/\": {type: redirect, to: \"https://www.{default}/\"}\n\"https://www.{default}/\": {type: upstream, upstream: \"app:http\"}\n";
+        assert_eq!(primaries(redirect_first), ["https://www.{default}/"]);
+        let chosen = "\"https://{default}/\": {type: upstream, upstream: \"app:http\"}\n\"https://api.{default}/\": {type: upstream, upstream: \"app:http\", primary: true}\n";
+        assert_eq!(primaries(chosen), ["https://api.{default}/"]);
+    }
+
+    #[test]
     fn the_app_is_built_from_its_files_folder_or_its_source_root() {
         let app = "name: app\ntype: python:3.11\nweb: {commands: {start: ./run}}\n";
         let root_of = |sources: Sources| {

@@ -94,6 +94,14 @@ pub(crate) fn read(report: &mut FileReport<'_>, root: &Node) -> Option<Vec<Route
             None => ok = false,
         }
     }
+    // As on Platform.sh, the first upstream route is the primary one unless a route says.
+    if primary.is_none()
+        && let Some(first) = routes
+            .iter_mut()
+            .find(|r| matches!(r.kind, RouteKind::Upstream { .. }))
+    {
+        first.primary = true;
+    }
     ok.then_some(routes)
 }
 
