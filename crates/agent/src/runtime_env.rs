@@ -32,6 +32,10 @@ pub fn runtime_env(context: &RuntimeContext<'_>) -> BTreeMap<String, String> {
         ("PLATFORM_APPLICATION_NAME", app.name.clone()),
         ("PLATFORM_APPLICATION", base64_json(&app.as_written)),
         ("PLATFORM_PROJECT", context.config.project.clone()),
+        (
+            "PLATFORM_PROJECT_ENTROPY",
+            context.config.project_entropy.clone(),
+        ),
         ("PLATFORM_BRANCH", context.config.branch.clone()),
         ("PLATFORM_ENVIRONMENT", context.config.environment.clone()),
         (

@@ -8,6 +8,7 @@ use lockstep_image::{BuildError, BuildOutcome, BuildRequest};
 use lockstep_supervisor::{Cancel, RunAs};
 
 use crate::Controller;
+use crate::secrets::EntropyScope;
 use crate::store::Environment;
 
 /// Why an activity could not be cancelled.
@@ -40,6 +41,7 @@ impl Controller {
             repo: &self.repository(),
             git_ref,
             project: &self.options.project,
+            project_entropy: &self.secrets.project_entropy(EntropyScope::Build),
             cache: &env.name,
             variables,
             timeout: std::time::Duration::from_secs(env.settings.build_timeout_secs),

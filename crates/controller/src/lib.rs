@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use lockstep_proto::agent::{AppUser, EnvironmentType, GateSettings, InstanceConfig};
 use lockstep_supervisor::{Cancel, OperatorEnv};
+use secrets::EntropyScope;
 
 pub use access::{Role, Roles};
 pub use builds::CancelError;
@@ -382,6 +383,9 @@ impl Controller {
             .then(|| format!("{}-{}", self.options.project, env.name));
         InstanceConfig {
             project: self.options.project.clone(),
+            project_entropy: self
+                .secrets
+                .project_entropy(EntropyScope::Runtime(env.kind)),
             environment: env.name.clone(),
             branch: env.branch.clone(),
             environment_type: env.kind,

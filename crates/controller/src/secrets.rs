@@ -1,5 +1,6 @@
 //! Encryption of sensitive variables at rest: ChaCha20-Poly1305 with a key kept in the data
-//! directory (mode 0600). A value is stored as base64 of nonce and ciphertext.
+//! directory (mode 0600). A value is stored as base64 of nonce and ciphertext. The same key
+//! gives `PLATFORM_PROJECT_ENTROPY`.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -8,6 +9,7 @@ use std::path::Path;
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use lockstep_proto::agent::EnvironmentType;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -23,8 +25,18 @@ pub enum SecretError {
     Decrypt,
 }
 
+/// Who a `PLATFORM_PROJECT_ENTROPY` is for.
+#[derive(Debug, Clone, Copy)]
+pub enum EntropyScope {
+    Build,
+    Runtime(EnvironmentType),
+}
+
 pub struct Secrets {
     cipher: ChaCha20Poly1305,
+    /// Derived from the key, so that the entropy is stable for the project's life and nothing
+    /// else has to be kept.
+    entropy_key: [u8; 32],
 }
 
 fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
@@ -65,7 +77,23 @@ impl Secrets {
         };
         Ok(Secrets {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
+            entropy_key: blake3::derive_key("lockstep PLATFORM_PROJECT_ENTROPY", &key),
         })
+    }
+
+    /// `PLATFORM_PROJECT_ENTROPY`: a random value, stable for the project's life, that apps
+    /// derive their own secrets from (Django's `SECRET_KEY`, Drupal's hash salt). Platform.sh
+    /// has one per project; Lockstep has one per environment type at runtime, so that code a
+    /// development contributor pushes never learns the value production's secrets come from,
+    /// and another for builds, so that no image (reused by every environment) holds either.
+    pub fn project_entropy(&self, scope: EntropyScope) -> String {
+        let scope = match scope {
+            EntropyScope::Build => "build",
+            EntropyScope::Runtime(kind) => kind.as_str(),
+        };
+        blake3::keyed_hash(&self.entropy_key, scope.as_bytes())
+            .to_hex()
+            .to_string()
     }
 
     pub fn encrypt(&self, plaintext: &str) -> String {
@@ -115,6 +143,22 @@ mod tests {
         );
         let again = Secrets::open(&path).unwrap();
         assert_eq!(again.decrypt(&sealed).unwrap(), "hunter2");
+        let production = EntropyScope::Runtime(EnvironmentType::Production);
+        let development = EntropyScope::Runtime(EnvironmentType::Development);
+        assert_eq!(
+            again.project_entropy(production),
+            secrets.project_entropy(production),
+            "stable for the project's life"
+        );
+        let distinct: std::collections::BTreeSet<String> =
+            [production, development, EntropyScope::Build]
+                .map(|scope| secrets.project_entropy(scope))
+                .into();
+        assert_eq!(
+            distinct.len(),
+            3,
+            "development code and builds never learn production's"
+        );
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(&path).unwrap().permissions(),
         );

@@ -32,6 +32,9 @@ pub struct BuildRequest<'a> {
     pub git_ref: &'a str,
     /// The project's id: `PLATFORM_PROJECT`.
     pub project: &'a str,
+    /// `PLATFORM_PROJECT_ENTROPY` as builds see it: the same for every environment, since an
+    /// image is reused by all of them.
+    pub project_entropy: &'a str,
     /// Whose build cache the build uses: builds of one environment share one
     /// (`PLATFORM_CACHE_DIR`), and no environment sees another's.
     pub cache: &'a str,
@@ -217,6 +220,7 @@ impl Builder {
         let env = build_env(&BuildEnv {
             app: &config.app,
             project: request.project,
+            project_entropy: request.project_entropy,
             tree_id: &tree_id,
             variables: &variables,
             operator: request.operator,
@@ -403,6 +407,7 @@ fn safe_name(project: &str) -> String {
 struct BuildEnv<'a> {
     app: &'a lockstep_config::AppConfig,
     project: &'a str,
+    project_entropy: &'a str,
     tree_id: &'a str,
     variables: &'a BTreeMap<String, serde_json::Value>,
     operator: &'a OperatorEnv,
@@ -425,6 +430,7 @@ fn build_env(build: &BuildEnv<'_>) -> BTreeMap<String, String> {
             base64_json(&build_application(build.app)),
         ),
         ("PLATFORM_PROJECT", build.project.to_owned()),
+        ("PLATFORM_PROJECT_ENTROPY", build.project_entropy.to_owned()),
         ("PLATFORM_TREE_ID", build.tree_id.to_owned()),
         ("PLATFORM_APP_DIR", APP_ROOT.to_owned()),
         ("PLATFORM_CACHE_DIR", CACHE_INSIDE.to_owned()),

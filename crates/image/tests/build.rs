@@ -18,7 +18,8 @@ hooks:
     set -e
     echo "building $PLATFORM_TREE_ID"
     printf '%s\n' "$PLATFORM_APPLICATION_NAME" "$PLATFORM_PROJECT" "$PLATFORM_TREE_ID" \
-      "$PLATFORM_APP_DIR" "$PLATFORM_VARIABLES" "${FLAVOUR:-none}" "${SECRET_SAUCE:-none}" > build-env.txt
+      "$PLATFORM_APP_DIR" "$PLATFORM_VARIABLES" "${FLAVOUR:-none}" "${SECRET_SAUCE:-none}" \
+      "$PLATFORM_PROJECT_ENTROPY" > build-env.txt
     count=$(cat "$PLATFORM_CACHE_DIR/count" 2>/dev/null || echo 0)
     echo $((count + 1)) > "$PLATFORM_CACHE_DIR/count"
     if [ -n "${FAIL_BUILD:-}" ]; then echo "about to fail" >&2; exit 7; fi
@@ -91,6 +92,7 @@ fn request<'a>(
         repo: repo.path(),
         git_ref,
         project: "shop",
+        project_entropy: "build-entropy-of-shop",
         cache: "main",
         variables,
         timeout: Duration::from_secs(120),
@@ -228,6 +230,7 @@ fn the_build_hook_sees_the_build_environment() {
     // `env:` variables come from the app config and from the request.
     assert_eq!(lines[5], "vanilla");
     assert_eq!(lines[6], "ketchup");
+    assert_eq!(lines[7], "build-entropy-of-shop");
     // The image describes itself, and the configuration inside it is the parsed one.
     let info: serde_json::Value =
         serde_json::from_slice(&fs::read(unpacked.join("image.json")).unwrap()).unwrap();

@@ -536,6 +536,7 @@ async fn the_app_sees_platform_variables_and_runs_unprivileged() {
     let env = &report["env"];
     assert_eq!(env["PLATFORM_APPLICATION_NAME"], "app");
     assert_eq!(env["PLATFORM_PROJECT"], "shop");
+    assert_eq!(env["PLATFORM_PROJECT_ENTROPY"], "entropy-of-shop");
     assert_eq!(env["PLATFORM_BRANCH"], "production");
     assert_eq!(env["PLATFORM_ENVIRONMENT"], "production");
     assert_eq!(env["PLATFORM_ENVIRONMENT_TYPE"], "production");

@@ -24,6 +24,7 @@ for name in up.json endpoints.json agent-token lockstep.db secret.key authorized
   find / -path /proc -prune -o -path /sys -prune -o -path /usr -prune -o -name "$name" -print 2>/dev/null |
     sed "s/^/FOUND $label: /"
 done
+env | grep -qF -f hunt/needles && echo "FOUND $label: a secret in its environment"
 grep -rlF -f hunt/needles --exclude-dir=proc --exclude-dir=sys --exclude-dir=usr --exclude-dir=dev / 2>/dev/null |
   grep -v '^/app/hunt/' | sed "s/^/FOUND $label: a secret in /"
 places="/etc /usr /opt/runtime/bin / /var"
@@ -101,11 +102,22 @@ async fn a_development_contributors_code_finds_no_secret_and_no_other_environmen
     let layout: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(platform.data_dir.join("up.json")).unwrap())
             .unwrap();
+    // What production's apps derive their secrets from (Django's `SECRET_KEY`).
+    let entropy = platform.cli(&[
+        "ssh",
+        "production",
+        "--",
+        "printenv",
+        "PLATFORM_PROJECT_ENTROPY",
+    ]);
+    let production_entropy = String::from_utf8_lossy(&entropy.stdout).trim().to_owned();
+    assert!(production_entropy.len() >= 32, "{}", text(&entropy));
     let secrets = [
         platform.token.as_str(),
         layout["agent_token"].as_str().unwrap(),
         layout["edge_token"].as_str().unwrap(),
         sensitive,
+        &production_entropy,
     ];
     let hostile = hostile_project(&platform, &secrets);
     let pushed = platform.push_as(&hostile, &dev, "HEAD:feature");

@@ -65,6 +65,9 @@ pub struct InstanceConfig {
     /// Whether a runtime version this node lacks fails the swap instead of running the nearest.
     #[serde(default)]
     pub strict_runtimes: bool,
+    /// `PLATFORM_PROJECT_ENTROPY` for this environment's type.
+    #[serde(default)]
+    pub project_entropy: String,
 }
 
 /// A Unix user and group allocated to one environment.

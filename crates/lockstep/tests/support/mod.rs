@@ -111,6 +111,7 @@ pub fn build_image(project: &Project, store: &Path) -> BuiltImage {
         repo: project.path(),
         git_ref: "HEAD",
         project: "shop",
+        project_entropy: "build-entropy-of-shop",
         cache: "main",
         variables: &variables,
         timeout: Duration::from_secs(120),
@@ -392,6 +393,7 @@ pub fn instance_config(env: &str, storage: &Path) -> InstanceConfig {
         },
         user: Some(APP_USER),
         strict_runtimes: false,
+        project_entropy: "entropy-of-shop".into(),
     }
 }
 
