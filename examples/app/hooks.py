@@ -49,9 +49,11 @@ def deploy():
             say(f"hooks.py: migrating for {sleep}s")
             time.sleep(sleep)
         fail = bool(os.environ.get("DEPLOY_HOOK_FAIL"))
+        # Where the web process listens, and what `.environment` set: a hook can reach the app.
         append_jsonl(storage_path("hooks.log"), record(
             hook="deploy", deployment=deployment(), count=count, waited_for_lock=waited,
-            failed=fail, t_start=t_start, t_end=time.time()))
+            failed=fail, t_start=t_start, t_end=time.time(), port=os.environ.get("PORT"),
+            environment_file=os.environ.get("SAMPLE_ENVIRONMENT_FILE")))
 
     if fail:
         print("hooks.py: DEPLOY_HOOK_FAIL is set, failing the deploy hook on purpose", file=sys.stderr, flush=True)

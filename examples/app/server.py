@@ -20,7 +20,8 @@ USER_RE = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 
 
 def env_json():
-    env = {k: v for k, v in sorted(os.environ.items()) if k.startswith(("PLATFORM_", "LOCKSTEP_"))}
+    env = {k: v for k, v in sorted(os.environ.items())
+           if k.startswith(("PLATFORM_", "LOCKSTEP_", "SAMPLE_")) or k == "PORT"}
     variables = decode_env_json("PLATFORM_VARIABLES")
     # `env:`-prefixed variables should also be plain environment variables.
     names = {"GREETING"} | {k[4:] for k in variables if isinstance(k, str) and k.startswith("env:")}

@@ -32,7 +32,7 @@ use crate::hooks::HookStore;
 use crate::locations::Served;
 use crate::release::{MountRoots, ReadyMount, Releases, disk_use};
 use crate::router::{GateControl, NodeRouter, Upstream};
-use crate::runtime_env::{RuntimeContext, config_json, runtime_env};
+use crate::runtime_env::{RuntimeContext, config_json, runtime_env, sourcing_environment_file};
 use crate::services::{Services, Wait};
 
 /// Releases kept besides the active one, for rollback.
@@ -414,7 +414,7 @@ impl Instance {
             request.step.deployment.clone(),
         );
         let spec = HookSpec {
-            script,
+            script: sourcing_environment_file(&script),
             sandbox,
             env,
             timeout: HOOK_TIMEOUT,
@@ -545,7 +545,8 @@ impl Instance {
     /// Runs a command in the active release's runtime environment, as the app's user.
     pub async fn exec(&self, request: &ExecRequest) -> Result<ExecOutcome, AgentError> {
         tracing::info!(user = %request.user, command = %request.command, "running a command for a user");
-        self.run_in_runtime(|_| Ok((request.command.clone(), Default::default())))
+        let command = sourcing_environment_file(&request.command);
+        self.run_in_runtime(|_| Ok((command, Default::default())))
             .await
     }
 
@@ -686,8 +687,8 @@ impl Instance {
                 .map(|(name, cron)| CronSpec {
                     name: name.clone(),
                     schedule: cron.spec.clone(),
-                    start: cron.start.clone(),
-                    stop: cron.stop.clone(),
+                    start: sourcing_environment_file(&cron.start),
+                    stop: cron.stop.as_deref().map(sourcing_environment_file),
                     timeout: Duration::from_secs(cron.timeout_secs),
                     shutdown_timeout: Duration::from_secs(cron.shutdown_timeout_secs),
                 })
@@ -984,7 +985,18 @@ impl Instance {
             relationships: &relationships,
             operator: &self.context.operator,
         };
-        let env = runtime_env(&context);
+        let mut env = runtime_env(&context);
+        // Hooks, workers, crons and `lockstep ssh` reach the web process where it listens;
+        // the web process gets its own before it starts.
+        match self.gate.upstream() {
+            Some(Upstream::Port(port)) => {
+                env.insert("PORT".into(), port.to_string());
+            }
+            Some(Upstream::Socket(_) | Upstream::FastCgi(_)) => {
+                env.insert("SOCKET".into(), SOCKET_INSIDE.into());
+            }
+            None => {}
+        }
         let config = config_json(&context, &env, user);
         // The app may write its /run; the file is replaced, never written through a link.
         lockstep_durable::replace_private(
@@ -1005,7 +1017,7 @@ impl Instance {
     ) -> ProcessSpec {
         ProcessSpec {
             name: name.to_owned(),
-            command: command.to_owned(),
+            command: sourcing_environment_file(command),
             sandbox,
             env,
             log_dir: self.dir.join("logs"),

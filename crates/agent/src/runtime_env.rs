@@ -18,8 +18,14 @@ pub struct RuntimeContext<'a> {
     pub operator: &'a OperatorEnv,
 }
 
-/// The whole environment of a runtime process; `PORT` or `SOCKET` is added for the web
-/// process only.
+/// The app's `.environment` file, sourced before every runtime command as on Platform.sh (web,
+/// workers, crons, deploy and post_deploy hooks, `lockstep ssh`), never before the build hook.
+pub fn sourcing_environment_file(command: &str) -> String {
+    format!("if [ -f {APP_ROOT}/.environment ]; then . {APP_ROOT}/.environment; fi\n{command}")
+}
+
+/// The whole environment of a runtime process but `PORT` or `SOCKET`, which say where the web
+/// process listens.
 pub fn runtime_env(context: &RuntimeContext<'_>) -> BTreeMap<String, String> {
     let app = &context.image.config.app;
     let mut env = app_env(context.operator);

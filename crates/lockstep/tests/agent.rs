@@ -544,6 +544,17 @@ async fn the_app_sees_platform_variables_and_runs_unprivileged() {
     assert_eq!(env["PLATFORM_MODE"], "enterprise");
     assert_eq!(env["PLATFORM_CLUSTER"], "shop-production");
     assert_eq!(env["LOCKSTEP_NODE"], "production-1");
+    assert_eq!(env["SAMPLE_ENVIRONMENT_FILE"], "sourced in production");
+    // The deploy hook ran with `.environment` too, and knew where the web process listens.
+    let hooks: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/hooks"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let deploy = &hooks["hooks"][0];
+    assert_eq!(deploy["environment_file"], "sourced in production");
+    assert_eq!(deploy["port"], env["PORT"], "{hooks}");
     // The app is at /app, its home too, as on Platform.sh, whatever folder the node keeps it in.
     assert_eq!(env["PLATFORM_APP_DIR"], "/app");
     assert_eq!(report["home"], "/app");
