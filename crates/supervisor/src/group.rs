@@ -1,6 +1,7 @@
 //! A process group led by a child of ours, a sandbox's first process: waiting for it, and
 //! ending all of it.
 
+use std::collections::HashSet;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
@@ -81,9 +82,24 @@ impl ProcessGroup {
             self.gone = true;
             return;
         }
-        self.signal_sandboxed(Signal::SIGTERM);
-        if tokio::time::timeout(grace, self.wait_gone()).await.is_ok() {
-            return;
+        // A sandbox still starting has nothing inside to signal yet (bubblewrap has not started
+        // its init): whatever starts during the grace is told too, so that a stop right after a
+        // start does not last the whole grace.
+        let mut signalled = HashSet::new();
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            self.signal_sandboxed(Signal::SIGTERM, &mut signalled);
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let look_again = left.min(Duration::from_millis(100));
+            if tokio::time::timeout(look_again, self.wait_gone())
+                .await
+                .is_ok()
+            {
+                return;
+            }
         }
         tracing::info!(
             pgid = self.pid,
@@ -107,11 +123,12 @@ impl ProcessGroup {
     /// whose death would end them all at once with no grace. The first process inside (the
     /// leader's child: the sandbox's init) is signalled first, so that it knows a stop has begun
     /// before the command's shell dies of it.
-    fn signal_sandboxed(&self, signal: Signal) {
+    /// Processes in `signalled` are left alone; those signalled now join it.
+    fn signal_sandboxed(&self, signal: Signal, signalled: &mut HashSet<i32>) {
         let leader = self.pgid.as_raw();
         let mut members: Vec<Member> = group_members(self.pgid)
             .into_iter()
-            .filter(|member| member.pid != leader)
+            .filter(|member| member.pid != leader && signalled.insert(member.pid))
             .collect();
         members.sort_by_key(|member| member.ppid != leader);
         for member in members {

@@ -167,6 +167,18 @@ async fn restart_now_cuts_a_backoff_short() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_right_after_a_start_does_not_wait_out_the_grace() {
+    let fx = Fixture::new();
+    let supervisor = Supervisor::new(LogLimits::default(), init());
+    let mut spec = fx.spec("web", "exec sleep 1000");
+    spec.stop_grace = Duration::from_secs(30);
+    supervisor.start(spec).await.unwrap();
+    // The sandbox is still starting: nothing inside it to signal yet.
+    within("stop", 10, supervisor.stop("web")).await;
+    assert_eq!(status_of(&supervisor, "web").state, ProcessState::Stopped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_sends_sigterm_and_lets_the_process_exit_cleanly() {
     let fx = Fixture::new();
     let supervisor = Supervisor::new(LogLimits::default(), init());
