@@ -1,12 +1,15 @@
-//! Telling the caching edge what each environment is: its hosts, its nodes' routers, its gate,
-//! and its cache rules. The gate goes closed before the nodes close and open after they opened;
+//! Telling the caching edge what each environment is: its hosts and routes, its nodes' routers,
+//! its gate, and its cache rules. The gate goes closed before the nodes close and open after they opened;
 //! the full route is sent whenever it may have changed, and only when it did.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use lockstep_edge::wire::{CacheRules, ClosedMode, EnvironmentRoute, GateCommand, GateState};
+use lockstep_edge::wire::{
+    CacheRules, ClosedMode, DEFAULT_REDIRECT_CODE, EnvironmentRoute, GateCommand, GateState,
+    RouteAction,
+};
 
 use crate::{Controller, ControllerError, Environment};
 
@@ -63,9 +66,15 @@ impl EdgeClient {
         }
     }
 
-    async fn put(&self, environment: &str, route: EnvironmentRoute) {
+    /// Sends a route unless the edge has it already; `left_out` names the routes of the
+    /// configuration the edge would refuse, told once per change.
+    async fn put(&self, environment: &str, edge_route: EdgeRoute) {
+        let EdgeRoute { route, left_out } = edge_route;
         if self.sent.lock().expect("edge lock").get(environment) == Some(&route) {
             return;
+        }
+        for problem in &left_out {
+            tracing::warn!(environment, %problem, "a route is not served by the edge");
         }
         let url = format!("{}/v1/environments/{environment}", self.contact.admin_url);
         let answer = self
@@ -96,7 +105,7 @@ impl Controller {
             if let Ok(env) = self.store.environment(environment)
                 && let Ok(mut route) = self.edge_route(&env)
             {
-                route.gate = GateState::Closed;
+                route.route.gate = GateState::Closed;
                 edge.put(environment, route).await;
             }
             edge.gate(
@@ -117,7 +126,7 @@ impl Controller {
         if let Ok(env) = self.store.environment(environment)
             && let Ok(mut route) = self.edge_route(&env)
         {
-            route.gate = GateState::Open;
+            route.route.gate = GateState::Open;
             edge.put(environment, route).await;
         }
         edge.gate(
@@ -147,14 +156,16 @@ impl Controller {
         Ok(())
     }
 
-    fn edge_route(&self, env: &Environment) -> Result<EnvironmentRoute, ControllerError> {
+    fn edge_route(&self, env: &Environment) -> Result<EdgeRoute, ControllerError> {
         let nodes = self
             .store
             .nodes(&env.name)?
             .into_iter()
             .filter_map(|n| n.router_port.map(|p| format!("http://127.0.0.1:{p}")))
             .collect();
+        // The environment's own host stays, so that it is served without a routes file.
         let mut route = EnvironmentRoute::new(vec![self.host(&env.name)], nodes);
+        let mut left_out = Vec::new();
         route.gate = if env.serving.is_some() {
             GateState::Open
         } else {
@@ -190,7 +201,96 @@ impl Controller {
                     headers: primary.cache.headers.clone(),
                 };
             }
+            if let Ok(platform_routes) = self.platform_routes(&env.name, &serving.image) {
+                (route.routes, left_out) =
+                    lockstep_edge::routes_from_urls(resolved_routes(&platform_routes));
+            }
+            // `ENV.DOMAIN` is environment ENV's: production's `www.{default}` must not keep a
+            // branch named `www` from its host, nor that branch production from its routes.
+            let others: Vec<(String, String)> = self
+                .store
+                .environments_and_pending()?
+                .into_iter()
+                .filter(|other| other.name != env.name)
+                .map(|other| (self.host(&other.name), other.name))
+                .collect();
+            route.routes.retain(|r| {
+                let owner = others.iter().find(|(host, _)| *host == r.host);
+                if let Some((host, owner)) = owner {
+                    left_out.push(format!("host {host:?} is environment {owner:?}'s own"));
+                }
+                owner.is_none()
+            });
         }
-        Ok(route)
+        Ok(EdgeRoute { route, left_out })
+    }
+}
+
+/// A route for the edge, and the configuration's routes it leaves out, with why.
+struct EdgeRoute {
+    route: EnvironmentRoute,
+    left_out: Vec<String>,
+}
+
+/// The routes of `PLATFORM_ROUTES` (so `{default}` and `{all}` are resolved once, as the app
+/// sees them) that the edge serves: those whose URL names `{default}` or `{all}`. A route
+/// naming a literal domain would make every environment claim that host.
+fn resolved_routes(
+    platform_routes: &serde_json::Value,
+) -> impl Iterator<Item = (&str, RouteAction)> {
+    platform_routes
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(url, entry)| {
+            let original = entry.get("original_url")?.as_str()?;
+            if !original.contains("{default}") && !original.contains("{all}") {
+                return None;
+            }
+            let action = match entry.get("type")?.as_str()? {
+                "upstream" => RouteAction::Upstream,
+                "redirect" => RouteAction::Redirect {
+                    to: entry.get("to")?.as_str()?.to_owned(),
+                    code: DEFAULT_REDIRECT_CODE,
+                },
+                _ => return None,
+            };
+            Some((url.as_str(), action))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_naming_the_environments_domain_reach_the_edge() {
+        let platform_routes = serde_json::json!({
+            "https://www.main.localhost/": {
+                "type": "upstream", "upstream": "app", "original_url": "https://www.{default}/",
+            },
+            "https://main.localhost/": {
+                "type": "redirect", "to": "https://www.main.localhost/",
+                "original_url": "https://{all}/",
+            },
+            "https://example.com/": {
+                "type": "upstream", "upstream": "app", "original_url": "https://example.com/",
+            },
+        });
+        let mut routes: Vec<_> = resolved_routes(&platform_routes).collect();
+        routes.sort_by_key(|(url, _)| *url);
+        assert_eq!(
+            routes,
+            vec![
+                (
+                    "https://main.localhost/",
+                    RouteAction::Redirect {
+                        to: "https://www.main.localhost/".into(),
+                        code: 301
+                    }
+                ),
+                ("https://www.main.localhost/", RouteAction::Upstream),
+            ]
+        );
     }
 }

@@ -23,6 +23,10 @@ pub enum RouteError {
     ForbiddenHeader(String),
     #[error("cache.headers entry {0:?} is not a header name")]
     BadHeader(String),
+    #[error("an environment has at most {max} routes; this one has {count}")]
+    TooManyRoutes { count: usize, max: usize },
+    #[error("route {route:?} is refused: {reason}")]
+    BadRoute { route: String, reason: String },
     #[error("no environment {0:?} on this edge")]
     UnknownEnvironment(String),
 }

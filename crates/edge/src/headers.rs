@@ -3,7 +3,8 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// `x-lockstep-cache`: HIT, MISS, STALE or PASS on every answer for a known host.
+/// `x-lockstep-cache`: HIT, MISS, STALE or PASS on every answer from the cache or the nodes
+/// (not on the edge's redirects).
 pub const CACHE_HEADER: &str = "x-lockstep-cache";
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 section 7.6.1).

@@ -1,7 +1,8 @@
 //! The caching edge: one public port for every environment, in front of the environments' node
 //! routers, with an admin API for the controller.
 //!
-//! It owns: routing by host; the pooled keep-alive connections to the nodes, load balancing over
+//! It owns: routing by host, and by path prefix to an environment's routes (redirect routes
+//! it answers itself); the pooled keep-alive connections to the nodes, load balancing over
 //! open nodes with active health checks, retries on another node; the HTTP cache (Platform.sh
 //! `routes.yaml` cache rules, RFC 9111 freshness, `Vary`, grace, stale-while-revalidate, request
 //! coalescing, a memory bound in bytes); what it knows of each environment's gate, from the
@@ -19,7 +20,8 @@
 //! - send a request with a body twice, or retry a non-idempotent request;
 //! - decide the gate: it only follows the controller and the nodes.
 //!
-//! Code map: `routing` (environments and hosts), `proxy` (the request pipeline; `cached` the
+//! Code map: `routing` (environments and hosts), `routes` (an environment's routes: checks,
+//! longest-prefix match, redirect locations), `proxy` (the request pipeline; `cached` the
 //! cacheable path, `answers` the edge's own responses), `client` (node connections, choice of
 //! node, retries), `gate` (the gate and node states), `hold` (held requests), `health` (active
 //! checks), `cache` (`rules` and keys, `policy`, `store`, `flight` coalescing, `tee`), `admin`
@@ -41,6 +43,7 @@ mod health;
 mod hold;
 mod metrics;
 mod proxy;
+mod routes;
 mod routing;
 pub mod wire;
 
@@ -60,9 +63,10 @@ use tokio::sync::{mpsc, watch};
 pub use cache::CacheResult;
 pub use error::{OriginError, RouteError};
 pub use headers::CACHE_HEADER;
+pub use routes::{MAX_ROUTES, check_routes, routes_from_urls};
 pub use wire::{
     CacheRules, ClosedMode, EffectiveState, EnvironmentRoute, EnvironmentView, ErrorBody,
-    GateCommand, GateState, NodeState, NodeView,
+    GateCommand, GateState, HostRoute, NodeState, NodeView, RouteAction,
 };
 
 use crate::cache::flight::Flights;

@@ -21,6 +21,12 @@ struct EnvLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RedirectLabels {
+    environment: String,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HoldLabels {
     environment: String,
     outcome: String,
@@ -43,6 +49,8 @@ pub(crate) struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     unknown_host: Counter,
+    redirects: Family<RedirectLabels, Counter>,
+    no_route: Family<EnvLabels, Counter>,
     held: Family<EnvLabels, Gauge>,
     hold_outcomes: Family<HoldLabels, Counter>,
     hold_seconds: HistogramFamily<EnvLabels>,
@@ -66,6 +74,18 @@ impl Metrics {
             "unknown_host_requests",
             "Requests for a host no environment is served at",
             unknown_host.clone(),
+        );
+        let redirects = Family::<RedirectLabels, Counter>::default();
+        registry.register(
+            "redirects",
+            "Requests the edge answered itself with a redirect route, by environment and status code",
+            redirects.clone(),
+        );
+        let no_route = Family::<EnvLabels, Counter>::default();
+        registry.register(
+            "no_route_requests",
+            "Requests for a host whose routes have none for the request's path",
+            no_route.clone(),
         );
         let held = Family::<EnvLabels, Gauge>::default();
         registry.register(
@@ -114,6 +134,8 @@ impl Metrics {
             registry,
             requests,
             unknown_host,
+            redirects,
+            no_route,
             held,
             hold_outcomes,
             hold_seconds,
@@ -135,6 +157,19 @@ impl Metrics {
 
     pub(crate) fn unknown_host(&self) {
         self.unknown_host.inc();
+    }
+
+    pub(crate) fn redirect(&self, environment: &str, code: u16) {
+        self.redirects
+            .get_or_create(&RedirectLabels {
+                environment: environment.to_owned(),
+                code,
+            })
+            .inc();
+    }
+
+    pub(crate) fn no_route(&self, environment: &str) {
+        self.no_route.get_or_create(&env(environment)).inc();
     }
 
     pub(crate) fn hold_started(&self, environment: &str) {

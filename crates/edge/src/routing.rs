@@ -14,13 +14,15 @@ use crate::cache::rules::KeyRules;
 use crate::error::RouteError;
 use crate::gate::Gate;
 use crate::hold::HoldQueue;
+use crate::routes::Routes;
 use crate::wire::{ClosedMode, EnvironmentRoute, EnvironmentView};
 
 /// An environment's settings, replaced as a whole by each `PUT`.
 #[derive(Debug)]
 pub(crate) struct EnvConfig {
-    /// As put, with hosts and nodes normalised.
+    /// As put, with hosts and nodes normalised; `hosts` holds the routes' hosts too.
     pub route: EnvironmentRoute,
+    pub routes: Routes,
     pub rules: KeyRules,
     pub defaults: Defaults,
     pub max_hold: Duration,
@@ -28,9 +30,10 @@ pub(crate) struct EnvConfig {
 }
 
 impl EnvConfig {
-    fn compile(route: EnvironmentRoute) -> Result<EnvConfig, RouteError> {
+    fn compile(route: EnvironmentRoute, routes: Routes) -> Result<EnvConfig, RouteError> {
         let rules = KeyRules::compile(&route.cache)?;
         Ok(EnvConfig {
+            routes,
             defaults: Defaults {
                 default_ttl: rules.default_ttl,
                 swr: Duration::from_secs(route.swr_secs),
@@ -148,8 +151,13 @@ impl Router {
         if route.hosts.is_empty() {
             route.hosts = vec![format!("{name}.{domain}")];
         }
+        let routes = Routes::compile(&mut route.routes)?;
         let mut hosts = Vec::new();
-        for host in &route.hosts {
+        for host in route
+            .hosts
+            .iter()
+            .chain(route.routes.iter().map(|r| &r.host))
+        {
             let normal = normalise_host(host);
             if !valid_host(&normal) {
                 return Err(RouteError::BadHost(host.clone()));
@@ -165,7 +173,7 @@ impl Router {
             .map(|node| normalise_node(node))
             .collect::<Result<_, _>>()?;
         let gate = route.gate;
-        let config = Arc::new(EnvConfig::compile(route)?);
+        let config = Arc::new(EnvConfig::compile(route, routes)?);
 
         let mut table = self.table.write().expect("routes lock");
         for host in &config.route.hosts {
@@ -309,6 +317,16 @@ mod tests {
             .ok()
             .unwrap();
         assert!(router.by_host("localhost").is_none());
+        // A route's host is the environment's too.
+        let mut routed = route(&[]);
+        routed.routes = vec![crate::wire::HostRoute {
+            host: "WWW.localhost".into(),
+            path: "/".into(),
+            action: crate::wire::RouteAction::Upstream,
+        }];
+        let taken = router.put("staging", routed, "localhost");
+        assert!(matches!(taken, Err(RouteError::HostTaken { .. })));
+        assert_eq!(router.by_host("staging.localhost").unwrap().name, "staging");
         assert!(router.delete("main").is_some());
         assert!(router.by_host("www.localhost").is_none());
     }

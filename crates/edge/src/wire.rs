@@ -8,9 +8,15 @@ use serde::{Deserialize, Serialize};
 pub struct EnvironmentRoute {
     /// Host names (no port, any case) whose requests go to this environment, e.g.
     /// `["localhost"]` for production and `["staging.localhost"]` for staging. Empty means
-    /// `<env>.<domain>`. A host belongs to one environment at a time.
+    /// `<env>.<domain>`. The hosts of `routes` join these. A host belongs to one environment
+    /// at a time.
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// The environment's routes (`.platform/routes.yaml`, resolved), at most 256. A request
+    /// takes the route of its host with the longest path prefix; a host none of them names
+    /// goes to the nodes, so an empty list sends every host of `hosts` there.
+    #[serde(default)]
+    pub routes: Vec<HostRoute>,
     /// The node routers' base URLs, e.g. `http://127.0.0.1:34567`, in cluster order.
     pub nodes: Vec<String>,
     /// The gate as the controller knows it.
@@ -55,6 +61,7 @@ impl EnvironmentRoute {
     pub fn new(hosts: Vec<String>, nodes: Vec<String>) -> EnvironmentRoute {
         EnvironmentRoute {
             hosts,
+            routes: Vec::new(),
             nodes,
             gate: GateState::default(),
             cache: CacheRules::default(),
@@ -64,6 +71,47 @@ impl EnvironmentRoute {
             swr_secs: DEFAULT_SWR_SECS,
         }
     }
+}
+
+/// One route of an environment, its URL resolved for it: `https://www.{default}/blog/` is host
+/// `www.main.localhost` and path `/blog/`. The scheme is not part of it: this edge serves
+/// plain HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRoute {
+    /// A host name, without port.
+    pub host: String,
+    /// The path prefix the route answers, starting with `/`.
+    #[serde(default = "default_path")]
+    pub path: String,
+    #[serde(flatten)]
+    pub action: RouteAction,
+}
+
+fn default_path() -> String {
+    "/".into()
+}
+
+/// What a route does with its requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum RouteAction {
+    /// To the environment's nodes.
+    Upstream,
+    /// Answered by the edge itself: `code` (301, 302, 303, 307 or 308) and a `Location` of
+    /// `to` (an absolute `http://` or `https://` URL without query) with the rest of the
+    /// request's path after the route's prefix, and its query.
+    Redirect {
+        to: String,
+        #[serde(default = "default_redirect_code")]
+        code: u16,
+    },
+}
+
+/// Platform.sh's whole-route redirects are permanent.
+pub const DEFAULT_REDIRECT_CODE: u16 = 301;
+
+fn default_redirect_code() -> u16 {
+    DEFAULT_REDIRECT_CODE
 }
 
 /// The `cache` block of a Platform.sh route.
@@ -179,4 +227,31 @@ pub enum NodeState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_optional_and_read_as_platform_sh_writes_them() {
+        let old: EnvironmentRoute =
+            serde_json::from_str(r#"{"hosts": ["localhost"], "nodes": []}"#).unwrap();
+        assert!(old.routes.is_empty());
+        let route: HostRoute = serde_json::from_str(
+            r#"{"host": "main.localhost", "type": "redirect", "to": "https://www.main.localhost/"}"#,
+        )
+        .unwrap();
+        assert_eq!(route.path, "/");
+        assert_eq!(
+            route.action,
+            RouteAction::Redirect {
+                to: "https://www.main.localhost/".into(),
+                code: 301
+            }
+        );
+        let written = serde_json::to_value(&route).unwrap();
+        assert_eq!(written["type"], "redirect");
+        assert_eq!(written["code"], 301);
+    }
 }

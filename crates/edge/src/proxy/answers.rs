@@ -81,6 +81,23 @@ pub(super) fn error_response(ctx: &Ctx, error: &OriginError) -> Response<Body> {
     response
 }
 
+/// A redirect route's answer. A `Location` that is not a header value (a request path with bytes
+/// a header cannot carry) is never sent: the client gets 400.
+pub(super) fn redirect_response(code: StatusCode, location: &str, head: bool) -> Response<Body> {
+    let Ok(value) = HeaderValue::from_str(location) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "This request's path cannot be redirected.\n".into(),
+        );
+    };
+    let mut response = text(code, format!("Redirecting to {location}\n"));
+    if head {
+        *response.body_mut() = empty();
+    }
+    response.headers_mut().insert(header::LOCATION, value);
+    response
+}
+
 pub(super) fn text(status: StatusCode, message: String) -> Response<Body> {
     let mut response = Response::new(
         Full::new(Bytes::from(message))

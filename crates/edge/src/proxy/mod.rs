@@ -1,4 +1,5 @@
-//! The request pipeline: the host picks the environment; a request passes to the nodes or goes
+//! The request pipeline: the host picks the environment, and with the path its route (a
+//! redirect route is answered here, without a node); a request passes to the nodes or goes
 //! through the cache (`cached`); while the environment is closed, stored responses answer and
 //! the rest waits (or, with `closed_mode: error`, gets the nodes' answer at once). `answers`
 //! makes the responses the edge writes itself.
@@ -16,7 +17,7 @@ use tokio::time::Instant;
 mod answers;
 mod cached;
 
-use self::answers::{closed_response, error_response, text, to_client};
+use self::answers::{closed_response, error_response, redirect_response, text, to_client};
 use self::cached::cached;
 use crate::Edge;
 use crate::cache::CacheResult;
@@ -25,6 +26,7 @@ use crate::client::{Body, Dispatch, Reply};
 use crate::error::OriginError;
 use crate::headers::{self, CACHE_HEADER};
 use crate::hold::{Held, Turn};
+use crate::routes::{Matched, host_port};
 use crate::routing::{EnvConfig, Environment, normalise_host};
 use crate::wire::{ClosedMode, EffectiveState};
 
@@ -73,6 +75,31 @@ pub(crate) async fn handle(
         );
     };
     let config = env.config();
+    match config.routes.find(&host, request.uri().path()) {
+        Matched::Upstream => {}
+        // Answered here, whether the environment is open or closed: no node is needed.
+        Matched::Redirect { redirect, rest } => {
+            let served_here = edge.router.by_host(&redirect.host).is_some();
+            let location = redirect.location(
+                rest,
+                request.uri().query(),
+                served_here,
+                host_port(&raw_host),
+            );
+            edge.metrics.redirect(&env.name, redirect.code.as_u16());
+            return redirect_response(redirect.code, &location, request.method() == Method::HEAD);
+        }
+        Matched::NoRoute => {
+            edge.metrics.no_route(&env.name);
+            return text(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "No route of this site matches \"{host}{}\" on this edge.\n",
+                    request.uri().path()
+                ),
+            );
+        }
+    }
     let ctx = Ctx { edge, env, config };
     let upgrade = headers::is_upgrade(request.headers());
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));

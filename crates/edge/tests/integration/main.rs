@@ -4,5 +4,6 @@
 mod balance;
 mod cache;
 mod closed;
+mod redirects;
 mod routing;
 mod support;
