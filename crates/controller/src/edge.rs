@@ -11,6 +11,8 @@ use lockstep_edge::wire::{
     RouteAction,
 };
 
+use lockstep_deploy::Release;
+
 use crate::{Controller, ControllerError, Environment};
 
 /// How the controller reaches the edge's admin API.
@@ -103,7 +105,7 @@ impl Controller {
     pub(crate) async fn edge_closing(&self, environment: &str) {
         if let Some(edge) = &self.edge {
             if let Ok(env) = self.store.environment(environment)
-                && let Ok(mut route) = self.edge_route(&env)
+                && let Ok(mut route) = self.edge_route(&env, None)
             {
                 route.route.gate = GateState::Closed;
                 edge.put(environment, route).await;
@@ -119,12 +121,13 @@ impl Controller {
         }
     }
 
-    /// After the nodes opened at `generation`. The route goes first: on a first deployment the
-    /// edge does not know the environment yet.
-    pub(crate) async fn edge_opened(&self, environment: &str, generation: u64) {
+    /// After the nodes opened `release`. The route goes first: on a first deployment the edge
+    /// does not know the environment yet, and the release's routes may be new.
+    pub(crate) async fn edge_opened(&self, environment: &str, release: &Release) {
+        let generation = release.generation;
         let Some(edge) = &self.edge else { return };
         if let Ok(env) = self.store.environment(environment)
-            && let Ok(mut route) = self.edge_route(&env)
+            && let Ok(mut route) = self.edge_route(&env, Some(&release.image))
         {
             route.route.gate = GateState::Open;
             edge.put(environment, route).await;
@@ -150,13 +153,20 @@ impl Controller {
             if busy.contains(&env.name) {
                 continue;
             }
-            let route = self.edge_route(&env)?;
+            let route = self.edge_route(&env, None)?;
             edge.put(&env.name, route).await;
         }
         Ok(())
     }
 
-    fn edge_route(&self, env: &Environment) -> Result<EdgeRoute, ControllerError> {
+    /// The environment's route with the routes and cache rules of `image`, or else of the
+    /// release it serves.
+    fn edge_route(
+        &self,
+        env: &Environment,
+        image: Option<&str>,
+    ) -> Result<EdgeRoute, ControllerError> {
+        let image = image.or(env.serving.as_ref().map(|serving| serving.image.as_str()));
         let nodes = self
             .store
             .nodes(&env.name)?
@@ -178,8 +188,8 @@ impl Controller {
         };
         route.max_hold_secs = env.settings.max_hold_secs;
         route.grace_secs = env.settings.grace_secs;
-        if let Some(serving) = &env.serving
-            && let Ok(id) = serving.image.parse()
+        if let Some(image) = image
+            && let Ok(id) = image.parse()
             && let Ok(manifest) = self.images.manifest(&id)
         {
             let routes = &manifest.info.config.routes;
@@ -201,7 +211,7 @@ impl Controller {
                     headers: primary.cache.headers.clone(),
                 };
             }
-            if let Ok(platform_routes) = self.platform_routes(&env.name, &serving.image) {
+            if let Ok(platform_routes) = self.platform_routes(&env.name, image) {
                 (route.routes, left_out) =
                     lockstep_edge::routes_from_urls(resolved_routes(&platform_routes));
             }

@@ -330,13 +330,17 @@ impl Controller {
                 phase: Phase::Close,
             } => self.edge_closing(environment).await,
             Record::PhaseEnded { phase: Phase::Open } => {
-                self.edge_opened(environment, plan.generation).await;
+                let opened = Release {
+                    image: plan.image.clone(),
+                    generation: plan.generation,
+                };
+                self.edge_opened(environment, &opened).await;
             }
             Record::PhaseEnded {
                 phase: Phase::Rollback,
             } => {
                 if let Some(previous) = &plan.previous {
-                    self.edge_opened(environment, previous.generation).await;
+                    self.edge_opened(environment, previous).await;
                 }
             }
             _ => {}

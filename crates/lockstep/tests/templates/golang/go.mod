@@ -1,0 +1,3 @@
+module lockstep.test/corpus/golang
+
+go 1.19

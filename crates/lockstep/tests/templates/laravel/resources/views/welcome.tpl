@@ -1,0 +1,2 @@
+<h1>{{ $greeting }}</h1>
+<p>first user: {{ $user }}</p>
