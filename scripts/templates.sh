@@ -70,10 +70,22 @@ for folder in "$templates"/*/; do
 
   if grep -q "^remote:   Image " "$log"; then build=ok; else build=FAIL; fi
   if grep -q "^remote: Deployment completed" "$log"; then deploy=ok; else deploy=FAIL; fi
-  status=$(curl -s -o /dev/null -w '%{http_code}' --max-time 30 \
+  # A redirect route (to `www.{default}`) is followed once, through the edge again.
+  answer=$(curl -s -o /dev/null -w '%{http_code} %{redirect_url}' --max-time 30 \
     -H "Host: $branch.localhost" "http://127.0.0.1:$edge_port/" || true)
+  status=${answer%% *}
   case "$status" in
-    2??|3??) serves="ok ($status)" ;;
+    3??)
+      target=${answer#* }
+      target_host=$(echo "$target" | sed -E 's|^[a-z]+://([^/:]+).*|\1|')
+      target_path=$(echo "$target" | sed -E 's|^[a-z]+://[^/]+||')
+      followed=$(curl -s -o /dev/null -w '%{http_code}' --max-time 30 \
+        -H "Host: $target_host" "http://127.0.0.1:$edge_port${target_path:-/}" || true)
+      status="$status>$followed"
+      ;;
+  esac
+  case "${status##*>}" in
+    2??) serves="ok ($status)" ;;
     *) serves="FAIL ($status)" ;;
   esac
   failure=$(first_failure "$log")
