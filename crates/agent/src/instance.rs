@@ -260,7 +260,7 @@ impl Instance {
         // serves, rather than in the closed window.
         let info = self.releases.info(&id)?;
         self.context
-            .runtime(&info.config.app.runtime, state.config.strict_runtimes)?;
+            .runtime(&info.app().runtime, state.config.strict_runtimes)?;
         if !state.releases.contains(&id.to_string()) {
             state.releases.push(id.to_string());
             self.prune(&mut state);
@@ -317,7 +317,7 @@ impl Instance {
         let info = self.releases.info(&id)?;
         // Checked before anything changes: a release that cannot run here leaves the old one.
         self.context
-            .runtime(&info.config.app.runtime, state.config.strict_runtimes)?;
+            .runtime(&info.app().runtime, state.config.strict_runtimes)?;
         self.ready_mounts(&state, &id, &info)?;
         self.releases.switch_current(&id)?;
         let active = Active {
@@ -386,8 +386,8 @@ impl Instance {
         let id: ImageId = active.release.image.parse()?;
         let info = self.releases.info(&id)?;
         let script = match request.hook {
-            HookKind::Deploy => info.config.app.hooks.deploy.clone(),
-            HookKind::PostDeploy => info.config.app.hooks.post_deploy.clone(),
+            HookKind::Deploy => info.app().hooks.deploy.clone(),
+            HookKind::PostDeploy => info.app().hooks.post_deploy.clone(),
         };
         let mut outcome = HookOutcome {
             deployment: request.step.deployment.clone(),
@@ -516,7 +516,7 @@ impl Instance {
             .and_then(|a| a.release.image.parse::<ImageId>().ok())
             .and_then(|id| self.releases.info(&id).ok())
             .map_or(lockstep_config::Role::Contributor, |info| {
-                info.config.app.access.ssh
+                info.app().access.ssh
             });
         let rank = |role: &str| match role {
             "admin" => 2,
@@ -558,7 +558,7 @@ impl Instance {
         tracing::info!(user = %request.user, relationship = ?request.relationship, "running a service client for a user");
         let services = self.services.reachable();
         self.run_in_runtime(|info| {
-            crate::service_client::command(&info.config.app.relationships, &services, request)
+            crate::service_client::command(&info.app().relationships, &services, request)
         })
         .await
     }
@@ -668,7 +668,7 @@ impl Instance {
         let id: ImageId = active.release.image.parse()?;
         let info = self.releases.info(&id)?;
         let (sandbox, env) = self.runtime(&state, &active, &info)?;
-        for (name, worker) in &info.config.app.workers {
+        for (name, worker) in &info.app().workers {
             self.supervisor
                 .start(self.process_spec(
                     &format!("worker-{name}"),
@@ -680,8 +680,7 @@ impl Instance {
         }
         if state.config.cron_node {
             let crons = info
-                .config
-                .app
+                .app()
                 .crons
                 .iter()
                 .map(|(name, cron)| CronSpec {
@@ -795,15 +794,15 @@ impl Instance {
         let info = self.releases.info(&id)?;
         let app_dir = self.releases.app_dir(&id);
         let mounts = self.ready_mounts(state, &id, &info)?;
-        let served = Served::new(app_dir, mounts, &info.config.app.web);
+        let served = Served::new(app_dir, mounts, &info.app().web);
         // A PHP app without a start command is served by PHP-FPM, as on Platform.sh.
-        let php_fpm = info.config.app.web.start.is_none() && info.config.app.language() == "php";
+        let php_fpm = info.app().web.start.is_none() && info.app().language() == "php";
         let served = if php_fpm {
             served.running_php()
         } else {
             served
         };
-        let Some(start) = info.config.app.web.start.clone().or_else(|| {
+        let Some(start) = info.app().web.start.clone().or_else(|| {
             php_fpm.then(|| {
                 format!(
                     "exec php-fpm --nodaemonize --force-stderr --fpm-config {PHP_FPM_CONFIG_INSIDE}"
@@ -822,11 +821,11 @@ impl Instance {
             return Ok(());
         };
         let (sandbox, mut env) = self.runtime(state, active, &info)?;
-        let upstream = match info.config.app.web.socket_family {
+        let upstream = match info.app().web.socket_family {
             _ if php_fpm => {
                 let socket = sandbox.run.join("app.sock");
                 remove_stale_socket(&socket)?;
-                let config = crate::php::fpm_config(SOCKET_INSIDE, &info.config.app.variables);
+                let config = crate::php::fpm_config(SOCKET_INSIDE, &info.app().variables);
                 lockstep_durable::replace_private(
                     &sandbox.run.join("php-fpm.conf"),
                     config.as_bytes(),
@@ -942,7 +941,7 @@ impl Instance {
     ) -> Result<Vec<ReadyMount>, AgentError> {
         self.mount_roots(state).prepare(
             &self.releases.app_dir(id),
-            &info.config.app.mounts,
+            &info.app().mounts,
             self.user(state)?,
         )
     }
@@ -959,7 +958,7 @@ impl Instance {
         let user = self.user(state)?;
         let runtime = self
             .context
-            .runtime(&info.config.app.runtime, state.config.strict_runtimes)?;
+            .runtime(&info.app().runtime, state.config.strict_runtimes)?;
         let mut sandbox = Sandbox::prepare(
             self.releases.app_dir(&id),
             &self.dir,
@@ -974,7 +973,7 @@ impl Instance {
         sandbox.runtime = runtime.commands;
         sandbox.host_files = self.context.operator.files.clone();
         let relationships = crate::relationships::platform_relationships(
-            &info.config.app.relationships,
+            &info.app().relationships,
             &self.services.reachable(),
             &crate::runtime_env::cluster(&state.config),
         );

@@ -57,8 +57,8 @@ impl Runtimes for AnyRuntime {
     }
 }
 
-/// Platform.sh's multi-app file. Lockstep reads it when it holds a single app (as the Go template
-/// does), since that app is configured exactly as in `.platform.app.yaml`.
+/// Platform.sh's multi-app file: a mapping of app names to apps (or a list of apps with `name`),
+/// each configured as in `.platform.app.yaml`, in the folder its `source.root` names.
 pub const APPLICATIONS_FILE: &str = ".platform/applications.yaml";
 
 /// The files that configure a project; any other is read only when one of them includes it.
@@ -66,10 +66,42 @@ const CONFIGURATION_FILES: [&str; 4] = [APP_FILE, ROUTES_FILE, SERVICES_FILE, AP
 
 /// Everything a project's configuration says, validated.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "StoredProject")]
 pub struct Project {
-    pub app: AppConfig,
+    /// In the order the configuration gives them (`.platform/applications.yaml`'s, or the app
+    /// files' paths); at least one, each name once.
+    pub apps: Vec<AppConfig>,
     pub routes: Vec<Route>,
     pub services: BTreeMap<String, Service>,
+}
+
+impl Project {
+    pub fn app(&self, name: &str) -> Option<&AppConfig> {
+        self.apps.iter().find(|app| app.name == name)
+    }
+}
+
+/// A project as stored in images and manifests, also those written when a project had exactly
+/// one `app`.
+#[derive(Deserialize)]
+struct StoredProject {
+    #[serde(default)]
+    apps: Vec<AppConfig>,
+    app: Option<AppConfig>,
+    routes: Vec<Route>,
+    services: BTreeMap<String, Service>,
+}
+
+impl From<StoredProject> for Project {
+    fn from(stored: StoredProject) -> Project {
+        let mut apps = stored.apps;
+        apps.extend(stored.app);
+        Project {
+            apps,
+            routes: stored.routes,
+            services: stored.services,
+        }
+    }
 }
 
 /// The configuration files' text, as found in a folder or a git tree.
@@ -190,12 +222,14 @@ pub fn check_dir(dir: &Path, runtimes: &dyn Runtimes) -> Result<Checked, ConfigE
 /// Validates configuration text, for a machine offering `runtimes`. Never panics, whatever the
 /// input.
 pub fn check(sources: &Sources, runtimes: &dyn Runtimes) -> Checked {
-    let (mut app_reports, app) = read_app(sources, runtimes);
+    let (mut app_reports, apps) = read_apps(sources, runtimes);
     let mut routes_report = report_for(ROUTES_FILE, &sources.routes);
     let mut services_report = report_for(SERVICES_FILE, &sources.services);
     let routes = match &sources.routes {
         None => Some(default_routes(
-            app.as_ref().map_or("app", |a| a.name.as_str()),
+            apps.as_ref()
+                .and_then(|apps| apps.first())
+                .map_or("app", |a| a.config.name.as_str()),
         )),
         Some(text) => match parse_root(&mut routes_report, text, sources) {
             None => Some(Vec::new()),
@@ -209,13 +243,22 @@ pub fn check(sources: &Sources, runtimes: &dyn Runtimes) -> Checked {
             Some(root) => services::read(&mut services_report, &root, runtimes),
         },
     };
-    let project = match (app, routes, services) {
-        (Some(app), Some(routes), Some(services)) => {
-            let app_report = &mut app_reports[0];
-            check_upstreams(&mut routes_report, app_report.file(), &app, &routes);
-            check_relationships(app_report, &app, &services);
+    let project = match (apps, routes, services) {
+        (Some(apps), Some(routes), Some(services)) => {
+            let first_file = app_reports[apps[0].report].file().to_owned();
+            check_upstreams(&mut routes_report, &apps, &first_file, &routes);
+            for app in &apps {
+                check_relationships(&mut app_reports[app.report], &app.config, &apps, &services);
+            }
+            if let [_, second, ..] = apps.as_slice() {
+                app_reports[second.report].error(
+                    second.span,
+                    "projects with several apps are not supported by Lockstep yet",
+                    Some("keep one app in the repository".into()),
+                );
+            }
             Some(Project {
-                app,
+                apps: apps.into_iter().map(|app| app.config).collect(),
                 routes,
                 services,
             })
@@ -252,12 +295,20 @@ fn report_for<'a>(file: &str, text: &'a Option<String>) -> FileReport<'a> {
     FileReport::new(file, text.as_deref().unwrap_or_default())
 }
 
-/// The app, from `.platform/applications.yaml` or else from the `.platform.app.yaml` files (at
-/// the root, or one in each app folder), with the reports of the files it came from.
-fn read_app<'a>(
+/// An app as read, with the report of the file it is in and where it starts there.
+struct ReadApp {
+    config: AppConfig,
+    report: usize,
+    span: yaml::Span,
+}
+
+/// The apps, from `.platform/applications.yaml` or else from the `.platform.app.yaml` files (at
+/// the root, or one in each app folder), with the reports of the files they came from; `None`
+/// when one is wrong, or two share a name.
+fn read_apps<'a>(
     sources: &'a Sources,
     runtimes: &dyn Runtimes,
-) -> (Vec<FileReport<'a>>, Option<AppConfig>) {
+) -> (Vec<FileReport<'a>>, Option<Vec<ReadApp>>) {
     let app_files: Vec<(&str, &'a str)> = sources
         .app
         .iter()
@@ -274,16 +325,16 @@ fn read_app<'a>(
         if let Some((file, _)) = app_files.first() {
             report.error(
                 Default::default(),
-                format!(
-                    "the project configures apps in both `{file}` and `{APPLICATIONS_FILE}`, and Lockstep runs one app"
-                ),
-                Some("keep the app in one of the two files and delete the other".into()),
+                format!("the project configures apps in both `{file}` and `{APPLICATIONS_FILE}`"),
+                Some("keep the apps in one of the two and delete the other".into()),
             );
             return (vec![report], None);
         }
-        let app = parse_file(&mut report, text, sources)
-            .and_then(|root| read_single_app(&mut report, &root, runtimes));
-        return (vec![report], app);
+        let apps = parse_file(&mut report, text, sources)
+            .and_then(|root| read_listed_apps(&mut report, &root, runtimes));
+        let mut reports = vec![report];
+        let apps = apps.and_then(|apps| distinct_names(&mut reports, apps));
+        return (reports, apps);
     }
     let mut reports = Vec::new();
     let mut apps = Vec::new();
@@ -293,38 +344,57 @@ fn read_app<'a>(
         let folder = folder.trim_end_matches('/');
         apps.push(
             parse_file(&mut report, text, sources)
-                .and_then(|root| app::read(&mut report, &root, None, folder, runtimes)),
+                .and_then(|root| app::read(&mut report, &root, None, folder, runtimes))
+                .map(|config| ReadApp {
+                    config,
+                    report: reports.len(),
+                    span: Default::default(),
+                }),
         );
         reports.push(report);
     }
-    match reports.as_mut_slice() {
-        [] => {
-            let mut report = report_for(APP_FILE, &sources.app);
-            // Reported as unreadable, not as missing.
-            if !sources.unreadable.iter().any(|(file, _)| file == APP_FILE) {
-                report.error(
-                    Default::default(),
-                    "the project has no `.platform.app.yaml`",
-                    Some(format!(
-                        "add `{APP_FILE}` at the repository root, with at least {MINIMUM_APP}"
-                    )),
-                );
-            }
-            (vec![report], None)
-        }
-        [_] => (reports, apps.pop().flatten()),
-        [first, second, ..] => {
-            second.error(
+    if reports.is_empty() {
+        let mut report = report_for(APP_FILE, &sources.app);
+        // Reported as unreadable, not as missing.
+        if !sources.unreadable.iter().any(|(file, _)| file == APP_FILE) {
+            report.error(
                 Default::default(),
-                format!(
-                    "projects with several apps are not supported by Lockstep yet: `{}` configures another",
-                    first.file()
-                ),
-                Some("keep one `.platform.app.yaml` in the repository".into()),
+                "the project has no `.platform.app.yaml`",
+                Some(format!(
+                    "add `{APP_FILE}` at the repository root, with at least {MINIMUM_APP}"
+                )),
             );
-            (reports, None)
+        }
+        return (vec![report], None);
+    }
+    let apps = apps
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .and_then(|apps| distinct_names(&mut reports, apps));
+    (reports, apps)
+}
+
+/// Apps must have names of their own: routes and relationships name them.
+fn distinct_names(reports: &mut [FileReport<'_>], apps: Vec<ReadApp>) -> Option<Vec<ReadApp>> {
+    let mut ok = true;
+    for (index, app) in apps.iter().enumerate() {
+        if let Some(first) = apps[..index]
+            .iter()
+            .find(|other| other.config.name == app.config.name)
+        {
+            let first_file = reports[first.report].file().to_owned();
+            reports[app.report].error(
+                app.span,
+                format!(
+                    "two apps are named `{}`: this one and the one in `{first_file}`",
+                    app.config.name
+                ),
+                Some("give each app a `name` of its own".into()),
+            );
+            ok = false;
         }
     }
+    ok.then_some(apps)
 }
 
 const MINIMUM_APP: &str = "`name`, `type` and `web.commands.start`";
@@ -350,12 +420,12 @@ fn parse_file<'a>(
 }
 
 /// `.platform/applications.yaml` as a mapping of app names to apps, or as a list of apps with
-/// `name`; either way, Lockstep reads it only when it holds one app.
-fn read_single_app(
+/// `name`; the apps' folders are their `source.root`.
+fn read_listed_apps(
     report: &mut FileReport<'_>,
     root: &yaml::Node,
     runtimes: &dyn Runtimes,
-) -> Option<AppConfig> {
+) -> Option<Vec<ReadApp>> {
     // Each app with the key naming it (map form) and where it starts.
     let apps: Vec<(Option<&yaml::Key>, &yaml::Node, yaml::Span)> = match &root.value {
         yaml::Value::Map(entries) => entries
@@ -368,21 +438,22 @@ fn read_single_app(
             return None;
         }
     };
-    match apps.as_slice() {
-        [(named, app, _)] => app::read(report, app, *named, "", runtimes),
-        [] => {
-            report.error(root.span, "this file defines no app", None);
-            None
-        }
-        [_, (_, _, second), ..] => {
-            report.error(
-                *second,
-                "projects with several apps are not supported by Lockstep yet",
-                Some(format!("keep one app in this file (or in `{APP_FILE}`)")),
-            );
-            None
-        }
+    if apps.is_empty() {
+        report.error(root.span, "this file defines no app", None);
+        return None;
     }
+    // Every app is read, so that all their problems are reported at once.
+    let read: Vec<Option<ReadApp>> = apps
+        .into_iter()
+        .map(|(named, app, span)| {
+            app::read(report, app, named, "", runtimes).map(|config| ReadApp {
+                config,
+                report: 0,
+                span,
+            })
+        })
+        .collect();
+    read.into_iter().collect()
 }
 
 fn finish<'a>(
@@ -443,30 +514,106 @@ fn default_routes(app: &str) -> Vec<Route> {
     ]
 }
 
-fn check_upstreams(report: &mut FileReport<'_>, app_file: &str, app: &AppConfig, routes: &[Route]) {
+/// A relationship to another app of the project: its `http` endpoint, the app's web server.
+fn check_app_relationship(
+    report: &mut FileReport<'_>,
+    app: &AppConfig,
+    name: &str,
+    relationship: &Relationship,
+    target: &AppConfig,
+    services: &BTreeMap<String, Service>,
+) {
+    let target_name = &target.name;
+    if services.contains_key(target_name) {
+        report.error(
+            relationship.service_span,
+            format!(
+                "relationship `{name}` names `{target_name}`, which is both an app and a service in `{SERVICES_FILE}`"
+            ),
+            Some("give the app or the service another name".into()),
+        );
+    } else if *target_name == app.name {
+        report.error(
+            relationship.service_span,
+            format!("relationship `{name}` names the app itself"),
+            Some("an app reaches itself on its own `PORT`; name another app or a service".into()),
+        );
+    } else if let Some(endpoint) = relationship
+        .endpoint
+        .as_deref()
+        .filter(|e| *e != APP_ENDPOINT)
+    {
+        report.error(
+            relationship.endpoint_span,
+            format!(
+                "relationship `{name}` asks app `{target_name}` for endpoint `{endpoint}`, but an app answers on `{APP_ENDPOINT}` only"
+            ),
+            Some(format!("write `\"{target_name}:{APP_ENDPOINT}\"`")),
+        );
+    }
+}
+
+/// `first_file` is where the first app is configured, for the message when there is one app.
+fn check_upstreams(
+    report: &mut FileReport<'_>,
+    apps: &[ReadApp],
+    first_file: &str,
+    routes: &[Route],
+) {
+    let names = || apps.iter().map(|app| app.config.name.as_str());
     for route in routes {
         let RouteKind::Upstream { app: upstream } = &route.kind else {
             continue;
         };
-        if *upstream != app.name {
-            report.error(
-                route.upstream_span,
-                format!(
-                    "route \"{}\" sends requests to app `{upstream}`, but `{app_file}` names the app `{}`",
-                    route.url, app.name
-                ),
-                Some(format!("write `upstream: \"{}:http\"`", app.name)),
-            );
+        if names().any(|name| name == upstream) {
+            continue;
         }
+        let (message, help) = match apps {
+            [only] => (
+                format!(
+                    "route \"{}\" sends requests to app `{upstream}`, but `{}` names the app `{}`",
+                    route.url, first_file, only.config.name
+                ),
+                format!("write `upstream: \"{}:http\"`", only.config.name),
+            ),
+            _ => (
+                format!(
+                    "route \"{}\" sends requests to app `{upstream}`, but no app has that name",
+                    route.url
+                ),
+                match suggest(upstream, names()) {
+                    Some(near) => format!("did you mean `\"{near}:http\"`?"),
+                    None => format!(
+                        "name one of the apps: {}",
+                        names()
+                            .map(|n| format!("`{n}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                },
+            ),
+        };
+        report.error(route.upstream_span, message, Some(help));
     }
 }
+
+/// The endpoint an app answers relationships on (`"api:http"`), as on Platform.sh.
+pub const APP_ENDPOINT: &str = "http";
 
 fn check_relationships(
     report: &mut FileReport<'_>,
     app: &AppConfig,
+    apps: &[ReadApp],
     services: &BTreeMap<String, Service>,
 ) {
     for (name, relationship) in &app.relationships {
+        let target_app = apps
+            .iter()
+            .find(|other| other.config.name == relationship.service);
+        if let Some(other) = target_app {
+            check_app_relationship(report, app, name, relationship, &other.config, services);
+            continue;
+        }
         let Some(service) = services.get(&relationship.service) else {
             let help = match suggest(&relationship.service, services.keys().map(String::as_str)) {
                 Some(near) => format!("did you mean `{near}`?"),
@@ -614,7 +761,7 @@ mod tests {
             ]
         );
         let checked = check(&sources, &AnyRuntime);
-        let app = checked.project.expect("valid").app;
+        let app = checked.project.expect("valid").apps.remove(0);
         assert_eq!(app.name, "app");
         assert_eq!(
             app.hooks.build.as_deref(),
@@ -794,7 +941,7 @@ mod tests {
             "name: app\ntype: 'php:8.1'\nweb:\n  commands: {start: php -S 0.0.0.0:$PORT}\n  locations:\n    /:\n      root: /wordpress/\n      passthru: /index.php\n      expires: 600\n      index: [index.php]\n      headers: {X-Frame-Options: DENY}\n      rules: {'^/license\\.txt$': {allow: false, expires: 1h}}\n",
         );
         let project = checked.project.expect("valid");
-        let location = &project.app.web.locations["/"];
+        let location = &project.apps[0].web.locations["/"];
         assert_eq!(location.root.as_deref(), Some("wordpress"));
         assert_eq!(location.passthru, Passthru::Path("/index.php".into()));
         assert_eq!(location.expires, Expires::Seconds(600));
@@ -806,7 +953,7 @@ mod tests {
         assert_eq!(rule.allow, Some(false));
         assert_eq!(rule.expires, Some(Expires::Seconds(3_600)));
         assert_eq!(rule.passthru, None);
-        assert!(project.app.web.passes_to_app());
+        assert!(project.apps[0].web.passes_to_app());
     }
 
     #[test]
@@ -814,12 +961,101 @@ mod tests {
         let checked = app_only(
             "name: app\ntype: nodejs:18\nweb:\n  locations:\n    /: {root: public, index: [index.html]}\n",
         );
-        let web = checked.project.expect("valid").app.web;
+        let web = checked.project.expect("valid").apps.remove(0).web;
         assert_eq!(web.start, None);
         assert!(!web.passes_to_app());
         let passing =
             app_only("name: app\ntype: nodejs:18\nweb:\n  locations:\n    /: {passthru: true}\n");
         assert_eq!(messages(&passing), ["`web.commands` is required"]);
+    }
+
+    #[test]
+    fn several_apps_are_each_checked_with_the_routes_and_relationships_between_them() {
+        let app = |name: &str, extra: &str| {
+            format!(
+                "{name}:\n  type: python:3.11\n  source: {{root: {name}}}\n  web: {{commands: {{start: ./run}}}}\n{extra}"
+            )
+        };
+        let project = |apps: String, routes: &str, services: &str| {
+            check(
+                &Sources {
+                    applications: Some(apps),
+                    routes: Some(routes.into()),
+                    services: Some(services.into()),
+                    ..Default::default()
+                },
+                &AnyRuntime,
+            )
+        };
+        let routes = "\"https://{default}/\": {type: upstream, upstream: \"web:http\"}\n\"https://api.{default}/\": {type: upstream, upstream: \"api:http\"}\n";
+        let db = "db: {type: postgresql:15}\n";
+        // Two valid apps, one reaching the other: only the limit of this version is left.
+        let valid = project(
+            app(
+                "web",
+                "  relationships: {backend: \"api:http\", database: \"db:postgresql\"}\n",
+            ) + &app("api", ""),
+            routes,
+            db,
+        );
+        assert_eq!(
+            messages(&valid),
+            ["projects with several apps are not supported by Lockstep yet"]
+        );
+
+        let wrong = project(
+            app(
+                "web",
+                "  relationships: {backend: \"api:mysql\", me: \"web:http\", both: \"db:http\"}\n",
+            ) + &app("api", "")
+                + &app("db", ""),
+            "\"https://{default}/\": {type: upstream, upstream: \"wbe:http\"}\n",
+            db,
+        );
+        assert_eq!(
+            messages(&wrong),
+            [
+                "relationship `backend` asks app `api` for endpoint `mysql`, but an app answers on `http` only",
+                "relationship `me` names the app itself",
+                "relationship `both` names `db`, which is both an app and a service in `.platform/services.yaml`",
+                "projects with several apps are not supported by Lockstep yet",
+                "route \"https://{default}/\" sends requests to app `wbe`, but no app has that name",
+            ]
+        );
+
+        let twins = check(
+            &Sources {
+                nested_apps: [
+                    (
+                        "a/.platform.app.yaml".into(),
+                        "name: app\ntype: python:3.11\nweb: {commands: {start: ./run}}\n".into(),
+                    ),
+                    (
+                        "b/.platform.app.yaml".into(),
+                        "name: app\ntype: nodejs:20\nweb: {commands: {start: ./run}}\n".into(),
+                    ),
+                ]
+                .into(),
+                ..Default::default()
+            },
+            &AnyRuntime,
+        );
+        assert_eq!(
+            messages(&twins),
+            ["two apps are named `app`: this one and the one in `a/.platform.app.yaml`"]
+        );
+        assert_eq!(twins.diagnostics[0].file, "b/.platform.app.yaml");
+    }
+
+    #[test]
+    fn a_project_stored_with_its_one_app_reads_back() {
+        let checked = app_only("name: app\ntype: python:3.11\nweb: {commands: {start: ./run}}\n");
+        let project = checked.project.expect("valid");
+        let mut stored = serde_json::to_value(&project).unwrap();
+        let apps = stored.as_object_mut().unwrap().remove("apps").unwrap();
+        stored["app"] = apps[0].clone();
+        let read: Project = serde_json::from_value(stored).unwrap();
+        assert_eq!(read, project);
     }
 
     #[test]
@@ -855,7 +1091,8 @@ mod tests {
             check(&sources, &AnyRuntime)
                 .project
                 .expect("valid")
-                .app
+                .apps
+                .remove(0)
                 .source_root
         };
         let at_root = Sources {
@@ -901,7 +1138,7 @@ mod tests {
             },
             &AnyRuntime,
         );
-        assert_eq!(by_key.project.expect("valid").app.name, "api");
+        assert_eq!(by_key.project.expect("valid").apps[0].name, "api");
         let listed = check(
             &Sources {
                 applications: Some(format!("- name: api\n{app}")),
@@ -909,7 +1146,7 @@ mod tests {
             },
             &AnyRuntime,
         );
-        assert_eq!(listed.project.expect("valid").app.name, "api");
+        assert_eq!(listed.project.expect("valid").apps[0].name, "api");
         let mismatch = check(
             &Sources {
                 applications: Some(format!("api:\n  name: web\n{app}")),

@@ -1048,7 +1048,7 @@ fn check_app_ssh_access(
     let least = match controller
         .images
         .manifest(&id)
-        .map(|m| m.info.config.app.access.ssh)
+        .map(|m| m.info.app().access.ssh)
     {
         Ok(lockstep_config::Role::Admin) => crate::access::Role::Admin,
         Ok(lockstep_config::Role::Viewer) => crate::access::Role::Viewer,

@@ -139,8 +139,8 @@ impl Builder {
         if let Some(manifest) = self.store.find_build(&build_key)? {
             log(&format!(
                 "Building application '{}' (runtime type: {}, tree: {})",
-                manifest.info.config.app.name,
-                manifest.info.config.app.runtime,
+                manifest.info.app().name,
+                manifest.info.app().runtime,
                 &tree_id[..7]
             ));
             log(&format!("  {REUSE_MESSAGE}"));
@@ -169,17 +169,18 @@ impl Builder {
         let Some(config) = checked.project else {
             return Err(BuildError::InvalidConfig(checked.diagnostics));
         };
+        // The check accepts one app per project so far.
+        let app = config.apps[0].clone();
         // The app's folder is all the image holds: the rest of the repository is not the app's.
         let app_dir = work.path().join(APP_PREFIX);
-        take_app_folder(&tree_dir, &config.app.source_root, &app_dir)?;
+        take_app_folder(&tree_dir, &app.source_root, &app_dir)?;
         log(&format!(
             "Building application '{}' (runtime type: {}, tree: {})",
-            config.app.name,
-            config.app.runtime,
+            app.name,
+            app.runtime,
             &tree_id[..7]
         ));
-        let runtime =
-            lockstep_supervisor::resolve_runtime(&config.app.runtime, request.strict_runtimes)?;
+        let runtime = lockstep_supervisor::resolve_runtime(&app.runtime, request.strict_runtimes)?;
         if let Some(warning) = runtime.warning() {
             log(&format!("  {warning}"));
         }
@@ -215,10 +216,10 @@ impl Builder {
         sandbox.runtime = runtime.commands;
         sandbox.host_files = request.operator.files.clone();
 
-        let mut variables = config.app.variables.clone();
+        let mut variables = app.variables.clone();
         variables.extend(request.variables.clone());
         let env = build_env(&BuildEnv {
-            app: &config.app,
+            app: &app,
             project: request.project,
             project_entropy: request.project_entropy,
             tree_id: &tree_id,
@@ -226,18 +227,18 @@ impl Builder {
             operator: request.operator,
         });
         let mut script = String::new();
-        if let Some(install) = dependencies_script(&config.app.dependencies) {
+        if let Some(install) = dependencies_script(&app.dependencies) {
             log("  Installing global dependencies into .global");
             script.push_str(&install);
         }
-        if needs_npm_install(&config.app, &app_dir) {
+        if needs_npm_install(&app, &app_dir) {
             log("  Installing dependencies with npm (the nodejs default build flavor)");
             script.push_str("npm prune --userconfig .npmrc && npm install --userconfig .npmrc\n");
         }
-        if let Some(check) = php_extensions_check(&config.app.extensions) {
+        if let Some(check) = php_extensions_check(&app.extensions) {
             script.push_str(&check);
         }
-        if needs_composer_install(&config.app, &app_dir) {
+        if needs_composer_install(&app, &app_dir) {
             log("  Installing dependencies with Composer (the composer build flavor)");
             script.push_str(
                 "composer --no-ansi --no-interaction install --no-progress --prefer-dist --optimize-autoloader --no-dev\n",
@@ -248,7 +249,7 @@ impl Builder {
         if !script.is_empty() {
             script = format!("set -e\n{script}set +e\n");
         }
-        if let Some(hook) = &config.app.hooks.build {
+        if let Some(hook) = &app.hooks.build {
             log("  Executing build hook...");
             script.push_str(hook);
         }
@@ -273,6 +274,7 @@ impl Builder {
             tree_id,
             build_key,
             config,
+            app: app.name.clone(),
         };
         let build_millis = started.elapsed().as_millis() as u64;
         let manifest = self.store.add(&app_dir, info, built_at, build_millis)?;

@@ -30,7 +30,22 @@ pub struct ImageInfo {
     pub tree_id: String,
     /// Hash of everything that went into the build: tree, build-visible variables, format.
     pub build_key: String,
+    /// The whole project's configuration: its routes and services are every app's.
     pub config: lockstep_config::Project,
+    /// The app of the project this image is; empty in images built before projects had
+    /// several, which are of their project's one app.
+    #[serde(default)]
+    pub app: String,
+}
+
+impl ImageInfo {
+    /// The configuration of the app this image is.
+    pub fn app(&self) -> &lockstep_config::AppConfig {
+        self.config
+            .app(&self.app)
+            .or(self.config.apps.first())
+            .expect("a checked project has an app")
+    }
 }
 
 /// The store's record of an image: its description, and facts about this build of it.

@@ -235,7 +235,8 @@ fn the_build_hook_sees_the_build_environment() {
     let info: serde_json::Value =
         serde_json::from_slice(&fs::read(unpacked.join("image.json")).unwrap()).unwrap();
     assert_eq!(info["tree_id"], outcome.manifest.info.tree_id);
-    assert_eq!(info["config"]["app"]["name"], "app");
+    assert_eq!(info["config"]["apps"][0]["name"], "app");
+    assert_eq!(info["app"], "app", "the image names its app");
 }
 
 #[test]
@@ -475,7 +476,7 @@ fn an_app_in_a_folder_is_built_from_that_folder_alone() {
     repo.write("README.md", "not the app's\n");
     repo.commit();
     let outcome = build(&builder, &repo, &no_variables()).0.unwrap();
-    assert_eq!(outcome.manifest.info.config.app.source_root, "search");
+    assert_eq!(outcome.manifest.info.app().source_root, "search");
     let app = unpacked_app(&builder, &outcome, data.path());
     assert_eq!(
         fs::read_to_string(app.join("server.py")).unwrap(),

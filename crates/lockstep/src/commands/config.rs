@@ -35,9 +35,19 @@ pub fn run(command: ConfigCommand) -> anyhow::Result<ExitCode> {
         let warnings = checked.warnings().count();
         match &checked.project {
             Some(project) => println!(
-                "{}: the configuration is valid (app `{}`, {}, {}, {})",
+                "{}: the configuration is valid ({} {}, {}, {}, {})",
                 path.display(),
-                project.app.name,
+                if project.apps.len() == 1 {
+                    "app"
+                } else {
+                    "apps"
+                },
+                project
+                    .apps
+                    .iter()
+                    .map(|app| format!("`{}`", app.name))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 count(project.routes.len(), "route"),
                 count(project.services.len(), "service"),
                 count(warnings, "warning"),
