@@ -635,9 +635,7 @@ impl Instance {
             self.supervisor.restart_now(WEB);
             let timeout = Duration::from_millis(state.config.gate.start_timeout_ms);
             if let Some(reason) = self.wait_for_web(&upstream, timeout).await {
-                let output = lockstep_supervisor::read_log(&self.dir.join("logs"), WEB, 4096)
-                    .unwrap_or_default();
-                return Err(AgentError::WebDidNotStart { reason, output });
+                return Err(self.web_did_not_start(reason));
             }
         }
         self.gate.open(step.generation);
@@ -859,22 +857,23 @@ impl Instance {
             Some(failure) => failure,
         };
         self.supervisor.stop(WEB).await;
+        Err(self.web_did_not_start(failure))
+    }
+
+    /// Why the web process is not serving, with the end of its log.
+    fn web_did_not_start(&self, reason: String) -> AgentError {
         let output =
             lockstep_supervisor::read_log(&self.dir.join("logs"), WEB, 4096).unwrap_or_default();
-        Err(AgentError::WebDidNotStart {
-            reason: failure,
-            output,
-        })
+        AgentError::WebDidNotStart { reason, output }
     }
 
     /// Waits until the web process accepts connections; says why it did not otherwise: it
     /// exited again and again, or the start timeout passed.
     async fn wait_for_web(&self, upstream: &Upstream, timeout: Duration) -> Option<String> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let restarts = |web: &lockstep_supervisor::ProcessStatus| web.restarts;
         let web_status = || self.supervisor.status().into_iter().find(|p| p.name == WEB);
         // Exits before this wait do not count against it.
-        let restarts_before = web_status().as_ref().map_or(0, restarts);
+        let restarts_before = web_status().map_or(0, |web| web.restarts);
         loop {
             let listening = match upstream {
                 Upstream::Port(port) => tokio::net::TcpStream::connect(("127.0.0.1", *port))
@@ -888,7 +887,7 @@ impl Instance {
                 return None;
             }
             let exits = |web: &lockstep_supervisor::ProcessStatus| {
-                restarts(web).saturating_sub(restarts_before) + 1
+                web.restarts.saturating_sub(restarts_before) + 1
             };
             if let Some(web) = web_status().filter(|web| exits(web) >= WEB_START_ATTEMPTS)
                 && web.state == SupervisedState::BackingOff

@@ -27,7 +27,7 @@ pub fn sourcing_environment_file(command: &str) -> String {
 /// The whole environment of a runtime process but `PORT` or `SOCKET`, which say where the web
 /// process listens.
 pub fn runtime_env(context: &RuntimeContext<'_>) -> BTreeMap<String, String> {
-    let app = &context.image.app();
+    let app = context.image.app();
     let mut env = app_env(context.operator);
     // Precedence: what the platform provides, then the environment's variables, then the app's.
     let mut variables = app.variables.clone();
@@ -76,7 +76,7 @@ pub fn config_json(
     env: &BTreeMap<String, String>,
     user: RunAs,
 ) -> serde_json::Value {
-    let app = &context.image.app();
+    let app = context.image.app();
     let config = context.config;
     let mut configuration = app.as_written.clone();
     if let serde_json::Value::Object(fields) = &mut configuration {
