@@ -16,7 +16,7 @@ use lockstep_proto::agent::{
     ActiveRelease, Closed, CronRunInfo, DiskUse, ExecOutcome, ExecRequest, Gate, HookKind,
     HookOutcome, HookRequest, HookState, InstanceConfig, InstanceStatus, NodeUser, ProcessInfo,
     ProcessState, RuntimeInputs, ServiceClientRequest, ServiceReplication, ServiceSpec,
-    ServiceStatus, Staged, Step, SwapRequest,
+    ServiceStatus, Staged, Step, SwapRequest, instance_name,
 };
 use lockstep_supervisor::{
     Cancel, CronOutcome, CronRunner, CronSpec, HookFailure, HookSpec, LogLimits, ProcessSpec,
@@ -30,6 +30,7 @@ use crate::NodeContext;
 use crate::error::AgentError;
 use crate::hooks::HookStore;
 use crate::locations::Served;
+use crate::relationships::AppEndpoint;
 use crate::release::{MountRoots, ReadyMount, Releases, disk_use};
 use crate::router::{GateControl, NodeRouter, Upstream};
 use crate::runtime_env::{RuntimeContext, config_json, runtime_env, sourcing_environment_file};
@@ -82,7 +83,8 @@ pub struct Instance {
     hooks: HookStore,
     supervisor: Supervisor,
     crons: CronRunner,
-    services: Services,
+    /// The environment's, shared with the instances of its other apps.
+    services: Arc<Services>,
     context: Arc<NodeContext>,
     router_task: tokio::task::JoinHandle<()>,
     /// Hooks running now, by deployment and hook, so a repeated request waits for the outcome.
@@ -95,6 +97,9 @@ impl Drop for Instance {
     }
 }
 
+/// The file in an instance's folder that says it is one.
+pub const STATE_FILE: &str = "state.json";
+
 impl Instance {
     /// Creates an instance, or loads the one already on disk.
     pub async fn load(
@@ -102,7 +107,7 @@ impl Instance {
         config: Option<InstanceConfig>,
         context: Arc<NodeContext>,
     ) -> Result<Arc<Instance>, AgentError> {
-        let state_path = dir.join("state.json");
+        let state_path = dir.join(STATE_FILE);
         let existing: Option<Persisted> = lockstep_durable::read_json(&state_path)
             .map_err(AgentError::io(format!("read {}", state_path.display())))?;
         let mut state = match (existing, config) {
@@ -157,6 +162,12 @@ impl Instance {
         );
         let router_task = tokio::spawn(router.serve(listener));
         let log_dir = dir.join("logs");
+        let environment_dir = dir.with_file_name(&state.config.environment);
+        let services = context.environment_services(&state.config.environment, &environment_dir)?;
+        context.set_router_port(
+            &instance_name(&state.config.environment, state.config.app.as_deref()),
+            state.router_port,
+        );
         let instance = Arc::new(Instance {
             supervisor: Supervisor::new(LogLimits::default(), context.init.clone()),
             crons: CronRunner::new(
@@ -165,7 +176,7 @@ impl Instance {
                 LogLimits::default(),
                 context.init.clone(),
             ),
-            services: Services::load(dir.join("services"), log_dir, context.clone())?,
+            services,
             dir,
             state: Mutex::new(state),
             gate,
@@ -176,7 +187,6 @@ impl Instance {
             running_hooks: Default::default(),
         });
         instance.restart_services_after_load();
-        instance.restart_web_after_load().await;
         Ok(instance)
     }
 
@@ -227,8 +237,10 @@ impl Instance {
     }
 
     /// After a restart the active release's web process starts again, behind the closed gate,
-    /// so that an open at the right generation can follow at once.
-    async fn restart_web_after_load(&self) {
+    /// so that an open at the right generation can follow at once. The agent starts them once
+    /// every instance is loaded: a web process learns where the other apps of its project
+    /// answer when it starts.
+    pub async fn restart_web_after_load(&self) {
         let state = self.state.lock().await;
         let Some(active) = state.active.clone() else {
             return;
@@ -974,6 +986,7 @@ impl Instance {
         let relationships = crate::relationships::platform_relationships(
             &info.app().relationships,
             &self.services.reachable(),
+            &self.other_apps(state, info),
             &crate::runtime_env::cluster(&state.config),
         );
         let context = RuntimeContext {
@@ -1004,6 +1017,28 @@ impl Instance {
         )
         .map_err(AgentError::io("write /run/config.json"))?;
         Ok((sandbox, env))
+    }
+
+    /// Where the project's other apps answer on this node: their instances' routers.
+    fn other_apps(
+        &self,
+        state: &Persisted,
+        info: &ImageInfo,
+    ) -> std::collections::BTreeMap<String, AppEndpoint> {
+        info.config
+            .apps
+            .iter()
+            .filter(|app| app.name != info.app().name)
+            .filter_map(|app| {
+                let instance = instance_name(&state.config.environment, Some(&app.name));
+                let port = self.context.router_port(&instance)?;
+                let endpoint = AppEndpoint {
+                    port,
+                    runtime: app.runtime.clone(),
+                };
+                Some((app.name.clone(), endpoint))
+            })
+            .collect()
     }
 
     fn process_spec(

@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use lockstep_proto::agent::{InstanceConfig, InstanceStatus};
+use lockstep_proto::agent::{InstanceConfig, InstanceStatus, instance_name};
 pub use lockstep_supervisor::{OperatorEnv, SandboxInit};
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
@@ -35,6 +35,7 @@ use tokio::sync::Mutex;
 pub use error::AgentError;
 use instance::Instance;
 use metrics::Metrics;
+use services::Services;
 
 pub struct AgentOptions {
     pub data_dir: PathBuf,
@@ -55,9 +56,52 @@ pub(crate) struct NodeContext {
     /// Runtimes resolved so far, by `type` and strictness: resolving may run the language's
     /// program, which the closed window of a deploy should not wait for.
     runtimes: std::sync::Mutex<BTreeMap<(String, bool), lockstep_supervisor::Runtime>>,
+    /// Each environment's services, shared by the instances of its apps.
+    services: std::sync::Mutex<BTreeMap<String, Arc<Services>>>,
+    /// Each instance's router port, by instance name: where another app of its environment
+    /// reaches it (an `app:http` relationship).
+    router_ports: std::sync::Mutex<BTreeMap<String, u16>>,
 }
 
 impl NodeContext {
+    /// The services of `environment`, loaded from `environment_dir` (`instances/<env>`) the
+    /// first time an instance of it asks.
+    pub fn environment_services(
+        self: &Arc<Self>,
+        environment: &str,
+        environment_dir: &Path,
+    ) -> Result<Arc<Services>, AgentError> {
+        let mut services = self.services.lock().expect("services lock");
+        if let Some(found) = services.get(environment) {
+            return Ok(found.clone());
+        }
+        let log_dir = environment_dir.join("logs");
+        std::fs::create_dir_all(&log_dir)
+            .map_err(AgentError::io(format!("create {}", log_dir.display())))?;
+        let loaded = Arc::new(Services::load(
+            environment_dir.join("services"),
+            log_dir,
+            self.clone(),
+        )?);
+        services.insert(environment.to_owned(), loaded.clone());
+        Ok(loaded)
+    }
+
+    pub fn set_router_port(&self, instance: &str, port: u16) {
+        self.router_ports
+            .lock()
+            .expect("router ports lock")
+            .insert(instance.to_owned(), port);
+    }
+
+    pub fn router_port(&self, instance: &str) -> Option<u16> {
+        self.router_ports
+            .lock()
+            .expect("router ports lock")
+            .get(instance)
+            .copied()
+    }
+
     /// The runtime `type` resolves to on this node; a substitute is said in the agent's log.
     pub fn runtime(
         &self,
@@ -122,6 +166,8 @@ impl Agent {
                 init: options.init,
                 sandbox_owner,
                 runtimes: Default::default(),
+                services: Default::default(),
+                router_ports: Default::default(),
             }),
         });
         let entries = std::fs::read_dir(&instances_dir)
@@ -129,9 +175,16 @@ impl Agent {
         let mut instances = agent.instances.lock().await;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
+            // The folder of an environment with several apps holds only its services.
+            if !entry.path().join(instance::STATE_FILE).exists() {
+                continue;
+            }
             let instance = Instance::load(entry.path(), None, agent.context.clone()).await?;
-            tracing::info!(environment = %name, "instance loaded, closed");
+            tracing::info!(instance = %name, "instance loaded, closed");
             instances.insert(name, instance);
+        }
+        for instance in instances.values() {
+            instance.restart_web_after_load().await;
         }
         drop(instances);
         Ok(agent)
@@ -181,10 +234,10 @@ impl Agent {
         config: InstanceConfig,
     ) -> Result<InstanceStatus, AgentError> {
         check_instance_name(name)?;
-        if config.environment != name {
+        let configured = instance_name(&config.environment, config.app.as_deref());
+        if configured != name {
             return Err(AgentError::BadRequest(format!(
-                "the configuration is for environment `{}`, not `{name}`",
-                config.environment
+                "the configuration is for instance `{configured}`, not `{name}`"
             )));
         }
         let mut instances = self.instances.lock().await;
@@ -209,10 +262,11 @@ impl Agent {
     }
 }
 
-/// Environment names become folder names.
+/// Instance names become folder names: an environment's name (at most 63 characters), with
+/// `--` and its app's name (at most 64) when the project has several apps.
 fn check_instance_name(name: &str) -> Result<(), AgentError> {
     let valid = !name.is_empty()
-        && name.len() <= 64
+        && name.len() <= 63 + 2 + 64
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name
             .chars()

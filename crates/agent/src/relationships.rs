@@ -1,5 +1,6 @@
 //! `PLATFORM_RELATIONSHIPS` (SPEC section 10): for each relationship of the app, the service's
-//! endpoint on this node, with the fields Platform.sh gives.
+//! endpoint on this node, or the other app's router on this node (`app:http`), with the fields
+//! Platform.sh gives.
 
 use std::collections::BTreeMap;
 
@@ -8,14 +9,27 @@ use serde_json::{Value, json};
 
 use crate::services::Reachable;
 
+/// Another app of the project, as this node runs it.
+pub struct AppEndpoint {
+    /// Its instance's router port.
+    pub port: u16,
+    /// Its `type`.
+    pub runtime: String,
+}
+
 /// Platform.sh's relationships as one JSON object: each name maps to a list of one endpoint.
 pub fn platform_relationships(
     relationships: &BTreeMap<String, Relationship>,
     services: &BTreeMap<String, Reachable>,
+    apps: &BTreeMap<String, AppEndpoint>,
     cluster: &str,
 ) -> Value {
     let mut all = serde_json::Map::new();
     for (name, relationship) in relationships {
+        if let Some(app) = apps.get(&relationship.service) {
+            all.insert(name.clone(), app_entry(&relationship.service, app, cluster));
+            continue;
+        }
         let Some(service) = services.get(&relationship.service) else {
             // The configuration check ties every relationship to a declared service; a node
             // whose services lag behind gives the app no entry rather than a wrong one.
@@ -61,4 +75,29 @@ pub fn platform_relationships(
         );
     }
     Value::Object(all)
+}
+
+/// An `app:http` relationship: plain HTTP to the app's router, which admits requests only while
+/// the environment is open, as the edge's do.
+fn app_entry(app_name: &str, app: &AppEndpoint, cluster: &str) -> Value {
+    let host = "127.0.0.1";
+    json!([{
+        "scheme": "http",
+        "host": host,
+        "port": app.port,
+        "username": null,
+        "password": null,
+        "path": null,
+        "query": {},
+        "fragment": null,
+        "rel": "http",
+        "service": app_name,
+        "type": app.runtime,
+        "cluster": cluster,
+        "hostname": format!("{app_name}.internal"),
+        "ip": host,
+        "public": false,
+        "host_mapped": false,
+        "url": format!("http://{host}:{}", app.port),
+    }])
 }

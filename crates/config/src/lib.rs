@@ -250,13 +250,6 @@ pub fn check(sources: &Sources, runtimes: &dyn Runtimes) -> Checked {
             for app in &apps {
                 check_relationships(&mut app_reports[app.report], &app.config, &apps, &services);
             }
-            if let [_, second, ..] = apps.as_slice() {
-                app_reports[second.report].error(
-                    second.span,
-                    "projects with several apps are not supported by Lockstep yet",
-                    Some("keep one app in the repository".into()),
-                );
-            }
             Some(Project {
                 apps: apps.into_iter().map(|app| app.config).collect(),
                 routes,
@@ -989,7 +982,7 @@ mod tests {
         };
         let routes = "\"https://{default}/\": {type: upstream, upstream: \"web:http\"}\n\"https://api.{default}/\": {type: upstream, upstream: \"api:http\"}\n";
         let db = "db: {type: postgresql:15}\n";
-        // Two valid apps, one reaching the other: only the limit of this version is left.
+        // Two valid apps, one reaching the other.
         let valid = project(
             app(
                 "web",
@@ -998,10 +991,7 @@ mod tests {
             routes,
             db,
         );
-        assert_eq!(
-            messages(&valid),
-            ["projects with several apps are not supported by Lockstep yet"]
-        );
+        assert_eq!(messages(&valid), Vec::<String>::new());
 
         let wrong = project(
             app(
@@ -1018,7 +1008,6 @@ mod tests {
                 "relationship `backend` asks app `api` for endpoint `mysql`, but an app answers on `http` only",
                 "relationship `me` names the app itself",
                 "relationship `both` names `db`, which is both an app and a service in `.platform/services.yaml`",
-                "projects with several apps are not supported by Lockstep yet",
                 "route \"https://{default}/\" sends requests to app `wbe`, but no app has that name",
             ]
         );

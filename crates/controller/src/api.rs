@@ -79,6 +79,9 @@ impl From<ControllerError> for ApiError {
                 StoreError::UnknownEnvironment(_) | StoreError::UnknownActivity(_),
             ) => StatusCode::NOT_FOUND,
             ControllerError::Promotion(_) => StatusCode::CONFLICT,
+            ControllerError::NothingDeployed(_) | ControllerError::NoSuchApp { .. } => {
+                StatusCode::NOT_FOUND
+            }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let mut message = error.to_string();
@@ -331,7 +334,11 @@ where
 struct NodeStatus {
     name: String,
     agent: String,
+    /// The first app's router, gate and release.
     router: Option<String>,
+    /// Each app's, for a project with several.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    apps: Vec<AppStatus>,
     gate: Option<lockstep_proto::agent::Gate>,
     active: Option<lockstep_proto::agent::ActiveRelease>,
     services: Vec<lockstep_proto::agent::ServiceStatus>,
@@ -339,6 +346,51 @@ struct NodeStatus {
     /// each server.
     replication: Vec<lockstep_proto::agent::ServiceReplication>,
     error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct AppStatus {
+    app: String,
+    router: Option<String>,
+    gate: Option<lockstep_proto::agent::Gate>,
+    active: Option<lockstep_proto::agent::ActiveRelease>,
+    error: Option<String>,
+}
+
+/// Each app's instance on `node`, as it answers.
+async fn app_statuses(
+    controller: &Controller,
+    node: &crate::Node,
+    instances: &[crate::apps::AppInstance],
+) -> Vec<AppStatus> {
+    let mut apps = Vec::new();
+    for instance in instances {
+        let router = node.router_of(instance.app.as_deref());
+        let (gate, active, error) = if router.is_none() {
+            (None, None, Some("no release yet".to_owned()))
+        } else {
+            match controller
+                .agents
+                .status(&node.agent_url, &instance.instance)
+                .await
+            {
+                Ok(status) => (Some(status.gate), status.active, None),
+                Err(error) => (None, None, Some(error.to_string())),
+            }
+        };
+        apps.push(AppStatus {
+            app: instance.name.clone(),
+            router: router.map(router_url),
+            gate,
+            active,
+            error,
+        });
+    }
+    apps
+}
+
+fn router_url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
 }
 
 /// The replicas' state on a node, or nothing when it does not answer in time.
@@ -379,42 +431,49 @@ async fn environment_status(
     controller: &Controller,
     environment: Environment,
 ) -> Result<EnvironmentStatus, ApiError> {
+    let instances = controller.serving_instances(&environment)?;
     let mut nodes = Vec::new();
     for node in controller.store.nodes(&environment.name)? {
-        // A node that never received the environment has nothing to say yet.
-        let (gate, active, services, replication, error) = if node.router_port.is_none() {
-            (
-                None,
-                None,
-                Vec::new(),
-                Vec::new(),
-                Some("no release yet".to_owned()),
-            )
+        let first = instances.first();
+        let router = first.and_then(|first| node.router_of(first.app.as_deref()));
+        let apps = if instances.len() > 1 {
+            app_statuses(controller, &node, &instances).await
         } else {
-            match controller
-                .agents
-                .status(&node.agent_url, &environment.name)
-                .await
-            {
-                Ok(status) => {
-                    let replication = if status.services.is_empty() {
-                        Vec::new()
-                    } else {
-                        replication_on(controller, &node.agent_url, &environment.name).await
-                    };
-                    (
-                        Some(status.gate),
-                        status.active,
-                        status.services,
-                        replication,
-                        None,
-                    )
-                }
-                Err(error) => (None, None, Vec::new(), Vec::new(), Some(error.to_string())),
-            }
+            Vec::new()
         };
+        // A node that never received the environment has nothing to say yet.
+        let (gate, active, services, replication, error) =
+            if let (Some(first), Some(_)) = (first, router) {
+                let instance = first.instance.as_str();
+                match controller.agents.status(&node.agent_url, instance).await {
+                    Ok(status) => {
+                        let replication = if status.services.is_empty() {
+                            Vec::new()
+                        } else {
+                            replication_on(controller, &node.agent_url, instance).await
+                        };
+                        (
+                            Some(status.gate),
+                            status.active,
+                            status.services,
+                            replication,
+                            None,
+                        )
+                    }
+                    Err(error) => (None, None, Vec::new(), Vec::new(), Some(error.to_string())),
+                }
+            } else {
+                (
+                    None,
+                    None,
+                    Vec::new(),
+                    Vec::new(),
+                    Some("no release yet".to_owned()),
+                )
+            };
         nodes.push(NodeStatus {
-            router: node.router_port.map(|p| format!("http://127.0.0.1:{p}")),
+            router: router.map(router_url),
+            apps,
             name: node.name,
             agent: node.agent_url,
             gate,
@@ -628,7 +687,11 @@ async fn set_setting(
     if let Err(error) = controller.sync_edge().await {
         tracing::warn!(%error, "the edge did not take the new settings yet");
     }
-    if let Err(error) = controller.configure_instances(&env, &nodes).await {
+    let instances = controller.serving_instances(&controller.store.environment(&env)?)?;
+    if let Err(error) = controller
+        .configure_instances(&env, &nodes, &instances)
+        .await
+    {
         tracing::warn!(%error, "a node did not take the new settings yet; it will at the next deployment");
     }
     Ok(Json(controller.store.environment(&env)?))
@@ -736,9 +799,19 @@ async fn activity_log(
         .expect("a fixed response builds"))
 }
 
+/// Where in an environment a request is for.
+#[derive(Deserialize)]
+struct Place {
+    /// The node [default: the environment's first].
+    node: Option<String>,
+    /// The app, in a project with several [default: its first].
+    app: Option<String>,
+}
+
 #[derive(Deserialize)]
 struct AppLogQuery {
-    node: Option<String>,
+    #[serde(flatten)]
+    place: Place,
     process: Option<String>,
 }
 
@@ -749,8 +822,9 @@ async fn app_log(
     Query(query): Query<AppLogQuery>,
     Extension(principal): Extension<Principal>,
 ) -> Result<String, ApiError> {
-    check(&controller, &principal, Action::Read, &env)?;
-    let node = node_of(&controller, &env, query.node.as_deref())?;
+    let environment = check(&controller, &principal, Action::Read, &env)?;
+    let node = node_of(&controller, &env, query.place.node.as_deref())?;
+    let instance = controller.serving_instance(&environment, query.place.app.as_deref())?;
     let process = query.process.as_deref().unwrap_or("web");
     let plain = !process.is_empty()
         && process
@@ -766,7 +840,7 @@ async fn app_log(
     }
     controller
         .agents
-        .log(&node.agent_url, &env, process)
+        .log(&node.agent_url, &instance.instance, process)
         .await
         .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("{}: {e:?}", node.name)))
 }
@@ -932,7 +1006,8 @@ async fn new_token(
 
 #[derive(Deserialize)]
 struct ExecQuery {
-    node: Option<String>,
+    #[serde(flatten)]
+    place: Place,
     command: String,
 }
 
@@ -943,19 +1018,17 @@ async fn exec(
     Extension(principal): Extension<Principal>,
     Json(query): Json<ExecQuery>,
 ) -> Result<Json<lockstep_proto::agent::ExecOutcome>, ApiError> {
-    let node = query.node.clone();
-    run_on_node(&controller, &principal, &env, node.as_deref(), |user| {
-        NodeCommand::Exec(lockstep_proto::agent::ExecRequest {
-            command: query.command,
-            user,
-        })
+    let ExecQuery { place, command } = query;
+    run_on_node(&controller, &principal, &env, &place, |user| {
+        NodeCommand::Exec(lockstep_proto::agent::ExecRequest { command, user })
     })
     .await
 }
 
 #[derive(Deserialize)]
 struct ServiceClientQuery {
-    node: Option<String>,
+    #[serde(flatten)]
+    place: Place,
     relationship: Option<String>,
     #[serde(flatten)]
     client: lockstep_proto::agent::ServiceClient,
@@ -968,11 +1041,15 @@ async fn service_client(
     Extension(principal): Extension<Principal>,
     Json(query): Json<ServiceClientQuery>,
 ) -> Result<Json<lockstep_proto::agent::ExecOutcome>, ApiError> {
-    let node = query.node.clone();
-    run_on_node(&controller, &principal, &env, node.as_deref(), |user| {
+    let ServiceClientQuery {
+        place,
+        relationship,
+        client,
+    } = query;
+    run_on_node(&controller, &principal, &env, &place, |user| {
         NodeCommand::ServiceClient(lockstep_proto::agent::ServiceClientRequest {
-            relationship: query.relationship,
-            client: query.client,
+            relationship,
+            client,
             user,
         })
     })
@@ -1005,18 +1082,19 @@ enum NodeCommand {
     ServiceClient(lockstep_proto::agent::ServiceClientRequest),
 }
 
-/// Runs `command` (made with the caller's name) on `node` of `env`, for a caller with the role
+/// Runs `command` (made with the caller's name) at `place` of `env`, for a caller with the role
 /// `lockstep ssh` needs: it reaches the app's data.
 async fn run_on_node(
     controller: &Controller,
     principal: &Principal,
     env: &str,
-    node: Option<&str>,
+    place: &Place,
     command: impl FnOnce(String) -> NodeCommand,
 ) -> Result<Json<lockstep_proto::agent::ExecOutcome>, ApiError> {
     let environment = check(controller, principal, Action::Ssh, env)?;
-    check_app_ssh_access(controller, principal, &environment)?;
-    let node = node_of(controller, env, node)?;
+    let instance = controller.serving_instance(&environment, place.app.as_deref())?;
+    check_app_ssh_access(controller, principal, &environment, &instance)?;
+    let node = node_of(controller, env, place.node.as_deref())?;
     let command = command(principal.name().to_owned());
     let call = match &command {
         NodeCommand::Exec(request) => crate::agents::Call::Exec(request),
@@ -1024,7 +1102,12 @@ async fn run_on_node(
     };
     controller
         .agents
-        .call(&node.agent_url, env, call, Duration::from_secs(600))
+        .call(
+            &node.agent_url,
+            &instance.instance,
+            call,
+            Duration::from_secs(600),
+        )
         .await
         .map(Json)
         .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("{}: {e}", node.name)))
@@ -1035,19 +1118,14 @@ fn check_app_ssh_access(
     controller: &Controller,
     principal: &Principal,
     environment: &Environment,
+    instance: &crate::apps::AppInstance,
 ) -> Result<(), ApiError> {
     let Principal::User { roles, .. } = principal else {
         return Ok(());
     };
-    let Some(serving) = &environment.serving else {
-        return Ok(());
-    };
-    let Ok(id) = serving.image.parse() else {
-        return Ok(());
-    };
     let least = match controller
         .images
-        .manifest(&id)
+        .manifest(&instance.image)
         .map(|m| m.info.app().access.ssh)
     {
         Ok(lockstep_config::Role::Admin) => crate::access::Role::Admin,

@@ -159,22 +159,35 @@ impl Controller {
         Ok(())
     }
 
-    /// The environment's route with the routes and cache rules of `image`, or else of the
-    /// release it serves.
+    /// The environment's route with the routers, routes and cache rules of `release`, or
+    /// else of the release it serves.
     fn edge_route(
         &self,
         env: &Environment,
-        image: Option<&str>,
+        release: Option<&str>,
     ) -> Result<EdgeRoute, ControllerError> {
-        let image = image.or(env.serving.as_ref().map(|serving| serving.image.as_str()));
-        let nodes = self
-            .store
-            .nodes(&env.name)?
-            .into_iter()
-            .filter_map(|n| n.router_port.map(|p| format!("http://127.0.0.1:{p}")))
-            .collect();
+        let release = release.or(env.serving.as_ref().map(|serving| serving.image.as_str()));
+        let instances = match release {
+            Some(release) => self.app_instances(&env.name, release)?,
+            None => Vec::new(),
+        };
+        let nodes = self.store.nodes(&env.name)?;
+        let routers = |app: Option<&str>| -> Vec<String> {
+            nodes
+                .iter()
+                .filter_map(|n| n.router_of(app).map(|p| format!("http://127.0.0.1:{p}")))
+                .collect()
+        };
+        let first_app = instances.first().and_then(|first| first.app.as_deref());
         // The environment's own host stays, so that it is served without a routes file.
-        let mut route = EnvironmentRoute::new(vec![self.host(&env.name)], nodes);
+        let mut route = EnvironmentRoute::new(vec![self.host(&env.name)], routers(first_app));
+        let several_apps = instances.len() > 1;
+        if several_apps {
+            route.app_nodes = instances
+                .iter()
+                .map(|instance| (instance.name.clone(), routers(instance.app.as_deref())))
+                .collect();
+        }
         let mut left_out = Vec::new();
         route.gate = if env.serving.is_some() {
             GateState::Open
@@ -188,11 +201,10 @@ impl Controller {
         };
         route.max_hold_secs = env.settings.max_hold_secs;
         route.grace_secs = env.settings.grace_secs;
-        if let Some(image) = image
-            && let Ok(id) = image.parse()
-            && let Ok(manifest) = self.images.manifest(&id)
+        if let Some(release) = release
+            && let Ok(project) = self.release_project(release)
         {
-            let routes = &manifest.info.config.routes;
+            let routes = &project.routes;
             let primary = routes
                 .iter()
                 .find(|r| {
@@ -211,9 +223,11 @@ impl Controller {
                     headers: primary.cache.headers.clone(),
                 };
             }
-            if let Ok(platform_routes) = self.platform_routes(&env.name, image) {
-                (route.routes, left_out) =
-                    lockstep_edge::routes_from_urls(resolved_routes(&platform_routes));
+            if let Ok(platform_routes) = self.platform_routes(&env.name, release) {
+                (route.routes, left_out) = lockstep_edge::routes_from_urls(resolved_routes(
+                    &platform_routes,
+                    several_apps,
+                ));
             }
             // `ENV.DOMAIN` is environment ENV's: production's `www.{default}` must not keep a
             // branch named `www` from its host, nor that branch production from its routes.
@@ -244,21 +258,27 @@ struct EdgeRoute {
 
 /// The routes of `PLATFORM_ROUTES` (so `{default}` and `{all}` are resolved once, as the app
 /// sees them) that the edge serves: those whose URL names `{default}` or `{all}`. A route
-/// naming a literal domain would make every environment claim that host.
+/// naming a literal domain would make every environment claim that host. An upstream route
+/// names its app when the project has several.
 fn resolved_routes(
     platform_routes: &serde_json::Value,
+    several_apps: bool,
 ) -> impl Iterator<Item = (&str, RouteAction)> {
     platform_routes
         .as_object()
         .into_iter()
         .flatten()
-        .filter_map(|(url, entry)| {
+        .filter_map(move |(url, entry)| {
             let original = entry.get("original_url")?.as_str()?;
             if !original.contains("{default}") && !original.contains("{all}") {
                 return None;
             }
             let action = match entry.get("type")?.as_str()? {
-                "upstream" => RouteAction::Upstream,
+                "upstream" => RouteAction::Upstream {
+                    app: several_apps
+                        .then(|| entry.get("upstream")?.as_str().map(str::to_owned))
+                        .flatten(),
+                },
                 "redirect" => RouteAction::Redirect {
                     to: entry.get("to")?.as_str()?.to_owned(),
                     code: DEFAULT_REDIRECT_CODE,
@@ -287,7 +307,7 @@ mod tests {
                 "type": "upstream", "upstream": "app", "original_url": "https://example.com/",
             },
         });
-        let mut routes: Vec<_> = resolved_routes(&platform_routes).collect();
+        let mut routes: Vec<_> = resolved_routes(&platform_routes, false).collect();
         routes.sort_by_key(|(url, _)| *url);
         assert_eq!(
             routes,
@@ -299,8 +319,18 @@ mod tests {
                         code: 301
                     }
                 ),
-                ("https://www.main.localhost/", RouteAction::Upstream),
+                (
+                    "https://www.main.localhost/",
+                    RouteAction::Upstream { app: None }
+                ),
             ]
         );
+        let named: Vec<_> = resolved_routes(&platform_routes, true).collect();
+        assert!(named.contains(&(
+            "https://www.main.localhost/",
+            RouteAction::Upstream {
+                app: Some("app".into())
+            }
+        )));
     }
 }

@@ -9,6 +9,7 @@
 mod access;
 mod agents;
 mod api;
+mod apps;
 mod builds;
 mod edge;
 mod git;
@@ -101,6 +102,14 @@ pub enum ControllerError {
     /// A service's primary cannot move as asked.
     #[error("{0}")]
     Promotion(String),
+    #[error("{0} has no release yet: push to its branch first")]
+    NothingDeployed(String),
+    #[error("{environment} has no app `{app}`; its apps: {apps}")]
+    NoSuchApp {
+        environment: String,
+        app: String,
+        apps: String,
+    },
     #[error("cannot {action}")]
     Io {
         action: String,
@@ -301,6 +310,7 @@ impl Controller {
                 position: position as u32,
                 agent_url: spec.agent_url.clone(),
                 router_port: None,
+                app_routers: Default::default(),
             })
             .collect();
         self.store.create_environment(&env, &nodes)?;
@@ -378,7 +388,8 @@ impl Controller {
         Ok(())
     }
 
-    fn instance_config(&self, env: &Environment, node: &Node) -> InstanceConfig {
+    /// The configuration of the instance of `app` (`apps::AppInstance::app`) on `node`.
+    fn instance_config(&self, env: &Environment, node: &Node, app: Option<&str>) -> InstanceConfig {
         let cluster = (env.kind != EnvironmentType::Development)
             .then(|| format!("{}-{}", self.options.project, env.name));
         InstanceConfig {
@@ -391,8 +402,17 @@ impl Controller {
             environment_type: env.kind,
             node: node.name.clone(),
             cluster,
-            router_port: node.router_port.unwrap_or(0),
-            storage_dir: self.options.data_dir.join("storage").join(&env.name),
+            router_port: node.router_of(app).unwrap_or(0),
+            // Each app's `storage` mounts are its own, as on Platform.sh.
+            storage_dir: match app {
+                None => self.options.data_dir.join("storage").join(&env.name),
+                Some(app) => self
+                    .options
+                    .data_dir
+                    .join("storage")
+                    .join(&env.name)
+                    .join(app),
+            },
             cron_node: node.position == 0,
             gate: GateSettings {
                 closed_status: env.settings.closed_status,
@@ -405,6 +425,7 @@ impl Controller {
                 gid: env.uid,
             }),
             strict_runtimes: env.settings.strict_runtimes,
+            app: app.map(str::to_owned),
         }
     }
 
@@ -417,19 +438,17 @@ impl Controller {
         }
     }
 
-    /// `PLATFORM_ROUTES` for an environment running `image`, as Platform.sh shapes it.
+    /// `PLATFORM_ROUTES` for an environment running `release`, as Platform.sh shapes it.
     fn platform_routes(
         &self,
         environment: &str,
-        image: &str,
+        release: &str,
     ) -> Result<serde_json::Value, ControllerError> {
-        let manifest = self
-            .images
-            .manifest(&image.parse().map_err(ControllerError::image)?)?;
+        let project = self.release_project(release)?;
         let host = self.host(environment);
         let resolve = |url: &str| url.replace("{default}", &host).replace("{all}", &host);
         let mut routes = serde_json::Map::new();
-        for route in &manifest.info.config.routes {
+        for route in &project.routes {
             let mut entry = serde_json::json!({
                 "primary": route.primary,
                 "id": route.id,

@@ -20,6 +20,7 @@ use lockstep_proto::agent::{
 use tokio::sync::mpsc;
 
 use crate::agents::{Call, CallError};
+use crate::apps::{AppInstance, dependencies_first};
 use crate::services::{Placed, PromoteOutcome, Reach, placement_lines};
 use crate::store::Node;
 use crate::{Controller, ControllerError};
@@ -121,7 +122,9 @@ impl Controller {
             Some(git_ref) => self.rebuild(job, git_ref).await?,
             None => job.image.clone(),
         };
-        self.configure_instances(&env.name, &nodes).await?;
+        let instances = self.app_instances(&env.name, &image)?;
+        self.configure_instances(&env.name, &nodes, &instances)
+            .await?;
         self.ensure_services(&env.name, &image, Some(&job.activity), Reach::EveryNode)
             .await?;
         let plan = Plan {
@@ -222,6 +225,21 @@ impl Controller {
             .map(|n| (n.name.clone(), n))
             .collect();
         let runtime = self.runtime_inputs(environment, &plan.image)?;
+        let in_order = |release: &str| -> Result<Vec<AppInstance>, ControllerError> {
+            Ok(dependencies_first(
+                self.app_instances(environment, release)?,
+                &self.release_project(release)?,
+            ))
+        };
+        let target = in_order(&plan.image)?;
+        let previous = match &plan.previous {
+            Some(previous) => Some((
+                previous.image.clone(),
+                previous.generation,
+                in_order(&previous.image)?,
+            )),
+            None => None,
+        };
         let (events, mut inbox) = mpsc::unbounded_channel();
         loop {
             for command in commands.drain(..) {
@@ -246,10 +264,12 @@ impl Controller {
                             continue;
                         };
                         let context = SendContext {
-                            environment: environment.to_owned(),
                             deployment: activity.to_owned(),
                             generation: plan.generation,
                             runtime: runtime.clone(),
+                            target: target.clone(),
+                            previous: previous.clone(),
+                            target_release: plan.image.clone(),
                         };
                         let controller = self.agents.clone();
                         let images = self.images.clone();
@@ -385,28 +405,59 @@ impl Controller {
         node: &Node,
         serving: &Release,
     ) -> Result<(), ControllerError> {
-        let status = match self.agents.status(&node.agent_url, environment).await {
-            Ok(status) => status,
-            Err(CallError::Node(NodeFailure::Failed(_))) => {
-                self.configure_instances(environment, std::slice::from_ref(node))
+        let instances = self.app_instances(environment, &serving.image)?;
+        let mut statuses = Vec::with_capacity(instances.len());
+        for instance in &instances {
+            let status = match self
+                .agents
+                .status(&node.agent_url, &instance.instance)
+                .await
+            {
+                Ok(status) => status,
+                Err(CallError::Node(NodeFailure::Failed(_))) => {
+                    self.configure_instances(
+                        environment,
+                        std::slice::from_ref(node),
+                        std::slice::from_ref(instance),
+                    )
                     .await?;
-                // A node that lost its instance lost its services' endpoints too.
-                self.ensure_services(environment, &serving.image, None, Reach::AnsweringNodes)
-                    .await?;
-                self.agents
-                    .status(&node.agent_url, environment)
-                    .await
-                    .map_err(ControllerError::agent(node))?
-            }
-            Err(error) => return Err(ControllerError::agent(node)(error)),
-        };
+                    // A node that lost its instance lost its services' endpoints too.
+                    self.ensure_services(environment, &serving.image, None, Reach::AnsweringNodes)
+                        .await?;
+                    self.agents
+                        .status(&node.agent_url, &instance.instance)
+                        .await
+                        .map_err(ControllerError::agent(node))?
+                }
+                Err(error) => return Err(ControllerError::agent(node)(error)),
+            };
+            statuses.push(status);
+        }
         // A node back from a promotion made while it was away still runs the old primary, or
         // follows it: it takes its new part before it serves again.
-        if self.services_misplaced(environment, node, &status.services)? {
+        if let Some(status) = statuses.first()
+            && self.services_misplaced(environment, node, &status.services)?
+        {
             tracing::info!(environment, node = %node.name, "services placed again");
             self.ensure_services(environment, &serving.image, None, Reach::AnsweringNodes)
                 .await?;
         }
+        for (instance, status) in instances.iter().zip(&statuses) {
+            self.catch_up_instance(environment, node, serving, instance, status)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Catch-up of one app's instance on `node`, whose status is `status`.
+    async fn catch_up_instance(
+        &self,
+        environment: &str,
+        node: &Node,
+        serving: &Release,
+        instance: &AppInstance,
+        status: &InstanceStatus,
+    ) -> Result<(), ControllerError> {
         let open_at_serving = status.gate
             == (lockstep_proto::agent::Gate::Open {
                 generation: serving.generation,
@@ -418,24 +469,24 @@ impl Controller {
             deployment: format!("catch-up-{}", serving.generation),
             generation: serving.generation,
         };
+        let image = instance.image.as_str();
         let current = status
             .active
             .as_ref()
-            .is_some_and(|a| a.image == serving.image && a.generation == serving.generation);
+            .is_some_and(|a| a.image == image && a.generation == serving.generation);
         let timeout = Duration::from_secs(120);
         let agent = &node.agent_url;
+        let name = &instance.instance;
         if !current || !status.processes.iter().any(|p| p.name == "web") {
-            tracing::info!(environment, node = %node.name, image = %serving.image, "catching up");
-            let image_path = self
-                .images
-                .image_path(&serving.image.parse().map_err(ControllerError::image)?);
+            tracing::info!(environment, node = %node.name, instance = %name, image, "catching up");
+            let image_path = self.images.image_path(&instance.image);
             let _: serde_json::Value = self
                 .agents
                 .call(
                     agent,
-                    environment,
+                    name,
                     Call::Stage {
-                        image: &serving.image,
+                        image,
                         path: &image_path,
                     },
                     timeout,
@@ -444,63 +495,67 @@ impl Controller {
                 .map_err(ControllerError::agent(node))?;
             let _: serde_json::Value = self
                 .agents
-                .call(agent, environment, Call::Quiesce(&step), timeout)
+                .call(agent, name, Call::Quiesce(&step), timeout)
                 .await
                 .map_err(ControllerError::agent(node))?;
             let _: serde_json::Value = self
                 .agents
-                .call(agent, environment, Call::Close(&step), timeout)
+                .call(agent, name, Call::Close(&step), timeout)
                 .await
                 .map_err(ControllerError::agent(node))?;
             let swap = SwapRequest {
                 step: step.clone(),
-                image: serving.image.clone(),
+                image: image.to_owned(),
                 runtime: self.runtime_inputs(environment, &serving.image)?,
             };
             let _: serde_json::Value = self
                 .agents
-                .call(agent, environment, Call::Swap(&swap), timeout)
+                .call(agent, name, Call::Swap(&swap), timeout)
                 .await
                 .map_err(ControllerError::agent(node))?;
         }
         let _: serde_json::Value = self
             .agents
-            .call(agent, environment, Call::Open(&step), timeout)
+            .call(agent, name, Call::Open(&step), timeout)
             .await
             .map_err(ControllerError::agent(node))?;
         let _: serde_json::Value = self
             .agents
-            .call(agent, environment, Call::Background(&step), timeout)
+            .call(agent, name, Call::Background(&step), timeout)
             .await
             .map_err(ControllerError::agent(node))?;
-        tracing::info!(environment, node = %node.name, generation = serving.generation, "node open");
+        tracing::info!(environment, node = %node.name, instance = %name, generation = serving.generation, "node open");
         Ok(())
     }
 
-    /// Sends every node its instance configuration; idempotent.
-    pub async fn configure_instances(
+    /// Sends every node the configuration of each of `instances`, and the users; idempotent.
+    pub(crate) async fn configure_instances(
         &self,
         environment: &str,
         nodes: &[Node],
+        instances: &[AppInstance],
     ) -> Result<(), ControllerError> {
         let env = self.store.environment(environment)?;
         for node in nodes {
-            let config = self.instance_config(&env, node);
-            let status: lockstep_proto::agent::InstanceStatus = self
-                .agents
-                .call(
-                    &node.agent_url,
-                    environment,
-                    Call::Configure(&config),
-                    Duration::from_secs(30),
-                )
-                .await
-                .map_err(ControllerError::agent(node))?;
-            if node.router_port != Some(status.router_port) {
-                self.store
-                    .set_router_port(environment, &node.name, status.router_port)?;
+            for instance in instances {
+                let app = instance.app.as_deref();
+                let config = self.instance_config(&env, node, app);
+                let status: lockstep_proto::agent::InstanceStatus = self
+                    .agents
+                    .call(
+                        &node.agent_url,
+                        &instance.instance,
+                        Call::Configure(&config),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    .map_err(ControllerError::agent(node))?;
+                if node.router_of(app) != Some(status.router_port) {
+                    self.store
+                        .set_router_port(environment, &node.name, app, status.router_port)?;
+                }
             }
-            self.send_users(environment, env.kind, node).await?;
+            self.send_users(env.kind, node, instances).await?;
         }
         Ok(())
     }
@@ -533,19 +588,20 @@ impl Controller {
         }))
     }
 
-    /// Runs the services `image`'s configuration declares on the nodes of the environment
+    /// Runs the services `release`'s configuration declares on the nodes of the environment
     /// (before anything of a deployment happens); said in `activity`'s log when given.
     async fn ensure_services(
         &self,
         environment: &str,
-        image: &str,
+        release: &str,
         activity: Option<&str>,
         reach: Reach,
     ) -> Result<Option<Placed>, ControllerError> {
-        let manifest = self
-            .images
-            .manifest(&image.parse().map_err(ControllerError::image)?)?;
-        let declared = &manifest.info.config.services;
+        let declared = &self.release_project(release)?.services;
+        // The environment's services on a node are shared by its app instances; the first
+        // app's instance answers for them.
+        let instances = self.app_instances(environment, release)?;
+        let services_instance = &instances[0].instance;
         let _one_at_a_time = self.queues.placing_services.lock().await;
         if declared.is_empty() && self.store.services(environment)?.is_empty() {
             return Ok(None);
@@ -557,7 +613,7 @@ impl Controller {
         let nodes = self.store.nodes(environment)?;
         let placed = crate::services::place(
             &self.agents,
-            environment,
+            services_instance,
             &nodes,
             specs,
             &self.store.services(environment)?,
@@ -601,6 +657,8 @@ impl Controller {
         };
         let nodes = self.store.nodes(environment)?;
         let primary_node = stored.primary_on(&nodes).unwrap_or_default().to_owned();
+        // The first app's instance answers for the environment's services on a node.
+        let services_instance = &self.app_instances(environment, &serving.image)?[0].instance;
         if nodes.len() < 2 {
             return Err(ControllerError::Promotion(format!(
                 "{environment} runs on one node: {service} has no replica to promote"
@@ -612,7 +670,7 @@ impl Controller {
         let primary_runs = match node(&primary_node) {
             Some(node) => self
                 .agents
-                .call::<InstanceStatus>(&node.agent_url, environment, Call::Status, asking)
+                .call::<InstanceStatus>(&node.agent_url, services_instance, Call::Status, asking)
                 .await
                 .ok()
                 .and_then(|status| status.services.into_iter().find(|s| s.name == service))
@@ -633,7 +691,7 @@ impl Controller {
                 .agents
                 .call::<Vec<ServiceReplication>>(
                     &node.agent_url,
-                    environment,
+                    services_instance,
                     Call::ServiceReplication,
                     asking,
                 )
@@ -688,12 +746,14 @@ impl Controller {
             }
         };
         let (result, ()) = tokio::join!(build, log);
-        let manifest = result?.manifest;
+        let outcome = result?;
         self.store.phase_ended(&job.activity, "build")?;
-        self.store.record_image(&manifest)?;
-        self.store
-            .set_activity_image(&job.activity, manifest.id.as_str())?;
-        Ok(manifest.id.to_string())
+        for manifest in &outcome.images {
+            self.store.record_image(manifest)?;
+        }
+        let release = outcome.release();
+        self.store.set_activity_image(&job.activity, &release)?;
+        Ok(release)
     }
 
     fn runtime_inputs(
@@ -709,10 +769,53 @@ impl Controller {
 }
 
 struct SendContext {
-    environment: String,
     deployment: String,
     generation: u64,
     runtime: RuntimeInputs,
+    /// The instances of the release being deployed.
+    target: Vec<AppInstance>,
+    /// The release served before, at its generation, with its instances: a rollback swaps
+    /// and opens them.
+    previous: Option<(String, u64, Vec<AppInstance>)>,
+    target_release: String,
+}
+
+impl SendContext {
+    fn release(&self, release: &str) -> Result<&[AppInstance], CallError> {
+        if release == self.target_release {
+            return Ok(&self.target);
+        }
+        match &self.previous {
+            Some((previous, _, instances)) if previous == release => Ok(instances),
+            _ => Err(CallError::Node(NodeFailure::Failed(format!(
+                "`{release}` is neither the release deployed nor the one served before"
+            )))),
+        }
+    }
+
+    fn at_generation(&self, generation: u64) -> &[AppInstance] {
+        match &self.previous {
+            Some((_, previous, instances)) if *previous == generation => instances,
+            _ => &self.target,
+        }
+    }
+
+    /// The instances of both releases: closing must reach whatever serves now, also an app
+    /// the new release no longer has.
+    fn every_instance(&self) -> Vec<AppInstance> {
+        let mut every = self.target.clone();
+        if let Some((_, _, previous)) = &self.previous {
+            for instance in previous {
+                if !every
+                    .iter()
+                    .any(|known| known.instance == instance.instance)
+                {
+                    every.push(instance.clone());
+                }
+            }
+        }
+        every
+    }
 }
 
 /// How long an unreachable agent is retried before the state machine hears of it: an agent
@@ -744,7 +847,10 @@ async fn send_retrying(
     }
 }
 
-/// One request of the state machine, as an agent call.
+/// One request of the state machine, carried out on every instance of the node it names that
+/// the request concerns (one per app of the release): a node has done a step when all its apps
+/// have. Hooks run one app after the other, each app's once (I2 holds per instance); apps
+/// open in turn, each after those it calls, and close the other way round.
 async fn send(
     agents: &crate::agents::AgentClient,
     images: &lockstep_image::ImageStore,
@@ -754,54 +860,82 @@ async fn send(
     timeout: Duration,
 ) -> Result<Reply, CallError> {
     let agent = node.agent_url.as_str();
-    let env = context.environment.as_str();
     let step = |generation| Step {
         deployment: context.deployment.clone(),
         generation,
     };
-    let done = |_: serde_json::Value| Reply::Done;
+    let done = |_: ()| Reply::Done;
     match request {
         Request::Stage { image } => {
-            let id = image.parse().map_err(|_| {
-                CallError::Node(NodeFailure::Failed(format!("`{image}` is not an image id")))
-            })?;
-            let path = images.image_path(&id);
-            agents
-                .call(
+            let instances = context.release(&image)?;
+            each(instances, |instance| {
+                let path = images.image_path(&instance.image);
+                async move {
+                    agents
+                        .call::<serde_json::Value>(
+                            agent,
+                            &instance.instance,
+                            Call::Stage {
+                                image: instance.image.as_str(),
+                                path: &path,
+                            },
+                            timeout,
+                        )
+                        .await
+                }
+            })
+            .await
+            .map(done)
+        }
+        Request::Quiesce => {
+            let quiesce = step(context.generation);
+            each(&context.every_instance(), |instance| {
+                agents.call::<serde_json::Value>(
                     agent,
-                    env,
-                    Call::Stage {
-                        image: &image,
-                        path: &path,
-                    },
+                    &instance.instance,
+                    Call::Quiesce(&quiesce),
                     timeout,
                 )
-                .await
-                .map(done)
+            })
+            .await
+            .map(done)
         }
-        Request::Quiesce => agents
-            .call(
-                agent,
-                env,
-                Call::Quiesce(&step(context.generation)),
-                timeout,
-            )
+        Request::Close => {
+            let close = step(context.generation);
+            let mut dependents_first = context.every_instance();
+            dependents_first.reverse();
+            in_turn(&dependents_first, |instance| {
+                agents.call::<serde_json::Value>(
+                    agent,
+                    &instance.instance,
+                    Call::Close(&close),
+                    timeout,
+                )
+            })
             .await
-            .map(done),
-        Request::Close => agents
-            .call(agent, env, Call::Close(&step(context.generation)), timeout)
-            .await
-            .map(done),
+            .map(done)
+        }
         Request::Swap { image, generation } => {
-            let swap = SwapRequest {
-                step: step(generation),
-                image,
-                runtime: context.runtime.clone(),
-            };
-            agents
-                .call(agent, env, Call::Swap(&swap), timeout)
-                .await
-                .map(done)
+            let instances = context.release(&image)?;
+            each(instances, |instance| {
+                let swap = SwapRequest {
+                    step: step(generation),
+                    image: instance.image.to_string(),
+                    runtime: context.runtime.clone(),
+                };
+                async move {
+                    agents
+                        .call::<serde_json::Value>(
+                            agent,
+                            &instance.instance,
+                            Call::Swap(&swap),
+                            timeout,
+                        )
+                        .await
+                }
+            })
+            .await
+            .map(done)
         }
         Request::RunHook { hook } => {
             let request = HookRequest {
@@ -811,21 +945,77 @@ async fn send(
                     HookKind::PostDeploy => lockstep_proto::agent::HookKind::PostDeploy,
                 },
             };
-            let outcome = agents.hook(agent, env, &request, timeout).await?;
+            let several = context.target.len() > 1;
+            let mut output = Vec::new();
+            for instance in &context.target {
+                let outcome = agents
+                    .hook(agent, &instance.instance, &request, timeout)
+                    .await?;
+                if several {
+                    output.push(format!("[{}]", instance.name));
+                }
+                output.extend(outcome.output);
+                if outcome.state != HookState::Succeeded {
+                    return Ok(Reply::Hook {
+                        succeeded: false,
+                        output,
+                    });
+                }
+            }
             Ok(Reply::Hook {
-                succeeded: outcome.state == HookState::Succeeded,
-                output: outcome.output,
+                succeeded: true,
+                output,
             })
         }
-        Request::Open { generation } => agents
-            .call(agent, env, Call::Open(&step(generation)), timeout)
+        Request::Open { generation } => {
+            let open = step(generation);
+            in_turn(context.at_generation(generation), |instance| {
+                agents.call::<serde_json::Value>(
+                    agent,
+                    &instance.instance,
+                    Call::Open(&open),
+                    timeout,
+                )
+            })
             .await
-            .map(done),
-        Request::StartBackground { generation } => agents
-            .call(agent, env, Call::Background(&step(generation)), timeout)
+            .map(done)
+        }
+        Request::StartBackground { generation } => {
+            let background = step(generation);
+            each(context.at_generation(generation), |instance| {
+                agents.call::<serde_json::Value>(
+                    agent,
+                    &instance.instance,
+                    Call::Background(&background),
+                    timeout,
+                )
+            })
             .await
-            .map(done),
+            .map(done)
+        }
     }
+}
+
+/// Runs `call` on each instance in turn, until one fails.
+async fn in_turn<'a, F, Fut>(instances: &'a [AppInstance], mut call: F) -> Result<(), CallError>
+where
+    F: FnMut(&'a AppInstance) -> Fut,
+    Fut: std::future::Future<Output = Result<serde_json::Value, CallError>>,
+{
+    for instance in instances {
+        call(instance).await?;
+    }
+    Ok(())
+}
+
+/// Runs `call` on every instance at once; the first failure is the answer.
+async fn each<'a, F, Fut>(instances: &'a [AppInstance], call: F) -> Result<(), CallError>
+where
+    F: FnMut(&'a AppInstance) -> Fut,
+    Fut: std::future::Future<Output = Result<serde_json::Value, CallError>>,
+{
+    let answers = futures_util::future::join_all(instances.iter().map(call)).await;
+    answers.into_iter().try_for_each(|answer| answer.map(drop))
 }
 
 pub fn phase_name(phase: lockstep_deploy::Phase) -> &'static str {

@@ -198,8 +198,8 @@ impl Controller {
         }
         let result = build.await.expect("the build task does not panic");
         let _ = self.store.phase_ended(&activity.id, "build");
-        let manifest = match result {
-            Ok(outcome) => outcome.manifest,
+        let outcome = match result {
+            Ok(outcome) => outcome,
             Err(lockstep_image::BuildError::InvalidConfig(diagnostics)) => {
                 for diagnostic in diagnostics {
                     for line in diagnostic.to_string().lines() {
@@ -226,10 +226,12 @@ impl Controller {
                 return self.fail_push(&activity.id, &reason, out);
             }
         };
-        let _ = self.store.record_image(&manifest);
+        for manifest in &outcome.images {
+            let _ = self.store.record_image(manifest);
+        }
         let _ = self
             .store
-            .set_activity_image(&activity.id, manifest.id.as_str());
+            .set_activity_image(&activity.id, &outcome.release());
         self.pending_pushes
             .lock()
             .expect("pending pushes lock")

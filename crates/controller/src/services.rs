@@ -97,7 +97,8 @@ pub(crate) struct Placed {
 /// connections.
 pub(crate) async fn place(
     agents: &AgentClient,
-    environment: &str,
+    // The instance that answers for the environment's services on each node.
+    instance: &str,
     nodes: &[Node],
     specs: Vec<ServiceSpec>,
     stored: &[StoredService],
@@ -126,7 +127,7 @@ pub(crate) async fn place(
     // What each node runs now: where the primaries listen, and the clusters' members.
     let mut running: BTreeMap<&str, Vec<ServiceStatus>> = BTreeMap::new();
     for node in nodes {
-        match agents.status(&node.agent_url, environment).await {
+        match agents.status(&node.agent_url, instance).await {
             Ok(status) => {
                 running.insert(&node.name, status.services);
             }
@@ -134,7 +135,7 @@ pub(crate) async fn place(
                 return Err(ControllerError::agent(node)(error));
             }
             Err(error) => {
-                tracing::warn!(environment, node = %node.name, %error, "node left out of the services' placement");
+                tracing::warn!(instance, node = %node.name, %error, "node left out of the services' placement");
                 placed.skipped.push(node.name.clone());
             }
         }
@@ -202,7 +203,7 @@ pub(crate) async fn place(
             continue;
         }
         let specs = roles_on(node, &placed, &running)?;
-        let statuses = ensure_on(agents, environment, node, &specs).await?;
+        let statuses = ensure_on(agents, instance, node, &specs).await?;
         learn(&mut placed, node, &statuses);
         running.insert(&node.name, statuses);
         told.insert(node.name.as_str(), specs);
@@ -215,7 +216,7 @@ pub(crate) async fn place(
         };
         let specs = roles_on(node, &placed, &running)?;
         if &specs != before {
-            let statuses = ensure_on(agents, environment, node, &specs).await?;
+            let statuses = ensure_on(agents, instance, node, &specs).await?;
             running.insert(&node.name, statuses);
         }
     }
@@ -263,14 +264,14 @@ pub struct PromoteOutcome {
 
 async fn ensure_on(
     agents: &AgentClient,
-    environment: &str,
+    instance: &str,
     node: &Node,
     specs: &[ServiceSpec],
 ) -> Result<Vec<ServiceStatus>, ControllerError> {
     agents
         .call(
             &node.agent_url,
-            environment,
+            instance,
             Call::Services(specs),
             ENSURE_TIMEOUT,
         )

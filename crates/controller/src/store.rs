@@ -4,6 +4,7 @@
 //! Calls are short and synchronous behind one connection; the journal append is a committed
 //! transaction before it returns, which is what makes a deployment resumable (I4).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -128,6 +129,10 @@ CREATE TABLE services (
 ALTER TABLE services ADD COLUMN primary_node TEXT;
 ALTER TABLE services ADD COLUMN primary_address TEXT;
 "#,
+    // The router port of each app's instance on a node, for projects with several apps.
+    r#"
+ALTER TABLE nodes ADD COLUMN app_routers TEXT NOT NULL DEFAULT '{}';
+"#,
 ];
 
 /// A service of an environment as first declared: its engine and version never change, since
@@ -225,7 +230,22 @@ pub struct Node {
     pub name: String,
     pub position: u32,
     pub agent_url: String,
+    /// The router port of the instance named after the environment (a project with one app).
     pub router_port: Option<u16>,
+    /// The router port of each app's instance, by app, for a project with several apps.
+    #[serde(default)]
+    pub app_routers: BTreeMap<String, u16>,
+}
+
+impl Node {
+    /// The router port of `app`'s instance on this node (`None`: the environment's instance of
+    /// a project with one app).
+    pub fn router_of(&self, app: Option<&str>) -> Option<u16> {
+        match app {
+            None => self.router_port,
+            Some(app) => self.app_routers.get(app).copied(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -451,19 +471,29 @@ impl Store {
     pub fn nodes(&self, environment: &str) -> Result<Vec<Node>, StoreError> {
         self.with(|c| {
             let mut statement = c.prepare(
-                "SELECT environment, name, position, agent_url, router_port FROM nodes
+                "SELECT environment, name, position, agent_url, router_port, app_routers FROM nodes
                  WHERE environment = ?1 ORDER BY position",
             )?;
             let rows = statement.query_map([environment], |row| {
-                Ok(Node {
-                    environment: row.get(0)?,
-                    name: row.get(1)?,
-                    position: row.get(2)?,
-                    agent_url: row.get(3)?,
-                    router_port: row.get(4)?,
-                })
+                Ok((
+                    Node {
+                        environment: row.get(0)?,
+                        name: row.get(1)?,
+                        position: row.get(2)?,
+                        agent_url: row.get(3)?,
+                        router_port: row.get(4)?,
+                        app_routers: BTreeMap::new(),
+                    },
+                    row.get::<_, String>(5)?,
+                ))
             })?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            let mut nodes = Vec::new();
+            for row in rows {
+                let (mut node, app_routers) = row?;
+                node.app_routers = serde_json::from_str(&app_routers)?;
+                nodes.push(node);
+            }
+            Ok(nodes)
         })
     }
 
@@ -477,17 +507,26 @@ impl Store {
         })
     }
 
+    /// Records where the router of `app`'s instance (`Node::router_of`) listens on `node`.
     pub fn set_router_port(
         &self,
         environment: &str,
         node: &str,
+        app: Option<&str>,
         port: u16,
     ) -> Result<(), StoreError> {
         self.with(|c| {
-            c.execute(
-                "UPDATE nodes SET router_port = ?3 WHERE environment = ?1 AND name = ?2",
-                params![environment, node, port],
-            )?;
+            match app {
+                None => c.execute(
+                    "UPDATE nodes SET router_port = ?3 WHERE environment = ?1 AND name = ?2",
+                    params![environment, node, port],
+                )?,
+                Some(app) => c.execute(
+                    "UPDATE nodes SET app_routers = json_set(app_routers, '$.' || json_quote(?3), ?4)
+                     WHERE environment = ?1 AND name = ?2",
+                    params![environment, node, app, port],
+                )?,
+            };
             Ok(())
         })
     }

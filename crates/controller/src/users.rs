@@ -203,19 +203,24 @@ impl Controller {
             let Ok(nodes) = self.store.nodes(&env.name) else {
                 continue;
             };
-            for node in nodes.iter().filter(|n| n.router_port.is_some()) {
-                if let Err(error) = self.send_users(&env.name, env.kind, node).await {
+            let Ok(instances) = self.serving_instances(&env) else {
+                continue;
+            };
+            for node in &nodes {
+                if let Err(error) = self.send_users(env.kind, node, &instances).await {
                     tracing::warn!(environment = %env.name, node = %node.name, %error, "users not propagated yet");
                 }
             }
         }
     }
 
+    /// Sends the users, with their role on an environment of type `kind`, to the environment's
+    /// `instances` on `node`.
     pub(crate) async fn send_users(
         &self,
-        environment: &str,
         kind: lockstep_proto::agent::EnvironmentType,
         node: &crate::Node,
+        instances: &[crate::apps::AppInstance],
     ) -> Result<(), ControllerError> {
         let users: Vec<NodeUser> = self
             .store
@@ -234,16 +239,18 @@ impl Controller {
                 })
             })
             .collect();
-        let _: serde_json::Value = self
-            .agents
-            .call(
-                &node.agent_url,
-                environment,
-                crate::agents::Call::Users(&users),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(ControllerError::agent(node))?;
+        for instance in instances {
+            let _: serde_json::Value = self
+                .agents
+                .call(
+                    &node.agent_url,
+                    &instance.instance,
+                    crate::agents::Call::Users(&users),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(ControllerError::agent(node))?;
+        }
         Ok(())
     }
 }

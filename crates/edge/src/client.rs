@@ -37,6 +37,8 @@ pub(crate) struct Reply {
 /// How to send one request.
 pub(crate) struct Dispatch {
     pub environment: String,
+    /// The app whose routers take the request (`None`: the first app's).
+    pub app: Option<String>,
     /// Forward to closed nodes too, and return a closed node's answer at once (`closed_mode:
     /// error`).
     pub any_node: bool,
@@ -70,9 +72,9 @@ impl Origin {
         }
     }
 
-    /// Sends a request to the environment's nodes: the next open node first, then another one
-    /// when it cannot connect (idempotent requests without a body) or answers closed (any
-    /// request without a body: a closed node admitted nothing).
+    /// Sends a request to its app's routers: the next open one first, then another one when it
+    /// cannot connect (idempotent requests without a body) or answers closed (any request
+    /// without a body: a closed router admitted nothing).
     pub(crate) async fn send(
         &self,
         gate: &Gate,
@@ -93,7 +95,7 @@ impl Origin {
         let mut tried: Vec<String> = Vec::new();
         let mut closed = false;
         let mut last_error = None;
-        while let Some(target) = gate.pick(&tried, how.any_node) {
+        while let Some(target) = gate.pick(how.app.as_deref(), &tried, how.any_node) {
             tried.push(target.url.clone());
             let resend = body.is_none();
             let mut request = Request::from_parts(

@@ -15,6 +15,8 @@ pub enum RouteError {
     HostTaken { host: String, owner: String },
     #[error("node {0:?} must be an http:// URL with a host and port, like http://127.0.0.1:8080")]
     BadNode(String),
+    #[error("app name {0:?} in app_nodes must be 1-64 ASCII letters, digits, '-' or '_'")]
+    BadApp(String),
     #[error("cache.cookies entry {pattern:?} is not a valid /regex/: {reason}")]
     BadCookieRegex { pattern: String, reason: String },
     #[error(

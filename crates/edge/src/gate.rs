@@ -1,23 +1,28 @@
-//! What the edge knows of an environment's gate and of each of its nodes, and the choice of a
-//! node for a request.
+//! What the edge knows of an environment's gate and of each of its node routers, every app's,
+//! and the choice of a router for a request.
 //!
-//! The controller's word comes first: closed is closed. While the controller says open, the
-//! nodes' own answers count: a node that answered `x-lockstep-gate: closed` is left out until a
-//! health check finds it open, one that refused a connection is left out until one finds it up,
-//! and when every node is closed the environment is closed. Only nodes open at the newest
-//! generation seen are chosen, so two releases never serve side by side through the edge.
+//! The controller's word comes first: closed is closed, for every app. While the controller
+//! says open, the routers' own answers count: a router that answered `x-lockstep-gate: closed`
+//! is left out until a health check finds it open, one that refused a connection is left out
+//! until one finds it up, and when every router of an app is closed the environment is closed
+//! for that app's requests. Only routers open at the newest generation seen among their app's
+//! are chosen, so two releases of an app never serve side by side through the edge.
 //!
-//! A message from the controller can be lost: when the controller said closed and a node is
+//! Each app's requests go to its own routers only, and their state is computed over those alone:
+//! an app whose routers are down fails while another serves, rather than reaching the wrong app.
+//!
+//! A message from the controller can be lost: when the controller said closed and a router is
 //! then seen open at a generation newer than any seen before the close, the environment opens
 //! (only the controller opens nodes, and it names the generation).
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use tokio::sync::watch;
 
-use crate::wire::{EffectiveState, GateState, NodeState, NodeView};
+use crate::wire::{EffectiveState, EnvironmentRoute, GateState, NodeState, NodeView};
 
 /// The `Retry-After` a closed environment's clients get when no node said otherwise.
 pub(crate) const DEFAULT_RETRY_AFTER_SECS: u64 = 5;
@@ -64,41 +69,97 @@ struct Inner {
     /// While the controller says closed: the newest generation seen before, which a node must
     /// exceed to open the environment on its own word.
     closed_mark: Option<u64>,
+    /// Every router of every app, once each.
     nodes: Vec<Node>,
+    /// The first app's routers (the route's `nodes`).
+    first: Vec<String>,
+    /// Every app's routers by name (the route's `app_nodes`).
+    apps: BTreeMap<String, Vec<String>>,
     generation: Option<u64>,
     retry_after: Option<u64>,
+    /// `overall()`, kept current by `Gate::update`.
+    effective: EffectiveState,
 }
 
 impl Inner {
-    fn newest_open(&self) -> Option<u64> {
-        self.nodes
-            .iter()
-            .filter(|n| n.state == NodeState::Open)
-            .filter_map(|n| n.generation)
-            .max()
-    }
-
-    fn eligible(&self, node: &Node) -> bool {
-        match node.state {
-            NodeState::Unknown => true,
-            NodeState::Open => match (node.generation, self.newest_open()) {
-                (Some(mine), Some(newest)) => mine == newest,
-                _ => true,
-            },
-            NodeState::Closed | NodeState::Down => false,
+    /// Takes a route's routers, keeping what was learned of those that stay.
+    fn set_routers(&mut self, route: &EnvironmentRoute) {
+        let mut old: Vec<Node> = std::mem::take(&mut self.nodes);
+        for url in route.nodes.iter().chain(route.app_nodes.values().flatten()) {
+            if self.nodes.iter().any(|n| &n.url == url) {
+                continue;
+            }
+            self.nodes
+                .push(match old.iter().position(|n| &n.url == url) {
+                    Some(i) => old.swap_remove(i),
+                    None => Node::new(url.clone()),
+                });
         }
+        self.first = route.nodes.clone();
+        self.apps = route.app_nodes.clone();
     }
 
-    fn effective(&self) -> EffectiveState {
+    /// The routers of an app (`None`: the first app); none for an app the route does not name.
+    fn routers<'a>(
+        &'a self,
+        app: Option<&str>,
+    ) -> impl Iterator<Item = &'a Node> + Clone + use<'a> {
+        let urls: &[String] = match app {
+            None => &self.first,
+            Some(app) => self.apps.get(app).map_or(&[], Vec::as_slice),
+        };
+        self.nodes.iter().filter(move |n| urls.contains(&n.url))
+    }
+
+    /// The state of an app's routers.
+    fn state<'a>(&self, routers: impl Iterator<Item = &'a Node> + Clone) -> EffectiveState {
         if self.controller == GateState::Closed {
-            EffectiveState::Closed
-        } else if self.nodes.iter().any(|n| self.eligible(n)) {
+            return EffectiveState::Closed;
+        }
+        let newest = newest_open(routers.clone());
+        if routers.clone().any(|n| eligible(n, newest)) {
             EffectiveState::Open
-        } else if self.nodes.iter().any(|n| n.state == NodeState::Closed) {
+        } else if routers.into_iter().any(|n| n.state == NodeState::Closed) {
             EffectiveState::Closed
         } else {
             EffectiveState::Down
         }
+    }
+
+    /// The environment's state: open while some app's requests may be sent, else closed while
+    /// some app's are closed.
+    fn overall(&self) -> EffectiveState {
+        let apps = std::iter::once(None).chain(self.apps.keys().map(|app| Some(app.as_str())));
+        let mut overall = EffectiveState::Down;
+        for app in apps {
+            match self.state(self.routers(app)) {
+                EffectiveState::Open => return EffectiveState::Open,
+                EffectiveState::Closed => overall = EffectiveState::Closed,
+                EffectiveState::Down => {}
+            }
+        }
+        overall
+    }
+}
+
+/// The newest generation one of `routers` is open at.
+fn newest_open<'a>(routers: impl Iterator<Item = &'a Node>) -> Option<u64> {
+    routers
+        .filter(|n| n.state == NodeState::Open)
+        .filter_map(|n| n.generation)
+        .max()
+}
+
+/// Whether a router may be sent requests, `newest` being the newest generation open among its
+/// app's routers.
+fn eligible(node: &Node, newest: Option<u64>) -> bool {
+    match node.state {
+        NodeState::Unknown => true,
+        NodeState::Open => match (node.generation, newest) {
+            (Some(mine), Some(newest)) => mine == newest,
+            _ => true,
+        },
+        NodeState::Closed | NodeState::Down => false,
     }
 }
 
@@ -112,55 +173,54 @@ pub(crate) struct Gate {
     environment: String,
     inner: Mutex<Inner>,
     next: AtomicUsize,
-    effective: watch::Sender<EffectiveState>,
+    /// Sent whenever something an app's state depends on changed.
+    news: watch::Sender<()>,
 }
 
 impl Gate {
-    pub(crate) fn new(environment: &str, controller: GateState, nodes: &[String]) -> Gate {
-        let inner = Inner {
-            controller,
+    /// The gate of a route's routers, as the route's `gate` says.
+    pub(crate) fn new(environment: &str, route: &EnvironmentRoute) -> Gate {
+        let mut inner = Inner {
+            controller: route.gate,
             closed_mark: None,
-            nodes: nodes.iter().cloned().map(Node::new).collect(),
+            nodes: Vec::new(),
+            first: Vec::new(),
+            apps: BTreeMap::new(),
             generation: None,
             retry_after: None,
+            effective: EffectiveState::Down,
         };
-        let (effective, _) = watch::channel(inner.effective());
+        inner.set_routers(route);
+        inner.effective = inner.overall();
         Gate {
             environment: environment.to_owned(),
             inner: Mutex::new(inner),
             next: AtomicUsize::new(0),
-            effective,
+            news: watch::Sender::new(()),
         }
     }
 
-    /// Applies a change, then tells watchers if the effective state changed.
-    fn update<T>(&self, change: impl FnOnce(&mut Inner) -> T) -> T {
+    /// Applies a change, which says whether it changed anything a state depends on (a router's
+    /// state or generation, the routers, the controller's word); if so, tells the watchers.
+    fn update(&self, change: impl FnOnce(&mut Inner) -> bool) {
         let mut inner = self.inner.lock().expect("gate lock");
-        let result = change(&mut inner);
-        let now = inner.effective();
+        if !change(&mut inner) {
+            return;
+        }
+        let now = inner.overall();
+        let before = std::mem::replace(&mut inner.effective, now);
         drop(inner);
-        self.effective.send_if_modified(|current| {
-            if *current == now {
-                return false;
-            }
-            tracing::info!(environment = %self.environment, from = ?*current, to = ?now, "environment state changed");
-            *current = now;
-            true
-        });
-        result
+        if before != now {
+            tracing::info!(environment = %self.environment, from = ?before, to = ?now, "environment state changed");
+        }
+        self.news.send_replace(());
     }
 
-    /// Replaces the node list, keeping what was learned of nodes that stay.
-    pub(crate) fn set_nodes(&self, urls: &[String]) {
+    /// Replaces the routers, keeping what was learned of those that stay.
+    pub(crate) fn set_routers(&self, route: &EnvironmentRoute) {
         self.update(|inner| {
-            let mut old: Vec<Node> = std::mem::take(&mut inner.nodes);
-            inner.nodes = urls
-                .iter()
-                .map(|url| match old.iter().position(|n| &n.url == url) {
-                    Some(i) => old.swap_remove(i),
-                    None => Node::new(url.clone()),
-                })
-                .collect();
+            inner.set_routers(route);
+            true
         });
     }
 
@@ -189,6 +249,7 @@ impl Gate {
                 }
             }
             inner.controller = state;
+            true
         });
     }
 
@@ -197,16 +258,17 @@ impl Gate {
     pub(crate) fn learn(&self, url: &str, answer: Answer, check_started: Option<Instant>) {
         self.update(|inner| {
             let Some(index) = inner.nodes.iter().position(|n| n.url == url) else {
-                return;
+                return false;
             };
             let now = Instant::now();
             if let Some(started) = check_started {
                 let node = &mut inner.nodes[index];
                 node.checked_at = Some(now);
                 if node.learned_at.is_some_and(|learned| learned > started) {
-                    return;
+                    return false;
                 }
             }
+            let controller = inner.controller;
             if let Answer::Open(Some(generation)) = answer {
                 inner.generation = inner.generation.max(Some(generation));
                 if inner.controller == GateState::Closed {
@@ -232,7 +294,7 @@ impl Gate {
             }
             let node = &mut inner.nodes[index];
             node.learned_at = Some(now);
-            let before = node.state;
+            let before = (node.state, node.generation);
             match answer {
                 Answer::Open(generation) => {
                     node.state = NodeState::Open;
@@ -254,18 +316,27 @@ impl Gate {
                     node.last_error = Some(error);
                 }
             }
-            if before != node.state {
-                tracing::info!(environment = %self.environment, node = url, from = ?before, to = ?node.state, "node state changed");
+            if before.0 != node.state {
+                tracing::info!(environment = %self.environment, node = url, from = ?before.0, to = ?node.state, "node state changed");
             }
+            before != (node.state, node.generation) || controller != inner.controller
         });
     }
 
+    /// The environment's state: open while some app's requests may be sent.
     pub(crate) fn effective(&self) -> EffectiveState {
-        *self.effective.borrow()
+        self.inner.lock().expect("gate lock").effective
     }
 
-    pub(crate) fn subscribe(&self) -> watch::Receiver<EffectiveState> {
-        self.effective.subscribe()
+    /// The environment's state for the requests of an app (`None`: the first app).
+    pub(crate) fn state(&self, app: Option<&str>) -> EffectiveState {
+        let inner = self.inner.lock().expect("gate lock");
+        inner.state(inner.routers(app))
+    }
+
+    /// Changes whenever an app's state may have changed.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<()> {
+        self.news.subscribe()
     }
 
     pub(crate) fn controller(&self) -> GateState {
@@ -285,32 +356,34 @@ impl Gate {
             .unwrap_or(DEFAULT_RETRY_AFTER_SECS)
     }
 
+    /// Every router of every app.
     pub(crate) fn node_urls(&self) -> Vec<String> {
         let inner = self.inner.lock().expect("gate lock");
         inner.nodes.iter().map(|n| n.url.clone()).collect()
     }
 
-    /// Chooses the next node, round robin, among those not `tried` yet: open nodes first, then
-    /// nodes that looked down (they may be back), and, with `any`, closed ones last.
-    pub(crate) fn pick(&self, tried: &[String], any: bool) -> Option<Target> {
+    /// Chooses the next router of `app` (`None`: the first app), round robin, among those not
+    /// `tried` yet: open routers first, then routers that looked down (they may be back), and,
+    /// with `any`, closed ones last.
+    pub(crate) fn pick(&self, app: Option<&str>, tried: &[String], any: bool) -> Option<Target> {
         let inner = self.inner.lock().expect("gate lock");
+        let routers = inner.routers(app);
+        let newest = newest_open(routers.clone());
         let untried = |n: &&Node| !tried.contains(&n.url);
-        let mut candidates: Vec<&Node> = inner
-            .nodes
-            .iter()
-            .filter(|n| inner.eligible(n))
+        let mut candidates: Vec<&Node> = routers
+            .clone()
+            .filter(|n| eligible(n, newest))
             .filter(untried)
             .collect();
         if candidates.is_empty() {
-            candidates = inner
-                .nodes
-                .iter()
+            candidates = routers
+                .clone()
                 .filter(|n| n.state == NodeState::Down)
                 .filter(untried)
                 .collect();
         }
         if candidates.is_empty() && any {
-            candidates = inner.nodes.iter().filter(untried).collect();
+            candidates = routers.filter(untried).collect();
         }
         if candidates.is_empty() {
             return None;
@@ -329,6 +402,11 @@ impl Gate {
             .iter()
             .map(|n| NodeView {
                 url: n.url.clone(),
+                app: inner
+                    .apps
+                    .iter()
+                    .find(|(_, urls)| urls.contains(&n.url))
+                    .map(|(app, _)| app.clone()),
                 state: n.state,
                 generation: n.generation,
                 checked_ms_ago: n.checked_at.map(|at| {
@@ -344,9 +422,12 @@ impl Gate {
 mod tests {
     use super::*;
 
+    fn urls(nodes: &[&str]) -> Vec<String> {
+        nodes.iter().map(|s| s.to_string()).collect()
+    }
+
     fn gate(nodes: &[&str]) -> Gate {
-        let nodes: Vec<String> = nodes.iter().map(|s| s.to_string()).collect();
-        Gate::new("e", GateState::Open, &nodes)
+        Gate::new("e", &EnvironmentRoute::new(Vec::new(), urls(nodes)))
     }
 
     #[test]
@@ -354,7 +435,7 @@ mod tests {
         let g = gate(&["a", "b"]);
         g.learn("a", Answer::Closed { retry_after: None }, None);
         for _ in 0..4 {
-            assert_eq!(g.pick(&[], false).unwrap().url, "b");
+            assert_eq!(g.pick(None, &[], false).unwrap().url, "b");
         }
         g.learn(
             "b",
@@ -364,7 +445,7 @@ mod tests {
             None,
         );
         assert_eq!(g.effective(), EffectiveState::Closed);
-        assert!(g.pick(&[], false).is_none());
+        assert!(g.pick(None, &[], false).is_none());
         assert_eq!(g.retry_after(), 3);
         g.learn("a", Answer::Open(Some(1)), Some(Instant::now()));
         assert_eq!(g.effective(), EffectiveState::Open);
@@ -376,7 +457,7 @@ mod tests {
         g.learn("a", Answer::Open(Some(1)), Some(Instant::now()));
         g.learn("b", Answer::Open(Some(2)), Some(Instant::now()));
         for _ in 0..4 {
-            assert_eq!(g.pick(&[], false).unwrap().url, "b");
+            assert_eq!(g.pick(None, &[], false).unwrap().url, "b");
         }
     }
 
@@ -384,10 +465,71 @@ mod tests {
     fn down_nodes_are_a_last_resort() {
         let g = gate(&["a", "b"]);
         g.learn("a", Answer::Down("refused".into()), None);
-        assert_eq!(g.pick(&[], false).unwrap().url, "b");
-        assert_eq!(g.pick(&["b".into()], false).unwrap().url, "a");
+        assert_eq!(g.pick(None, &[], false).unwrap().url, "b");
+        assert_eq!(g.pick(None, &["b".into()], false).unwrap().url, "a");
         g.learn("b", Answer::Down("refused".into()), None);
         assert_eq!(g.effective(), EffectiveState::Down);
+    }
+
+    #[test]
+    fn each_app_is_picked_and_judged_among_its_own_routers() {
+        let mut route = EnvironmentRoute::new(Vec::new(), urls(&["a1", "a2"]));
+        route.app_nodes = BTreeMap::from([
+            ("app".to_owned(), urls(&["a1", "a2"])),
+            ("api".to_owned(), urls(&["p1"])),
+        ]);
+        let g = Gate::new("e", &route);
+        assert_eq!(g.node_urls(), ["a1", "a2", "p1"]);
+        let apps: Vec<(String, Option<String>)> =
+            g.view().into_iter().map(|n| (n.url, n.app)).collect();
+        assert_eq!(
+            apps,
+            [
+                ("a1".to_owned(), Some("app".to_owned())),
+                ("a2".to_owned(), Some("app".to_owned())),
+                ("p1".to_owned(), Some("api".to_owned())),
+            ]
+        );
+        for _ in 0..4 {
+            assert_eq!(g.pick(Some("api"), &[], false).unwrap().url, "p1");
+            assert_ne!(g.pick(Some("app"), &[], false).unwrap().url, "p1");
+            assert_ne!(g.pick(None, &[], false).unwrap().url, "p1");
+        }
+        assert!(g.pick(Some("web"), &[], true).is_none());
+
+        // The api's router down: its requests find the environment down, never app's routers.
+        let mut news = g.subscribe();
+        g.learn("p1", Answer::Down("refused".into()), None);
+        assert!(news.has_changed().unwrap());
+        news.mark_unchanged();
+        g.learn("p1", Answer::Down("refused again".into()), None);
+        assert!(
+            !news.has_changed().unwrap(),
+            "nothing a state depends on changed"
+        );
+        assert_eq!(g.state(Some("api")), EffectiveState::Down);
+        assert_eq!(g.state(Some("app")), EffectiveState::Open);
+        assert_eq!(g.effective(), EffectiveState::Open);
+        assert_eq!(g.pick(Some("api"), &[], false).unwrap().url, "p1");
+        assert!(g.pick(Some("api"), &["p1".into()], true).is_none());
+
+        // The app's routers closed: closed for its requests alone.
+        g.learn("p1", Answer::Open(Some(1)), Some(Instant::now()));
+        for url in ["a1", "a2"] {
+            g.learn(url, Answer::Closed { retry_after: None }, None);
+        }
+        assert!(news.has_changed().unwrap());
+        assert_eq!(g.state(Some("app")), EffectiveState::Closed);
+        assert_eq!(g.state(None), EffectiveState::Closed);
+        assert_eq!(g.state(Some("api")), EffectiveState::Open);
+        assert!(g.pick(Some("app"), &[], false).is_none());
+
+        // The newest generation is each app's own: api's older one still serves it.
+        g.learn("a1", Answer::Open(Some(2)), Some(Instant::now()));
+        assert_eq!(g.pick(Some("app"), &[], false).unwrap().url, "a1");
+        assert_eq!(g.pick(Some("api"), &[], false).unwrap().url, "p1");
+        g.command(GateState::Closed, None);
+        assert_eq!(g.state(Some("api")), EffectiveState::Closed);
     }
 
     #[test]

@@ -8,8 +8,8 @@ use tokio::task::JoinSet;
 use crate::client::Origin;
 use crate::routing::Environment;
 
-/// Checks every node of the environment each `interval`, and at once when woken. Runs until
-/// aborted.
+/// Checks every router of every app of the environment each `interval`, and at once when
+/// woken. Runs until aborted.
 pub(crate) async fn check_forever(env: Arc<Environment>, origin: Arc<Origin>, interval: Duration) {
     let limit = interval.clamp(Duration::from_millis(250), Duration::from_secs(2));
     loop {

@@ -2,11 +2,13 @@
 //! routers, with an admin API for the controller.
 //!
 //! It owns: routing by host, and by path prefix to an environment's routes (redirect routes
-//! it answers itself); the pooled keep-alive connections to the nodes, load balancing over
-//! open nodes with active health checks, retries on another node; the HTTP cache (Platform.sh
+//! it answers itself, an upstream route's requests go to its app's node routers); the pooled
+//! keep-alive connections to the nodes, load balancing over an app's open routers with active
+//! health checks, retries on another router of the app; the HTTP cache (Platform.sh
 //! `routes.yaml` cache rules, RFC 9111 freshness, `Vary`, grace, stale-while-revalidate, request
 //! coalescing, a memory bound in bytes); what it knows of each environment's gate, from the
-//! controller and from the nodes; holding requests while an environment is closed.
+//! controller and from the routers; holding requests while an environment is closed for their
+//! app.
 //!
 //! It must never:
 //! - serve a response from one environment to another (every cache key starts with the
@@ -16,17 +18,18 @@
 //!   the `cookies` rule does not ignore;
 //! - contact a node for a request it can answer from the store while the environment is closed;
 //! - send a request to a node that said it is closed (except with `closed_mode: error`), or to a
-//!   node at an older generation than another open node;
+//!   node at an older generation than another open node of its app;
+//! - send a request for one app to another app's routers;
 //! - send a request with a body twice, or retry a non-idempotent request;
 //! - decide the gate: it only follows the controller and the nodes.
 //!
 //! Code map: `routing` (environments and hosts), `routes` (an environment's routes: checks,
 //! longest-prefix match, redirect locations), `proxy` (the request pipeline; `cached` the
 //! cacheable path, `answers` the edge's own responses), `client` (node connections, choice of
-//! node, retries), `gate` (the gate and node states), `hold` (held requests), `health` (active
-//! checks), `cache` (`rules` and keys, `policy`, `store`, `flight` coalescing, `tee`), `admin`
-//! (the API), `metrics`, `wire` (the API's types), `headers`, `error`; `fuzzing` (entry points of
-//! the fuzz targets, with `--cfg fuzzing` only).
+//! node, retries), `gate` (the gate, each router's state and each app's), `hold` (held
+//! requests), `health` (active checks), `cache` (`rules` and keys, `policy`, `store`, `flight`
+//! coalescing, `tee`), `admin` (the API), `metrics`, `wire` (the API's types), `headers`,
+//! `error`; `fuzzing` (entry points of the fuzz targets, with `--cfg fuzzing` only).
 //!
 //! The integration tests (`tests/integration`) run the edge against real origin processes,
 //! `tests/origin.py`, which speak the node routers' gate protocol.
@@ -283,7 +286,8 @@ impl Edge {
             )));
             let releaser = env.clone();
             env.add_task(tokio::spawn(async move {
-                releaser.held.release(releaser.gate.subscribe()).await;
+                let open = |app: Option<&str>| releaser.gate.state(app) == EffectiveState::Open;
+                releaser.held.release(releaser.gate.subscribe(), open).await;
             }));
         }
         self.save_routes();

@@ -1,9 +1,10 @@
 //! An environment's routes (`.platform/routes.yaml` as the controller resolved them): checked
 //! when they are put, since they come from pushed configuration; matched per request by host
-//! and longest path prefix; and a redirect route's `Location`.
+//! and longest path prefix, an upstream route naming the app whose routers take it; and a
+//! redirect route's `Location`.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 use http::StatusCode;
@@ -34,7 +35,8 @@ pub(crate) struct Redirect {
 
 #[derive(Debug)]
 enum Action {
-    Upstream,
+    /// To the routers of an app; `None`: the first app's.
+    Upstream(Option<String>),
     Redirect(Redirect),
 }
 
@@ -47,8 +49,9 @@ struct Compiled {
 /// What a request's host and path pick.
 #[derive(Debug)]
 pub(crate) enum Matched<'a> {
-    /// To the nodes: an upstream route, or a host no route names.
-    Upstream,
+    /// To the routers of an app (`None`: the first app's): an upstream route, or a host no
+    /// route names.
+    Upstream(Option<&'a str>),
     /// The edge answers; `rest` is the request's path after the route's prefix.
     Redirect {
         redirect: &'a Redirect,
@@ -119,12 +122,12 @@ impl Routes {
     /// The route of a (normalised) host and a request's path.
     pub(crate) fn find<'a>(&'a self, host: &str, path: &'a str) -> Matched<'a> {
         let Some(same_host) = self.by_host.get(host) else {
-            return Matched::Upstream;
+            return Matched::Upstream(None);
         };
         for compiled in same_host {
             if let Some(rest) = after_prefix(path, &compiled.prefix) {
                 return match &compiled.action {
-                    Action::Upstream => Matched::Upstream,
+                    Action::Upstream(app) => Matched::Upstream(app.as_deref()),
                     Action::Redirect(redirect) => Matched::Redirect { redirect, rest },
                 };
             }
@@ -187,10 +190,44 @@ impl Redirect {
 }
 
 /// Checks the routes an `EnvironmentRoute` may carry, as `PUT /v1/environments/{env}` does:
-/// at most 256, valid host names, paths and targets, no two for one host and path, no
-/// redirect to itself.
+/// at most 256, valid host names, paths, app names and targets, no two for one host and path,
+/// no redirect to itself. That the apps are the environment's is checked by the put alone.
 pub fn check_routes(routes: &[HostRoute]) -> Result<(), RouteError> {
     Routes::compile(&mut routes.to_vec()).map(|_| ())
+}
+
+/// Refuses an upstream route naming an app that `app_nodes` does not: its requests would have
+/// no routers (or, sent to the first app's, reach the wrong app).
+pub(crate) fn check_apps(
+    routes: &[HostRoute],
+    app_nodes: &BTreeMap<String, Vec<String>>,
+) -> Result<(), RouteError> {
+    for route in routes {
+        if let RouteAction::Upstream { app: Some(app) } = &route.action
+            && !app_nodes.contains_key(app)
+        {
+            let known = if app_nodes.is_empty() {
+                "app_nodes names none".to_owned()
+            } else {
+                let names: Vec<String> = app_nodes.keys().map(|name| format!("{name:?}")).collect();
+                format!("app_nodes names {}", names.join(", "))
+            };
+            return Err(refused(
+                route,
+                format!("its app {app:?} is not one of the environment's apps ({known})"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An app's name: 1 to 64 ASCII letters, digits, `-` or `_`.
+pub(crate) fn valid_app(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The routes for `EnvironmentRoute::routes` from resolved route URLs (such as
@@ -267,7 +304,7 @@ fn refused(route: &HostRoute, reason: String) -> RouteError {
 /// A route's host as it is compared, and the route, or why it is refused.
 fn compile_one(route: &HostRoute) -> Result<(String, Compiled), String> {
     let to = match &route.action {
-        RouteAction::Upstream => "",
+        RouteAction::Upstream { .. } => "",
         RouteAction::Redirect { to, .. } => to,
     };
     if [&route.host, &route.path, to]
@@ -284,7 +321,16 @@ fn compile_one(route: &HostRoute) -> Result<(String, Compiled), String> {
     }
     check_path(&route.path, "its path")?;
     let action = match &route.action {
-        RouteAction::Upstream => Action::Upstream,
+        RouteAction::Upstream { app } => {
+            if let Some(app) = app
+                && !valid_app(app)
+            {
+                return Err(format!(
+                    "its app {app:?} is not an app name: 1-64 ASCII letters, digits, `-` or `_`"
+                ));
+            }
+            Action::Upstream(app.clone())
+        }
         RouteAction::Redirect { to, code } => {
             if !REDIRECT_CODES.contains(code) {
                 return Err(format!(
@@ -420,7 +466,16 @@ mod tests {
         HostRoute {
             host: host.into(),
             path: path.into(),
-            action: RouteAction::Upstream,
+            action: RouteAction::Upstream { app: None },
+        }
+    }
+
+    fn of_app(app: &str, route: HostRoute) -> HostRoute {
+        HostRoute {
+            action: RouteAction::Upstream {
+                app: Some(app.into()),
+            },
+            ..route
         }
     }
 
@@ -459,7 +514,7 @@ mod tests {
         ]);
         assert!(matches!(
             routes.find("www.main.localhost", "/about"),
-            Matched::Upstream
+            Matched::Upstream(None)
         ));
         assert_eq!(
             location(&routes, "www.main.localhost", "/blog/2024/post", None),
@@ -471,7 +526,7 @@ mod tests {
         );
         assert!(matches!(
             routes.find("www.main.localhost", "/blogs"),
-            Matched::Upstream
+            Matched::Upstream(None)
         ));
         assert_eq!(
             location(&routes, "main.localhost", "/about", Some("x=1")),
@@ -480,8 +535,52 @@ mod tests {
         // A host no route names goes to the nodes, as before routes.
         assert!(matches!(
             routes.find("other.localhost", "/"),
-            Matched::Upstream
+            Matched::Upstream(None)
         ));
+    }
+
+    #[test]
+    fn an_upstream_route_takes_its_requests_to_its_app() {
+        let routes = compile(vec![
+            of_app("app", upstream("main.localhost", "/")),
+            of_app("api", upstream("main.localhost", "/api")),
+            upstream("www.main.localhost", "/"),
+        ]);
+        for (host, path, app) in [
+            ("main.localhost", "/", Some("app")),
+            ("main.localhost", "/apix", Some("app")),
+            ("main.localhost", "/api", Some("api")),
+            ("main.localhost", "/api/x", Some("api")),
+            ("www.main.localhost", "/api/x", None),
+            ("other.localhost", "/api/x", None),
+        ] {
+            match routes.find(host, path) {
+                Matched::Upstream(to) => assert_eq!(to, app, "{host}{path}"),
+                other => panic!("{host}{path} is {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_route_must_name_an_app_of_app_nodes() {
+        let routes = [
+            of_app("app", upstream("main.localhost", "/")),
+            of_app("api", upstream("main.localhost", "/api")),
+        ];
+        let apps = |names: &[&str]| -> BTreeMap<String, Vec<String>> {
+            names.iter().map(|n| (n.to_string(), Vec::new())).collect()
+        };
+        assert!(check_apps(&routes, &apps(&["api", "app"])).is_ok());
+        let unknown = check_apps(&routes, &apps(&["app", "web"])).unwrap_err();
+        assert!(matches!(unknown, RouteError::BadRoute { .. }), "{unknown}");
+        let message = unknown.to_string();
+        assert!(
+            message.contains("main.localhost/api") && message.contains(r#"app "api""#),
+            "{message}"
+        );
+        let one_app = check_apps(&routes, &BTreeMap::new()).unwrap_err();
+        assert!(one_app.to_string().contains("names none"), "{one_app}");
+        assert!(check_apps(&[upstream("main.localhost", "/")], &BTreeMap::new()).is_ok());
     }
 
     #[test]
@@ -489,7 +588,7 @@ mod tests {
         let routes = compile(vec![upstream("main.localhost", "/app")]);
         assert!(matches!(
             routes.find("main.localhost", "/app/x"),
-            Matched::Upstream
+            Matched::Upstream(None)
         ));
         assert!(matches!(
             routes.find("main.localhost", "/"),
@@ -546,6 +645,14 @@ mod tests {
             (upstream("main.localhost", "a"), "start with `/`"),
             (upstream("main.localhost", "/a?b"), "query"),
             (upstream("main.localhost", "/{x}"), "percent-encode"),
+            (
+                of_app("api\r\nx", upstream("main.localhost", "/")),
+                "not an app name",
+            ),
+            (
+                of_app("", upstream("main.localhost", "/")),
+                "not an app name",
+            ),
             (
                 redirect(
                     "m.localhost",
@@ -618,14 +725,20 @@ mod tests {
         };
         let (routes, left_out) = routes_from_urls([
             ("http://main.localhost/", to("https://main.localhost/")),
-            ("https://main.localhost/", RouteAction::Upstream),
+            (
+                "https://main.localhost/",
+                RouteAction::Upstream { app: None },
+            ),
             ("https://WWW.main.localhost", to("https://main.localhost/")),
             (
                 "http://www.main.localhost/",
                 to("https://www.main.localhost/"),
             ),
-            ("https://*.main.localhost/", RouteAction::Upstream),
-            ("ftp://main.localhost/", RouteAction::Upstream),
+            (
+                "https://*.main.localhost/",
+                RouteAction::Upstream { app: None },
+            ),
+            ("ftp://main.localhost/", RouteAction::Upstream { app: None }),
         ]);
         assert_eq!(
             routes,

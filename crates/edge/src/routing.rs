@@ -14,13 +14,13 @@ use crate::cache::rules::KeyRules;
 use crate::error::RouteError;
 use crate::gate::Gate;
 use crate::hold::HoldQueue;
-use crate::routes::Routes;
+use crate::routes::{Routes, check_apps, valid_app};
 use crate::wire::{ClosedMode, EnvironmentRoute, EnvironmentView};
 
 /// An environment's settings, replaced as a whole by each `PUT`.
 #[derive(Debug)]
 pub(crate) struct EnvConfig {
-    /// As put, with hosts and nodes normalised; `hosts` holds the routes' hosts too.
+    /// As put, with hosts and routers normalised; `hosts` holds the routes' hosts too.
     pub route: EnvironmentRoute,
     pub routes: Routes,
     pub rules: KeyRules,
@@ -167,11 +167,16 @@ impl Router {
             }
         }
         route.hosts = hosts;
-        route.nodes = route
-            .nodes
-            .iter()
-            .map(|node| normalise_node(node))
-            .collect::<Result<_, _>>()?;
+        if let Some(app) = route.app_nodes.keys().find(|app| !valid_app(app)) {
+            return Err(RouteError::BadApp(app.clone()));
+        }
+        check_apps(&route.routes, &route.app_nodes)?;
+        for routers in std::iter::once(&mut route.nodes).chain(route.app_nodes.values_mut()) {
+            *routers = routers
+                .iter()
+                .map(|node| normalise_node(node))
+                .collect::<Result<_, _>>()?;
+        }
         let gate = route.gate;
         let config = Arc::new(EnvConfig::compile(route, routes)?);
 
@@ -188,7 +193,7 @@ impl Router {
         }
         let (environment, created) = match table.by_name.get(name) {
             Some(existing) => {
-                existing.gate.set_nodes(&config.route.nodes);
+                existing.gate.set_routers(&config.route);
                 *existing.config.write().expect("config lock") = config.clone();
                 (existing.clone(), false)
             }
@@ -197,7 +202,7 @@ impl Router {
                 let environment = Arc::new(Environment {
                     name: name.to_owned(),
                     scope: format!("{name}#{incarnation}"),
-                    gate: Gate::new(name, gate, &config.route.nodes),
+                    gate: Gate::new(name, &config.route),
                     config: RwLock::new(config.clone()),
                     held: HoldQueue::default(),
                     check_now: Notify::new(),
@@ -322,13 +327,64 @@ mod tests {
         routed.routes = vec![crate::wire::HostRoute {
             host: "WWW.localhost".into(),
             path: "/".into(),
-            action: crate::wire::RouteAction::Upstream,
+            action: crate::wire::RouteAction::Upstream { app: None },
         }];
         let taken = router.put("staging", routed, "localhost");
         assert!(matches!(taken, Err(RouteError::HostTaken { .. })));
         assert_eq!(router.by_host("staging.localhost").unwrap().name, "staging");
         assert!(router.delete("main").is_some());
         assert!(router.by_host("www.localhost").is_none());
+    }
+
+    #[test]
+    fn an_upstream_route_must_name_an_app_of_the_environment() {
+        let router = Router::default();
+        let mut route = EnvironmentRoute::new(vec![], vec!["http://127.0.0.1:1".into()]);
+        route.app_nodes = BTreeMap::from([
+            ("app".to_owned(), vec!["http://127.0.0.1:1/".to_owned()]),
+            ("api".to_owned(), vec!["http://127.0.0.1:2".to_owned()]),
+        ]);
+        let of_app = |path: &str, app: &str| crate::wire::HostRoute {
+            host: "main.localhost".into(),
+            path: path.into(),
+            action: crate::wire::RouteAction::Upstream {
+                app: Some(app.into()),
+            },
+        };
+        route.routes = vec![of_app("/", "app"), of_app("/api", "apo")];
+        let refused = router
+            .put("main", route.clone(), "localhost")
+            .err()
+            .unwrap();
+        assert_eq!(refused.status(), axum::http::StatusCode::BAD_REQUEST);
+        let message = refused.to_string();
+        assert!(
+            message.contains("main.localhost/api") && message.contains(r#"app "apo""#),
+            "{message}"
+        );
+        assert!(router.by_name("main").is_none());
+
+        route.routes[1] = of_app("/api", "api");
+        let put = router.put("main", route.clone(), "localhost").ok().unwrap();
+        let routers = &put.environment.config().route.app_nodes;
+        assert_eq!(routers["app"], ["http://127.0.0.1:1"], "normalised");
+        let view = put.environment.view();
+        let apps: Vec<_> = view.nodes.iter().map(|n| n.app.as_deref()).collect();
+        assert_eq!(apps, [Some("app"), Some("api")]);
+
+        let with_app = |name: &str, url: &str| {
+            let mut bad = route.clone();
+            bad.app_nodes.insert(name.into(), vec![url.into()]);
+            router.put("main", bad, "localhost").err().unwrap()
+        };
+        assert!(matches!(
+            with_app("a b", "http://127.0.0.1:3"),
+            RouteError::BadApp(_)
+        ));
+        assert!(matches!(
+            with_app("web", "https://h:1"),
+            RouteError::BadNode(_)
+        ));
     }
 
     #[test]

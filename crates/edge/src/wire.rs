@@ -1,5 +1,7 @@
 //! The admin API's wire types. The controller imports these to tell the edge what to serve.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Where an environment is served, and how: the body of `PUT /v1/environments/{env}`, which
@@ -17,7 +19,9 @@ pub struct EnvironmentRoute {
     /// goes to the nodes, so an empty list sends every host of `hosts` there.
     #[serde(default)]
     pub routes: Vec<HostRoute>,
-    /// The node routers' base URLs, e.g. `http://127.0.0.1:34567`, in cluster order.
+    /// The node routers' base URLs, e.g. `http://127.0.0.1:34567`, of the environment's first
+    /// app (the app of hosts no route names and of upstream routes without an app), in cluster
+    /// order.
     pub nodes: Vec<String>,
     /// The gate as the controller knows it.
     #[serde(default)]
@@ -38,6 +42,11 @@ pub struct EnvironmentRoute {
     /// (unless the response sets `stale-while-revalidate` itself).
     #[serde(default = "default_swr_secs")]
     pub swr_secs: u64,
+    /// For a project with several apps: every app's routers by app name, in cluster order (the
+    /// first app's equal to `nodes`). Empty for a project with one app. App names are 1-64
+    /// ASCII letters, digits, `-` or `_`; the URLs are `nodes`' kind.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub app_nodes: BTreeMap<String, Vec<String>>,
 }
 
 pub const DEFAULT_MAX_HOLD_SECS: u64 = 30;
@@ -69,6 +78,7 @@ impl EnvironmentRoute {
             max_hold_secs: DEFAULT_MAX_HOLD_SECS,
             grace_secs: DEFAULT_GRACE_SECS,
             swr_secs: DEFAULT_SWR_SECS,
+            app_nodes: BTreeMap::new(),
         }
     }
 }
@@ -95,8 +105,12 @@ fn default_path() -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum RouteAction {
-    /// To the environment's nodes.
-    Upstream,
+    /// To the nodes: the routers of `app` (None: the environment's first app, i.e. `nodes`),
+    /// which must be a key of `app_nodes`.
+    Upstream {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        app: Option<String>,
+    },
     /// Answered by the edge itself: `code` (301, 302, 303, 307 or 308) and a `Location` of
     /// `to` (an absolute `http://` or `https://` URL without query) with the rest of the
     /// request's path after the route's prefix, and its query.
@@ -193,18 +207,24 @@ pub struct EnvironmentView {
     /// The route as last put, with `gate` as last set by the controller (or learned, see
     /// `state`).
     pub route: EnvironmentRoute,
+    /// Open while some app's requests may be sent; each app's requests go by the state of its
+    /// own routers.
     pub state: EffectiveState,
     /// The newest generation a node was seen open at.
     pub generation: Option<u64>,
     /// Requests waiting for the environment to open.
     pub held: u64,
+    /// Every router of every app, `nodes` first.
     pub nodes: Vec<NodeView>,
 }
 
-/// What the edge learned of one node, from health checks and from its answers.
+/// What the edge learned of one node router, from health checks and from its answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeView {
     pub url: String,
+    /// The app whose router this is, when the route has `app_nodes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
     pub state: NodeState,
     pub generation: Option<u64>,
     /// Milliseconds since the last health check answered or failed; `None` before the first.
@@ -253,5 +273,32 @@ mod tests {
         let written = serde_json::to_value(&route).unwrap();
         assert_eq!(written["type"], "redirect");
         assert_eq!(written["code"], 301);
+    }
+
+    #[test]
+    fn an_upstream_route_without_app_goes_to_the_first_app_and_is_written_as_before() {
+        let route: HostRoute =
+            serde_json::from_str(r#"{"host":"a","path":"/","type":"upstream"}"#).unwrap();
+        assert_eq!(route.action, RouteAction::Upstream { app: None });
+        assert_eq!(
+            serde_json::to_value(&route).unwrap(),
+            serde_json::json!({"host": "a", "path": "/", "type": "upstream"})
+        );
+        let api: HostRoute =
+            serde_json::from_str(r#"{"host":"a","path":"/api","type":"upstream","app":"api"}"#)
+                .unwrap();
+        assert_eq!(
+            api.action,
+            RouteAction::Upstream {
+                app: Some("api".into())
+            }
+        );
+        assert_eq!(serde_json::to_value(&api).unwrap()["app"], "api");
+
+        let one_app = EnvironmentRoute::new(vec![], vec!["http://127.0.0.1:1".into()]);
+        let written = serde_json::to_value(&one_app).unwrap();
+        assert!(written.get("app_nodes").is_none(), "{written}");
+        let read: EnvironmentRoute = serde_json::from_value(written).unwrap();
+        assert!(read.app_nodes.is_empty());
     }
 }

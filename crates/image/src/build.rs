@@ -12,7 +12,7 @@ use lockstep_supervisor::{
 };
 
 use crate::store::{APP_PREFIX, ImageInfo, Manifest};
-use crate::{ImageError, ImageStore, base64_json, checkout};
+use crate::{ImageError, ImageId, ImageStore, base64_json, checkout};
 
 /// Platform.sh's own words, which users search their logs for.
 pub const REUSE_MESSAGE: &str = "Reusing existing build for this tree ID";
@@ -55,10 +55,19 @@ pub struct BuildRequest<'a> {
     pub cancel: Cancel,
 }
 
+/// A build's images, one per app in the project's order.
 #[derive(Debug)]
 pub struct BuildOutcome {
-    pub manifest: Manifest,
+    pub images: Vec<Manifest>,
     pub reused: bool,
+}
+
+impl BuildOutcome {
+    /// The release these images make (`crate::release_id`).
+    pub fn release(&self) -> String {
+        let ids: Vec<ImageId> = self.images.iter().map(|m| m.id.clone()).collect();
+        crate::release_id(&ids)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,34 +135,27 @@ impl Builder {
         &self.store
     }
 
-    /// Builds `request`, streaming progress and the hook's output to `log` line by line.
+    /// Builds `request`, one image per app of the project, streaming progress and the hooks'
+    /// output to `log` line by line.
     pub fn build(
         &self,
         request: &BuildRequest<'_>,
         log: &mut dyn FnMut(&str),
     ) -> Result<BuildOutcome, BuildError> {
-        let started = Instant::now();
         let built_at = chrono::Utc::now();
         let tree_id = checkout::resolve_tree(request.repo, request.git_ref, request.git_env)?;
         let build_key = build_key(&tree_id, request.variables);
-        if let Some(manifest) = self.store.find_build(&build_key)? {
-            log(&format!(
-                "Building application '{}' (runtime type: {}, tree: {})",
-                manifest.info.app().name,
-                manifest.info.app().runtime,
-                &tree_id[..7]
-            ));
-            log(&format!("  {REUSE_MESSAGE}"));
+        if let Some(images) = self.store.find_build(&build_key)? {
+            for manifest in &images {
+                log_building(log, manifest.info.app(), &tree_id);
+                log(&format!("  {REUSE_MESSAGE}"));
+            }
             return Ok(BuildOutcome {
-                manifest,
+                images,
                 reused: true,
             });
         }
 
-        let workspace = |path: &Path| {
-            let path = path.to_owned();
-            move |source| BuildError::Workspace { path, source }
-        };
         let work = tempfile::Builder::new()
             .prefix("build-")
             .tempdir_in(&self.work_root)
@@ -169,21 +171,6 @@ impl Builder {
         let Some(config) = checked.project else {
             return Err(BuildError::InvalidConfig(checked.diagnostics));
         };
-        // The check accepts one app per project so far.
-        let app = config.apps[0].clone();
-        // The app's folder is all the image holds: the rest of the repository is not the app's.
-        let app_dir = work.path().join(APP_PREFIX);
-        take_app_folder(&tree_dir, &app.source_root, &app_dir)?;
-        log(&format!(
-            "Building application '{}' (runtime type: {}, tree: {})",
-            app.name,
-            app.runtime,
-            &tree_id[..7]
-        ));
-        let runtime = lockstep_supervisor::resolve_runtime(&app.runtime, request.strict_runtimes)?;
-        if let Some(warning) = runtime.warning() {
-            log(&format!("  {warning}"));
-        }
         // Services resolve as runtimes do; said here, where the pusher reads it.
         for service in config.services.values() {
             let engine = lockstep_supervisor::resolve_runtime(
@@ -194,21 +181,62 @@ impl Builder {
                 log(&format!("  {warning}"));
             }
         }
+        let work_dirs = take_app_folders(&tree_dir, &config.apps, work.path())?;
+        let mut images = Vec::with_capacity(config.apps.len());
+        for (app, app_work) in config.apps.iter().zip(&work_dirs) {
+            let built = AppBuild {
+                config: &config,
+                app,
+                work: app_work,
+                tree_id: &tree_id,
+                build_key: &build_key,
+                built_at,
+            };
+            images.push(self.build_app(request, &built, log)?);
+        }
+        let ids: Vec<ImageId> = images.iter().map(|m| m.id.clone()).collect();
+        self.store.record_build(&build_key, &ids)?;
+        Ok(BuildOutcome {
+            images,
+            reused: false,
+        })
+    }
 
-        // The build user gets the tree, and the project's cache of this environment.
+    /// One app's image: its folder (`APP_PREFIX` in `built.work`) through its build hook,
+    /// packed.
+    fn build_app(
+        &self,
+        request: &BuildRequest<'_>,
+        built: &AppBuild<'_>,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<Manifest, BuildError> {
+        let started = Instant::now();
+        let app = built.app;
+        let app_dir = built.work.join(APP_PREFIX);
+        log_building(log, app, built.tree_id);
+        let runtime = lockstep_supervisor::resolve_runtime(&app.runtime, request.strict_runtimes)?;
+        if let Some(warning) = runtime.warning() {
+            log(&format!("  {warning}"));
+        }
+
+        // The build user gets the tree, and the project's cache of this environment (of this
+        // app, when the project has several).
         give_tree(&app_dir, request.user).map_err(workspace(&app_dir))?;
-        let cache_dir = self
+        let mut cache_dir = self
             .cache_root
             .join(safe_name(request.project))
             .join(safe_name(request.cache));
+        if built.config.apps.len() > 1 {
+            cache_dir.push(safe_name(&app.name));
+        }
         give_folder(&cache_dir, request.user).map_err(workspace(&cache_dir))?;
         let mut sandbox = Sandbox::prepare(
             app_dir.clone(),
-            work.path(),
+            built.work,
             request.user,
             self.sandbox_owner.clone(),
         )
-        .map_err(workspace(work.path()))?;
+        .map_err(workspace(built.work))?;
         let cache_point = sandbox.tmp.join("cache");
         give_folder(&cache_point, request.user).map_err(workspace(&cache_point))?;
         sandbox.app_writable = true;
@@ -219,10 +247,10 @@ impl Builder {
         let mut variables = app.variables.clone();
         variables.extend(request.variables.clone());
         let env = build_env(&BuildEnv {
-            app: &app,
+            app,
             project: request.project,
             project_entropy: request.project_entropy,
-            tree_id: &tree_id,
+            tree_id: built.tree_id,
             variables: &variables,
             operator: request.operator,
         });
@@ -231,14 +259,14 @@ impl Builder {
             log("  Installing global dependencies into .global");
             script.push_str(&install);
         }
-        if needs_npm_install(&app, &app_dir) {
+        if needs_npm_install(app, &app_dir) {
             log("  Installing dependencies with npm (the nodejs default build flavor)");
             script.push_str("npm prune --userconfig .npmrc && npm install --userconfig .npmrc\n");
         }
         if let Some(check) = php_extensions_check(&app.extensions) {
             script.push_str(&check);
         }
-        if needs_composer_install(&app, &app_dir) {
+        if needs_composer_install(app, &app_dir) {
             log("  Installing dependencies with Composer (the composer build flavor)");
             script.push_str(
                 "composer --no-ansi --no-interaction install --no-progress --prefer-dist --optimize-autoloader --no-dev\n",
@@ -271,29 +299,110 @@ impl Builder {
 
         let info = ImageInfo {
             format: IMAGE_FORMAT,
-            tree_id,
-            build_key,
-            config,
+            tree_id: built.tree_id.to_owned(),
+            build_key: built.build_key.to_owned(),
+            config: built.config.clone(),
             app: app.name.clone(),
         };
         let build_millis = started.elapsed().as_millis() as u64;
-        let manifest = self.store.add(&app_dir, info, built_at, build_millis)?;
+        let manifest = self
+            .store
+            .add(&app_dir, info, built.built_at, build_millis)?;
         log(&format!(
             "  Image {} ({} bytes)",
             manifest.id.short(),
             manifest.size
         ));
-        Ok(BuildOutcome {
-            manifest,
-            reused: false,
-        })
+        Ok(manifest)
     }
 }
 
-/// Moves the app's folder of the checked-out tree to `app_dir`. The folder must be a real folder
-/// of the tree: a link could lead the build anywhere.
+/// What one app's build needs to know of the whole build.
+struct AppBuild<'a> {
+    config: &'a lockstep_config::Project,
+    app: &'a lockstep_config::AppConfig,
+    /// The app's own work folder: its tree at `APP_PREFIX`, and its sandbox's folders.
+    work: &'a Path,
+    tree_id: &'a str,
+    build_key: &'a str,
+    built_at: chrono::DateTime<chrono::Utc>,
+}
+
+fn log_building(log: &mut dyn FnMut(&str), app: &lockstep_config::AppConfig, tree_id: &str) {
+    log(&format!(
+        "Building application '{}' (runtime type: {}, tree: {})",
+        app.name,
+        app.runtime,
+        &tree_id[..7]
+    ));
+}
+
+fn workspace(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + use<> {
+    let path = path.to_owned();
+    move |source| BuildError::Workspace { path, source }
+}
+
+/// Gives each app its folder of the checked-out tree, as `<work>/apps/<index>/APP_PREFIX`, in
+/// the apps' order: the folder of the app is all its image holds, the rest of the repository is
+/// not the app's. Deeper folders are taken first, so that an app whose folder holds another's
+/// does not take that one along; apps of one folder each get a copy.
+fn take_app_folders(
+    tree_dir: &Path,
+    apps: &[lockstep_config::AppConfig],
+    work: &Path,
+) -> Result<Vec<PathBuf>, BuildError> {
+    let work_dirs: Vec<PathBuf> = (0..apps.len())
+        .map(|index| work.join("apps").join(index.to_string()))
+        .collect();
+    let mut order: Vec<usize> = (0..apps.len()).collect();
+    order.sort_by_key(|&index| {
+        std::cmp::Reverse(Path::new(&apps[index].source_root).components().count())
+    });
+    for (position, &index) in order.iter().enumerate() {
+        let work_dir = &work_dirs[index];
+        std::fs::create_dir_all(work_dir).map_err(workspace(work_dir))?;
+        let root = &apps[index].source_root;
+        let taken_later = order[position + 1..]
+            .iter()
+            .any(|&other| apps[other].source_root == *root);
+        let app_dir = work_dir.join(APP_PREFIX);
+        if taken_later {
+            check_app_folder(tree_dir, root)?;
+            copy_folder(&tree_dir.join(root), &app_dir)?;
+        } else {
+            take_app_folder(tree_dir, root, &app_dir)?;
+        }
+    }
+    Ok(work_dirs)
+}
+
+fn copy_folder(from: &Path, to: &Path) -> Result<(), BuildError> {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .map_err(workspace(to))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(workspace(to)(std::io::Error::other(format!(
+            "cp -a {} {} failed",
+            from.display(),
+            to.display()
+        ))))
+    }
+}
+
+/// Moves the app's folder of the checked-out tree to `app_dir`.
 fn take_app_folder(tree_dir: &Path, source_root: &str, app_dir: &Path) -> Result<(), BuildError> {
+    check_app_folder(tree_dir, source_root)?;
     let folder = tree_dir.join(source_root);
+    std::fs::rename(&folder, app_dir).map_err(workspace(&folder))
+}
+
+/// The app's folder must be a real folder of the tree: a link could lead the build anywhere.
+fn check_app_folder(tree_dir: &Path, source_root: &str) -> Result<(), BuildError> {
     let mut walked = tree_dir.to_owned();
     for part in Path::new(source_root).components() {
         walked.push(part);
@@ -302,10 +411,7 @@ fn take_app_folder(tree_dir: &Path, source_root: &str, app_dir: &Path) -> Result
             return Err(BuildError::NoAppFolder(source_root.to_owned()));
         }
     }
-    std::fs::rename(&folder, app_dir).map_err(|source| BuildError::Workspace {
-        path: folder.clone(),
-        source,
-    })
+    Ok(())
 }
 
 /// The hash of every input that can change what a build produces.

@@ -78,6 +78,22 @@ impl std::str::FromStr for ImageId {
     }
 }
 
+/// The separator of image ids in a release id.
+const RELEASE_SEPARATOR: char = '+';
+
+/// A release is the images of its project's apps, in the project's app order. Its id joins
+/// their ids with `+`, so that a project with one app has its image's id as release id, and
+/// the deploy procedure, which only compares release ids, needs to know nothing of apps.
+pub fn release_id(images: &[ImageId]) -> String {
+    let ids: Vec<&str> = images.iter().map(ImageId::as_str).collect();
+    ids.join(&RELEASE_SEPARATOR.to_string())
+}
+
+/// The image ids of a release id, in app order.
+pub fn release_images(release: &str) -> Result<Vec<ImageId>, ImageError> {
+    release.split(RELEASE_SEPARATOR).map(str::parse).collect()
+}
+
 impl From<ImageId> for String {
     fn from(id: ImageId) -> String {
         id.0

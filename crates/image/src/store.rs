@@ -3,7 +3,8 @@
 //! ```text
 //! images/<id>.tar.zst   the image
 //! images/<id>.json      its manifest
-//! builds/<build-key>    the id built from those build inputs (the reuse index)
+//! builds/<build-key>    the release built from those build inputs: its apps' image ids joined
+//!                       with `+` (the reuse index)
 //! ```
 //!
 //! Every file is written beside its final name and renamed into place, so a reader sees a whole
@@ -106,23 +107,35 @@ impl ImageStore {
         })
     }
 
-    /// The image already built from these build inputs, if it is still in the store.
-    pub fn find_build(&self, build_key: &str) -> Result<Option<Manifest>, ImageError> {
+    /// The images of every app already built from these build inputs, if they are all still
+    /// in the store.
+    pub fn find_build(&self, build_key: &str) -> Result<Option<Vec<Manifest>>, ImageError> {
         let path = self.build_index_path(build_key);
-        let id = match fs::read_to_string(&path) {
-            Ok(id) => id.trim().parse::<ImageId>()?,
+        let ids = match fs::read_to_string(&path) {
+            Ok(release) => crate::release_images(release.trim())?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(ImageError::io_at("read", &path)(e)),
         };
-        match self.manifest(&id) {
-            Ok(manifest) if self.image_path(&id).exists() => Ok(Some(manifest)),
-            Ok(_) | Err(ImageError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e),
+        let mut manifests = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.manifest(&id) {
+                Ok(manifest) if self.image_path(&id).exists() => manifests.push(manifest),
+                Ok(_) | Err(ImageError::NotFound(_)) => return Ok(None),
+                Err(e) => return Err(e),
+            }
         }
+        Ok(Some(manifests))
     }
 
-    /// Packs the built app folder with its description into a new image, records it, and
-    /// indexes it under its build key.
+    /// Indexes the images of a whole build (one per app) under its build key.
+    pub fn record_build(&self, build_key: &str, images: &[ImageId]) -> Result<(), ImageError> {
+        write_atomically(
+            &self.build_index_path(build_key),
+            crate::release_id(images).as_bytes(),
+        )
+    }
+
+    /// Packs the built app folder with its description into a new image and records it.
     pub fn add(
         &self,
         app_dir: &Path,
@@ -163,10 +176,6 @@ impl ImageStore {
         };
         let manifest_json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
         write_atomically(&self.manifest_path(&id), &manifest_json)?;
-        write_atomically(
-            &self.build_index_path(&manifest.info.build_key),
-            id.as_str().as_bytes(),
-        )?;
         Ok(manifest)
     }
 }

@@ -143,7 +143,7 @@ fn building_one_commit_twice_reuses_the_first_image() {
     let (second, second_log) = build(&builder, &repo, &no_variables());
     let second = second.unwrap();
     assert!(second.reused);
-    assert_eq!(first.manifest.id, second.manifest.id);
+    assert_eq!(first.images[0].id, second.images[0].id);
     assert!(
         second_log.iter().any(|l| l.trim() == REUSE_MESSAGE),
         "{second_log:?}"
@@ -161,11 +161,9 @@ fn two_stores_build_one_commit_into_the_same_image() {
         .map(|_| {
             let data = tempfile::tempdir().unwrap();
             let builder = Builder::new(data.path()).unwrap();
-            build(&builder, &repo, &no_variables())
-                .0
-                .unwrap()
-                .manifest
+            build(&builder, &repo, &no_variables()).0.unwrap().images[0]
                 .id
+                .clone()
         })
         .collect();
     assert_eq!(ids[0], ids[1]);
@@ -180,8 +178,8 @@ fn changing_one_file_changes_the_image() {
     repo.commit();
     let second = build(&builder, &repo, &no_variables()).0.unwrap();
     assert!(!second.reused);
-    assert_ne!(first.manifest.id, second.manifest.id);
-    assert_ne!(first.manifest.info.tree_id, second.manifest.info.tree_id);
+    assert_ne!(first.images[0].id, second.images[0].id);
+    assert_ne!(first.images[0].info.tree_id, second.images[0].info.tree_id);
 }
 
 #[test]
@@ -194,8 +192,8 @@ fn changing_one_build_visible_variable_changes_the_image() {
     variables.insert("env:SECRET_SAUCE".into(), "mustard".into());
     let second = build(&builder, &repo, &variables).0.unwrap();
     assert!(!second.reused);
-    assert_ne!(first.manifest.id, second.manifest.id);
-    assert_eq!(first.manifest.info.tree_id, second.manifest.info.tree_id);
+    assert_ne!(first.images[0].id, second.images[0].id);
+    assert_eq!(first.images[0].info.tree_id, second.images[0].info.tree_id);
 }
 
 #[test]
@@ -208,8 +206,8 @@ fn the_build_hook_sees_the_build_environment() {
     let outcome = build(&builder, &repo, &variables).0.unwrap();
     let unpacked = data.path().join("unpacked");
     unpack_verified(
-        &builder.store().image_path(&outcome.manifest.id),
-        &outcome.manifest.id,
+        &builder.store().image_path(&outcome.images[0].id),
+        &outcome.images[0].id,
         &unpacked,
         UnpackLimits::default(),
     )
@@ -218,7 +216,7 @@ fn the_build_hook_sees_the_build_environment() {
     let lines: Vec<&str> = env.lines().collect();
     assert_eq!(lines[0], "app");
     assert_eq!(lines[1], "shop");
-    assert_eq!(lines[2], outcome.manifest.info.tree_id);
+    assert_eq!(lines[2], outcome.images[0].info.tree_id);
     assert_eq!(lines[3], "/app");
     let decoded = std::process::Command::new("sh")
         .arg("-c")
@@ -234,7 +232,7 @@ fn the_build_hook_sees_the_build_environment() {
     // The image describes itself, and the configuration inside it is the parsed one.
     let info: serde_json::Value =
         serde_json::from_slice(&fs::read(unpacked.join("image.json")).unwrap()).unwrap();
-    assert_eq!(info["tree_id"], outcome.manifest.info.tree_id);
+    assert_eq!(info["tree_id"], outcome.images[0].info.tree_id);
     assert_eq!(info["config"]["apps"][0]["name"], "app");
     assert_eq!(info["app"], "app", "the image names its app");
 }
@@ -311,8 +309,8 @@ fn an_unknown_ref_is_a_clear_error() {
 fn unpacked_app(builder: &Builder, outcome: &BuildOutcome, dir: &Path) -> std::path::PathBuf {
     let unpacked = dir.join("unpacked");
     unpack_verified(
-        &builder.store().image_path(&outcome.manifest.id),
-        &outcome.manifest.id,
+        &builder.store().image_path(&outcome.images[0].id),
+        &outcome.images[0].id,
         &unpacked,
         UnpackLimits::default(),
     )
@@ -476,7 +474,7 @@ fn an_app_in_a_folder_is_built_from_that_folder_alone() {
     repo.write("README.md", "not the app's\n");
     repo.commit();
     let outcome = build(&builder, &repo, &no_variables()).0.unwrap();
-    assert_eq!(outcome.manifest.info.app().source_root, "search");
+    assert_eq!(outcome.images[0].info.app().source_root, "search");
     let app = unpacked_app(&builder, &outcome, data.path());
     assert_eq!(
         fs::read_to_string(app.join("server.py")).unwrap(),

@@ -87,9 +87,8 @@ enum Command {
     /// An app process's or a service's log on a node.
     Logs {
         env: String,
-        /// The node [default: the environment's first].
-        #[arg(long)]
-        node: Option<String>,
+        #[command(flatten)]
+        place: commands::ops::Place,
         /// `web`, `worker-NAME`, `cron-NAME`, `hook-deploy`, `hook-post_deploy` [default: web].
         #[arg(long, conflicts_with = "service")]
         process: Option<String>,
@@ -116,9 +115,8 @@ enum Command {
     /// Run a command (or each line of standard input) in the app's runtime environment on a node.
     Ssh {
         env: String,
-        /// The node [default: the environment's first].
-        #[arg(long)]
-        node: Option<String>,
+        #[command(flatten)]
+        place: commands::ops::Place,
         #[command(flatten)]
         connection: commands::ops::Connection,
         /// The command, after `--`.
@@ -131,9 +129,8 @@ enum Command {
         /// The relationship [default: the first to a PostgreSQL or MariaDB service].
         #[arg(long)]
         relationship: Option<String>,
-        /// The node [default: the environment's first].
-        #[arg(long)]
-        node: Option<String>,
+        #[command(flatten)]
+        place: commands::ops::Place,
         /// The SQL to run [default: standard input, whole].
         #[arg(short = 'c', long = "command")]
         sql: Option<String>,
@@ -146,9 +143,8 @@ enum Command {
         /// The relationship [default: the first to a Redis service].
         #[arg(long)]
         relationship: Option<String>,
-        /// The node [default: the environment's first].
-        #[arg(long)]
-        node: Option<String>,
+        #[command(flatten)]
+        place: commands::ops::Place,
         #[command(flatten)]
         connection: commands::ops::Connection,
         /// The command and its arguments, after `--`.
@@ -249,16 +245,16 @@ fn main() -> ExitCode {
         }),
         Command::Ssh {
             env,
-            node,
+            place,
             connection,
             command,
         } => remote(connection, &data_dir, |client| async move {
-            commands::ops::ssh(&client, &env, node, command).await
+            commands::ops::ssh(&client, &env, place, command).await
         }),
         Command::Sql {
             env,
             relationship,
-            node,
+            place,
             sql,
             connection,
         } => remote(connection, &data_dir, |client| async move {
@@ -267,27 +263,27 @@ fn main() -> ExitCode {
                 None => std::io::read_to_string(std::io::stdin())?,
             };
             let client_kind = lockstep_proto::agent::ServiceClient::Sql { input };
-            commands::ops::service_client(&client, &env, node, relationship, client_kind).await
+            commands::ops::service_client(&client, &env, place, relationship, client_kind).await
         }),
         Command::Redis {
             env,
             relationship,
-            node,
+            place,
             connection,
             args,
         } => remote(connection, &data_dir, |client| async move {
             let client_kind = lockstep_proto::agent::ServiceClient::Redis { args };
-            commands::ops::service_client(&client, &env, node, relationship, client_kind).await
+            commands::ops::service_client(&client, &env, place, relationship, client_kind).await
         }),
         Command::Logs {
             env,
-            node,
+            place,
             process,
             service,
             connection,
         } => remote(connection, &data_dir, |client| async move {
             let process = service.map(|name| format!("service-{name}")).or(process);
-            commands::ops::logs(&client, &env, node, process).await
+            commands::ops::logs(&client, &env, place, process).await
         }),
     };
     match result {

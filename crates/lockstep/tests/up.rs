@@ -112,13 +112,7 @@ async fn a_push_to_production_deploys_every_node_with_every_phase_and_the_hook_o
         release_of(&routers[0]).await,
         (200, Some(staging_tree.clone()))
     );
-    let status = platform.status().await;
-    let dev = status["environments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == "feature-login")
-        .unwrap();
+    let dev = platform.environment_status("feature-login").await;
     assert_eq!(dev["kind"], "development");
 }
 
@@ -177,13 +171,7 @@ async fn a_push_with_a_config_error_or_a_failing_build_is_rejected_while_product
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&branch.stdout).trim(), tree);
-    let status = platform.status().await;
-    let production = status["environments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == "production")
-        .unwrap();
+    let production = platform.environment_status("production").await;
     assert_eq!(production["generation"], 1);
 }
 

@@ -68,6 +68,21 @@ pub struct InstanceConfig {
     /// `PLATFORM_PROJECT_ENTROPY` for this environment's type.
     #[serde(default)]
     pub project_entropy: String,
+    /// The app this instance runs when the project has several (`instance_name`); None for a
+    /// project with one app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+}
+
+/// The name of the agent instance that runs `app` of `environment`: the environment's name
+/// for a project with one app, `ENV--APP` for each app of a project with several (environment
+/// names never hold `--`, so no two instances share a name). Both sides of the agent's API
+/// derive instance names with this.
+pub fn instance_name(environment: &str, app: Option<&str>) -> String {
+    match app {
+        None => environment.to_owned(),
+        Some(app) => format!("{environment}--{app}"),
+    }
 }
 
 /// A Unix user and group allocated to one environment.

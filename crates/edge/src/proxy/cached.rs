@@ -37,14 +37,14 @@ pub(super) async fn cached(
     let now = std::time::Instant::now();
     let stored = ctx.edge.store.lookup(&key, &parts.headers);
     if let Some(s) = &stored {
-        let closed = ctx.env.gate.effective() == EffectiveState::Closed;
-        match s.usability(now, ctx.env.gate.generation()) {
-            Usability::Fresh => return (serve(s, head, now), CacheResult::Hit),
-            Usability::Revalidate if !closed => {
-                refresh_in_background(ctx, &parts, &key, s.clone());
-                return (serve(s, head, now), CacheResult::Stale);
-            }
-            _ => {}
+        let usability = s.usability(now, ctx.env.gate.generation());
+        if usability == Usability::Fresh {
+            return (serve(s, head, now), CacheResult::Hit);
+        }
+        let closed = ctx.env.gate.state(ctx.app.as_deref()) == EffectiveState::Closed;
+        if usability == Usability::Revalidate && !closed {
+            refresh_in_background(ctx, &parts, &key, s.clone());
+            return (serve(s, head, now), CacheResult::Stale);
         }
         if closed && s.servable_while_closed(now) {
             return (serve(s, head, now), CacheResult::Stale);

@@ -30,12 +30,13 @@ use crate::routes::{Matched, host_port};
 use crate::routing::{EnvConfig, Environment, normalise_host};
 use crate::wire::{ClosedMode, EffectiveState};
 
-/// One request's environment.
+/// One request's environment, and the app whose routers take it (`None`: the first app's).
 #[derive(Clone)]
 pub(super) struct Ctx {
     pub(super) edge: Arc<Edge>,
     pub(super) env: Arc<Environment>,
     pub(super) config: Arc<EnvConfig>,
+    pub(super) app: Option<String>,
 }
 
 /// Answers one public request.
@@ -75,8 +76,8 @@ pub(crate) async fn handle(
         );
     };
     let config = env.config();
-    match config.routes.find(&host, request.uri().path()) {
-        Matched::Upstream => {}
+    let app = match config.routes.find(&host, request.uri().path()) {
+        Matched::Upstream(app) => app.map(str::to_owned),
         // Answered here, whether the environment is open or closed: no node is needed.
         Matched::Redirect { redirect, rest } => {
             let served_here = edge.router.by_host(&redirect.host).is_some();
@@ -99,8 +100,13 @@ pub(crate) async fn handle(
                 ),
             );
         }
-    }
-    let ctx = Ctx { edge, env, config };
+    };
+    let ctx = Ctx {
+        edge,
+        env,
+        config,
+        app,
+    };
     let upgrade = headers::is_upgrade(request.headers());
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
@@ -135,19 +141,21 @@ impl Ctx {
     pub(super) fn dispatch(&self, any_node: bool, turn: Option<Turn>) -> Dispatch {
         Dispatch {
             environment: self.env.name.clone(),
+            app: self.app.clone(),
             any_node,
             turn,
         }
     }
 
-    /// Waits while the environment is closed, or while earlier requests still wait. `None`
-    /// when `max_hold` ran out.
+    /// Waits while the environment is closed for the request's app, or while earlier requests
+    /// for it still wait. `None` when `max_hold` ran out.
     pub(super) async fn hold_if_closed(&self, deadline: Instant) -> Option<Option<Turn>> {
-        if self.env.gate.effective() != EffectiveState::Closed && self.env.held.is_empty() {
+        let app = self.app.as_deref();
+        if self.env.gate.state(app) != EffectiveState::Closed && !self.env.held.waiting(app) {
             return Some(None);
         }
         let mut record = HoldRecord::start(self);
-        match self.env.held.wait(deadline).await {
+        match self.env.held.wait(app, deadline).await {
             Held::Released(turn) => {
                 record.end("released");
                 Some(Some(turn))

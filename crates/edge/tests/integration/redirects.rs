@@ -13,7 +13,7 @@ fn upstream(host: &str, path: &str) -> HostRoute {
     HostRoute {
         host: host.into(),
         path: path.into(),
-        action: RouteAction::Upstream,
+        action: RouteAction::Upstream { app: None },
     }
 }
 

@@ -29,7 +29,7 @@ pub struct BuildArgs {
     /// Seconds the build hook may run before it is stopped.
     #[arg(long, default_value_t = DEFAULT_BUILD_TIMEOUT.as_secs())]
     timeout: u64,
-    /// Print the image's manifest as JSON at the end.
+    /// Print the images' manifests (one per app) as a JSON list at the end.
     #[arg(long)]
     json: bool,
     /// Fail when the runtime version of `type` is not installed, instead of building with the
@@ -84,33 +84,37 @@ pub fn run(args: BuildArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
         }
         Err(other) => return Err(other).context("the build failed"),
     };
-    let manifest = &outcome.manifest;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(manifest)?);
+        println!("{}", serde_json::to_string_pretty(&outcome.images)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!();
-    println!("image       {}", manifest.id);
-    println!(
-        "size        {} ({} files and folders, {} of content)",
-        bytes(manifest.size),
-        manifest.entries,
-        bytes(manifest.content_bytes)
-    );
-    println!("tree        {}", manifest.info.tree_id);
-    println!(
-        "build time  {:.2} s",
-        Duration::from_millis(manifest.build_millis).as_secs_f64()
-    );
-    if outcome.reused {
+    for manifest in &outcome.images {
+        println!();
+        if outcome.images.len() > 1 {
+            println!("app         {}", manifest.info.app().name);
+        }
+        println!("image       {}", manifest.id);
         println!(
-            "reused      yes, built {}",
-            manifest
-                .built_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            "size        {} ({} files and folders, {} of content)",
+            bytes(manifest.size),
+            manifest.entries,
+            bytes(manifest.content_bytes)
         );
-    } else {
-        println!("reused      no");
+        println!("tree        {}", manifest.info.tree_id);
+        println!(
+            "build time  {:.2} s",
+            Duration::from_millis(manifest.build_millis).as_secs_f64()
+        );
+        if outcome.reused {
+            println!(
+                "reused      yes, built {}",
+                manifest
+                    .built_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+        } else {
+            println!("reused      no");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

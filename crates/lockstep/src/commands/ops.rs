@@ -129,17 +129,20 @@ fn print_environment(env: &serde_json::Value) {
         );
     }
     for node in env["nodes"].as_array().into_iter().flatten() {
-        let gate = match node["gate"]["state"].as_str() {
-            Some("open") => format!("open at generation {}", node["gate"]["generation"]),
-            Some(state) => state.to_owned(),
-            None => node["error"].as_str().unwrap_or("unknown").to_owned(),
-        };
         println!(
             "  {:<14} {:<28} router {}",
             node["name"].as_str().unwrap_or("?"),
-            gate,
+            gate_text(node),
             node["router"].as_str().unwrap_or("-")
         );
+        for app in node["apps"].as_array().into_iter().flatten() {
+            println!(
+                "    app {:<10} {:<28} router {}",
+                app["app"].as_str().unwrap_or("?"),
+                gate_text(app),
+                app["router"].as_str().unwrap_or("-")
+            );
+        }
         for service in node["services"].as_array().into_iter().flatten() {
             let replication = node["replication"]
                 .as_array()
@@ -148,6 +151,15 @@ fn print_environment(env: &serde_json::Value) {
                 .find(|r| r["name"] == service["name"]);
             print_service(service, replication);
         }
+    }
+}
+
+/// `open at generation 3`, `closed`, or why the instance did not say.
+fn gate_text(instance: &serde_json::Value) -> String {
+    match instance["gate"]["state"].as_str() {
+        Some("open") => format!("open at generation {}", instance["gate"]["generation"]),
+        Some(state) => state.to_owned(),
+        None => instance["error"].as_str().unwrap_or("unknown").to_owned(),
     }
 }
 
@@ -380,18 +392,32 @@ pub async fn operation(
     follow_log(client, &activity.id, true).await
 }
 
+/// Where in an environment a command runs.
+#[derive(clap::Args, Clone, Default)]
+pub struct Place {
+    /// The node [default: the environment's first].
+    #[arg(long)]
+    pub node: Option<String>,
+    /// The app, in a project with several [default: its first].
+    #[arg(long)]
+    pub app: Option<String>,
+}
+
 pub async fn logs(
     client: &ApiClient,
     env: &str,
-    node: Option<String>,
+    place: Place,
     process: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let mut path = format!(
         "/environments/{env}/logs?process={}",
         process.as_deref().unwrap_or("web")
     );
-    if let Some(node) = node {
+    if let Some(node) = place.node {
         path.push_str(&format!("&node={node}"));
+    }
+    if let Some(app) = place.app {
+        path.push_str(&format!("&app={app}"));
     }
     let text = client.text(&path).await?.text().await?;
     print!("{text}");
@@ -693,12 +719,13 @@ pub async fn user(client: &ApiClient, command: UserCommand) -> anyhow::Result<Ex
 pub async fn service_client(
     client: &ApiClient,
     env: &str,
-    node: Option<String>,
+    place: Place,
     relationship: Option<String>,
     service_client: lockstep_proto::agent::ServiceClient,
 ) -> anyhow::Result<ExitCode> {
     let mut body = serde_json::to_value(&service_client)?;
-    body["node"] = serde_json::json!(node);
+    body["node"] = serde_json::json!(place.node);
+    body["app"] = serde_json::json!(place.app);
     body["relationship"] = serde_json::json!(relationship);
     let outcome: lockstep_proto::agent::ExecOutcome = client
         .post(&format!("/environments/{env}/services/client"), &body)
@@ -736,11 +763,11 @@ pub async fn service(client: &ApiClient, command: ServiceCommand) -> anyhow::Res
 pub async fn ssh(
     client: &ApiClient,
     env: &str,
-    node: Option<String>,
+    place: Place,
     command: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
     let run = |command: String| {
-        let body = serde_json::json!({ "node": node, "command": command });
+        let body = serde_json::json!({ "node": place.node, "app": place.app, "command": command });
         async move {
             client
                 .post::<serde_json::Value>(&format!("/environments/{env}/exec"), &body)

@@ -122,10 +122,11 @@ pub fn build_image(project: &Project, store: &Path) -> BuiltImage {
         cancel: Default::default(),
     };
     let outcome = builder.build(&request, &mut |_| {}).unwrap();
+    let manifest = outcome.images.into_iter().next().unwrap();
     BuiltImage {
-        path: builder.store().image_path(&outcome.manifest.id),
-        id: outcome.manifest.id.to_string(),
-        tree_id: outcome.manifest.info.tree_id,
+        path: builder.store().image_path(&manifest.id),
+        id: manifest.id.to_string(),
+        tree_id: manifest.info.tree_id,
     }
 }
 
@@ -394,6 +395,7 @@ pub fn instance_config(env: &str, storage: &Path) -> InstanceConfig {
         user: Some(APP_USER),
         strict_runtimes: false,
         project_entropy: "entropy-of-shop".into(),
+        app: None,
     }
 }
 
@@ -692,17 +694,21 @@ impl Platform {
         self.get("/activities?limit=1").await[0].clone()
     }
 
-    /// The router URLs of an environment's nodes.
-    pub async fn routers(&self, env: &str) -> Vec<String> {
+    /// An environment's part of `lockstep status`.
+    pub async fn environment_status(&self, env: &str) -> serde_json::Value {
         let status = self.status().await;
-        let env = status["environments"]
+        status["environments"]
             .as_array()
             .unwrap()
             .iter()
             .find(|e| e["name"] == env)
             .unwrap_or_else(|| panic!("no environment {env}"))
-            .clone();
-        env["nodes"]
+            .clone()
+    }
+
+    /// The router URLs of an environment's nodes.
+    pub async fn routers(&self, env: &str) -> Vec<String> {
+        self.environment_status(env).await["nodes"]
             .as_array()
             .unwrap()
             .iter()
