@@ -589,7 +589,10 @@ fn redeploy(
         kind,
         env,
         &release.image,
-        &format!("{description} {}", short(&release.image)),
+        &format!(
+            "{description} {}",
+            lockstep_image::short_release(&release.image)
+        ),
     )
 }
 
@@ -609,10 +612,6 @@ fn start(
         rebuild_from: None,
     });
     Ok(Json(controller.store.activity(&activity.id)?))
-}
-
-fn short(image: &str) -> &str {
-    &image[..image.len().min(12)]
 }
 
 #[derive(Deserialize)]

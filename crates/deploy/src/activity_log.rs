@@ -6,9 +6,16 @@ use crate::timing::TRIES;
 use crate::work::{Work, action};
 use crate::{NodeName, Outcome, Phase, Plan, Request};
 
-/// The first 12 characters of an image id, as the CLI shows it.
-pub(crate) fn short(image: &str) -> String {
-    image.chars().take(12).collect()
+/// A release as the log names it: `image 9f2c41d0e8b7`, or for a project with several apps
+/// (whose release id joins its images' ids with `+`) `images 9f2c41d0e8b7+1a2b3c4d5e6f`; each
+/// id by its first 12 characters, as the CLI shows it.
+pub(crate) fn release(release: &str) -> String {
+    let ids: Vec<String> = release
+        .split('+')
+        .map(|id| id.chars().take(12).collect())
+        .collect();
+    let noun = if ids.len() == 1 { "image" } else { "images" };
+    format!("{noun} {}", ids.join("+"))
 }
 
 fn nodes(count: usize) -> String {
@@ -22,15 +29,15 @@ fn nodes(count: usize) -> String {
 pub(crate) fn introduction(plan: &Plan) -> String {
     let replacing = match &plan.previous {
         Some(previous) => format!(
-            "replacing image {} (generation {})",
-            short(&previous.image),
+            "replacing {} (generation {})",
+            release(&previous.image),
             previous.generation
         ),
         None => "the environment's first deployment".into(),
     };
     format!(
-        "Deploying image {} at generation {} to {} ({}); {replacing}",
-        short(&plan.image),
+        "Deploying {} at generation {} to {} ({}); {replacing}",
+        release(&plan.image),
         plan.generation,
         nodes(plan.nodes.len()),
         plan.nodes.join(", "),
@@ -52,19 +59,19 @@ pub(crate) fn resuming(progress: &Progress) -> String {
 }
 
 pub(crate) fn beginning(work: Work, plan: &Plan, targets: &[NodeName]) -> String {
-    let image = short(&plan.image);
+    let image = release(&plan.image);
     let generation = plan.generation;
     let count = nodes(targets.len());
     let first = targets.first().map_or("no node", String::as_str);
     let previous = plan.previous.as_ref().map_or_else(String::new, |p| {
-        format!("image {} (generation {})", short(&p.image), p.generation)
+        format!("{} (generation {})", release(&p.image), p.generation)
     });
     match work {
-        Work::Phase(Phase::Stage) => format!("Staging image {image} on {count}"),
+        Work::Phase(Phase::Stage) => format!("Staging {image} on {count}"),
         Work::Phase(Phase::Quiesce) => format!("Stopping crons and workers on {count}"),
         Work::Phase(Phase::Close) => format!("Closing {count} to requests"),
         Work::Phase(Phase::Swap) => {
-            format!("Switching {count} to image {image} (generation {generation})")
+            format!("Switching {count} to {image} (generation {generation})")
         }
         Work::Phase(Phase::DeployHook) => format!("Running the deploy hook on {first}"),
         Work::Phase(Phase::Open) => {

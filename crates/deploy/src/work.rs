@@ -1,6 +1,6 @@
 //! What each piece of work asks of a node, and what each answer means in it.
 
-use crate::activity_log::short;
+use crate::activity_log::release;
 use crate::progress::Progress;
 use crate::timing::TRIES;
 use crate::{HookKind, NodeFailure, Phase, Plan, Reply, Request};
@@ -190,11 +190,11 @@ fn judge_reply(request: &Request, reply: &Reply) -> Verdict {
 /// The request as a verb phrase for the activity log.
 pub(crate) fn action(request: &Request) -> String {
     match request {
-        Request::Stage { image } => format!("stage image {}", short(image)),
+        Request::Stage { image } => format!("stage {}", release(image)),
         Request::Quiesce => "stop crons and workers".into(),
         Request::Close => "close".into(),
         Request::Swap { image, generation } => {
-            format!("switch to image {} (generation {generation})", short(image))
+            format!("switch to {} (generation {generation})", release(image))
         }
         Request::RunHook { hook } => format!("run the {} hook", hook_name(*hook)),
         Request::Open { generation } => format!("open at generation {generation}"),

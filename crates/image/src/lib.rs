@@ -89,6 +89,15 @@ pub fn release_id(images: &[ImageId]) -> String {
     ids.join(&RELEASE_SEPARATOR.to_string())
 }
 
+/// A release id as people read it: each image id cut to 12 characters (`ImageId::short`).
+pub fn short_release(release: &str) -> String {
+    let ids: Vec<&str> = release
+        .split(RELEASE_SEPARATOR)
+        .map(|id| &id[..id.len().min(12)])
+        .collect();
+    ids.join(&RELEASE_SEPARATOR.to_string())
+}
+
 /// The image ids of a release id, in app order.
 pub fn release_images(release: &str) -> Result<Vec<ImageId>, ImageError> {
     release.split(RELEASE_SEPARATOR).map(str::parse).collect()

@@ -307,10 +307,19 @@ fn an_unknown_ref_is_a_clear_error() {
 
 /// Unpacks an image of `builder`'s store into `dir/unpacked`, returning its app folder.
 fn unpacked_app(builder: &Builder, outcome: &BuildOutcome, dir: &Path) -> std::path::PathBuf {
-    let unpacked = dir.join("unpacked");
+    unpacked_image(builder, &outcome.images[0], dir)
+}
+
+/// The app folder of `image`, unpacked in `dir`.
+fn unpacked_image(
+    builder: &Builder,
+    image: &lockstep_image::Manifest,
+    dir: &Path,
+) -> std::path::PathBuf {
+    let unpacked = dir.join(format!("unpacked-{}", image.id.short()));
     unpack_verified(
-        &builder.store().image_path(&outcome.images[0].id),
-        &outcome.images[0].id,
+        &builder.store().image_path(&image.id),
+        &image.id,
         &unpacked,
         UnpackLimits::default(),
     )
@@ -502,5 +511,79 @@ fn an_app_in_a_folder_is_built_from_that_folder_alone() {
     assert!(
         matches!(&error, BuildError::NoAppFolder(folder) if folder == "elsewhere"),
         "{error}"
+    );
+}
+
+#[test]
+fn each_app_of_a_project_is_built_into_an_image_of_its_own_from_its_folder() {
+    let (data, builder) = fresh_builder();
+    let repo = Repo::new(APP_CONFIG);
+    fs::remove_file(repo.path().join(".platform.app.yaml")).unwrap();
+    let app = |name: &str, root: &str| {
+        format!(
+            "{name}:\n  type: \"python:3.11\"\n  source: {{root: {root}}}\n  hooks: {{build: 'echo \"$PLATFORM_APPLICATION_NAME\" > built-by.txt'}}\n  web: {{commands: {{start: python3 server.py}}}}\n"
+        )
+    };
+    fs::create_dir_all(repo.path().join(".platform")).unwrap();
+    // `docs` shares `web`'s folder; `api` is a folder inside it, which `web` must not take along.
+    repo.write(
+        ".platform/applications.yaml",
+        &(app("web", "web") + &app("api", "web/api") + &app("docs", "web")),
+    );
+    fs::create_dir_all(repo.path().join("web/api")).unwrap();
+    repo.write("web/server.py", "print('web')\n");
+    repo.write("web/api/server.py", "print('api')\n");
+    repo.commit();
+
+    let outcome = build(&builder, &repo, &no_variables()).0.unwrap();
+    let apps: Vec<&str> = outcome
+        .images
+        .iter()
+        .map(|image| image.info.app().name.as_str())
+        .collect();
+    assert_eq!(
+        apps,
+        ["web", "api", "docs"],
+        "one image per app, in the project's order"
+    );
+    let ids: Vec<_> = outcome
+        .images
+        .iter()
+        .map(|image| image.id.clone())
+        .collect();
+    assert_eq!(outcome.release(), lockstep_image::release_id(&ids));
+    assert_eq!(
+        lockstep_image::release_images(&outcome.release()).unwrap(),
+        ids
+    );
+    for (image, server) in outcome.images.iter().zip(["web", "api", "web"]) {
+        let name = &image.info.app().name;
+        let folder = unpacked_image(&builder, image, data.path());
+        assert_eq!(
+            fs::read_to_string(folder.join("built-by.txt")).unwrap(),
+            format!("{name}\n"),
+            "{name}'s hook ran in its own folder"
+        );
+        assert_eq!(
+            fs::read_to_string(folder.join("server.py")).unwrap(),
+            format!("print('{server}')\n"),
+            "{name}'s image holds its folder"
+        );
+        assert!(
+            !folder.join("api").exists(),
+            "{name}'s image does not hold the api's folder"
+        );
+    }
+
+    let (again, log) = build(&builder, &repo, &no_variables());
+    let again = again.unwrap();
+    assert!(again.reused);
+    assert_eq!(again.release(), outcome.release());
+    assert_eq!(
+        log.iter()
+            .filter(|line| line.contains(REUSE_MESSAGE))
+            .count(),
+        3,
+        "{log:?}"
     );
 }

@@ -197,6 +197,29 @@ fn requests_to(driver: &Driver, wanted: impl Fn(&Request) -> bool) -> Vec<String
 }
 
 #[test]
+fn a_release_of_several_apps_is_named_by_each_of_its_images() {
+    let several = Plan {
+        image: "9f2c41d0e8b7a6c5d4e3f2a1b0c9d8e7+0123456789abcdef0123456789abcdef".into(),
+        ..plan(3)
+    };
+    let mut driver = Driver::start(several);
+    driver.run(fine);
+    let lines: Vec<String> = driver.commands.iter().map(render).collect();
+    assert!(
+        lines.contains(
+            &"log Switching 3 nodes to images 9f2c41d0e8b7+0123456789ab (generation 9)".into()
+        ),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.contains(
+            &"send #1 production-1 Stage { image: \"9f2c41d0e8b7a6c5d4e3f2a1b0c9d8e7+0123456789abcdef0123456789abcdef\" } within 900000 ms".into()
+        ),
+        "the release goes to the nodes whole: {lines:#?}"
+    );
+}
+
+#[test]
 fn a_three_node_deployment_runs_every_phase_in_order() {
     let mut driver = Driver::start(plan(3));
     driver.run(fine);

@@ -108,7 +108,10 @@ fn print_environment(env: &serde_json::Value) {
     let release = match env["serving"].as_object() {
         Some(serving) => format!(
             "release {} at generation {}",
-            serving["image"].as_str().map(|i| &i[..12]).unwrap_or("?"),
+            serving["image"]
+                .as_str()
+                .map(lockstep_image::short_release)
+                .unwrap_or("?".into()),
             serving["generation"]
         ),
         None => "no release yet".to_owned(),
@@ -129,13 +132,18 @@ fn print_environment(env: &serde_json::Value) {
         );
     }
     for node in env["nodes"].as_array().into_iter().flatten() {
-        println!(
-            "  {:<14} {:<28} router {}",
-            node["name"].as_str().unwrap_or("?"),
-            gate_text(node),
-            node["router"].as_str().unwrap_or("-")
-        );
-        for app in node["apps"].as_array().into_iter().flatten() {
+        let name = node["name"].as_str().unwrap_or("?");
+        let apps = node["apps"].as_array().filter(|apps| !apps.is_empty());
+        if apps.is_none() {
+            println!(
+                "  {name:<14} {:<28} router {}",
+                gate_text(node),
+                node["router"].as_str().unwrap_or("-")
+            );
+        } else {
+            println!("  {name}");
+        }
+        for app in apps.into_iter().flatten() {
             println!(
                 "    app {:<10} {:<28} router {}",
                 app["app"].as_str().unwrap_or("?"),
@@ -229,7 +237,7 @@ pub async fn env(client: &ApiClient, command: EnvCommand) -> anyhow::Result<Exit
                     let release = env
                         .serving
                         .as_ref()
-                        .map(|r| r.image[..12].to_owned())
+                        .map(|r| lockstep_image::short_release(&r.image))
                         .unwrap_or_else(|| "-".into());
                     println!(
                         "{:<20} {:<12} {:<20} {:<14} {}",
