@@ -44,6 +44,14 @@ pub fn router(agent: Arc<Agent>) -> Router {
             "/v1/instances/{env}/services/replication",
             get(service_replication),
         )
+        .route(
+            "/v1/instances/{env}/services/{service}/snapshot",
+            post(service_snapshot),
+        )
+        .route(
+            "/v1/instances/{env}/services/{service}/data",
+            put(service_restore),
+        )
         .route("/v1/instances/{env}/exec", post(exec))
         .layer(axum::middleware::from_fn_with_state(
             agent.clone(),
@@ -242,6 +250,38 @@ async fn services(
 ) -> Answer<Vec<lockstep_proto::agent::ServiceStatus>> {
     Ok(Json(
         agent.instance(&env).await?.ensure_services(specs).await?,
+    ))
+}
+
+/// A consistent snapshot of a service whose primary is here, as the body.
+async fn service_snapshot(
+    State(agent): State<Arc<Agent>>,
+    Path((env, service)): Path<(String, String)>,
+) -> Result<Response, AgentError> {
+    let snapshot = agent
+        .instance(&env)
+        .await?
+        .snapshot_service(&service)
+        .await?;
+    let size = snapshot.size;
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, size)
+        .body(Body::from_stream(snapshot.into_stream()))
+        .expect("a fixed response builds"))
+}
+
+/// Replaces a service's data with the snapshot in the body.
+async fn service_restore(
+    State(agent): State<Arc<Agent>>,
+    Path((env, service)): Path<(String, String)>,
+    body: Body,
+) -> Answer<Vec<lockstep_proto::agent::ServiceStatus>> {
+    let instance = agent.instance(&env).await?;
+    Ok(Json(
+        instance
+            .restore_service(&service, body.into_data_stream())
+            .await?,
     ))
 }
 

@@ -34,7 +34,7 @@ use crate::relationships::AppEndpoint;
 use crate::release::{MountRoots, ReadyMount, Releases, disk_use};
 use crate::router::{GateControl, NodeRouter, Upstream};
 use crate::runtime_env::{RuntimeContext, config_json, runtime_env, sourcing_environment_file};
-use crate::services::{Services, Wait};
+use crate::services::{Services, Snapshot, Wait};
 
 /// Releases kept besides the active one, for rollback.
 const KEPT_RELEASES: usize = 3;
@@ -213,6 +213,32 @@ impl Instance {
         specs: Vec<ServiceSpec>,
     ) -> Result<Vec<ServiceStatus>, AgentError> {
         self.start_services(specs, Wait::UntilReady).await
+    }
+
+    /// A snapshot of the environment's service `name`, whose primary is on this node.
+    pub async fn snapshot_service(&self, name: &str) -> Result<Snapshot, AgentError> {
+        let user = {
+            let state = self.state.lock().await;
+            self.user(&state)?
+        };
+        self.services.snapshot(name, user).await
+    }
+
+    /// Replaces the data of the environment's service `name` with another's snapshot.
+    pub async fn restore_service<S, E>(
+        &self,
+        name: &str,
+        snapshot: S,
+    ) -> Result<Vec<ServiceStatus>, AgentError>
+    where
+        S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let user = {
+            let state = self.state.lock().await;
+            self.user(&state)?
+        };
+        self.services.restore(name, user, snapshot).await
     }
 
     /// How each replica on this node follows its primary.

@@ -131,14 +131,59 @@ impl AgentClient {
                 )))
             });
         }
-        let message = serde_json::from_str::<lockstep_proto::agent::ApiError>(&text)
-            .map(|e| e.error)
-            .unwrap_or(text);
-        if status == reqwest::StatusCode::CONFLICT {
-            Err(NodeFailure::Refused(message).into())
-        } else {
-            Err(NodeFailure::Failed(format!("{status}: {message}")).into())
+        Err(refusal(status, text))
+    }
+
+    /// Copies service `service`'s data from its primary in instance `from` (agent, instance)
+    /// to its primary in `to`: a consistent snapshot streamed through the controller, which
+    /// replaces the data at `to`. Answers how many bytes the snapshot had.
+    pub async fn copy_service_data(
+        &self,
+        from: (&str, &str),
+        to: (&str, &str),
+        service: &str,
+        timeout: Duration,
+    ) -> Result<u64, CallError> {
+        use futures_util::StreamExt;
+        let snapshot = self
+            .http
+            .post(instance_url(
+                from.0,
+                from.1,
+                &["services", service, "snapshot"],
+            )?)
+            .bearer_auth(&self.token)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = snapshot.status();
+        if !status.is_success() {
+            let text = snapshot.text().await.map_err(transport_error)?;
+            return Err(refusal(status, text));
         }
+        let copied = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = copied.clone();
+        let body = snapshot.bytes_stream().inspect(move |chunk| {
+            if let Ok(chunk) = chunk {
+                counted.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        let restored = self
+            .http
+            .put(instance_url(to.0, to.1, &["services", service, "data"])?)
+            .bearer_auth(&self.token)
+            .timeout(timeout)
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = restored.status();
+        if !status.is_success() {
+            let text = restored.text().await.map_err(transport_error)?;
+            return Err(refusal(status, text));
+        }
+        Ok(copied.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Fetches a process log of an instance.
@@ -165,6 +210,18 @@ impl AgentClient {
         } else {
             Err(NodeFailure::Failed(text))
         }
+    }
+}
+
+/// An agent's answer that is no success, as the state machine reasons about it.
+fn refusal(status: reqwest::StatusCode, text: String) -> CallError {
+    let message = serde_json::from_str::<lockstep_proto::agent::ApiError>(&text)
+        .map(|e| e.error)
+        .unwrap_or(text);
+    if status == reqwest::StatusCode::CONFLICT {
+        NodeFailure::Refused(message).into()
+    } else {
+        NodeFailure::Failed(format!("{status}: {message}")).into()
     }
 }
 

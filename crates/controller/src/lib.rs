@@ -11,6 +11,7 @@ mod agents;
 mod api;
 mod apps;
 mod builds;
+mod data;
 mod edge;
 mod git;
 mod orchestrator;
@@ -341,51 +342,43 @@ impl Controller {
         Ok(self.store.environment(&name)?)
     }
 
-    /// A pending environment's push was accepted: it starts as a clone of its parent's storage
-    /// and exists from now on.
-    fn accept_environment(&self, env: &Environment) -> Result<(), ControllerError> {
-        if let Some(parent) = &env.parent {
+    /// A pending environment's push was accepted: with `clone`, it starts as a clone of its
+    /// parent's storage, and its services take its parent's data at its first deployment; it
+    /// exists from now on.
+    fn accept_environment(&self, env: &Environment, clone: bool) -> Result<(), ControllerError> {
+        if let Some(parent) = env.parent.as_deref().filter(|_| clone) {
             self.clone_storage(parent, env)?;
+            self.store.set_clone_pending(&env.name, true)?;
         }
         self.store.accept_environment(&env.name)?;
         Ok(())
     }
 
-    /// A new development environment starts as a clone of its parent's shared storage, as on
-    /// Platform.sh, given to the new environment's own user.
-    fn clone_storage(&self, parent: &str, env: &Environment) -> Result<(), ControllerError> {
-        let environment = env.name.as_str();
-        let storage = self.options.data_dir.join("storage");
-        let (from, to) = (storage.join(parent), storage.join(environment));
-        if !from.exists() || to.exists() {
-            return Ok(());
+    /// The parent whose data a new environment made by `principal` may start with: only
+    /// someone who may reach the parent's data (its shell, on its environment type) copies it
+    /// into an environment of their own. `Err` says why not.
+    fn may_clone_parent(
+        &self,
+        env: &Environment,
+        principal: &access::Principal,
+    ) -> Result<String, String> {
+        let Some(parent) = env.parent.as_deref() else {
+            return Err("it has no parent".into());
+        };
+        let kind = self
+            .store
+            .environment(parent)
+            .map_err(|error| error.to_string())?
+            .kind;
+        if access::allowed(principal, access::Action::Ssh, kind) {
+            Ok(parent.to_owned())
+        } else {
+            Err(format!(
+                "{} may not read {parent}'s data (the contributor or admin role on {} environments), so none of it is copied",
+                principal.name(),
+                kind.as_str()
+            ))
         }
-        let status = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(&from)
-            .arg(&to)
-            .status()
-            .map_err(ControllerError::io(format!(
-                "copy {} to {}",
-                from.display(),
-                to.display()
-            )))?;
-        if !status.success() {
-            return Err(ControllerError::Io {
-                action: format!("copy {} to {}", from.display(), to.display()),
-                source: std::io::Error::other(format!("cp exited with {status}")),
-            });
-        }
-        // Nothing runs in the copy yet, so no link can appear in it while it changes hands.
-        lockstep_supervisor::give_tree(&to, builds::app_user(env)).map_err(ControllerError::io(
-            format!("give {} to environment {environment}", to.display()),
-        ))?;
-        tracing::info!(
-            parent,
-            environment,
-            "storage cloned from the parent environment"
-        );
-        Ok(())
     }
 
     /// The configuration of the instance of `app` (`apps::AppInstance::app`) on `node`.

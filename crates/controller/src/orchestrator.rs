@@ -127,6 +127,7 @@ impl Controller {
             .await?;
         self.ensure_services(&env.name, &image, Some(&job.activity), Reach::EveryNode)
             .await?;
+        self.clone_services(&env, &image, &job.activity).await?;
         let plan = Plan {
             deployment: job.activity.clone(),
             nodes: nodes.iter().map(|n| n.name.clone()).collect(),

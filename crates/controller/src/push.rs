@@ -98,17 +98,7 @@ impl Controller {
     /// Whether the pusher's role on the branch's environment type allows a push; a new branch
     /// becomes a development environment.
     fn may_push(&self, user: Option<&str>, branch: &str) -> Result<(), String> {
-        let principal = match user {
-            Some("owner") => crate::access::Principal::Owner,
-            Some(email) => match self.store.user(email) {
-                Ok(Some(user)) => crate::access::Principal::User {
-                    email: user.email,
-                    roles: user.roles,
-                },
-                _ => return Err(format!("{email} is not a user of this project")),
-            },
-            None => return Err("the push is not authenticated".into()),
-        };
+        let principal = self.pusher(user)?;
         let kind = match self.store.environment_for_branch(branch) {
             Ok(Some(env)) => env.kind,
             Ok(None) => lockstep_proto::agent::EnvironmentType::Development,
@@ -122,6 +112,21 @@ impl Controller {
                 principal.name(),
                 kind.as_str()
             ))
+        }
+    }
+
+    /// Who pushes, as git's authentication named them.
+    fn pusher(&self, user: Option<&str>) -> Result<crate::access::Principal, String> {
+        match user {
+            Some("owner") => Ok(crate::access::Principal::Owner),
+            Some(email) => match self.store.user(email) {
+                Ok(Some(user)) => Ok(crate::access::Principal::User {
+                    email: user.email,
+                    roles: user.roles,
+                }),
+                _ => Err(format!("{email} is not a user of this project")),
+            },
+            None => Err("the push is not authenticated".into()),
         }
     }
 
@@ -256,7 +261,9 @@ impl Controller {
             let error = if update.new == ZERO {
                 None
             } else {
-                self.deploy_pushed(update, &out).await.err()
+                self.deploy_pushed(update, call.user.as_deref(), &out)
+                    .await
+                    .err()
             };
             verdicts.push(RefVerdict {
                 name: update.name.clone(),
@@ -271,6 +278,7 @@ impl Controller {
     async fn deploy_pushed(
         self: &Arc<Self>,
         update: &RefUpdate,
+        user: Option<&str>,
         out: &HookOutput,
     ) -> Result<(), String> {
         let branch = update
@@ -294,14 +302,15 @@ impl Controller {
             .environment(&record.environment)
             .map_err(|e| format!("its environment is unreadable: {e}"))?;
         if env.pending {
-            let line = format!(
-                "Creating environment {}, as a clone of {}",
-                env.name,
-                env.parent.as_deref().unwrap_or("nothing")
-            );
+            let principal = self.pusher(user)?;
+            let clone = self.may_clone_parent(&env, &principal);
+            let line = match &clone {
+                Ok(parent) => format!("Creating environment {}, as a clone of {parent}", env.name),
+                Err(why) => format!("Creating environment {}, with no data: {why}", env.name),
+            };
             let _ = self.store.append_log(&activity, &line);
             say(out, line);
-            self.accept_environment(&env)
+            self.accept_environment(&env, clone.is_ok())
                 .map_err(|e| format!("its environment cannot be made: {e}"))?;
         }
         self.enqueue(DeployJob {

@@ -133,6 +133,10 @@ ALTER TABLE services ADD COLUMN primary_address TEXT;
     r#"
 ALTER TABLE nodes ADD COLUMN app_routers TEXT NOT NULL DEFAULT '{}';
 "#,
+    // A new environment whose services take its parent's data at its first deployment.
+    r#"
+ALTER TABLE environments ADD COLUMN clone_pending INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// A service of an environment as first declared: its engine and version never change, since
@@ -378,6 +382,28 @@ impl Store {
             c.execute(
                 "UPDATE environments SET pending = 0 WHERE name = ?1",
                 [name],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Whether the environment's services are still to take its parent's data, at its next
+    /// deployment.
+    pub fn clone_pending(&self, name: &str) -> Result<bool, StoreError> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT clone_pending FROM environments WHERE name = ?1",
+                [name],
+                |row| row.get(0),
+            )?)
+        })
+    }
+
+    pub fn set_clone_pending(&self, name: &str, pending: bool) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE environments SET clone_pending = ?2 WHERE name = ?1",
+                params![name, pending],
             )?;
             Ok(())
         })

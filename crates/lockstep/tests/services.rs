@@ -59,7 +59,11 @@ fn all_three() -> Vec<ServiceSpec> {
 }
 
 async fn ensure(client: &AgentClient, specs: &[ServiceSpec]) -> Vec<ServiceStatus> {
-    let path = format!("/v1/instances/{ENV}/services");
+    ensure_in(client, ENV, specs).await
+}
+
+async fn ensure_in(client: &AgentClient, env: &str, specs: &[ServiceSpec]) -> Vec<ServiceStatus> {
+    let path = format!("/v1/instances/{env}/services");
     let body = client
         .send(client.http.put(client.url(&path)).json(specs))
         .await
@@ -236,6 +240,94 @@ async fn each_engine_serves_through_its_endpoint_and_keeps_its_data_across_resta
     let services = ensure(&agent.client(), &all_three()).await;
     assert_eq!(named(&services, "cache").endpoint_port, cache.endpoint_port);
     assert_eq!(redis(cache.endpoint_port, &["GET", "visits"]).unwrap(), "3");
+}
+
+#[tokio::test]
+async fn a_snapshot_of_each_engine_gives_another_environment_its_rows_with_its_own_passwords() {
+    let data = tempfile::tempdir().unwrap();
+    let storage = tempfile::tempdir().unwrap();
+    let agent = AgentProcess::start(data.path()).await;
+    let client = agent.client();
+    client
+        .configure(&instance_config(ENV, storage.path()))
+        .await;
+    let source = ensure(&client, &all_three()).await;
+    let (db, shop, cache) = (
+        named(&source, "db").endpoint_port,
+        named(&source, "shop").endpoint_port,
+        named(&source, "cache").endpoint_port,
+    );
+    psql(
+        db,
+        "CREATE TABLE orders (id int); INSERT INTO orders VALUES (42)",
+    )
+    .unwrap();
+    mariadb(
+        shop,
+        "CREATE TABLE carts (id int); INSERT INTO carts VALUES (7)",
+    )
+    .unwrap();
+    redis(cache, &["SET", "visits", "3"]).unwrap();
+
+    // Another environment, its own user and passwords, on the same node.
+    const CLONE: &str = "feature";
+    const CLONE_PASSWORD: &str = "fedcba9876543210fedcba9876543210";
+    let mut config = instance_config(CLONE, storage.path());
+    config.user = Some(lockstep_proto::agent::AppUser {
+        uid: APP_USER.uid - 1,
+        gid: APP_USER.gid - 1,
+    });
+    client.configure(&config).await;
+    let own_password = |mut spec: ServiceSpec| {
+        spec.password = CLONE_PASSWORD.into();
+        spec
+    };
+    let specs: Vec<ServiceSpec> = all_three().into_iter().map(own_password).collect();
+    ensure_in(&client, CLONE, &specs).await;
+    let mut restored = Vec::new();
+    for service in ["db", "shop", "cache"] {
+        let snapshot = client
+            .http
+            .post(client.url(&format!("/v1/instances/{ENV}/services/{service}/snapshot")))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert!(snapshot.status().is_success(), "{}", snapshot.status());
+        let bytes = snapshot.bytes().await.unwrap();
+        assert!(!bytes.is_empty(), "{service}'s snapshot is empty");
+        let path = format!("/v1/instances/{CLONE}/services/{service}/data");
+        let answer = client
+            .send(client.http.put(client.url(&path)).body(bytes))
+            .await
+            .ok();
+        restored = serde_json::from_value(answer).unwrap();
+    }
+    let (clone_db, clone_shop, clone_cache) = (
+        named(&restored, "db").endpoint_port,
+        named(&restored, "shop").endpoint_port,
+        named(&restored, "cache").endpoint_port,
+    );
+    assert_eq!(
+        psql_as(clone_db, CLONE_PASSWORD, "SELECT id FROM orders").unwrap(),
+        "42"
+    );
+    assert_eq!(
+        mariadb_as(clone_shop, CLONE_PASSWORD, "SELECT id FROM carts").unwrap(),
+        "7"
+    );
+    assert_eq!(redis(clone_cache, &["GET", "visits"]).unwrap(), "3");
+    // The copy takes this environment's passwords, not the source's.
+    assert!(psql_as(clone_db, PASSWORD, "SELECT 1").is_err());
+    assert!(mariadb_as(clone_shop, PASSWORD, "SELECT 1").is_err());
+
+    // Writes to the copy stay there.
+    psql_as(clone_db, CLONE_PASSWORD, "INSERT INTO orders VALUES (43)").unwrap();
+    mariadb_as(clone_shop, CLONE_PASSWORD, "INSERT INTO carts VALUES (8)").unwrap();
+    redis(clone_cache, &["SET", "visits", "4"]).unwrap();
+    assert_eq!(psql(db, "SELECT count(*) FROM orders").unwrap(), "1");
+    assert_eq!(mariadb(shop, "SELECT count(*) FROM carts").unwrap(), "1");
+    assert_eq!(redis(cache, &["GET", "visits"]).unwrap(), "3");
 }
 
 #[tokio::test]
@@ -593,6 +685,95 @@ fn kept_on(platform: &Platform, node: &str) -> serde_json::Value {
         .join(node)
         .join("instances/production/services/services.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn a_new_branch_starts_with_a_copy_of_its_parents_data_if_its_pusher_may_read_it() {
+    let platform = Platform::start().await;
+    let project = Project::example("services-app");
+    let output = platform.push(&project, "HEAD:production");
+    assert!(output.status.success(), "{}", text(&output));
+    let production = platform.routers("production").await;
+    for note in ["first", "second"] {
+        call(
+            reqwest::Method::POST,
+            &production[1],
+            &format!("/notes?body={note}"),
+        )
+        .await;
+    }
+    call(reqwest::Method::POST, &production[0], "/carts?id=5").await;
+    call(reqwest::Method::POST, &production[2], "/counter").await;
+    call(reqwest::Method::POST, &production[2], "/counter").await;
+
+    project.new_version("a feature");
+    let output = platform.push(&project, "HEAD:refs/heads/feature");
+    let said = text(&output);
+    assert!(output.status.success(), "{said}");
+    for service in ["db", "carts", "counter"] {
+        assert!(
+            said.contains(&format!(
+                "Service {service} cloned from production on production-1: "
+            )),
+            "{said}"
+        );
+    }
+    let feature = &platform.routers("feature").await[0];
+    let notes = call(reqwest::Method::GET, feature, "/notes").await;
+    assert_eq!(notes["notes"], serde_json::json!(["first", "second"]));
+    let carts = call(reqwest::Method::GET, feature, "/carts").await;
+    assert_eq!(carts["carts"], serde_json::json!([5]));
+    let counter = call(reqwest::Method::POST, feature, "/counter").await;
+    assert_eq!(counter["counter"], 3, "production's counter, and one more");
+    // Its deploy hook migrated the copy: production's run and its own.
+    let migrations = call(reqwest::Method::GET, feature, "/migrations").await;
+    assert_eq!(
+        migrations["migrations"].as_array().unwrap().len(),
+        2,
+        "{migrations}"
+    );
+
+    // What the branch writes stays in the branch.
+    call(reqwest::Method::POST, feature, "/notes?body=draft").await;
+    call(reqwest::Method::POST, feature, "/carts?id=6").await;
+    let notes = call(reqwest::Method::GET, &production[0], "/notes").await;
+    assert_eq!(notes["notes"], serde_json::json!(["first", "second"]));
+    let carts = call(reqwest::Method::GET, &production[0], "/carts").await;
+    assert_eq!(carts["carts"], serde_json::json!([5]));
+    let counter = call(reqwest::Method::POST, &production[0], "/counter").await;
+    assert_eq!(counter["counter"], 3);
+
+    // Cloned once: its next push keeps what it wrote.
+    project.new_version("more of the feature");
+    let output = platform.push(&project, "HEAD:refs/heads/feature");
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        !text(&output).contains("cloned from production"),
+        "{}",
+        text(&output)
+    );
+    let notes = call(reqwest::Method::GET, feature, "/notes").await;
+    assert_eq!(
+        notes["notes"],
+        serde_json::json!(["first", "second", "draft"])
+    );
+
+    // Someone who may not read production's data gets none of it in a branch of theirs.
+    let token = platform.add_user("dev@example.com", &["--role", "development:contributor"]);
+    let output = platform.push_as(&project, &token, "HEAD:refs/heads/intruder");
+    let said = text(&output);
+    assert!(output.status.success(), "{said}");
+    assert!(
+        said.contains("Creating environment intruder, with no data: dev@example.com may not read production's data"),
+        "{said}"
+    );
+    let intruder = &platform.routers("intruder").await[0];
+    let notes = call(reqwest::Method::GET, intruder, "/notes").await;
+    assert_eq!(notes["notes"], serde_json::json!([]));
+    let carts = call(reqwest::Method::GET, intruder, "/carts").await;
+    assert_eq!(carts["carts"], serde_json::json!([]));
+    let counter = call(reqwest::Method::POST, intruder, "/counter").await;
+    assert_eq!(counter["counter"], 1);
 }
 
 #[tokio::test]

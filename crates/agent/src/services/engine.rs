@@ -45,6 +45,12 @@ pub(super) trait Engine: Sync {
     /// On a replica: prints how it follows its primary, as `STATE LAG_BYTES RECEIVED` on one
     /// line, `-` for what the engine does not count (the password in `$SERVICE_PASSWORD`).
     fn replication_script(&self, programs: &Programs, port: u16) -> String;
+    /// On a primary: writes a consistent snapshot of every database to `$SNAPSHOT` without
+    /// blocking the server's writers (PostgreSQL's base backup, MariaDB's backup, Redis's RDB).
+    fn snapshot_script(&self, programs: &Programs, port: u16) -> String;
+    /// With the server stopped: replaces the data folder with the snapshot in `$SNAPSHOT`. Its
+    /// users' passwords are the snapshot's until the next provisioning sets this service's.
+    fn restore_script(&self, programs: &Programs) -> String;
     /// The fields of a relationship that depend on the engine, as Platform.sh gives them.
     fn relationship(&self) -> Shape;
     /// What the node's endpoint says to the server first on each connection, and the answer it
@@ -277,6 +283,19 @@ GRANT \"{owner}\" TO \"{user}\";
         )
     }
 
+    fn snapshot_script(&self, programs: &Programs, port: u16) -> String {
+        // The base backup as one tar, with the WAL that makes it consistent.
+        format!(
+            "{basebackup} -h /run -p {port} -U postgres -D - -F tar -X fetch -c fast > \"$SNAPSHOT\"",
+            basebackup = program(programs, "pg_basebackup")
+        )
+    }
+
+    fn restore_script(&self, _programs: &Programs) -> String {
+        // The copy recovers from its backup label when it starts, as a primary of its own.
+        "rm -rf /app/pg.restored && mkdir -m 700 /app/pg.restored && tar -x -f \"$SNAPSHOT\" -C /app/pg.restored && rm -f /app/pg.restored/standby.signal && rm -rf /app/pg && mv /app/pg.restored /app/pg".into()
+    }
+
     fn relationship(&self) -> Shape {
         Shape {
             scheme: "pgsql",
@@ -393,6 +412,22 @@ REVOKE ALL PRIVILEGES, GRANT OPTION FROM {user};
         )
     }
 
+    fn snapshot_script(&self, programs: &Programs, _port: u16) -> String {
+        // InnoDB's pages copied while the server writes, with its log to make them consistent.
+        format!(
+            "rm -rf /tmp/backup && {backup} --backup --stream=mbstream --target-dir=/tmp/backup --datadir=/app/mysql --socket=/run/mysqld.sock --user={SANDBOX_USER} 2>/tmp/backup.log > \"$SNAPSHOT\" || {{ tail -n 20 /tmp/backup.log; exit 1; }}",
+            backup = program(programs, "mariadb-backup")
+        )
+    }
+
+    fn restore_script(&self, programs: &Programs) -> String {
+        format!(
+            "rm -rf /app/mysql.restored && mkdir /app/mysql.restored && {mbstream} -x -C /app/mysql.restored < \"$SNAPSHOT\" && {backup} --prepare --target-dir=/app/mysql.restored 2>/tmp/prepare.log || {{ tail -n 20 /tmp/prepare.log; exit 1; }}\nrm -rf /app/mysql && mv /app/mysql.restored /app/mysql",
+            mbstream = program(programs, "mbstream"),
+            backup = program(programs, "mariadb-backup")
+        )
+    }
+
     fn relationship(&self) -> Shape {
         Shape {
             scheme: "mysql",
@@ -464,6 +499,26 @@ impl Engine for Redis {
             "REDISCLI_AUTH=\"$SERVICE_PASSWORD\" {cli} -p {port} INFO replication | tr -d '\\r' | awk -F: '{{v[$1] = $2}} END {{print v[\"master_link_status\"], \"-\", v[\"slave_repl_offset\"]}}'",
             cli = program(programs, "redis-cli")
         )
+    }
+
+    fn snapshot_script(&self, programs: &Programs, port: u16) -> String {
+        // The server forks to write it; its clients go on meanwhile.
+        format!(
+            "REDISCLI_AUTH=\"$SERVICE_PASSWORD\" {cli} -p {port} --rdb \"$SNAPSHOT\" >/dev/null",
+            cli = program(programs, "redis-cli")
+        )
+    }
+
+    fn restore_script(&self, _programs: &Programs) -> String {
+        // A server without persistence loads `dump.rdb`; a persistent one loads its
+        // append-only files only, whose base may be an RDB: the snapshot is both.
+        "set -e
+rm -rf /app/appendonlydir.restored && mkdir /app/appendonlydir.restored
+cp \"$SNAPSHOT\" /app/appendonlydir.restored/appendonly.aof.1.base.rdb
+: > /app/appendonlydir.restored/appendonly.aof.1.incr.aof
+printf 'file appendonly.aof.1.base.rdb seq 1 type b\\nfile appendonly.aof.1.incr.aof seq 1 type i\\n' > /app/appendonlydir.restored/appendonly.aof.manifest
+rm -rf /app/appendonlydir && mv /app/appendonlydir.restored /app/appendonlydir
+cp \"$SNAPSHOT\" /app/dump.rdb.restored && mv /app/dump.rdb.restored /app/dump.rdb".into()
     }
 
     fn relationship(&self) -> Shape {

@@ -78,6 +78,105 @@ pub enum Wait {
     No,
 }
 
+/// A snapshot of a service's data, in a file that is removed once it was read.
+pub struct Snapshot {
+    file: std::fs::File,
+    path: tempfile::TempPath,
+    pub size: u64,
+}
+
+impl Snapshot {
+    /// The snapshot's bytes, from the start; the file goes when the stream does.
+    pub fn into_stream(
+        self,
+    ) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+        use futures_util::StreamExt;
+        let path = self.path;
+        tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(self.file)).map(move |chunk| {
+            let _kept_until_read = &path;
+            chunk
+        })
+    }
+}
+
+/// A snapshot's file in a service's sandbox (`/tmp`), made by the agent and given to the
+/// service's user. The agent reads and writes it only through the descriptor it made, so that
+/// whatever the sandbox puts at its path is never followed.
+struct SnapshotFile {
+    file: std::fs::File,
+    path: tempfile::TempPath,
+    /// Its path inside the sandbox.
+    inside: String,
+}
+
+impl SnapshotFile {
+    fn new(
+        sandbox: &lockstep_supervisor::Sandbox,
+        user: RunAs,
+    ) -> Result<SnapshotFile, AgentError> {
+        let made = tempfile::Builder::new()
+            .prefix("snapshot-")
+            .tempfile_in(&sandbox.tmp)
+            .map_err(AgentError::io("make a snapshot file"))?;
+        nix::unistd::fchown(
+            made.as_file(),
+            Some(nix::unistd::Uid::from_raw(user.uid)),
+            Some(nix::unistd::Gid::from_raw(user.gid)),
+        )
+        .map_err(|errno| AgentError::io("give the snapshot file to the service")(errno.into()))?;
+        let name = made
+            .path()
+            .file_name()
+            .expect("a temporary file has a name")
+            .to_string_lossy()
+            .into_owned();
+        let (file, path) = made.into_parts();
+        Ok(SnapshotFile {
+            file,
+            path,
+            inside: format!("/tmp/{name}"),
+        })
+    }
+
+    async fn receive<S, E>(&mut self, mut body: S) -> Result<(), AgentError>
+    where
+        S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        use futures_util::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let mut file = tokio::fs::File::from_std(
+            self.file
+                .try_clone()
+                .map_err(AgentError::io("write the snapshot"))?,
+        );
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk
+                .map_err(|e| AgentError::BadRequest(format!("the snapshot broke off: {e}")))?;
+            file.write_all(&chunk)
+                .await
+                .map_err(AgentError::io("write the snapshot"))?;
+        }
+        file.flush()
+            .await
+            .map_err(AgentError::io("write the snapshot"))
+    }
+
+    fn into_snapshot(self) -> Result<Snapshot, AgentError> {
+        use std::io::Seek;
+        let mut file = self.file;
+        let size = file
+            .seek(std::io::SeekFrom::End(0))
+            .map_err(AgentError::io("read the snapshot"))?;
+        file.rewind().map_err(AgentError::io("read the snapshot"))?;
+        Ok(Snapshot {
+            file,
+            path: self.path,
+            size,
+        })
+    }
+}
+
 /// What the app's runtime needs of a service for its relationships.
 pub struct Reachable {
     pub spec: ServiceSpec,
@@ -237,6 +336,100 @@ impl Services {
     pub fn status(&self) -> Vec<ServiceStatus> {
         let kept = self.kept().clone();
         self.status_of(&kept)
+    }
+
+    /// A consistent snapshot of service `name`, the primary on this node, taken while it
+    /// serves (SPEC section 10): for an environment cloned from this one.
+    pub async fn snapshot(&self, name: &str, user: RunAs) -> Result<Snapshot, AgentError> {
+        let (spec, kept) = self.primary_here(name)?;
+        let programs = self.programs(&spec)?;
+        let sandbox = self.sandbox(name, user)?;
+        let file = SnapshotFile::new(&sandbox, user)?;
+        let mut env = service_env();
+        env.insert("SERVICE_PASSWORD".into(), spec.password.clone());
+        env.insert("SNAPSHOT".into(), file.inside.clone());
+        let script = engine(spec.engine).snapshot_script(&programs, kept.port);
+        scripts::run(
+            name,
+            "snapshot",
+            &script,
+            &sandbox,
+            env,
+            self.log_output(name),
+        )
+        .await?;
+        file.into_snapshot()
+    }
+
+    /// Replaces the data of service `name`, the primary on this node with no replica, with
+    /// `snapshot` (another environment's, from [`Services::snapshot`]); the server stops, takes
+    /// the data, starts again and gets this environment's users and passwords.
+    pub async fn restore<S, E>(
+        &self,
+        name: &str,
+        user: RunAs,
+        snapshot: S,
+    ) -> Result<Vec<ServiceStatus>, AgentError>
+    where
+        S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let _one_at_a_time = self.ensuring.lock().await;
+        let (spec, kept) = self.primary_here(name)?;
+        if !matches!(spec.role, ServiceRole::Primary { replicas: 0, .. }) {
+            return Err(AgentError::Refused(format!(
+                "service {name} has replicas: only a service on one node takes another's data so far"
+            )));
+        }
+        let programs = self.programs(&spec)?;
+        let sandbox = self.sandbox(name, user)?;
+        let mut file = SnapshotFile::new(&sandbox, user)?;
+        file.receive(snapshot).await?;
+        self.stop_server(name).await;
+        let mut env = service_env();
+        env.insert("SNAPSHOT".into(), file.inside.clone());
+        let script = engine(spec.engine).restore_script(&programs);
+        scripts::run(
+            name,
+            "restore",
+            &script,
+            &sandbox,
+            env,
+            self.log_output(name),
+        )
+        .await?;
+        drop(file);
+        self.run_server(&spec, &kept, user, Wait::UntilReady)
+            .await?;
+        Ok(self.status())
+    }
+
+    /// The spec of service `name` and what this node keeps of it, when it is the primary here.
+    fn primary_here(&self, name: &str) -> Result<(ServiceSpec, Kept), AgentError> {
+        let kept = self.kept().services.get(name).cloned();
+        match kept {
+            Some(kept @ Kept { spec: Some(_), .. })
+                if matches!(
+                    kept.spec.as_ref().map(|spec| &spec.role),
+                    Some(ServiceRole::Primary { .. })
+                ) =>
+            {
+                Ok((kept.spec.clone().expect("matched"), kept))
+            }
+            _ => Err(AgentError::Refused(format!(
+                "service {name} has no primary on this node"
+            ))),
+        }
+    }
+
+    fn programs(&self, spec: &ServiceSpec) -> Result<engine::Programs, AgentError> {
+        Ok(self
+            .context
+            .runtime(
+                &format!("{}:{}", spec.engine.as_str(), version(spec)),
+                false,
+            )?
+            .commands)
     }
 
     fn kept(&self) -> std::sync::MutexGuard<'_, Persisted> {

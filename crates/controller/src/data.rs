@@ -1,0 +1,156 @@
+//! An environment's data copied from another's (SPEC section 10): a new development
+//! environment starts from its parent's shared storage and services. A service's data goes as a
+//! consistent snapshot that its primary takes while it serves, streamed through the controller
+//! into the other environment's primary, which then gets its own users and passwords.
+
+use std::time::{Duration, Instant};
+
+use crate::{Controller, ControllerError, Environment, builds};
+
+/// How long copying one service's data may take.
+const COPY_TIMEOUT: Duration = Duration::from_secs(3600);
+
+impl Controller {
+    /// A new development environment starts as a clone of its parent's shared storage, as on
+    /// Platform.sh, given to the new environment's own user.
+    pub(crate) fn clone_storage(
+        &self,
+        parent: &str,
+        env: &Environment,
+    ) -> Result<(), ControllerError> {
+        let environment = env.name.as_str();
+        let storage = self.options.data_dir.join("storage");
+        let (from, to) = (storage.join(parent), storage.join(environment));
+        if !from.exists() || to.exists() {
+            return Ok(());
+        }
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&from)
+            .arg(&to)
+            .status()
+            .map_err(ControllerError::io(format!(
+                "copy {} to {}",
+                from.display(),
+                to.display()
+            )))?;
+        if !status.success() {
+            return Err(ControllerError::Io {
+                action: format!("copy {} to {}", from.display(), to.display()),
+                source: std::io::Error::other(format!("cp exited with {status}")),
+            });
+        }
+        // Nothing runs in the copy yet, so no link can appear in it while it changes hands.
+        lockstep_supervisor::give_tree(&to, builds::app_user(env)).map_err(ControllerError::io(
+            format!("give {} to environment {environment}", to.display()),
+        ))?;
+        tracing::info!(
+            parent,
+            environment,
+            "storage cloned from the parent environment"
+        );
+        Ok(())
+    }
+
+    /// Gives each service of `env` (as `release` declares them, placed already) the data of its
+    /// parent's service of the same name, engine and version, once, at the environment's first
+    /// deployment; says each copy, with its size and time, in `activity`'s log.
+    pub(crate) async fn clone_services(
+        &self,
+        env: &Environment,
+        release: &str,
+        activity: &str,
+    ) -> Result<(), ControllerError> {
+        if !self.store.clone_pending(&env.name)? {
+            return Ok(());
+        }
+        let Some(parent) = env.parent.as_deref() else {
+            return Ok(());
+        };
+        let parent_env = self.store.environment(parent)?;
+        let own = self.store.services(&env.name)?;
+        let Some(parent_serving) = parent_env.serving.as_ref().filter(|_| !own.is_empty()) else {
+            self.store.set_clone_pending(&env.name, false)?;
+            return Ok(());
+        };
+        self.store.phase_started(activity, "clone")?;
+        let theirs = self.store.services(parent)?;
+        let (nodes, parent_nodes) = (self.store.nodes(&env.name)?, self.store.nodes(parent)?);
+        // The first app's instance answers for an environment's services on a node.
+        let instance = self.app_instances(&env.name, release)?.remove(0).instance;
+        let parent_instance = self
+            .app_instances(parent, &parent_serving.image)?
+            .remove(0)
+            .instance;
+        for service in &own {
+            let same = theirs.iter().find(|their| {
+                their.name == service.name
+                    && their.engine == service.engine
+                    && their.version == service.version
+            });
+            let Some(their) = same else {
+                self.store.append_log(
+                    activity,
+                    &format!(
+                        "Service {} starts empty: {parent} has no {} {} of that name",
+                        service.name,
+                        service.engine.as_str(),
+                        service.version
+                    ),
+                )?;
+                continue;
+            };
+            let node_of = |nodes: &[crate::Node], primary: Option<&str>| {
+                nodes
+                    .iter()
+                    .find(|n| Some(n.name.as_str()) == primary)
+                    .cloned()
+            };
+            let (Some(to), Some(from)) = (
+                node_of(&nodes, service.primary_on(&nodes)),
+                node_of(&parent_nodes, their.primary_on(&parent_nodes)),
+            ) else {
+                continue;
+            };
+            let started = Instant::now();
+            let bytes = self
+                .agents
+                .copy_service_data(
+                    (&from.agent_url, &parent_instance),
+                    (&to.agent_url, &instance),
+                    &service.name,
+                    COPY_TIMEOUT,
+                )
+                .await
+                .map_err(|error| ControllerError::Agent {
+                    node: to.name.clone(),
+                    message: format!(
+                        "service {} could not take {parent}'s data from {}: {error}",
+                        service.name, from.name
+                    ),
+                })?;
+            self.store.append_log(
+                activity,
+                &format!(
+                    "Service {} cloned from {parent} on {}: {} in {:.1} s",
+                    service.name,
+                    from.name,
+                    human_bytes(bytes),
+                    started.elapsed().as_secs_f64()
+                ),
+            )?;
+        }
+        self.store.set_clone_pending(&env.name, false)?;
+        self.store.phase_ended(activity, "clone")?;
+        Ok(())
+    }
+}
+
+/// `12.3 MB`, `512 kB`, `840 B`.
+fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        0..1_000 => format!("{bytes} B"),
+        1_000..1_000_000 => format!("{} kB", bytes / 1_000),
+        _ => format!("{:.1} MB", bytes as f64 / 1_000_000.0),
+    }
+}
