@@ -33,6 +33,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
             "/v1/instances/{env}/hooks/{deployment}/{hook}",
             get(hook_outcome),
         )
+        .route("/v1/instances/{env}/rehearsal", post(rehearse))
         .route("/v1/instances/{env}/open", post(open))
         .route("/v1/instances/{env}/background", post(background))
         .route("/v1/instances/{env}/crons/{name}/run", post(run_cron))
@@ -283,6 +284,21 @@ async fn service_restore(
             .restore_service(&service, body.into_data_stream())
             .await?,
     ))
+}
+
+/// A staged release's deploy hook against a scratch copy of the environment's data.
+async fn rehearse(
+    State(agent): State<Arc<Agent>>,
+    Path(env): Path<String>,
+    Json(request): Json<lockstep_proto::agent::RehearsalRequest>,
+) -> Answer<HookOutcome> {
+    let instance = agent.instance(&env).await?;
+    let result = instance.rehearse(&request).await;
+    agent
+        .context
+        .metrics
+        .command(&env, "rehearse", result.is_ok());
+    result.map(Json)
 }
 
 async fn service_client(

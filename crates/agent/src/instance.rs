@@ -26,6 +26,8 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, watch};
 
+mod rehearsal;
+
 use crate::NodeContext;
 use crate::error::AgentError;
 use crate::hooks::HookStore;
@@ -95,6 +97,36 @@ impl Drop for Instance {
     fn drop(&mut self) {
         self.router_task.abort();
     }
+}
+
+/// A deploy or post_deploy hook of `deployment`, as it runs in `sandbox` with `env`.
+fn hook_spec(
+    script: &str,
+    sandbox: Sandbox,
+    mut env: BTreeMap<String, String>,
+    deployment: &str,
+) -> HookSpec {
+    env.insert("LOCKSTEP_DEPLOYMENT".into(), deployment.to_owned());
+    HookSpec {
+        script: sourcing_environment_file(script),
+        sandbox,
+        env,
+        timeout: HOOK_TIMEOUT,
+        cancel: Cancel::default(),
+    }
+}
+
+/// What a release's sandbox and environment are made of.
+struct RuntimeParts<'a> {
+    id: &'a ImageId,
+    info: &'a ImageInfo,
+    inputs: &'a RuntimeInputs,
+    mounts: MountRoots,
+    services: BTreeMap<String, crate::services::Reachable>,
+    /// Where the sandbox's own folders (its `/tmp` and `/run`) are.
+    home: &'a Path,
+    /// Where the web process listens, given to hooks, workers and crons.
+    upstream: Option<Upstream>,
 }
 
 /// The file in an instance's folder that says it is one.
@@ -446,18 +478,8 @@ impl Instance {
             sender.send_replace(Some(outcome));
             return Ok(receiver);
         };
-        let (sandbox, mut env) = self.runtime(state, &active, &info)?;
-        env.insert(
-            "LOCKSTEP_DEPLOYMENT".into(),
-            request.step.deployment.clone(),
-        );
-        let spec = HookSpec {
-            script: sourcing_environment_file(&script),
-            sandbox,
-            env,
-            timeout: HOOK_TIMEOUT,
-            cancel: Cancel::default(),
-        };
+        let (sandbox, env) = self.runtime(state, &active, &info)?;
+        let spec = hook_spec(&script, sandbox, env, &request.step.deployment);
         // Written before the hook starts: if the agent dies now, the hook counts as run.
         self.hooks.put(&outcome)?;
         let log_path = self
@@ -992,18 +1014,42 @@ impl Instance {
         info: &ImageInfo,
     ) -> Result<(Sandbox, std::collections::BTreeMap<String, String>), AgentError> {
         let id: ImageId = active.release.image.parse()?;
+        self.runtime_of(
+            state,
+            &RuntimeParts {
+                id: &id,
+                info,
+                inputs: &active.runtime,
+                mounts: self.mount_roots(state),
+                services: self.services.reachable(),
+                home: &self.dir,
+                upstream: self.gate.upstream(),
+            },
+        )
+    }
+
+    /// The sandbox and environment of release `parts.id` made of `parts`.
+    fn runtime_of(
+        &self,
+        state: &Persisted,
+        parts: &RuntimeParts<'_>,
+    ) -> Result<(Sandbox, std::collections::BTreeMap<String, String>), AgentError> {
+        let (id, info) = (parts.id, parts.info);
         let user = self.user(state)?;
         let runtime = self
             .context
             .runtime(&info.app().runtime, state.config.strict_runtimes)?;
         let mut sandbox = Sandbox::prepare(
-            self.releases.app_dir(&id),
-            &self.dir,
+            self.releases.app_dir(id),
+            parts.home,
             user,
             self.context.sandbox_owner.clone(),
         )
         .map_err(AgentError::io("prepare the sandbox's folders"))?;
-        for mount in self.ready_mounts(state, &id, info)? {
+        let mounts = parts
+            .mounts
+            .prepare(&self.releases.app_dir(id), &info.app().mounts, user)?;
+        for mount in mounts {
             let inside = app_path(&mount.path.to_string_lossy())?;
             sandbox.mounts.push((inside, mount.host));
         }
@@ -1011,21 +1057,21 @@ impl Instance {
         sandbox.host_files = self.context.operator.files.clone();
         let relationships = crate::relationships::platform_relationships(
             &info.app().relationships,
-            &self.services.reachable(),
+            &parts.services,
             &self.other_apps(state, info),
             &crate::runtime_env::cluster(&state.config),
         );
         let context = RuntimeContext {
             config: &state.config,
             image: info,
-            inputs: &active.runtime,
+            inputs: parts.inputs,
             relationships: &relationships,
             operator: &self.context.operator,
         };
         let mut env = runtime_env(&context);
         // Hooks, workers, crons and `lockstep ssh` reach the web process where it listens;
         // the web process gets its own before it starts.
-        match self.gate.upstream() {
+        match &parts.upstream {
             Some(Upstream::Port(port)) => {
                 env.insert("PORT".into(), port.to_string());
             }

@@ -620,7 +620,7 @@ struct Setting {
     value: String,
 }
 
-const SETTINGS: &str = "on_hook_failure, closed_status, closed_mode, max_hold, grace, drain_timeout, build_timeout, web_start_timeout, strict_runtimes";
+const SETTINGS: &str = "on_hook_failure, closed_status, closed_mode, max_hold, grace, drain_timeout, build_timeout, web_start_timeout, strict_runtimes, rehearse";
 
 /// `lockstep env set ENV KEY VALUE`: one setting of SPEC section 7.
 async fn set_setting(
@@ -635,6 +635,11 @@ async fn set_setting(
             StatusCode::BAD_REQUEST,
             format!("`{}` must be {what}, not `{}`", setting.key, setting.value),
         )
+    };
+    let yes_or_no = |value: &str| match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(bad("`true` or `false`")),
     };
     let seconds = |value: &str| {
         value
@@ -666,13 +671,8 @@ async fn set_setting(
         "drain_timeout" => settings.drain_timeout_secs = seconds(&setting.value)?,
         "build_timeout" => settings.build_timeout_secs = seconds(&setting.value)?,
         "web_start_timeout" => settings.web_start_timeout_secs = seconds(&setting.value)?,
-        "strict_runtimes" => {
-            settings.strict_runtimes = match setting.value.as_str() {
-                "true" => true,
-                "false" => false,
-                _ => return Err(bad("`true` or `false`")),
-            };
-        }
+        "strict_runtimes" => settings.strict_runtimes = yes_or_no(&setting.value)?,
+        "rehearse" => settings.rehearse = yes_or_no(&setting.value)?,
         other => {
             return Err(ApiError(
                 StatusCode::BAD_REQUEST,

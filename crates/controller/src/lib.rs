@@ -16,6 +16,7 @@ mod edge;
 mod git;
 mod orchestrator;
 mod push;
+mod rehearsal;
 mod secrets;
 mod services;
 mod store;
@@ -103,6 +104,11 @@ pub enum ControllerError {
     /// A service's primary cannot move as asked.
     #[error("{0}")]
     Promotion(String),
+    /// A deployment's deploy hook failed against a copy of the environment's data.
+    #[error(
+        "the deploy hook failed in rehearsal, against a copy of {0}'s data; {0} was not touched (`lockstep env set {0} rehearse false` deploys without rehearsing)"
+    )]
+    Rehearsal(String),
     #[error("{0} has no release yet: push to its branch first")]
     NothingDeployed(String),
     #[error("{environment} has no app `{app}`; its apps: {apps}")]

@@ -128,6 +128,7 @@ impl Controller {
         self.ensure_services(&env.name, &image, Some(&job.activity), Reach::EveryNode)
             .await?;
         self.clone_services(&env, &image, &job.activity).await?;
+        self.rehearse(&env, &image, &job.activity).await?;
         let plan = Plan {
             deployment: job.activity.clone(),
             nodes: nodes.iter().map(|n| n.name.clone()).collect(),
@@ -757,7 +758,7 @@ impl Controller {
         Ok(release)
     }
 
-    fn runtime_inputs(
+    pub(crate) fn runtime_inputs(
         &self,
         environment: &str,
         image: &str,

@@ -189,6 +189,9 @@ pub struct EnvSettings {
     /// Whether a runtime version that is not installed fails the build and the deploy instead
     /// of running the nearest installed one.
     pub strict_runtimes: bool,
+    /// Whether a deployment first runs its deploy hook against a scratch copy of the
+    /// environment's services and mounts (where it has services).
+    pub rehearse: bool,
 }
 
 impl Default for EnvSettings {
@@ -203,6 +206,7 @@ impl Default for EnvSettings {
             build_timeout_secs: 3600,
             web_start_timeout_secs: 60,
             strict_runtimes: false,
+            rehearse: true,
         }
     }
 }

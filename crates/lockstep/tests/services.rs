@@ -776,6 +776,108 @@ async fn a_new_branch_starts_with_a_copy_of_its_parents_data_if_its_pusher_may_r
     assert_eq!(counter["counter"], 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_that_fails_on_productions_data_is_caught_in_rehearsal_and_production_never_closes()
+ {
+    let platform = Platform::start().await;
+    let project = Project::example("services-app");
+    let output = platform.push(&project, "HEAD:production");
+    let said = text(&output);
+    assert!(output.status.success(), "{said}");
+    assert!(
+        said.contains("Rehearsing the deploy hook on production-1 against a copy of production's services and mounts")
+            && said.contains("The deploy hook succeeded in rehearsal"),
+        "{said}"
+    );
+    let routers = platform.routers("production").await;
+    for note in ["first", "second"] {
+        call(
+            reqwest::Method::POST,
+            &routers[0],
+            &format!("/notes?body={note}"),
+        )
+        .await;
+    }
+
+    // A migration that passes on an empty table and fails on production's rows.
+    let migrate = project.path().join("migrate.py");
+    let mut script = std::fs::read_to_string(&migrate).unwrap();
+    script.push_str("postgresql(\"ALTER TABLE notes ADD COLUMN title text NOT NULL\")\n");
+    std::fs::write(&migrate, script).unwrap();
+    project.commit("notes get a title");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let looping = {
+        let (stop, edge) = (stop.clone(), platform.edge);
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut answers = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let answer = http
+                    .get(format!("http://127.0.0.1:{edge}/notes"))
+                    .header("host", "localhost")
+                    .send()
+                    .await;
+                answers.push(match answer {
+                    Ok(response) => (
+                        response.status().as_u16(),
+                        response.text().await.unwrap_or_default(),
+                    ),
+                    Err(error) => (0, error.to_string()),
+                });
+            }
+            answers
+        })
+    };
+    let output = platform.push(&project, "HEAD:production");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers = looping.await.unwrap();
+    let said = text(&output);
+    assert!(!output.status.success(), "{said}");
+    assert!(
+        said.contains("ADD COLUMN title text NOT NULL']' returned non-zero exit status 1"),
+        "the hook's own output: {said}"
+    );
+    assert!(
+        said.contains("The deploy hook of app failed in rehearsal on production-1"),
+        "{said}"
+    );
+    assert!(said.contains("production was not touched"), "{said}");
+    assert!(!said.contains("Closing"), "{said}");
+
+    assert!(!answers.is_empty());
+    for (i, (status, body)) in answers.iter().enumerate() {
+        assert_eq!(*status, 200, "answer {i}: {body}");
+        assert!(
+            body.contains("[\"first\", \"second\"]"),
+            "answer {i}: {body}"
+        );
+    }
+    // Production's schema and rows are as they were, and its deploy hook never ran again.
+    let primary = kept_on(&platform, "production-1")["services"]["db"].clone();
+    let sql = |query: &str| {
+        psql_as(
+            primary["port"].as_u64().unwrap() as u16,
+            primary["spec"]["password"].as_str().unwrap(),
+            query,
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        sql(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'notes' AND column_name = 'title'"
+        ),
+        "0"
+    );
+    assert_eq!(sql("SELECT count(*) FROM notes"), "2");
+    assert_eq!(sql("SELECT count(*) FROM migrations"), "1");
+    let production = platform.environment_status("production").await;
+    assert_eq!(production["generation"], 1, "no deployment started");
+    let phases = Platform::phase_names(&platform.latest_activity().await);
+    assert!(phases.contains(&"rehearse".to_owned()), "{phases:?}");
+    assert!(!phases.contains(&"stage".to_owned()), "{phases:?}");
+}
+
 #[tokio::test]
 async fn services_come_back_with_their_data_when_lockstep_starts_again() {
     let mut platform = Platform::start().await;

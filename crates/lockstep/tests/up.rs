@@ -33,12 +33,7 @@ async fn a_push_to_production_deploys_every_node_with_every_phase_and_the_hook_o
     assert_eq!(push["environment"], "production");
     assert_eq!(push["state"], "complete");
     assert_eq!(push["result"], "success");
-    let phases: Vec<&str> = push["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
+    let phases = Platform::phase_names(push);
     assert_eq!(
         phases,
         [

@@ -79,13 +79,7 @@ async fn one_variable_change_reaches_every_node_through_exactly_one_deploy() {
         image,
         "a build-visible variable rebuilds"
     );
-    let activity = &platform.get("/activities").await[0];
-    let phases: Vec<&str> = activity["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
+    let phases = Platform::phase_names(&platform.get("/activities").await[0]);
     assert_eq!(phases[0], "build");
 
     // --no-redeploy changes nothing until the next deployment.

@@ -140,6 +140,16 @@ pub struct SwapRequest {
     pub runtime: RuntimeInputs,
 }
 
+/// Runs the deploy hook of a staged release against a scratch copy of the environment's data
+/// on this node (its services whose primary is here, its mounts), with `LOCKSTEP_REHEARSAL=1`;
+/// answered with the hook's outcome. Nothing of the environment changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RehearsalRequest {
+    pub deployment: String,
+    pub image: String,
+    pub runtime: RuntimeInputs,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HookKind {

@@ -238,8 +238,66 @@ impl Services {
         wait: Wait,
     ) -> Result<Vec<ServiceStatus>, AgentError> {
         let _one_at_a_time = self.ensuring.lock().await;
+        let (entries, removed) = self.record(&specs)?;
+        for name in removed {
+            tracing::info!(service = %name, "the configuration no longer declares it: stopped, its data kept");
+            self.stop_server(&name).await;
+            self.endpoints.lock().expect("endpoints lock").remove(&name);
+        }
+        for entry in &entries {
+            let spec = self.open_endpoint_of(entry, user).await?;
+            match &spec.role {
+                ServiceRole::Primary { .. } | ServiceRole::Replica { .. } => {
+                    self.run_server(spec, entry, user, wait).await?
+                }
+                ServiceRole::Remote { .. } => self.stop_server(&spec.name).await,
+            }
+        }
+        Ok(self.status())
+    }
+
+    /// Starts `specs`, primaries with no replica, each from a snapshot of another's data
+    /// instead of an empty data folder: a scratch copy of them.
+    pub async fn start_from_snapshots(
+        &self,
+        snapshots: Vec<(ServiceSpec, Snapshot)>,
+        user: RunAs,
+    ) -> Result<(), AgentError> {
+        let _one_at_a_time = self.ensuring.lock().await;
+        let specs: Vec<ServiceSpec> = snapshots.iter().map(|(spec, _)| spec.clone()).collect();
+        let (entries, _) = self.record(&specs)?;
+        for entry in &entries {
+            self.open_endpoint_of(entry, user).await?;
+        }
+        let restores = snapshots.into_iter().map(|(spec, snapshot)| async move {
+            self.restore_data(&spec.name, user, Box::pin(snapshot.into_stream()))
+                .await
+        });
+        for restored in futures_util::future::join_all(restores).await {
+            restored?;
+        }
+        Ok(())
+    }
+
+    /// Opens the endpoint of a service in force; its spec.
+    async fn open_endpoint_of<'a>(
+        &self,
+        entry: &'a Kept,
+        user: RunAs,
+    ) -> Result<&'a ServiceSpec, AgentError> {
+        let spec = entry
+            .spec
+            .as_ref()
+            .expect("a declared service has its spec");
+        self.open_endpoint(spec, entry, user).await?;
+        Ok(spec)
+    }
+
+    /// Records `specs` as the services in force, each with its ports (new ones for a new
+    /// service); answers what each is now, and the services no longer declared.
+    fn record(&self, specs: &[ServiceSpec]) -> Result<(Vec<Kept>, Vec<String>), AgentError> {
         let mut names = Vec::new();
-        for spec in &specs {
+        for spec in specs {
             crate::instance::check_plain_name(&spec.name, "service name")?;
             check_addresses(&spec.role)?;
             check_endpoints(&spec.endpoints)?;
@@ -265,7 +323,7 @@ impl Services {
             let mut fresh = fresh_ports.clone().into_iter();
             let mut taken: Vec<u16> = taken.into_iter().chain(fresh_ports).collect();
             let mut entries = Vec::new();
-            for spec in &specs {
+            for spec in specs {
                 let entry = kept
                     .services
                     .entry(spec.name.clone())
@@ -312,25 +370,7 @@ impl Services {
             self.save(&kept)?;
             (entries, removed)
         };
-        for name in removed {
-            tracing::info!(service = %name, "the configuration no longer declares it: stopped, its data kept");
-            self.stop_server(&name).await;
-            self.endpoints.lock().expect("endpoints lock").remove(&name);
-        }
-        for entry in &entries {
-            let spec = entry
-                .spec
-                .as_ref()
-                .expect("a declared service has its spec");
-            self.open_endpoint(spec, entry, user).await?;
-            match &spec.role {
-                ServiceRole::Primary { .. } | ServiceRole::Replica { .. } => {
-                    self.run_server(spec, entry, user, wait).await?
-                }
-                ServiceRole::Remote { .. } => self.stop_server(&spec.name).await,
-            }
-        }
-        Ok(self.status())
+        Ok((entries, removed))
     }
 
     pub fn status(&self) -> Vec<ServiceStatus> {
@@ -375,6 +415,21 @@ impl Services {
         E: std::fmt::Display,
     {
         let _one_at_a_time = self.ensuring.lock().await;
+        self.restore_data(name, user, snapshot).await?;
+        Ok(self.status())
+    }
+
+    /// [`Services::restore`], for a caller that holds `ensuring`.
+    async fn restore_data<S, E>(
+        &self,
+        name: &str,
+        user: RunAs,
+        snapshot: S,
+    ) -> Result<(), AgentError>
+    where
+        S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
         let (spec, kept) = self.primary_here(name)?;
         if !matches!(spec.role, ServiceRole::Primary { replicas: 0, .. }) {
             return Err(AgentError::Refused(format!(
@@ -382,6 +437,7 @@ impl Services {
             )));
         }
         let programs = self.programs(&spec)?;
+        self.data_folder(name, user)?;
         let sandbox = self.sandbox(name, user)?;
         let mut file = SnapshotFile::new(&sandbox, user)?;
         file.receive(snapshot).await?;
@@ -399,9 +455,7 @@ impl Services {
         )
         .await?;
         drop(file);
-        self.run_server(&spec, &kept, user, Wait::UntilReady)
-            .await?;
-        Ok(self.status())
+        self.run_server(&spec, &kept, user, Wait::UntilReady).await
     }
 
     /// The spec of service `name` and what this node keeps of it, when it is the primary here.
@@ -522,14 +576,7 @@ impl Services {
         wait: Wait,
     ) -> Result<(), AgentError> {
         let port = kept.port;
-        let folder = self.dir.join(&spec.name);
-        let data = folder.join("data");
-        lockstep_supervisor::give_folder(&folder, user)
-            .and_then(|()| lockstep_supervisor::give_folder(&data, user))
-            .map_err(AgentError::io(format!(
-                "make the folder of service {}",
-                spec.name
-            )))?;
+        let data = self.data_folder(&spec.name, user)?;
         let engine = engine(spec.engine);
         // Written even for a server that runs on: it reads them when it starts again.
         let server = engine::Server {
@@ -758,6 +805,16 @@ impl Services {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Makes service `name`'s folder and its data folder, given to `user`; the data folder.
+    fn data_folder(&self, name: &str, user: RunAs) -> Result<PathBuf, AgentError> {
+        let folder = self.dir.join(name);
+        let data = folder.join("data");
+        lockstep_supervisor::give_folder(&folder, user)
+            .and_then(|()| lockstep_supervisor::give_folder(&data, user))
+            .map_err(AgentError::io(format!("make the folder of service {name}")))?;
+        Ok(data)
     }
 
     /// The sandbox of service `name`'s server and scripts: its data folder at `/app`,

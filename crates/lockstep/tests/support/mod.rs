@@ -690,6 +690,16 @@ impl Platform {
         self.get("/status").await
     }
 
+    /// The names of an activity's phases, in order.
+    pub fn phase_names(activity: &serde_json::Value) -> Vec<String> {
+        activity["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     pub async fn latest_activity(&self) -> serde_json::Value {
         self.get("/activities?limit=1").await[0].clone()
     }
