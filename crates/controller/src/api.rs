@@ -25,6 +25,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/api/v1/environments/{env}", get(environment))
         .route("/api/v1/environments/{env}/deploy", post(deploy))
         .route("/api/v1/environments/{env}/rollback", post(rollback))
+        .route("/api/v1/environments/{env}/branch", post(branch))
         .route("/api/v1/environments/{env}/logs", get(app_log))
         .route("/api/v1/environments/{env}/settings", post(set_setting))
         .route("/api/v1/variables", get(list_variables))
@@ -82,6 +83,8 @@ impl From<ControllerError> for ApiError {
             ControllerError::NothingDeployed(_) | ControllerError::NoSuchApp { .. } => {
                 StatusCode::NOT_FOUND
             }
+            ControllerError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ControllerError::BranchName(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let mut message = error.to_string();
@@ -553,6 +556,32 @@ async fn rollback(
     Extension(principal): Extension<Principal>,
 ) -> Result<Json<Activity>, ApiError> {
     redeploy(&controller, &principal, &env, Redeploy::Previous)
+}
+
+#[derive(Deserialize)]
+struct BranchRequest {
+    /// The new branch, which names the environment.
+    branch: String,
+    #[serde(default = "clone_by_default")]
+    clone_data: bool,
+}
+
+fn clone_by_default() -> bool {
+    true
+}
+
+/// `lockstep env branch`: a development environment as a child of `env`.
+async fn branch(
+    State(controller): State<Arc<Controller>>,
+    Path(env): Path<String>,
+    Extension(principal): Extension<Principal>,
+    Json(request): Json<BranchRequest>,
+) -> Result<Json<Activity>, ApiError> {
+    check(&controller, &principal, Action::Read, &env)?;
+    let activity = controller
+        .branch(&principal, &env, &request.branch, request.clone_data)
+        .await?;
+    Ok(Json(activity))
 }
 
 enum Redeploy {

@@ -12,11 +12,13 @@ const COPY_TIMEOUT: Duration = Duration::from_secs(3600);
 
 impl Controller {
     /// A new development environment starts as a clone of its parent's shared storage, as on
-    /// Platform.sh, given to the new environment's own user.
+    /// Platform.sh, given to the new environment's own user; said in `activity`'s log with its
+    /// size and time.
     pub(crate) fn clone_storage(
         &self,
         parent: &str,
         env: &Environment,
+        activity: &str,
     ) -> Result<(), ControllerError> {
         let environment = env.name.as_str();
         let storage = self.options.data_dir.join("storage");
@@ -24,8 +26,11 @@ impl Controller {
         if !from.exists() || to.exists() {
             return Ok(());
         }
+        let started = Instant::now();
+        // Shared blocks where the filesystem can (btrfs, XFS), a copy elsewhere.
         let status = std::process::Command::new("cp")
             .arg("-a")
+            .arg("--reflink=auto")
             .arg(&from)
             .arg(&to)
             .status()
@@ -44,11 +49,14 @@ impl Controller {
         lockstep_supervisor::give_tree(&to, builds::app_user(env)).map_err(ControllerError::io(
             format!("give {} to environment {environment}", to.display()),
         ))?;
-        tracing::info!(
-            parent,
-            environment,
-            "storage cloned from the parent environment"
-        );
+        self.store.append_log(
+            activity,
+            &format!(
+                "Storage cloned from {parent}: {} in {:.1} s",
+                human_bytes(tree_bytes(&to)),
+                started.elapsed().as_secs_f64()
+            ),
+        )?;
         Ok(())
     }
 
@@ -144,6 +152,21 @@ impl Controller {
         self.store.phase_ended(activity, "clone")?;
         Ok(())
     }
+}
+
+/// Bytes of the files under `dir`, links not followed.
+fn tree_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => tree_bytes(&entry.path()),
+            Ok(kind) if kind.is_file() => entry.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
 }
 
 /// `12.3 MB`, `512 kB`, `840 B`.

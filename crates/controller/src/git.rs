@@ -67,6 +67,39 @@ pub fn ensure_repository(path: &Path, contact: &HookContact) -> std::io::Result<
     Ok(())
 }
 
+/// The commit branch `branch` of the repository at `path` points at, if it exists.
+pub fn branch_commit(path: &Path, branch: &str) -> std::io::Result<Option<String>> {
+    let output = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(path)
+        .args(["rev-parse", "--verify", "--quiet"])
+        .arg(format!("refs/heads/{branch}^{{commit}}"))
+        .output()?;
+    Ok(output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned()))
+}
+
+/// Makes branch `branch` at `commit`; refused if it exists (git's own check, atomic).
+pub fn create_branch(path: &Path, branch: &str, commit: &str) -> std::io::Result<()> {
+    let status = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(path)
+        .args(["update-ref", "--no-deref"])
+        .arg(format!("refs/heads/{branch}"))
+        .arg(commit)
+        .arg("")
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "git could not make branch {branch} at {commit}"
+        )))
+    }
+}
+
 pub struct CgiRequest<'a> {
     pub repos_root: &'a Path,
     /// The path below the git route, such as `/shop.git/info/refs`.

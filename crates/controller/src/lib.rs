@@ -14,6 +14,7 @@ mod builds;
 mod data;
 mod edge;
 mod git;
+mod lifecycle;
 mod orchestrator;
 mod push;
 mod rehearsal;
@@ -329,6 +330,15 @@ impl Controller {
         if let Some(env) = self.store.environment_for_branch(branch)? {
             return Ok(env);
         }
+        self.new_development_environment(branch, "production")
+    }
+
+    /// A development environment for `branch` (pending), a child of `parent`.
+    fn new_development_environment(
+        &self,
+        branch: &str,
+        parent: &str,
+    ) -> Result<Environment, ControllerError> {
         let name = environment_name(branch).map_err(ControllerError::BranchName)?;
         if let Some(owner) = self.store.find_environment_named(&name)? {
             return Err(ControllerError::BranchName(format!(
@@ -337,7 +347,6 @@ impl Controller {
             )));
         }
         let development = [self.options.topology.development.clone()];
-        let parent = "production";
         self.ensure_environment(
             &name,
             branch,
@@ -351,9 +360,14 @@ impl Controller {
     /// A pending environment's push was accepted: with `clone`, it starts as a clone of its
     /// parent's storage, and its services take its parent's data at its first deployment; it
     /// exists from now on.
-    fn accept_environment(&self, env: &Environment, clone: bool) -> Result<(), ControllerError> {
+    fn accept_environment(
+        &self,
+        env: &Environment,
+        clone: bool,
+        activity: &str,
+    ) -> Result<(), ControllerError> {
         if let Some(parent) = env.parent.as_deref().filter(|_| clone) {
-            self.clone_storage(parent, env)?;
+            self.clone_storage(parent, env, activity)?;
             self.store.set_clone_pending(&env.name, true)?;
         }
         self.store.accept_environment(&env.name)?;
@@ -371,16 +385,26 @@ impl Controller {
         let Some(parent) = env.parent.as_deref() else {
             return Err("it has no parent".into());
         };
+        self.may_read_data_of(parent, principal)?;
+        Ok(parent.to_owned())
+    }
+
+    /// Whether `principal` may reach environment `environment`'s data; `Err` says why not.
+    fn may_read_data_of(
+        &self,
+        environment: &str,
+        principal: &access::Principal,
+    ) -> Result<(), String> {
         let kind = self
             .store
-            .environment(parent)
+            .environment(environment)
             .map_err(|error| error.to_string())?
             .kind;
         if access::allowed(principal, access::Action::Ssh, kind) {
-            Ok(parent.to_owned())
+            Ok(())
         } else {
             Err(format!(
-                "{} may not read {parent}'s data (the contributor or admin role on {} environments), so none of it is copied",
+                "{} may not read {environment}'s data (the contributor or admin role on {} environments), so none of it is copied",
                 principal.name(),
                 kind.as_str()
             ))

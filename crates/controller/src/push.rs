@@ -301,6 +301,8 @@ impl Controller {
             .store
             .environment(&record.environment)
             .map_err(|e| format!("its environment is unreadable: {e}"))?;
+        // What the log says from here on reaches the pusher.
+        let mut shown = self.store.log(&activity).map(|l| l.len()).unwrap_or(0);
         if env.pending {
             let principal = self.pusher(user)?;
             let clone = self.may_clone_parent(&env, &principal);
@@ -310,7 +312,8 @@ impl Controller {
             };
             let _ = self.store.append_log(&activity, &line);
             say(out, line);
-            self.accept_environment(&env, clone.is_ok())
+            shown = self.store.log(&activity).map(|l| l.len()).unwrap_or(0);
+            self.accept_environment(&env, clone.is_ok(), &activity)
                 .map_err(|e| format!("its environment cannot be made: {e}"))?;
         }
         self.enqueue(DeployJob {
@@ -319,7 +322,7 @@ impl Controller {
             image,
             rebuild_from: None,
         });
-        if self.follow(&activity, out).await {
+        if self.follow(&activity, shown, out).await {
             Ok(())
         } else {
             Err(format!(
@@ -328,9 +331,8 @@ impl Controller {
         }
     }
 
-    /// Streams an activity's log until it ends; returns whether it succeeded.
-    async fn follow(&self, activity: &str, out: &HookOutput) -> bool {
-        let mut shown = self.store.log(activity).map(|l| l.len()).unwrap_or(0);
+    /// Streams an activity's log from byte `shown` until it ends; returns whether it succeeded.
+    async fn follow(&self, activity: &str, mut shown: usize, out: &HookOutput) -> bool {
         loop {
             let Ok(record) = self.store.activity(activity) else {
                 return false;

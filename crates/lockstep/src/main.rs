@@ -222,14 +222,14 @@ fn main() -> ExitCode {
             connection,
             wait,
         } => remote(connection, &data_dir, |client| async move {
-            commands::ops::operation(&client, &env, "deploy", wait).await
+            commands::ops::operation(&client, &env, "deploy", &serde_json::json!({}), wait).await
         }),
         Command::Rollback {
             env,
             connection,
             wait,
         } => remote(connection, &data_dir, |client| async move {
-            commands::ops::operation(&client, &env, "rollback", wait).await
+            commands::ops::operation(&client, &env, "rollback", &serde_json::json!({}), wait).await
         }),
         Command::Var {
             connection,

@@ -776,6 +776,85 @@ async fn a_new_branch_starts_with_a_copy_of_its_parents_data_if_its_pusher_may_r
     assert_eq!(counter["counter"], 1);
 }
 
+#[tokio::test]
+async fn env_branch_makes_an_environment_at_its_parents_commit_with_or_without_its_data() {
+    let platform = Platform::start().await;
+    let project = Project::example("services-app");
+    let output = platform.push(&project, "HEAD:production");
+    assert!(output.status.success(), "{}", text(&output));
+    let production = &platform.routers("production").await[0];
+    call(reqwest::Method::POST, production, "/notes?body=kept").await;
+
+    let branched = platform.cli(&["env", "branch", "hotfix"]);
+    let said = text(&branched);
+    assert!(branched.status.success(), "{said}");
+    assert!(
+        said.contains("Creating environment hotfix on branch hotfix, as a clone of production"),
+        "{said}"
+    );
+    assert!(
+        said.contains("Service db cloned from production on production-1: "),
+        "{said}"
+    );
+    assert!(said.contains("Deployment completed"), "{said}");
+    let hotfix = &platform.routers("hotfix").await[0];
+    let notes = call(reqwest::Method::GET, hotfix, "/notes").await;
+    assert_eq!(notes["notes"], serde_json::json!(["kept"]));
+    // The branch is in git, at production's commit: a push to it is a push to the environment.
+    let remote = Command::new("git")
+        .args([
+            "ls-remote",
+            &platform
+                .git
+                .replacen("http://", &format!("http://user:{}@", platform.token), 1),
+        ])
+        .args(["refs/heads/hotfix", "refs/heads/production"])
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .unwrap();
+    let refs = String::from_utf8_lossy(&remote.stdout).to_string();
+    let commits: Vec<&str> = refs
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        commits.len(),
+        2,
+        "{refs}{}",
+        String::from_utf8_lossy(&remote.stderr)
+    );
+    assert_eq!(commits[0], commits[1], "{refs}");
+
+    let empty = platform.cli(&["env", "branch", "scratch", "--no-clone-data"]);
+    assert!(empty.status.success(), "{}", text(&empty));
+    let scratch = &platform.routers("scratch").await[0];
+    let notes = call(reqwest::Method::GET, scratch, "/notes").await;
+    assert_eq!(notes["notes"], serde_json::json!([]));
+
+    // Someone who sees production but may not read its data branches it only without its data.
+    let token = platform.add_user(
+        "dev@example.com",
+        &["--role", "production:viewer,development:contributor"],
+    );
+    let as_dev = |args: &[&str]| platform.cli(&[args, &["--token", token.as_str()]].concat());
+    let refused = as_dev(&["env", "branch", "peek"]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("dev@example.com may not read production's data"),
+        "{}",
+        text(&refused)
+    );
+    let allowed = as_dev(&["env", "branch", "peek", "--no-clone-data"]);
+    assert!(allowed.status.success(), "{}", text(&allowed));
+    let existing = platform.cli(&["env", "branch", "hotfix"]);
+    assert!(!existing.status.success());
+    assert!(
+        text(&existing).contains("exists already"),
+        "{}",
+        text(&existing)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_that_fails_on_productions_data_is_caught_in_rehearsal_and_production_never_closes()
  {

@@ -35,11 +35,24 @@ pub enum EnvCommand {
         json: bool,
     },
     /// Change a setting: on_hook_failure, closed_status, closed_mode, max_hold, grace,
-    /// drain_timeout, build_timeout, web_start_timeout, strict_runtimes.
+    /// drain_timeout, build_timeout, web_start_timeout, strict_runtimes, rehearse.
     Set {
         env: String,
         key: String,
         value: String,
+    },
+    /// Make a development environment on a new branch at its parent's commit, deployed with
+    /// its parent's release and a copy of its parent's services and storage.
+    Branch {
+        /// The new branch; the environment is named after it.
+        branch: String,
+        #[arg(long, default_value = "production")]
+        parent: String,
+        /// Start with empty services and storage instead of a copy of the parent's.
+        #[arg(long)]
+        no_clone_data: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
 }
 
@@ -272,6 +285,15 @@ pub async fn env(client: &ApiClient, command: EnvCommand) -> anyhow::Result<Exit
                 .await?;
             println!("{env}: {key} = {value}");
         }
+        EnvCommand::Branch {
+            branch,
+            parent,
+            no_clone_data,
+            wait,
+        } => {
+            let request = serde_json::json!({ "branch": branch, "clone_data": !no_clone_data });
+            return operation(client, &parent, "branch", &request, wait).await;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -378,18 +400,16 @@ fn print_phases(activity: &Activity) {
     }
 }
 
-/// `deploy` and `rollback`: start the operation, then follow it unless told not to.
+/// `deploy`, `rollback`, `env branch`: start the operation, then follow it unless told not to.
 pub async fn operation(
     client: &ApiClient,
     env: &str,
     kind: &str,
+    request: &serde_json::Value,
     wait: WaitArgs,
 ) -> anyhow::Result<ExitCode> {
     let activity: Activity = client
-        .post(
-            &format!("/environments/{env}/{kind}"),
-            &serde_json::json!({}),
-        )
+        .post(&format!("/environments/{env}/{kind}"), request)
         .await?;
     println!("Activity {}: {}", activity.id, activity.description);
     if wait.no_wait {
