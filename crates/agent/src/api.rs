@@ -23,6 +23,10 @@ pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/v1/instances", get(list))
+        .route(
+            "/v1/environments/{env}",
+            axum::routing::delete(delete_environment),
+        )
         .route("/v1/instances/{env}", put(configure).get(status))
         .route("/v1/instances/{env}/images/{image}", put(stage))
         .route("/v1/instances/{env}/quiesce", post(quiesce))
@@ -252,6 +256,14 @@ async fn services(
     Ok(Json(
         agent.instance(&env).await?.ensure_services(specs).await?,
     ))
+}
+
+/// Removes an environment from this node: its instances and its services, with their data.
+async fn delete_environment(
+    State(agent): State<Arc<Agent>>,
+    Path(env): Path<String>,
+) -> Answer<Vec<String>> {
+    Ok(Json(agent.delete_environment(&env).await?))
 }
 
 /// A consistent snapshot of a service whose primary is here, as the body.

@@ -1169,6 +1169,25 @@ impl Instance {
         self.supervisor.stop_all().await;
         self.services.stop_all().await;
     }
+
+    /// The environment this instance runs an app of.
+    pub async fn environment(&self) -> String {
+        self.state.lock().await.config.environment.clone()
+    }
+
+    /// Stops everything of the instance, its router too, and removes its folder: releases,
+    /// mounts, logs, and (with the environment's last instance) the services' data.
+    pub async fn remove(&self) -> Result<(), AgentError> {
+        self.shutdown().await;
+        self.router_task.abort();
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(AgentError::io(format!("remove {}", self.dir.display()))(
+                error,
+            )),
+        }
+    }
 }
 
 fn check_router_port(state: &Persisted, config: &InstanceConfig) -> Result<(), AgentError> {

@@ -87,6 +87,18 @@ impl NodeContext {
         Ok(loaded)
     }
 
+    /// Forgets a removed environment's services and its instances' routers.
+    fn forget_environment(&self, environment: &str, instances: &[String]) {
+        self.services
+            .lock()
+            .expect("services lock")
+            .remove(environment);
+        let mut ports = self.router_ports.lock().expect("router ports lock");
+        for instance in instances {
+            ports.remove(instance);
+        }
+    }
+
     pub fn set_router_port(&self, instance: &str, port: u16) {
         self.router_ports
             .lock()
@@ -251,6 +263,40 @@ impl Agent {
         instances.insert(name.to_owned(), instance.clone());
         drop(instances);
         Ok(instance.status().await)
+    }
+
+    /// Removes every instance of `environment` on this node, and its services with their
+    /// data; the instances removed (none is no error: a repeated delete changes nothing).
+    async fn delete_environment(&self, environment: &str) -> Result<Vec<String>, AgentError> {
+        check_instance_name(environment)?;
+        let mut instances = self.instances.lock().await;
+        let mut names = Vec::new();
+        for (name, instance) in instances.iter() {
+            if instance.environment().await == environment {
+                names.push(name.clone());
+            }
+        }
+        let removed: Vec<Arc<Instance>> = names
+            .iter()
+            .filter_map(|name| instances.remove(name))
+            .collect();
+        drop(instances);
+        for instance in removed {
+            instance.remove().await?;
+        }
+        self.context.forget_environment(environment, &names);
+        let folder = self.instance_dir(environment);
+        match std::fs::remove_dir_all(&folder) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(AgentError::io(format!("remove {}", folder.display()))(
+                    error,
+                ));
+            }
+        }
+        tracing::info!(environment, instances = ?names, "environment removed");
+        Ok(names)
     }
 
     fn instance_dir(&self, name: &str) -> PathBuf {

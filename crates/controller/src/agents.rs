@@ -136,6 +136,33 @@ impl AgentClient {
         Err(refusal(status, text))
     }
 
+    /// Removes every instance of `environment` on an agent, and its services with their data.
+    pub async fn delete_environment(
+        &self,
+        agent: &str,
+        environment: &str,
+    ) -> Result<Vec<String>, CallError> {
+        let url = agent_url(agent, &["v1", "environments", environment])?;
+        let response = self
+            .http
+            .delete(url)
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(120))
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status();
+        let text = response.text().await.map_err(transport_error)?;
+        if !status.is_success() {
+            return Err(refusal(status, text));
+        }
+        serde_json::from_str(&text).map_err(|e| {
+            CallError::Node(NodeFailure::Failed(format!(
+                "unreadable answer from the agent: {e}"
+            )))
+        })
+    }
+
     /// Copies service `service`'s data from its primary in instance `from` (agent, instance)
     /// to its primary in `to`: a consistent snapshot streamed through the controller, which
     /// replaces the data at `to`. Answers how many bytes the snapshot had.
@@ -238,6 +265,11 @@ fn transport_error(error: reqwest::Error) -> CallError {
 /// The URL of an instance's route on an agent, built segment by segment: a name with `/` or
 /// `..` in it stays one segment (percent-encoded), never a path of its own.
 fn instance_url(agent: &str, env: &str, rest: &[&str]) -> Result<reqwest::Url, CallError> {
+    agent_url(agent, &[&["v1", "instances", env], rest].concat())
+}
+
+/// The URL of a route on an agent, built segment by segment.
+fn agent_url(agent: &str, segments: &[&str]) -> Result<reqwest::Url, CallError> {
     let mut url = reqwest::Url::parse(agent).map_err(|e| {
         CallError::Node(NodeFailure::Failed(format!(
             "the agent's address {agent} is not a URL: {e}"
@@ -250,8 +282,7 @@ fn instance_url(agent: &str, env: &str, rest: &[&str]) -> Result<reqwest::Url, C
             )))
         })?
         .pop_if_empty()
-        .extend(["v1", "instances", env])
-        .extend(rest);
+        .extend(segments);
     Ok(url)
 }
 

@@ -22,7 +22,10 @@ pub fn router(controller: Arc<Controller>) -> Router {
     let api = Router::new()
         .route("/api/v1/status", get(status))
         .route("/api/v1/environments", get(environments))
-        .route("/api/v1/environments/{env}", get(environment))
+        .route(
+            "/api/v1/environments/{env}",
+            get(environment).delete(delete_environment),
+        )
         .route("/api/v1/environments/{env}/deploy", post(deploy))
         .route("/api/v1/environments/{env}/rollback", post(rollback))
         .route("/api/v1/environments/{env}/branch", post(branch))
@@ -84,7 +87,9 @@ impl From<ControllerError> for ApiError {
                 StatusCode::NOT_FOUND
             }
             ControllerError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ControllerError::BranchName(_) => StatusCode::CONFLICT,
+            ControllerError::BranchName(_) | ControllerError::Environment(_) => {
+                StatusCode::CONFLICT
+            }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let mut message = error.to_string();
@@ -558,6 +563,17 @@ async fn rollback(
     redeploy(&controller, &principal, &env, Redeploy::Previous)
 }
 
+/// `lockstep env delete`: a development environment removed, with its data.
+async fn delete_environment(
+    State(controller): State<Arc<Controller>>,
+    Path(env): Path<String>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Activity>, ApiError> {
+    check(&controller, &principal, Action::Read, &env)?;
+    tracing::info!(environment = %env, by = %principal.name(), "deleting an environment");
+    Ok(Json(controller.delete_environment(&principal, &env).await?))
+}
+
 #[derive(Deserialize)]
 struct BranchRequest {
     /// The new branch, which names the environment.
@@ -737,18 +753,22 @@ async fn activities(
     Extension(principal): Extension<Principal>,
 ) -> Result<Json<Vec<Activity>>, ApiError> {
     // A rejected first push of a branch is an activity of an environment still pending.
-    let kinds: std::collections::BTreeMap<String, EnvironmentType> = controller
-        .store
-        .environments_and_pending()?
-        .into_iter()
+    let known = controller.store.environments_and_pending()?;
+    let kinds: std::collections::BTreeMap<&str, EnvironmentType> = known
+        .iter()
         .filter(|e| allowed(&principal, Action::Read, e.kind))
-        .map(|e| (e.name, e.kind))
+        .map(|e| (e.name.as_str(), e.kind))
         .collect();
+    // Only development environments are deleted; their activities stay.
+    let deleted_visible = allowed(&principal, Action::Read, EnvironmentType::Development);
     let activities = controller
         .store
         .activities(query.environment.as_deref(), query.limit.unwrap_or(50))?
         .into_iter()
-        .filter(|a| kinds.contains_key(&a.environment))
+        .filter(|a| {
+            kinds.contains_key(a.environment.as_str())
+                || (deleted_visible && !known.iter().any(|e| e.name == a.environment))
+        })
         .collect();
     Ok(Json(activities))
 }
@@ -758,9 +778,42 @@ async fn activity(
     Path(id): Path<String>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Json<Activity>, ApiError> {
-    let environment = controller.store.activity(&id)?.environment;
-    check(&controller, &principal, Action::Read, &environment)?;
-    Ok(Json(controller.store.activity(&id)?))
+    Ok(Json(check_activity(
+        &controller,
+        &principal,
+        Action::Read,
+        &id,
+    )?))
+}
+
+/// Activity `id`, if `principal` may do `action` on its environment; an environment deleted
+/// since was a development one (no other is deleted), and its activities stay.
+fn check_activity(
+    controller: &Controller,
+    principal: &Principal,
+    action: Action,
+    id: &str,
+) -> Result<Activity, ApiError> {
+    let activity = controller.store.activity(id)?;
+    match controller
+        .store
+        .find_environment_named(&activity.environment)?
+    {
+        Some(_) => {
+            check(controller, principal, action, &activity.environment)?;
+        }
+        None if allowed(principal, action, EnvironmentType::Development) => {}
+        None => {
+            return Err(ApiError(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{} may not see activity {id}: it was of a development environment",
+                    principal.name()
+                ),
+            ));
+        }
+    }
+    Ok(activity)
 }
 
 /// `lockstep activity cancel ID`: whoever may push to the environment may cancel its builds
@@ -770,8 +823,7 @@ async fn cancel_activity(
     Path(id): Path<String>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Json<Activity>, ApiError> {
-    let environment = controller.store.activity(&id)?.environment;
-    check(&controller, &principal, Action::Push, &environment)?;
+    check_activity(&controller, &principal, Action::Push, &id)?;
     controller
         .cancel_activity(&id)
         .map_err(|error| ApiError(StatusCode::CONFLICT, error.to_string()))?;
@@ -791,8 +843,7 @@ async fn activity_log(
     Query(query): Query<LogQuery>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Response, ApiError> {
-    let environment = controller.store.activity(&id)?.environment;
-    check(&controller, &principal, Action::Read, &environment)?;
+    check_activity(&controller, &principal, Action::Read, &id)?;
     let log = controller.store.log(&id)?;
     if !query.follow {
         return Ok(log.into_response());

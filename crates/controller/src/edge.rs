@@ -68,6 +68,21 @@ impl EdgeClient {
         }
     }
 
+    /// The edge forgets a deleted environment.
+    pub(crate) async fn delete(&self, environment: &str) {
+        let url = format!("{}/v1/environments/{environment}", self.contact.admin_url);
+        let answer = self
+            .http
+            .delete(url)
+            .bearer_auth(&self.contact.token)
+            .send()
+            .await;
+        self.sent.lock().expect("edge lock").remove(environment);
+        if let Err(error) = answer.and_then(|r| r.error_for_status()) {
+            tracing::warn!(environment, %error, "the edge did not forget the environment");
+        }
+    }
+
     /// Sends a route unless the edge has it already; `left_out` names the routes of the
     /// configuration the edge would refuse, told once per change.
     async fn put(&self, environment: &str, edge_route: EdgeRoute) {

@@ -100,6 +100,23 @@ pub fn create_branch(path: &Path, branch: &str, commit: &str) -> std::io::Result
     }
 }
 
+/// Removes branch `branch`, if it exists.
+pub fn delete_branch(path: &Path, branch: &str) -> std::io::Result<()> {
+    let status = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(path)
+        .args(["update-ref", "-d", "--no-deref"])
+        .arg(format!("refs/heads/{branch}"))
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "git could not remove branch {branch}"
+        )))
+    }
+}
+
 pub struct CgiRequest<'a> {
     pub repos_root: &'a Path,
     /// The path below the git route, such as `/shop.git/info/refs`.

@@ -110,6 +110,9 @@ pub enum ControllerError {
         "the deploy hook failed in rehearsal, against a copy of {0}'s data; {0} was not touched (`lockstep env set {0} rehearse false` deploys without rehearsing)"
     )]
     Rehearsal(String),
+    /// An environment that cannot be changed as asked, and why.
+    #[error("{0}")]
+    Environment(String),
     #[error("{0} has no release yet: push to its branch first")]
     NothingDeployed(String),
     #[error("{environment} has no app `{app}`; its apps: {apps}")]

@@ -1,6 +1,7 @@
-//! Environments made on request (SPEC section 10): `lockstep env branch` makes a development
-//! environment as a child of another, on a new branch at its parent's commit, deployed with its
-//! parent's release and, unless asked not to, a copy of its parent's data.
+//! Environments made and removed on request (SPEC section 10): `lockstep env branch` makes a
+//! development environment as a child of another, on a new branch at its parent's commit,
+//! deployed with its parent's release and, unless asked not to, a copy of its parent's data;
+//! `lockstep env delete` removes one, with its data, everywhere.
 
 use std::sync::Arc;
 
@@ -75,5 +76,111 @@ impl Controller {
             rebuild_from: None,
         });
         Ok(activity)
+    }
+
+    /// `lockstep env delete ENV --yes`: removes a development environment from its nodes (its
+    /// apps and services, with their data), its storage, branch and route; its activities stay.
+    /// Answers the activity that did it.
+    pub async fn delete_environment(
+        &self,
+        principal: &Principal,
+        name: &str,
+    ) -> Result<Activity, ControllerError> {
+        let env = self.store.environment(name)?;
+        let development = lockstep_proto::agent::EnvironmentType::Development;
+        if env.kind != development {
+            return Err(ControllerError::Environment(format!(
+                "{name} is a {} cluster: only development environments are deleted",
+                env.kind.as_str()
+            )));
+        }
+        if !allowed(principal, Action::Manage, development) {
+            return Err(ControllerError::Forbidden(format!(
+                "{} may not delete {name}: that takes the admin role on development environments",
+                principal.name()
+            )));
+        }
+        let children: Vec<String> = self
+            .store
+            .environments_and_pending()?
+            .into_iter()
+            .filter(|other| other.parent.as_deref() == Some(name))
+            .map(|other| other.name)
+            .collect();
+        if !children.is_empty() {
+            return Err(ControllerError::Environment(format!(
+                "{name} has child environments ({}): delete them first",
+                children.join(", ")
+            )));
+        }
+        if self.busy_environments().iter().any(|busy| busy == name) {
+            return Err(ControllerError::Environment(format!(
+                "a deployment of {name} is running or waiting: wait for it, or cancel it with `lockstep activity cancel`"
+            )));
+        }
+        let activity =
+            self.store
+                .create_activity("delete", name, &format!("Deletion of {name}"))?;
+        let id = activity.id.as_str();
+        self.store.set_activity_state(id, "in_progress")?;
+        self.store.phase_started(id, "delete")?;
+        let removed = self.remove_everywhere(&env, id).await;
+        if let Err(error) = &removed {
+            self.store.append_log(id, &format!("Error: {error}"))?;
+            self.store.finish_activity(id, "complete", "failure")?;
+        }
+        removed?;
+        self.store
+            .append_log(id, &format!("Environment {name} deleted"))?;
+        self.store.phase_ended(id, "delete")?;
+        self.store.finish_activity(id, "complete", "success")?;
+        Ok(self.store.activity(id)?)
+    }
+
+    /// Everything of `env` outside the store, then its record.
+    async fn remove_everywhere(
+        &self,
+        env: &crate::Environment,
+        activity: &str,
+    ) -> Result<(), ControllerError> {
+        for node in self.store.nodes(&env.name)? {
+            let instances = self
+                .agents
+                .delete_environment(&node.agent_url, &env.name)
+                .await
+                .map_err(ControllerError::agent(&node))?;
+            self.store.append_log(
+                activity,
+                &format!(
+                    "Removed from {}: {} instance(s) and the services, with their data",
+                    node.name,
+                    instances.len()
+                ),
+            )?;
+        }
+        if let Some(edge) = &self.edge {
+            edge.delete(&env.name).await;
+        }
+        let data = &self.options.data_dir;
+        for folder in [
+            data.join("storage").join(&env.name),
+            data.join("build/cache")
+                .join(&self.options.project)
+                .join(&env.name),
+        ] {
+            match std::fs::remove_dir_all(&folder) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    return Err(ControllerError::io(format!("remove {}", folder.display()))(
+                        error,
+                    ));
+                }
+            }
+        }
+        git::delete_branch(&self.repository(), &env.branch)
+            .map_err(ControllerError::io(format!("remove branch {}", env.branch)))?;
+        self.store.delete_environment(&env.name)?;
+        Ok(())
     }
 }

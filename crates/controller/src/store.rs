@@ -137,6 +137,10 @@ ALTER TABLE nodes ADD COLUMN app_routers TEXT NOT NULL DEFAULT '{}';
     r#"
 ALTER TABLE environments ADD COLUMN clone_pending INTEGER NOT NULL DEFAULT 0;
 "#,
+    // The Unix users of deleted environments, never given to another.
+    r#"
+CREATE TABLE retired_uids (uid INTEGER PRIMARY KEY);
+"#,
 ];
 
 /// A service of an environment as first declared: its engine and version never change, since
@@ -325,7 +329,7 @@ impl Store {
         tx.execute(
             "INSERT INTO environments (name, kind, branch, parent, generation, serving, previous, settings, created_at, uid, pending)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,
-                     (SELECT MAX(COALESCE((SELECT MAX(uid) FROM environments), 0) + 1, ?10)), ?11)",
+                     (SELECT MAX(COALESCE((SELECT MAX(uid) FROM (SELECT uid FROM environments UNION ALL SELECT uid FROM retired_uids)), 0) + 1, ?10)), ?11)",
             params![
                 env.name,
                 env.kind.as_str(),
@@ -389,6 +393,29 @@ impl Store {
             )?;
             Ok(())
         })
+    }
+
+    /// Forgets a deleted environment: its nodes, services and variables go; its activities
+    /// stay, and its Unix user is never given to another.
+    pub fn delete_environment(&self, name: &str) -> Result<(), StoreError> {
+        let mut connection = self.connection.lock().expect("store lock");
+        let tx = connection.transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO retired_uids (uid) SELECT uid FROM environments WHERE name = ?1",
+            [name],
+        )?;
+        for table in ["nodes", "services", "variables"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE environment = ?1"),
+                [name],
+            )?;
+        }
+        let deleted = tx.execute("DELETE FROM environments WHERE name = ?1", [name])?;
+        if deleted == 0 {
+            return Err(StoreError::UnknownEnvironment(name.to_owned()));
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Whether the environment's services are still to take its parent's data, at its next

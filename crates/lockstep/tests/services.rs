@@ -777,7 +777,7 @@ async fn a_new_branch_starts_with_a_copy_of_its_parents_data_if_its_pusher_may_r
 }
 
 #[tokio::test]
-async fn env_branch_makes_an_environment_at_its_parents_commit_with_or_without_its_data() {
+async fn env_branch_and_env_delete_make_and_remove_development_environments_with_their_data() {
     let platform = Platform::start().await;
     let project = Project::example("services-app");
     let output = platform.push(&project, "HEAD:production");
@@ -853,6 +853,50 @@ async fn env_branch_makes_an_environment_at_its_parents_commit_with_or_without_i
         "{}",
         text(&existing)
     );
+
+    // Deleting an environment removes it everywhere; a contributor may not, nor may anyone
+    // delete a cluster, nor without saying yes.
+    let on_node = platform
+        .data_dir
+        .join("agents/development-1/instances/hotfix");
+    assert!(on_node.join("services").exists());
+    let refusals = [
+        (platform.cli(&["env", "delete", "hotfix"]), "add --yes"),
+        (
+            platform.cli(&["env", "delete", "production", "--yes"]),
+            "only development environments are deleted",
+        ),
+        (
+            as_dev(&["env", "delete", "peek", "--yes"]),
+            "dev@example.com may not delete peek",
+        ),
+    ];
+    for (refused, says) in refusals {
+        assert!(!refused.status.success());
+        assert!(text(&refused).contains(says), "{}", text(&refused));
+    }
+    let deleted = platform.cli(&["env", "delete", "hotfix", "--yes"]);
+    assert!(deleted.status.success(), "{}", text(&deleted));
+    assert!(
+        text(&deleted).contains("Environment hotfix deleted"),
+        "{}",
+        text(&deleted)
+    );
+    assert!(!on_node.exists(), "the node keeps {}", on_node.display());
+    assert!(
+        reqwest::get(format!("{hotfix}/notes")).await.is_err(),
+        "its router still answers"
+    );
+    let listed = text(&platform.cli(&["env", "list"]));
+    assert!(!listed.contains("hotfix"), "{listed}");
+    let notes = call(reqwest::Method::GET, production, "/notes").await;
+    assert_eq!(notes["notes"], serde_json::json!(["kept"]));
+    // Its name is free again, and its new copy starts from production's data anew.
+    let again = platform.cli(&["env", "branch", "hotfix"]);
+    assert!(again.status.success(), "{}", text(&again));
+    let hotfix = &platform.routers("hotfix").await[0];
+    let notes = call(reqwest::Method::GET, hotfix, "/notes").await;
+    assert_eq!(notes["notes"], serde_json::json!(["kept"]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

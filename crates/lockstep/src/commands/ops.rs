@@ -54,6 +54,14 @@ pub enum EnvCommand {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Delete a development environment: its apps and services with their data, its storage,
+    /// its branch and its route. Its activities stay.
+    Delete {
+        env: String,
+        /// Confirms that the environment's data goes with it.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -293,6 +301,16 @@ pub async fn env(client: &ApiClient, command: EnvCommand) -> anyhow::Result<Exit
         } => {
             let request = serde_json::json!({ "branch": branch, "clone_data": !no_clone_data });
             return operation(client, &parent, "branch", &request, wait).await;
+        }
+        EnvCommand::Delete { env, yes } => {
+            if !yes {
+                anyhow::bail!(
+                    "deleting {env} removes its data, its branch and its storage: add --yes to go ahead"
+                );
+            }
+            let activity: Activity = client.delete(&format!("/environments/{env}")).await?;
+            println!("Activity {}: {}", activity.id, activity.description);
+            return follow_log(client, &activity.id, true).await;
         }
     }
     Ok(ExitCode::SUCCESS)
