@@ -136,6 +136,64 @@ impl AgentClient {
         Err(refusal(status, text))
     }
 
+    /// A consistent snapshot of service `service`, taken by its primary in instance `at`
+    /// (agent, instance) while it serves: the answer whose body it is.
+    async fn snapshot(
+        &self,
+        at: (&str, &str),
+        service: &str,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, CallError> {
+        let snapshot = self
+            .http
+            .post(instance_url(
+                at.0,
+                at.1,
+                &["services", service, "snapshot"],
+            )?)
+            .bearer_auth(&self.token)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = snapshot.status();
+        if !status.is_success() {
+            let text = snapshot.text().await.map_err(transport_error)?;
+            return Err(refusal(status, text));
+        }
+        Ok(snapshot)
+    }
+
+    /// Writes a snapshot of service `service` (see [`AgentClient::copy_service_data`]) to
+    /// `file`; its size.
+    pub async fn save_snapshot(
+        &self,
+        at: (&str, &str),
+        service: &str,
+        file: &std::path::Path,
+        timeout: Duration,
+    ) -> Result<u64, CallError> {
+        use futures_util::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let snapshot = self.snapshot(at, service, timeout).await?;
+        let failed = |e: std::io::Error| {
+            CallError::Node(NodeFailure::Failed(format!(
+                "cannot write {}: {e}",
+                file.display()
+            )))
+        };
+        let mut out = tokio::fs::File::create(file).await.map_err(failed)?;
+        let mut body = snapshot.bytes_stream();
+        let mut size = 0;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(transport_error)?;
+            size += chunk.len() as u64;
+            out.write_all(&chunk).await.map_err(failed)?;
+        }
+        out.sync_all().await.map_err(failed)?;
+        Ok(size)
+    }
+
     /// Removes every instance of `environment` on an agent, and its services with their data.
     pub async fn delete_environment(
         &self,
@@ -174,23 +232,7 @@ impl AgentClient {
         timeout: Duration,
     ) -> Result<u64, CallError> {
         use futures_util::StreamExt;
-        let snapshot = self
-            .http
-            .post(instance_url(
-                from.0,
-                from.1,
-                &["services", service, "snapshot"],
-            )?)
-            .bearer_auth(&self.token)
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(transport_error)?;
-        let status = snapshot.status();
-        if !status.is_success() {
-            let text = snapshot.text().await.map_err(transport_error)?;
-            return Err(refusal(status, text));
-        }
+        let snapshot = self.snapshot(from, service, timeout).await?;
         let copied = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counted = copied.clone();
         let body = snapshot.bytes_stream().inspect(move |chunk| {

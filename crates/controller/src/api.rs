@@ -29,6 +29,10 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/api/v1/environments/{env}/deploy", post(deploy))
         .route("/api/v1/environments/{env}/rollback", post(rollback))
         .route("/api/v1/environments/{env}/branch", post(branch))
+        .route(
+            "/api/v1/environments/{env}/backups",
+            post(create_backup).get(list_backups),
+        )
         .route("/api/v1/environments/{env}/logs", get(app_log))
         .route("/api/v1/environments/{env}/settings", post(set_setting))
         .route("/api/v1/variables", get(list_variables))
@@ -572,6 +576,25 @@ async fn delete_environment(
     check(&controller, &principal, Action::Read, &env)?;
     tracing::info!(environment = %env, by = %principal.name(), "deleting an environment");
     Ok(Json(controller.delete_environment(&principal, &env).await?))
+}
+
+/// `lockstep backup create`.
+async fn create_backup(
+    State(controller): State<Arc<Controller>>,
+    Path(env): Path<String>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Activity>, ApiError> {
+    check(&controller, &principal, Action::Read, &env)?;
+    Ok(Json(controller.create_backup(&principal, &env).await?))
+}
+
+/// `lockstep backup list`.
+async fn list_backups(
+    State(controller): State<Arc<Controller>>,
+    Path(env): Path<String>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Vec<crate::Backup>>, ApiError> {
+    Ok(Json(controller.backups(&principal, &env)?))
 }
 
 #[derive(Deserialize)]

@@ -68,6 +68,16 @@ impl Controller {
             .collect())
     }
 
+    /// The instance that answers for the environment's services on a node when it runs
+    /// `release`: its first app's (the services are the environment's, shared by its apps).
+    pub(crate) fn services_instance(
+        &self,
+        environment: &str,
+        release: &str,
+    ) -> Result<String, ControllerError> {
+        Ok(self.app_instances(environment, release)?.remove(0).instance)
+    }
+
     /// The instances of the release `env` serves (none before its first).
     pub(crate) fn serving_instances(
         &self,

@@ -27,24 +27,7 @@ impl Controller {
             return Ok(());
         }
         let started = Instant::now();
-        // Shared blocks where the filesystem can (btrfs, XFS), a copy elsewhere.
-        let status = std::process::Command::new("cp")
-            .arg("-a")
-            .arg("--reflink=auto")
-            .arg(&from)
-            .arg(&to)
-            .status()
-            .map_err(ControllerError::io(format!(
-                "copy {} to {}",
-                from.display(),
-                to.display()
-            )))?;
-        if !status.success() {
-            return Err(ControllerError::Io {
-                action: format!("copy {} to {}", from.display(), to.display()),
-                source: std::io::Error::other(format!("cp exited with {status}")),
-            });
-        }
+        copy_tree(&from, &to)?;
         // Nothing runs in the copy yet, so no link can appear in it while it changes hands.
         lockstep_supervisor::give_tree(&to, builds::app_user(env)).map_err(ControllerError::io(
             format!("give {} to environment {environment}", to.display()),
@@ -84,12 +67,8 @@ impl Controller {
         self.store.phase_started(activity, "clone")?;
         let theirs = self.store.services(parent)?;
         let (nodes, parent_nodes) = (self.store.nodes(&env.name)?, self.store.nodes(parent)?);
-        // The first app's instance answers for an environment's services on a node.
-        let instance = self.app_instances(&env.name, release)?.remove(0).instance;
-        let parent_instance = self
-            .app_instances(parent, &parent_serving.image)?
-            .remove(0)
-            .instance;
+        let instance = self.services_instance(&env.name, release)?;
+        let parent_instance = self.services_instance(parent, &parent_serving.image)?;
         for service in &own {
             let same = theirs.iter().find(|their| {
                 their.name == service.name
@@ -154,8 +133,32 @@ impl Controller {
     }
 }
 
+/// A copy of folder `from` at `to`, links kept as links; shared blocks where the filesystem
+/// can (btrfs, XFS), a plain copy elsewhere.
+pub(crate) fn copy_tree(
+    from: &std::path::Path,
+    to: &std::path::Path,
+) -> Result<(), ControllerError> {
+    let action = || format!("copy {} to {}", from.display(), to.display());
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg("--reflink=auto")
+        .arg(from)
+        .arg(to)
+        .status()
+        .map_err(ControllerError::io(action()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(ControllerError::Io {
+            action: action(),
+            source: std::io::Error::other(format!("cp exited with {status}")),
+        })
+    }
+}
+
 /// Bytes of the files under `dir`, links not followed.
-fn tree_bytes(dir: &std::path::Path) -> u64 {
+pub(crate) fn tree_bytes(dir: &std::path::Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -170,7 +173,7 @@ fn tree_bytes(dir: &std::path::Path) -> u64 {
 }
 
 /// `12.3 MB`, `512 kB`, `840 B`.
-fn human_bytes(bytes: u64) -> String {
+pub(crate) fn human_bytes(bytes: u64) -> String {
     match bytes {
         0..1_000 => format!("{bytes} B"),
         1_000..1_000_000 => format!("{} kB", bytes / 1_000),

@@ -10,6 +10,7 @@ mod access;
 mod agents;
 mod api;
 mod apps;
+mod backups;
 mod builds;
 mod data;
 mod edge;
@@ -34,6 +35,7 @@ use lockstep_supervisor::{Cancel, OperatorEnv};
 use secrets::EntropyScope;
 
 pub use access::{Role, Roles};
+pub use backups::{BackedUpService, Backup};
 pub use builds::CancelError;
 pub use edge::EdgeContact;
 pub use orchestrator::DeployJob;

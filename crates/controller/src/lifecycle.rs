@@ -79,7 +79,8 @@ impl Controller {
     }
 
     /// `lockstep env delete ENV --yes`: removes a development environment from its nodes (its
-    /// apps and services, with their data), its storage, branch and route; its activities stay.
+    /// apps and services, with their data), its storage, backups, branch and route; its
+    /// activities stay.
     /// Answers the activity that did it.
     pub async fn delete_environment(
         &self,
@@ -164,6 +165,7 @@ impl Controller {
         let data = &self.options.data_dir;
         for folder in [
             data.join("storage").join(&env.name),
+            data.join("backups").join(&env.name),
             data.join("build/cache")
                 .join(&self.options.project)
                 .join(&env.name),

@@ -600,10 +600,7 @@ impl Controller {
         reach: Reach,
     ) -> Result<Option<Placed>, ControllerError> {
         let declared = &self.release_project(release)?.services;
-        // The environment's services on a node are shared by its app instances; the first
-        // app's instance answers for them.
-        let instances = self.app_instances(environment, release)?;
-        let services_instance = &instances[0].instance;
+        let services_instance = &self.services_instance(environment, release)?;
         let _one_at_a_time = self.queues.placing_services.lock().await;
         if declared.is_empty() && self.store.services(environment)?.is_empty() {
             return Ok(None);
@@ -659,8 +656,7 @@ impl Controller {
         };
         let nodes = self.store.nodes(environment)?;
         let primary_node = stored.primary_on(&nodes).unwrap_or_default().to_owned();
-        // The first app's instance answers for the environment's services on a node.
-        let services_instance = &self.app_instances(environment, &serving.image)?[0].instance;
+        let services_instance = &self.services_instance(environment, &serving.image)?;
         if nodes.len() < 2 {
             return Err(ControllerError::Promotion(format!(
                 "{environment} runs on one node: {service} has no replica to promote"

@@ -61,6 +61,13 @@ enum Command {
         #[command(subcommand)]
         command: commands::ops::ServiceCommand,
     },
+    /// Backups of an environment's services and storage.
+    Backup {
+        #[command(flatten)]
+        connection: commands::ops::Connection,
+        #[command(subcommand)]
+        command: commands::ops::BackupCommand,
+    },
     /// Activities: pushes, deploys, rollbacks, with their phases and logs.
     Activity {
         #[command(flatten)]
@@ -210,6 +217,12 @@ fn main() -> ExitCode {
             command,
         } => remote(connection, &data_dir, |client| async move {
             commands::ops::service(&client, command).await
+        }),
+        Command::Backup {
+            connection,
+            command,
+        } => remote(connection, &data_dir, |client| async move {
+            commands::ops::backup(&client, command).await
         }),
         Command::Activity {
             connection,

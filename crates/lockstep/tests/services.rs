@@ -854,6 +854,54 @@ async fn env_branch_and_env_delete_make_and_remove_development_environments_with
         text(&existing)
     );
 
+    // A backup: a snapshot of each service, taken while it serves, kept by the controller.
+    for env in ["production", "hotfix"] {
+        let taken = platform.cli(&["backup", "create", env]);
+        assert!(taken.status.success(), "{}", text(&taken));
+        assert!(
+            text(&taken).contains(&format!("of {env} taken")),
+            "{}",
+            text(&taken)
+        );
+    }
+    let listed = platform.cli(&["backup", "list", "production", "--json"]);
+    let backups: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let backups = backups.as_array().unwrap();
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    let services = backups[0]["services"].as_array().unwrap();
+    let names: Vec<&str> = services
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["carts", "counter", "db"]);
+    assert!(
+        services.iter().all(|s| s["bytes"].as_u64().unwrap() > 0),
+        "{services:?}"
+    );
+    let snapshot = platform
+        .data_dir
+        .join("controller/backups/production")
+        .join(backups[0]["id"].as_str().unwrap())
+        .join("db.snapshot");
+    let files = Command::new("tar")
+        .arg("-tf")
+        .arg(&snapshot)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&files.stdout)
+            .lines()
+            .any(|f| f == "PG_VERSION"),
+        "PostgreSQL's snapshot is its base backup"
+    );
+    let denied = as_dev(&["backup", "create", "production"]);
+    assert!(!denied.status.success());
+    assert!(
+        text(&denied).contains("may not back up production"),
+        "{}",
+        text(&denied)
+    );
+
     // Deleting an environment removes it everywhere; a contributor may not, nor may anyone
     // delete a cluster, nor without saying yes.
     let on_node = platform
@@ -883,6 +931,7 @@ async fn env_branch_and_env_delete_make_and_remove_development_environments_with
         text(&deleted)
     );
     assert!(!on_node.exists(), "the node keeps {}", on_node.display());
+    assert!(!platform.data_dir.join("controller/backups/hotfix").exists());
     assert!(
         reqwest::get(format!("{hotfix}/notes")).await.is_err(),
         "its router still answers"

@@ -65,6 +65,19 @@ pub enum EnvCommand {
 }
 
 #[derive(Subcommand)]
+pub enum BackupCommand {
+    /// Take a backup: a consistent snapshot of each service, taken while the environment
+    /// serves, and a copy of its shared storage.
+    Create { env: String },
+    /// The environment's backups, newest first.
+    List {
+        env: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum ServiceCommand {
     /// Make a replica the primary of a service whose primary is gone (its node does not answer,
     /// or its server does not run): the one that received the most, unless --node names one.
@@ -781,6 +794,45 @@ pub async fn service_client(
         Some(0) => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,
     })
+}
+
+pub async fn backup(client: &ApiClient, command: BackupCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        BackupCommand::Create { env } => {
+            let activity: Activity = client
+                .post(
+                    &format!("/environments/{env}/backups"),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            println!("Activity {}: {}", activity.id, activity.description);
+            follow_log(client, &activity.id, true).await
+        }
+        BackupCommand::List { env, json } => {
+            let backups: Vec<lockstep_controller::Backup> =
+                client.get(&format!("/environments/{env}/backups")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&backups)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("{:<10} {:<26} {:<28} SERVICES", "ID", "CREATED", "RELEASE");
+            for backup in backups {
+                let services: Vec<String> = backup
+                    .services
+                    .iter()
+                    .map(|s| format!("{} ({} B)", s.name, s.bytes))
+                    .collect();
+                println!(
+                    "{:<10} {:<26} {:<28} {}",
+                    backup.id,
+                    backup.created_at,
+                    lockstep_image::short_release(&backup.release),
+                    services.join(", ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 pub async fn service(client: &ApiClient, command: ServiceCommand) -> anyhow::Result<ExitCode> {

@@ -1,0 +1,204 @@
+//! Backups (SPEC section 10): `lockstep backup create ENV` keeps a consistent snapshot of each
+//! of the environment's services, taken by its primary while it serves (as a new environment's
+//! clone is), and a copy of its shared storage, in `backups/<env>/<id>/` of the controller's
+//! data folder with a manifest; `lockstep backup list ENV` reads the manifests, newest first.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::access::{Action, Principal, allowed};
+use crate::data::{copy_tree, human_bytes, tree_bytes};
+use crate::{Activity, Controller, ControllerError};
+
+/// How long taking one service's snapshot may take.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(3600);
+
+const MANIFEST: &str = "manifest.json";
+
+/// What a backup holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backup {
+    /// The activity that took it.
+    pub id: String,
+    pub environment: String,
+    pub created_at: String,
+    /// The release the environment served then.
+    pub release: String,
+    pub services: Vec<BackedUpService>,
+    /// Bytes of the shared storage's copy.
+    pub storage_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackedUpService {
+    pub name: String,
+    pub engine: String,
+    pub version: String,
+    /// Bytes of its snapshot.
+    pub bytes: u64,
+}
+
+impl Controller {
+    fn backups_dir(&self, environment: &str) -> PathBuf {
+        self.options.data_dir.join("backups").join(environment)
+    }
+
+    /// `lockstep backup create ENV`: answers the activity that took it, whose id names it.
+    pub async fn create_backup(
+        &self,
+        principal: &Principal,
+        environment: &str,
+    ) -> Result<Activity, ControllerError> {
+        let env = self.store.environment(environment)?;
+        if !allowed(principal, Action::Manage, env.kind) {
+            return Err(ControllerError::Forbidden(format!(
+                "{} may not back up {environment}: that takes the admin role on {} environments",
+                principal.name(),
+                env.kind.as_str()
+            )));
+        }
+        let Some(serving) = env.serving.clone() else {
+            return Err(ControllerError::NothingDeployed(environment.to_owned()));
+        };
+        let activity = self.store.create_activity(
+            "backup",
+            environment,
+            &format!("Backup of {environment}"),
+        )?;
+        let id = activity.id.clone();
+        self.store.set_activity_state(&id, "in_progress")?;
+        self.store.phase_started(&id, "backup")?;
+        let dir = self.backups_dir(environment).join(&id);
+        let taken = self
+            .take_backup(environment, &serving.image, &dir, &id)
+            .await;
+        match taken {
+            Ok(()) => {
+                self.store.phase_ended(&id, "backup")?;
+                self.store.finish_activity(&id, "complete", "success")?;
+            }
+            Err(error) => {
+                // A backup is whole or not there.
+                let _ = std::fs::remove_dir_all(&dir);
+                self.store.append_log(&id, &format!("Error: {error}"))?;
+                self.store.finish_activity(&id, "complete", "failure")?;
+                return Err(error);
+            }
+        }
+        Ok(self.store.activity(&id)?)
+    }
+
+    async fn take_backup(
+        &self,
+        environment: &str,
+        release: &str,
+        dir: &std::path::Path,
+        activity: &str,
+    ) -> Result<(), ControllerError> {
+        std::fs::create_dir_all(dir)
+            .map_err(ControllerError::io(format!("create {}", dir.display())))?;
+        let instance = self.services_instance(environment, release)?;
+        let nodes = self.store.nodes(environment)?;
+        let mut services = Vec::new();
+        for service in self.store.services(environment)? {
+            let Some(node) = service
+                .primary_on(&nodes)
+                .and_then(|name| nodes.iter().find(|n| n.name == name))
+            else {
+                continue;
+            };
+            let started = Instant::now();
+            let file = dir.join(format!("{}.snapshot", service.name));
+            let bytes = self
+                .agents
+                .save_snapshot(
+                    (&node.agent_url, &instance),
+                    &service.name,
+                    &file,
+                    SNAPSHOT_TIMEOUT,
+                )
+                .await
+                .map_err(ControllerError::agent(node))?;
+            self.store.append_log(
+                activity,
+                &format!(
+                    "Service {} on {}: {} in {:.1} s",
+                    service.name,
+                    node.name,
+                    human_bytes(bytes),
+                    started.elapsed().as_secs_f64()
+                ),
+            )?;
+            services.push(BackedUpService {
+                name: service.name.clone(),
+                engine: service.engine.as_str().to_owned(),
+                version: service.version.clone(),
+                bytes,
+            });
+        }
+        let storage = self.options.data_dir.join("storage").join(environment);
+        let mut storage_bytes = 0;
+        if storage.exists() {
+            let copy = dir.join("storage");
+            copy_tree(&storage, &copy)?;
+            storage_bytes = tree_bytes(&copy);
+            self.store.append_log(
+                activity,
+                &format!("Storage: {}", human_bytes(storage_bytes)),
+            )?;
+        }
+        let backup = Backup {
+            id: activity.to_owned(),
+            environment: environment.to_owned(),
+            created_at: crate::store::timestamp(chrono::Utc::now()),
+            release: release.to_owned(),
+            services,
+            storage_bytes,
+        };
+        let manifest = serde_json::to_vec_pretty(&backup).expect("a backup serialises");
+        // Written last: a backup without its manifest is none.
+        lockstep_durable::replace_private(&dir.join(MANIFEST), &manifest, None)
+            .map_err(ControllerError::io("write the backup's manifest"))?;
+        self.store.append_log(
+            activity,
+            &format!("Backup {activity} of {environment} taken"),
+        )?;
+        Ok(())
+    }
+
+    /// `lockstep backup list ENV`: the environment's backups, newest first.
+    pub fn backups(
+        &self,
+        principal: &Principal,
+        environment: &str,
+    ) -> Result<Vec<Backup>, ControllerError> {
+        let env = self.store.environment(environment)?;
+        if !allowed(principal, Action::Read, env.kind) {
+            return Err(ControllerError::Forbidden(format!(
+                "{} may not see {environment}",
+                principal.name()
+            )));
+        }
+        let dir = self.backups_dir(environment);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => {
+                return Err(ControllerError::io(format!("read {}", dir.display()))(
+                    error,
+                ));
+            }
+        };
+        let mut backups: Vec<Backup> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let text = std::fs::read(entry.path().join(MANIFEST)).ok()?;
+                serde_json::from_slice(&text).ok()
+            })
+            .collect();
+        backups.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        Ok(backups)
+    }
+}
