@@ -194,6 +194,50 @@ impl AgentClient {
         Ok(size)
     }
 
+    /// Replaces service `service`'s data at its primary in `to` with the snapshot in `file`.
+    pub async fn restore_from_file(
+        &self,
+        to: (&str, &str),
+        service: &str,
+        file: &std::path::Path,
+        timeout: Duration,
+    ) -> Result<(), CallError> {
+        let snapshot = tokio::fs::File::open(file).await.map_err(|e| {
+            CallError::Node(NodeFailure::Failed(format!(
+                "cannot read {}: {e}",
+                file.display()
+            )))
+        })?;
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(snapshot));
+        self.put_service_data(to, service, body, timeout).await
+    }
+
+    /// Sends a snapshot to service `service`'s primary in `to`, which puts it in place of its
+    /// data.
+    async fn put_service_data(
+        &self,
+        to: (&str, &str),
+        service: &str,
+        body: reqwest::Body,
+        timeout: Duration,
+    ) -> Result<(), CallError> {
+        let restored = self
+            .http
+            .put(instance_url(to.0, to.1, &["services", service, "data"])?)
+            .bearer_auth(&self.token)
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = restored.status();
+        if !status.is_success() {
+            let text = restored.text().await.map_err(transport_error)?;
+            return Err(refusal(status, text));
+        }
+        Ok(())
+    }
+
     /// Removes every instance of `environment` on an agent, and its services with their data.
     pub async fn delete_environment(
         &self,
@@ -240,20 +284,8 @@ impl AgentClient {
                 counted.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
             }
         });
-        let restored = self
-            .http
-            .put(instance_url(to.0, to.1, &["services", service, "data"])?)
-            .bearer_auth(&self.token)
-            .timeout(timeout)
-            .body(reqwest::Body::wrap_stream(body))
-            .send()
-            .await
-            .map_err(transport_error)?;
-        let status = restored.status();
-        if !status.is_success() {
-            let text = restored.text().await.map_err(transport_error)?;
-            return Err(refusal(status, text));
-        }
+        self.put_service_data(to, service, reqwest::Body::wrap_stream(body), timeout)
+            .await?;
         Ok(copied.load(std::sync::atomic::Ordering::Relaxed))
     }
 

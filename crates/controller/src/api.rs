@@ -33,6 +33,11 @@ pub fn router(controller: Arc<Controller>) -> Router {
             "/api/v1/environments/{env}/backups",
             post(create_backup).get(list_backups),
         )
+        .route(
+            "/api/v1/environments/{env}/backups/{id}/restore",
+            post(restore_backup),
+        )
+        .route("/api/v1/environments/{env}/sync", post(sync))
         .route("/api/v1/environments/{env}/logs", get(app_log))
         .route("/api/v1/environments/{env}/settings", post(set_setting))
         .route("/api/v1/variables", get(list_variables))
@@ -588,6 +593,26 @@ async fn create_backup(
     Ok(Json(controller.create_backup(&principal, &env).await?))
 }
 
+/// `lockstep backup restore`.
+async fn restore_backup(
+    State(controller): State<Arc<Controller>>,
+    Path((env, id)): Path<(String, String)>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Activity>, ApiError> {
+    check(&controller, &principal, Action::Read, &env)?;
+    Ok(Json(controller.restore_backup(&principal, &env, &id)?))
+}
+
+/// `lockstep env sync --data`.
+async fn sync(
+    State(controller): State<Arc<Controller>>,
+    Path(env): Path<String>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Activity>, ApiError> {
+    check(&controller, &principal, Action::Read, &env)?;
+    Ok(Json(controller.sync_data(&principal, &env)?))
+}
+
 /// `lockstep backup list`.
 async fn list_backups(
     State(controller): State<Arc<Controller>>,
@@ -678,6 +703,7 @@ fn start(
         environment: env.to_owned(),
         image: image.to_owned(),
         rebuild_from: None,
+        data: None,
     });
     Ok(Json(controller.store.activity(&activity.id)?))
 }

@@ -168,6 +168,30 @@ impl Controller {
         Ok(())
     }
 
+    /// `lockstep backup restore ENV ID`: the environment closes as for a deploy, takes the
+    /// backup's services and storage, and opens again; the activity that does it, queued.
+    pub fn restore_backup(
+        self: &std::sync::Arc<Self>,
+        principal: &Principal,
+        environment: &str,
+        id: &str,
+    ) -> Result<Activity, ControllerError> {
+        let env = self.store.environment(environment)?;
+        if !allowed(principal, Action::Manage, env.kind) {
+            return Err(ControllerError::Forbidden(format!(
+                "{} may not restore {environment}: that takes the admin role on {} environments",
+                principal.name(),
+                env.kind.as_str()
+            )));
+        }
+        self.queue_data_replacement(
+            &env,
+            crate::data::DataSource::Backup(id.to_owned()),
+            "restore",
+            &format!("Restore of backup {id} to {environment}"),
+        )
+    }
+
     /// `lockstep backup list ENV`: the environment's backups, newest first.
     pub fn backups(
         &self,
@@ -181,6 +205,11 @@ impl Controller {
                 principal.name()
             )));
         }
+        self.backups_of(environment)
+    }
+
+    /// The environment's backups, newest first.
+    pub(crate) fn backups_of(&self, environment: &str) -> Result<Vec<Backup>, ControllerError> {
         let dir = self.backups_dir(environment);
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,

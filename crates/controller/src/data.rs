@@ -2,8 +2,16 @@
 //! environment starts from its parent's shared storage and services. A service's data goes as a
 //! consistent snapshot that its primary takes while it serves, streamed through the controller
 //! into the other environment's primary, which then gets its own users and passwords.
+//!
+//! A running environment's data is replaced only inside a deployment of its serving release
+//! (`Plan::data`), whose state machine asks for it once every node is closed: a backup
+//! restored (`backup BACKUP`), or its parent's data synced (`environment PARENT`). `DataCopy`
+//! is what that replacement copies, worked out before the deployment starts.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+use lockstep_supervisor::RunAs;
 
 use crate::{Controller, ControllerError, Environment, builds};
 
@@ -131,6 +139,235 @@ impl Controller {
         self.store.phase_ended(activity, "clone")?;
         Ok(())
     }
+}
+
+/// Where a data replacement takes its data from, as `Plan::data` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DataSource {
+    /// One of the environment's backups, by id.
+    Backup(String),
+    /// Another environment's services and storage, as they are when the copy is taken.
+    Environment(String),
+}
+
+impl DataSource {
+    pub fn name(&self) -> String {
+        match self {
+            DataSource::Backup(id) => format!("backup {id}"),
+            DataSource::Environment(name) => format!("environment {name}"),
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<DataSource> {
+        match name.split_once(' ')? {
+            ("backup", id) => Some(DataSource::Backup(id.to_owned())),
+            ("environment", env) => Some(DataSource::Environment(env.to_owned())),
+            _ => None,
+        }
+    }
+}
+
+/// What a data replacement copies into an environment.
+#[derive(Debug, Clone)]
+pub(crate) struct DataCopy {
+    services: Vec<ServiceCopy>,
+    storage: Option<StorageCopy>,
+}
+
+#[derive(Debug, Clone)]
+struct ServiceCopy {
+    name: String,
+    /// The primary that takes the data: its agent and the instance answering for services.
+    to: (String, String),
+    from: ServiceData,
+}
+
+#[derive(Debug, Clone)]
+enum ServiceData {
+    File(PathBuf),
+    Primary { agent: String, instance: String },
+}
+
+#[derive(Debug, Clone)]
+struct StorageCopy {
+    from: PathBuf,
+    to: PathBuf,
+    user: RunAs,
+}
+
+impl Controller {
+    /// Queues the redeployment of what `env` serves that puts `source` in place of its data
+    /// while every node is closed; its activity.
+    pub(crate) fn queue_data_replacement(
+        self: &std::sync::Arc<Self>,
+        env: &Environment,
+        source: DataSource,
+        kind: &str,
+        description: &str,
+    ) -> Result<crate::Activity, ControllerError> {
+        let Some(serving) = env.serving.clone() else {
+            return Err(ControllerError::NothingDeployed(env.name.clone()));
+        };
+        // Worked out now too, so that a request that cannot be carried out is refused at once.
+        self.data_copy(&env.name, &serving.image, &source)?;
+        let activity = self.store.create_activity(kind, &env.name, description)?;
+        self.store
+            .set_activity_image(&activity.id, &serving.image)?;
+        self.enqueue(crate::DeployJob {
+            activity: activity.id.clone(),
+            environment: env.name.clone(),
+            image: serving.image,
+            rebuild_from: None,
+            data: Some(source.name()),
+        });
+        Ok(activity)
+    }
+
+    /// What replacing `environment`'s data (running `release`) with `source` copies.
+    pub(crate) fn data_copy(
+        &self,
+        environment: &str,
+        release: &str,
+        source: &DataSource,
+    ) -> Result<DataCopy, ControllerError> {
+        let env = self.store.environment(environment)?;
+        let nodes = self.store.nodes(environment)?;
+        let instance = self.services_instance(environment, release)?;
+        let primary_of = |service: &crate::store::StoredService, nodes: &[crate::Node]| {
+            service
+                .primary_on(nodes)
+                .and_then(|name| nodes.iter().find(|n| n.name == name))
+                .map(|node| node.agent_url.clone())
+        };
+        let mut services = Vec::new();
+        let storage_root = self.options.data_dir.join("storage");
+        let storage_from = match source {
+            DataSource::Backup(id) => {
+                let dir = self
+                    .options
+                    .data_dir
+                    .join("backups")
+                    .join(environment)
+                    .join(id);
+                let backup = self
+                    .backups_of(environment)?
+                    .into_iter()
+                    .find(|backup| backup.id == *id)
+                    .ok_or_else(|| {
+                        ControllerError::Environment(format!(
+                            "{environment} has no backup {id}; `lockstep backup list {environment}` lists them"
+                        ))
+                    })?;
+                for service in self.store.services(environment)? {
+                    let Some(agent) = primary_of(&service, &nodes) else {
+                        continue;
+                    };
+                    if backup.services.iter().any(|s| s.name == service.name) {
+                        services.push(ServiceCopy {
+                            to: (agent, instance.clone()),
+                            from: ServiceData::File(dir.join(format!("{}.snapshot", service.name))),
+                            name: service.name.clone(),
+                        });
+                    }
+                }
+                dir.join("storage")
+            }
+            DataSource::Environment(other) => {
+                let other_env = self.store.environment(other)?;
+                let Some(serving) = other_env.serving else {
+                    return Err(ControllerError::NothingDeployed(other.clone()));
+                };
+                let other_instance = self.services_instance(other, &serving.image)?;
+                let (theirs, their_nodes) = (self.store.services(other)?, self.store.nodes(other)?);
+                for service in self.store.services(environment)? {
+                    let same = theirs.iter().find(|their| {
+                        their.name == service.name
+                            && their.engine == service.engine
+                            && their.version == service.version
+                    });
+                    let (Some(agent), Some(their_agent)) = (
+                        primary_of(&service, &nodes),
+                        same.and_then(|their| primary_of(their, &their_nodes)),
+                    ) else {
+                        continue;
+                    };
+                    services.push(ServiceCopy {
+                        name: service.name.clone(),
+                        to: (agent, instance.clone()),
+                        from: ServiceData::Primary {
+                            agent: their_agent,
+                            instance: other_instance.clone(),
+                        },
+                    });
+                }
+                storage_root.join(other)
+            }
+        };
+        let storage = storage_from.exists().then(|| StorageCopy {
+            from: storage_from,
+            to: storage_root.join(environment),
+            user: builds::app_user(&env),
+        });
+        Ok(DataCopy { services, storage })
+    }
+}
+
+impl DataCopy {
+    /// Puts the data in place: each service's into its primary, then the storage. Every node is
+    /// closed and quiesced meanwhile, so nothing of the environment writes.
+    pub(crate) async fn carry_out(
+        &self,
+        agents: &crate::agents::AgentClient,
+    ) -> Result<(), crate::agents::CallError> {
+        for service in &self.services {
+            let to = (service.to.0.as_str(), service.to.1.as_str());
+            match &service.from {
+                ServiceData::File(file) => {
+                    agents
+                        .restore_from_file(to, &service.name, file, COPY_TIMEOUT)
+                        .await?;
+                }
+                ServiceData::Primary { agent, instance } => {
+                    agents
+                        .copy_service_data((agent, instance), to, &service.name, COPY_TIMEOUT)
+                        .await?;
+                }
+            }
+        }
+        if let Some(storage) = &self.storage {
+            replace_storage(storage).map_err(|error| {
+                crate::agents::CallError::Node(lockstep_deploy::NodeFailure::Failed(
+                    error.to_string(),
+                ))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// The environment's storage replaced by a copy of another: the old one is set aside until the
+/// copy is whole and given to the environment's user.
+fn replace_storage(copy: &StorageCopy) -> Result<(), ControllerError> {
+    let incoming = copy.to.with_extension("incoming");
+    let replaced = copy.to.with_extension("replaced");
+    for leftover in [&incoming, &replaced] {
+        let _ = std::fs::remove_dir_all(leftover);
+    }
+    copy_tree(&copy.from, &incoming)?;
+    lockstep_supervisor::give_tree(&incoming, copy.user)
+        .map_err(ControllerError::io(format!("give {}", incoming.display())))?;
+    if copy.to.exists() {
+        std::fs::rename(&copy.to, &replaced).map_err(ControllerError::io(format!(
+            "set {} aside",
+            copy.to.display()
+        )))?;
+    }
+    std::fs::rename(&incoming, &copy.to).map_err(ControllerError::io(format!(
+        "put {} in place",
+        copy.to.display()
+    )))?;
+    let _ = std::fs::remove_dir_all(&replaced);
+    Ok(())
 }
 
 /// A copy of folder `from` at `to`, links kept as links; shared blocks where the filesystem

@@ -74,8 +74,39 @@ impl Controller {
             environment: env.name.clone(),
             image: serving.image,
             rebuild_from: None,
+            data: None,
         });
         Ok(activity)
+    }
+
+    /// `lockstep env sync ENV --data`: the environment closes as for a deploy, takes its
+    /// parent's services and storage as they are now, and opens again; the activity, queued.
+    pub fn sync_data(
+        self: &Arc<Self>,
+        principal: &Principal,
+        name: &str,
+    ) -> Result<Activity, ControllerError> {
+        let env = self.store.environment(name)?;
+        let Some(parent) = env.parent.clone() else {
+            return Err(ControllerError::Environment(format!(
+                "{name} has no parent to sync from"
+            )));
+        };
+        if !allowed(principal, Action::Manage, env.kind) {
+            return Err(ControllerError::Forbidden(format!(
+                "{} may not replace {name}'s data: that takes the admin role on {} environments",
+                principal.name(),
+                env.kind.as_str()
+            )));
+        }
+        self.may_read_data_of(&parent, principal)
+            .map_err(ControllerError::Forbidden)?;
+        self.queue_data_replacement(
+            &env,
+            crate::data::DataSource::Environment(parent.clone()),
+            "sync",
+            &format!("Sync of {name}'s data from {parent}"),
+        )
     }
 
     /// `lockstep env delete ENV --yes`: removes a development environment from its nodes (its

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::agents::{Call, CallError};
 use crate::apps::{AppInstance, dependencies_first};
+use crate::data::{DataCopy, DataSource};
 use crate::services::{Placed, PromoteOutcome, Reach, placement_lines};
 use crate::store::Node;
 use crate::{Controller, ControllerError};
@@ -34,6 +35,8 @@ pub struct DeployJob {
     /// Build this git ref first (with the environment's build variables) and deploy the result
     /// instead of `image`: a build-visible variable changed.
     pub rebuild_from: Option<String>,
+    /// Data to put in place of the environment's while it is closed (`data::DataSource`).
+    pub data: Option<String>,
 }
 
 #[derive(Default)]
@@ -128,7 +131,10 @@ impl Controller {
         self.ensure_services(&env.name, &image, Some(&job.activity), Reach::EveryNode)
             .await?;
         self.clone_services(&env, &image, &job.activity).await?;
-        self.rehearse(&env, &image, &job.activity).await?;
+        // Replacing the data redeploys the release that serves: nothing new to rehearse.
+        if job.data.is_none() {
+            self.rehearse(&env, &image, &job.activity).await?;
+        }
         let plan = Plan {
             deployment: job.activity.clone(),
             nodes: nodes.iter().map(|n| n.name.clone()).collect(),
@@ -136,6 +142,7 @@ impl Controller {
             generation: self.store.next_generation(&env.name)?,
             previous: env.serving.clone(),
             on_hook_failure: env.settings.on_hook_failure,
+            data: job.data.clone(),
         };
         let (machine, commands) = Deployment::start(plan.clone());
         self.execute(&job.activity, &env.name, &plan, machine, commands)
@@ -154,6 +161,7 @@ impl Controller {
                         environment: activity.environment.clone(),
                         image,
                         rebuild_from: None,
+                        data: None,
                     }),
                     None => {
                         self.store.append_log(
@@ -242,6 +250,19 @@ impl Controller {
             )),
             None => None,
         };
+        let data = match plan.data.as_deref() {
+            Some(name) => {
+                let source = DataSource::parse(name).ok_or_else(|| {
+                    ControllerError::Journal(format!("`{name}` names no data to replace with"))
+                })?;
+                Some(Arc::new(self.data_copy(
+                    environment,
+                    &plan.image,
+                    &source,
+                )?))
+            }
+            None => None,
+        };
         let (events, mut inbox) = mpsc::unbounded_channel();
         loop {
             for command in commands.drain(..) {
@@ -272,6 +293,7 @@ impl Controller {
                             target: target.clone(),
                             previous: previous.clone(),
                             target_release: plan.image.clone(),
+                            data: data.clone(),
                         };
                         let controller = self.agents.clone();
                         let images = self.images.clone();
@@ -776,6 +798,8 @@ struct SendContext {
     /// and opens them.
     previous: Option<(String, u64, Vec<AppInstance>)>,
     target_release: String,
+    /// What a data replacement copies, when the plan has one.
+    data: Option<Arc<DataCopy>>,
 }
 
 impl SendContext {
@@ -935,6 +959,12 @@ async fn send(
             .await
             .map(done)
         }
+        Request::ReplaceData { source } => match &context.data {
+            Some(copy) => copy.carry_out(agents).await.map(|()| Reply::Done),
+            None => Err(CallError::Node(NodeFailure::Failed(format!(
+                "nothing to replace the data with: `{source}` was not prepared"
+            )))),
+        },
         Request::RunHook { hook } => {
             let request = HookRequest {
                 step: step(context.generation),
@@ -1022,6 +1052,7 @@ pub fn phase_name(phase: lockstep_deploy::Phase) -> &'static str {
         Phase::Stage => "stage",
         Phase::Quiesce => "quiesce",
         Phase::Close => "close",
+        Phase::ReplaceData => "replace_data",
         Phase::Swap => "swap",
         Phase::DeployHook => "deploy_hook",
         Phase::Open => "open",

@@ -321,6 +321,7 @@ impl Controller {
             environment: record.environment.clone(),
             image,
             rebuild_from: None,
+            data: None,
         });
         if self.follow(&activity, shown, out).await {
             Ok(())

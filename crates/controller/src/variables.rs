@@ -359,6 +359,7 @@ impl Controller {
             environment: level.to_owned(),
             image: serving.image,
             rebuild_from: rebuild.then(|| format!("refs/heads/{}", env.branch)),
+            data: None,
         });
         Ok((Some(self.store.activity(&activity.id)?), None))
     }

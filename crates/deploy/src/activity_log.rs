@@ -70,6 +70,10 @@ pub(crate) fn beginning(work: Work, plan: &Plan, targets: &[NodeName]) -> String
         Work::Phase(Phase::Stage) => format!("Staging {image} on {count}"),
         Work::Phase(Phase::Quiesce) => format!("Stopping crons and workers on {count}"),
         Work::Phase(Phase::Close) => format!("Closing {count} to requests"),
+        Work::Phase(Phase::ReplaceData) => format!(
+            "Replacing the data with {} while every node is closed",
+            plan.data.as_deref().unwrap_or("nothing")
+        ),
         Work::Phase(Phase::Swap) => {
             format!("Switching {count} to {image} (generation {generation})")
         }
@@ -169,6 +173,7 @@ fn phase_name(phase: Phase) -> &'static str {
         Phase::Stage => "stage",
         Phase::Quiesce => "quiesce",
         Phase::Close => "close",
+        Phase::ReplaceData => "data replacement",
         Phase::Swap => "swap",
         Phase::DeployHook => "deploy hook",
         Phase::Open => "open",

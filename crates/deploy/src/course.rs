@@ -8,16 +8,21 @@ use crate::progress::{Failure, Progress};
 use crate::work::Work;
 use crate::{HookFailurePolicy, Outcome, Phase, Plan, Release};
 
-/// The phases of a deployment that goes well, in order.
-const FORWARD: [Phase; 7] = [
-    Phase::Stage,
-    Phase::Quiesce,
-    Phase::Close,
-    Phase::Swap,
-    Phase::DeployHook,
-    Phase::Open,
-    Phase::PostDeploy,
-];
+/// The phases of a deployment that goes well, in order; replacing its data only when the plan
+/// brings some.
+fn forward(plan: &Plan) -> Vec<Phase> {
+    let mut phases = vec![Phase::Stage, Phase::Quiesce, Phase::Close];
+    if plan.data.is_some() {
+        phases.push(Phase::ReplaceData);
+    }
+    phases.extend([
+        Phase::Swap,
+        Phase::DeployHook,
+        Phase::Open,
+        Phase::PostDeploy,
+    ]);
+    phases
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Next {
@@ -82,7 +87,7 @@ fn plan_problem(plan: &Plan) -> Option<String> {
 }
 
 fn next_forward(progress: &Progress) -> Next {
-    FORWARD
+    forward(&progress.plan)
         .into_iter()
         .find(|phase| !progress.ended(*phase))
         .map_or(Next::Finish, |phase| Next::Run(Work::Phase(phase)))
@@ -91,7 +96,9 @@ fn next_forward(progress: &Progress) -> Next {
 fn response(progress: &Progress, failure: &Failure) -> Response {
     // A release that never started gives nothing to open: only the policies that do not open
     // it apply, whatever `on_hook_failure` says.
-    let wanted = if failure.phase == Phase::Swap {
+    // Data half replaced goes back to serving with the release it had, whatever the hook
+    // policy: no hook ran.
+    let wanted = if matches!(failure.phase, Phase::Swap | Phase::ReplaceData) {
         Response::RollBack
     } else {
         match progress.plan.on_hook_failure {

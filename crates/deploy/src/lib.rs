@@ -74,6 +74,10 @@ pub struct Plan {
     /// What the environment serves now; `None` for its first deployment.
     pub previous: Option<Release>,
     pub on_hook_failure: HookFailurePolicy,
+    /// Data to put in place of the environment's while every node is closed (a backup
+    /// restored, another environment's data synced), named as the orchestrator understands it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
 }
 
 /// The phases of SPEC section 3 after the build, in order.
@@ -83,6 +87,8 @@ pub enum Phase {
     Stage,
     Quiesce,
     Close,
+    /// Replacing the environment's data (`Plan::data`), once, while every node is closed.
+    ReplaceData,
     Swap,
     DeployHook,
     Open,
@@ -110,6 +116,10 @@ pub enum Request {
     Swap {
         image: String,
         generation: u64,
+    },
+    /// Puts `source` (`Plan::data`) in place of the environment's data; asked of one node.
+    ReplaceData {
+        source: String,
     },
     /// Runs the hook, or returns its stored outcome if it already ran for this deployment.
     RunHook {

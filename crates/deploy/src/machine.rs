@@ -256,6 +256,10 @@ impl Deployment {
                 NodeResult::Failed(why) => Some(format!("the new release failed on {node}: {why}")),
                 _ => None,
             }),
+            Phase::ReplaceData => round.results().find_map(|(node, result)| match result {
+                NodeResult::Failed(why) | NodeResult::Lost(why) => Some(format!("{node} {why}")),
+                _ => None,
+            }),
             Phase::DeployHook => {
                 let node = self.progress.hook_node.as_deref().unwrap_or("no node");
                 match self.progress.deploy_hook_succeeded {

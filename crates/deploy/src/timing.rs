@@ -23,6 +23,9 @@ pub(crate) fn timeout_ms(request: &Request) -> u64 {
         Request::Close => 2 * MINUTE,
         // Stopping the old web process, then up to the start timeout (60 s by default).
         Request::Swap { .. } => 5 * MINUTE,
+        // Copying every service's data and the storage; the environment is closed meanwhile,
+        // its visitors held or served from cache.
+        Request::ReplaceData { .. } => HOUR,
         // The agent answers when the hook ends, and kills a hook after 24 hours; asked again,
         // it waits for the running hook and returns the stored outcome.
         Request::RunHook { .. } => 24 * HOUR + 5 * MINUTE,

@@ -58,7 +58,9 @@ impl Work {
                 .filter(|node| !progress.is_lost(node))
                 .cloned()
                 .collect(),
-            Work::Phase(Phase::PostDeploy) => remaining.into_iter().take(1).collect(),
+            Work::Phase(Phase::PostDeploy | Phase::ReplaceData) => {
+                remaining.into_iter().take(1).collect()
+            }
             _ => remaining,
         }
     }
@@ -75,6 +77,9 @@ impl Work {
             Work::Phase(Phase::Swap) => vec![Request::Swap {
                 image: plan.image.clone(),
                 generation: new_generation,
+            }],
+            Work::Phase(Phase::ReplaceData) => vec![Request::ReplaceData {
+                source: plan.data.clone().unwrap_or_default(),
             }],
             Work::Phase(Phase::DeployHook) => vec![Request::RunHook {
                 hook: HookKind::Deploy,
@@ -131,9 +136,10 @@ impl Work {
         let refused = matches!(answer, Err(NodeFailure::Refused(_)));
         let problem = format!("could not {} ({why})", action(request));
         match request {
-            Request::Stage { .. } | Request::Quiesce | Request::Close => {
-                Verdict::Settled(NodeResult::Failed(problem))
-            }
+            Request::Stage { .. }
+            | Request::Quiesce
+            | Request::Close
+            | Request::ReplaceData { .. } => Verdict::Settled(NodeResult::Failed(problem)),
             // A web process that never listened is the new release failing; a refusal (image
             // missing, node open) is about this node only.
             Request::Swap { .. } if self == Work::Phase(Phase::Swap) && !refused => {
@@ -196,6 +202,7 @@ pub(crate) fn action(request: &Request) -> String {
         Request::Swap { image, generation } => {
             format!("switch to {} (generation {generation})", release(image))
         }
+        Request::ReplaceData { source } => format!("replace the data with {source}"),
         Request::RunHook { hook } => format!("run the {} hook", hook_name(*hook)),
         Request::Open { generation } => format!("open at generation {generation}"),
         Request::StartBackground { .. } => "start crons and workers".into(),

@@ -949,6 +949,74 @@ async fn env_branch_and_env_delete_make_and_remove_development_environments_with
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_backup_and_a_sync_replace_an_environments_data_while_it_is_closed() {
+    let platform = Platform::start().await;
+    let project = Project::example("services-app");
+    let output = platform.push(&project, "HEAD:production");
+    assert!(output.status.success(), "{}", text(&output));
+    let production = &platform.routers("production").await[0];
+    call(reqwest::Method::POST, production, "/notes?body=first").await;
+    let branched = platform.cli(&["env", "branch", "feature"]);
+    assert!(branched.status.success(), "{}", text(&branched));
+    let feature = platform.routers("feature").await[0].clone();
+
+    let taken = platform.cli(&["backup", "create", "feature"]);
+    assert!(taken.status.success(), "{}", text(&taken));
+    let listed = platform.cli(&["backup", "list", "feature", "--json"]);
+    let backups: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let id = backups[0]["id"].as_str().unwrap().to_owned();
+    call(reqwest::Method::POST, &feature, "/notes?body=draft").await;
+
+    // Visitors keep getting answers through the edge while the data is replaced.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let looping = edge_request_loop(platform.edge, "feature.localhost", "/notes", stop.clone());
+    let restored = platform.cli(&["backup", "restore", "feature", &id, "--yes"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers = looping.await.unwrap();
+    let said = text(&restored);
+    assert!(restored.status.success(), "{said}");
+    assert!(
+        said.contains(&format!(
+            "Replacing the data with backup {id} while every node is closed"
+        )),
+        "{said}"
+    );
+    let (before, after) = ("[\"first\", \"draft\"]", "[\"first\"]");
+    let mut restored_seen = false;
+    for (i, (status, body)) in answers.iter().enumerate() {
+        assert_eq!(*status, 200, "answer {i}: {body}");
+        if body.contains(before) {
+            assert!(
+                !restored_seen,
+                "answer {i}: the old data after the restored"
+            );
+        } else {
+            assert!(body.contains(after), "answer {i}: {body}");
+            restored_seen = true;
+        }
+    }
+    let notes = call(reqwest::Method::GET, &feature, "/notes").await;
+    assert_eq!(notes["notes"], serde_json::json!(["first"]));
+    let phases = Platform::phase_names(&platform.latest_activity().await);
+    assert!(phases.contains(&"replace_data".to_owned()), "{phases:?}");
+
+    // A sync takes the parent's data as it is now.
+    call(reqwest::Method::POST, production, "/notes?body=second").await;
+    let synced = platform.cli(&["env", "sync", "feature", "--data"]);
+    assert!(synced.status.success(), "{}", text(&synced));
+    let notes = call(reqwest::Method::GET, &feature, "/notes").await;
+    assert_eq!(notes["notes"], serde_json::json!(["first", "second"]));
+
+    let unknown = platform.cli(&["backup", "restore", "feature", "a999999", "--yes"]);
+    assert!(!unknown.status.success());
+    assert!(
+        text(&unknown).contains("feature has no backup a999999"),
+        "{}",
+        text(&unknown)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_that_fails_on_productions_data_is_caught_in_rehearsal_and_production_never_closes()
  {
     let platform = Platform::start().await;
@@ -979,28 +1047,7 @@ async fn a_migration_that_fails_on_productions_data_is_caught_in_rehearsal_and_p
     project.commit("notes get a title");
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let looping = {
-        let (stop, edge) = (stop.clone(), platform.edge);
-        tokio::spawn(async move {
-            let http = reqwest::Client::new();
-            let mut answers = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let answer = http
-                    .get(format!("http://127.0.0.1:{edge}/notes"))
-                    .header("host", "localhost")
-                    .send()
-                    .await;
-                answers.push(match answer {
-                    Ok(response) => (
-                        response.status().as_u16(),
-                        response.text().await.unwrap_or_default(),
-                    ),
-                    Err(error) => (0, error.to_string()),
-                });
-            }
-            answers
-        })
-    };
+    let looping = edge_request_loop(platform.edge, "localhost", "/notes", stop.clone());
     let output = platform.push(&project, "HEAD:production");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let answers = looping.await.unwrap();

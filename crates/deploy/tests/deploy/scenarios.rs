@@ -197,6 +197,48 @@ fn requests_to(driver: &Driver, wanted: impl Fn(&Request) -> bool) -> Vec<String
 }
 
 #[test]
+fn data_is_replaced_once_while_every_node_is_closed_and_a_failure_rolls_back() {
+    let with_data = Plan {
+        data: Some("backup a000007".into()),
+        ..plan(3)
+    };
+    let mut driver = Driver::start(with_data.clone());
+    driver.run(fine);
+    let lines: Vec<String> = driver.commands.iter().map(render).collect();
+    let position = |wanted: &str| {
+        lines
+            .iter()
+            .position(|line| line.starts_with(wanted))
+            .unwrap_or_else(|| panic!("no {wanted:?} in {lines:#?}"))
+    };
+    let replaced = position("send #10 production-1 ReplaceData");
+    assert!(position("append PhaseEnded { phase: Close }") < replaced);
+    assert!(replaced < position("append PhaseStarted { phase: Swap }"));
+    assert_eq!(
+        requests_to(&driver, |r| matches!(r, Request::ReplaceData { .. })),
+        ["production-1"],
+        "once, on one node"
+    );
+
+    let mut failing = Driver::start(with_data);
+    failing.run(|node, request| match request {
+        Request::ReplaceData { .. } => refused("the backup's file is missing"),
+        _ => fine(node, request),
+    });
+    let journal = failing.journal();
+    assert!(
+        journal.iter().any(|r| matches!(
+            r,
+            Record::Finished {
+                outcome: Outcome::RolledBack { .. }
+            }
+        )),
+        "{journal:#?}"
+    );
+    assert!(requests_to(&failing, |r| matches!(r, Request::Swap { .. })).len() >= 3);
+}
+
+#[test]
 fn a_release_of_several_apps_is_named_by_each_of_its_images() {
     let several = Plan {
         image: "9f2c41d0e8b7a6c5d4e3f2a1b0c9d8e7+0123456789abcdef0123456789abcdef".into(),
@@ -225,7 +267,7 @@ fn a_three_node_deployment_runs_every_phase_in_order() {
     driver.run(fine);
     let commands: Vec<String> = driver.commands.iter().map(render).collect();
     let expected = [
-        "append Started { plan: Plan { deployment: \"dep-42\", nodes: [\"production-1\", \"production-2\", \"production-3\"], image: \"9f2c41d0e8b7a6c5d4e3f2a1b0c9d8e7\", generation: 9, previous: Some(Release { image: \"1a2b3c4d5e6f708192a3b4c5d6e7f809\", generation: 6 }), on_hook_failure: Rollback } }",
+        "append Started { plan: Plan { deployment: \"dep-42\", nodes: [\"production-1\", \"production-2\", \"production-3\"], image: \"9f2c41d0e8b7a6c5d4e3f2a1b0c9d8e7\", generation: 9, previous: Some(Release { image: \"1a2b3c4d5e6f708192a3b4c5d6e7f809\", generation: 6 }), on_hook_failure: Rollback, data: None } }",
         "log Deploying image 9f2c41d0e8b7 at generation 9 to 3 nodes (production-1, production-2, production-3); replacing image 1a2b3c4d5e6f (generation 6)",
         "append PhaseStarted { phase: Stage }",
         "log Staging image 9f2c41d0e8b7 on 3 nodes",

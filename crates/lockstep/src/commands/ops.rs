@@ -54,6 +54,16 @@ pub enum EnvCommand {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Replace an environment's data with its parent's, as it is now: the environment closes as
+    /// for a deploy (its visitors held or served from cache), takes the data, and opens again.
+    Sync {
+        env: String,
+        /// The services' data and the storage (the only part synced so far).
+        #[arg(long, required = true)]
+        data: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Delete a development environment: its apps and services with their data, its storage,
     /// its branch and its route. Its activities stay.
     Delete {
@@ -74,6 +84,17 @@ pub enum BackupCommand {
         env: String,
         #[arg(long)]
         json: bool,
+    },
+    /// Put a backup's services and storage in place of the environment's: it closes as for a
+    /// deploy (its visitors held or served from cache), takes the data, and opens again.
+    Restore {
+        env: String,
+        id: String,
+        /// Confirms that the environment's data now is replaced.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
 }
 
@@ -314,6 +335,9 @@ pub async fn env(client: &ApiClient, command: EnvCommand) -> anyhow::Result<Exit
         } => {
             let request = serde_json::json!({ "branch": branch, "clone_data": !no_clone_data });
             return operation(client, &parent, "branch", &request, wait).await;
+        }
+        EnvCommand::Sync { env, data: _, wait } => {
+            return operation(client, &env, "sync", &serde_json::json!({}), wait).await;
         }
         EnvCommand::Delete { env, yes } => {
             if !yes {
@@ -807,6 +831,21 @@ pub async fn backup(client: &ApiClient, command: BackupCommand) -> anyhow::Resul
                 .await?;
             println!("Activity {}: {}", activity.id, activity.description);
             follow_log(client, &activity.id, true).await
+        }
+        BackupCommand::Restore { env, id, yes, wait } => {
+            if !yes {
+                anyhow::bail!(
+                    "restoring backup {id} replaces {env}'s data as it is now: add --yes to go ahead"
+                );
+            }
+            operation(
+                client,
+                &env,
+                &format!("backups/{id}/restore"),
+                &serde_json::json!({}),
+                wait,
+            )
+            .await
         }
         BackupCommand::List { env, json } => {
             let backups: Vec<lockstep_controller::Backup> =

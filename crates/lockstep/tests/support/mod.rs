@@ -824,6 +824,32 @@ pub async fn release_of(router: &str) -> (u16, Option<String>) {
     }
 }
 
+/// GETs `path` at `host` through the edge until `stop` is set; every answer (status 0 when
+/// the request failed) in order.
+pub fn edge_request_loop(
+    edge: u16,
+    host: &str,
+    path: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<(u16, String)>> {
+    let (url, host) = (format!("http://127.0.0.1:{edge}{path}"), host.to_owned());
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut answers = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let answer = http.get(&url).header("host", &host).send().await;
+            answers.push(match answer {
+                Ok(response) => (
+                    response.status().as_u16(),
+                    response.text().await.unwrap_or_default(),
+                ),
+                Err(error) => (0, error.to_string()),
+            });
+        }
+        answers
+    })
+}
+
 /// Requests `/` from the routers in turn until `stop` is set; returns every answer in order.
 pub fn request_loop(
     routers: Vec<String>,

@@ -120,6 +120,12 @@ impl SimNode {
                 self.open_at = None;
                 done
             }
+            Request::ReplaceData { .. } => {
+                if self.open_at.is_some() {
+                    return refused("the data is replaced only while the node is closed");
+                }
+                done
+            }
             Request::Swap { image, generation } => self.swap(image, *generation),
             Request::RunHook { hook } => self.run_hook(deployment, *hook),
             Request::Open { generation } => {

@@ -62,6 +62,7 @@ impl Scenario {
             generation: NEW_GENERATION,
             previous: self.with_previous.then(previous_release),
             on_hook_failure: self.policy,
+            data: None,
         }
     }
 }
