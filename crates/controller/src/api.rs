@@ -38,6 +38,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
             post(restore_backup),
         )
         .route("/api/v1/environments/{env}/sync", post(sync))
+        .route("/api/v1/environments/{env}/replicate", post(replicate))
         .route("/api/v1/environments/{env}/logs", get(app_log))
         .route("/api/v1/environments/{env}/settings", post(set_setting))
         .route("/api/v1/variables", get(list_variables))
@@ -611,6 +612,33 @@ async fn sync(
 ) -> Result<Json<Activity>, ApiError> {
     check(&controller, &principal, Action::Read, &env)?;
     Ok(Json(controller.sync_data(&principal, &env)?))
+}
+
+#[derive(Deserialize)]
+struct ReplicateRequest {
+    from: String,
+    #[serde(default)]
+    force: bool,
+    sanitize: Option<String>,
+}
+
+/// `lockstep env replicate`: another environment's data put in place of this one's.
+async fn replicate(
+    State(controller): State<Arc<Controller>>,
+    Path(env): Path<String>,
+    Extension(principal): Extension<Principal>,
+    Json(request): Json<ReplicateRequest>,
+) -> Result<Json<Activity>, ApiError> {
+    check(&controller, &principal, Action::Read, &env)?;
+    check(&controller, &principal, Action::Read, &request.from)?;
+    let activity = controller.replicate(
+        &principal,
+        &request.from,
+        &env,
+        request.force,
+        request.sanitize,
+    )?;
+    Ok(Json(activity))
 }
 
 /// `lockstep backup list`.

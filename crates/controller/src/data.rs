@@ -146,22 +146,47 @@ impl Controller {
 pub(crate) enum DataSource {
     /// One of the environment's backups, by id.
     Backup(String),
-    /// Another environment's services and storage, as they are when the copy is taken.
-    Environment(String),
+    /// Another environment's services and storage, as they are when the copy is taken, then
+    /// a command run against the copy before it opens (`--sanitize`).
+    Environment {
+        name: String,
+        sanitize: Option<String>,
+    },
 }
 
+/// Between an environment's name and its sanitize command in a `DataSource`'s name.
+const SANITIZED_BY: &str = ", sanitized by: ";
+
 impl DataSource {
+    /// As `Plan::data` names it, and the activity log says it.
     pub fn name(&self) -> String {
         match self {
             DataSource::Backup(id) => format!("backup {id}"),
-            DataSource::Environment(name) => format!("environment {name}"),
+            DataSource::Environment {
+                name,
+                sanitize: None,
+            } => format!("environment {name}"),
+            DataSource::Environment {
+                name,
+                sanitize: Some(command),
+            } => format!("environment {name}{SANITIZED_BY}{command}"),
         }
     }
 
     pub fn parse(name: &str) -> Option<DataSource> {
         match name.split_once(' ')? {
             ("backup", id) => Some(DataSource::Backup(id.to_owned())),
-            ("environment", env) => Some(DataSource::Environment(env.to_owned())),
+            // Environment names have no space.
+            ("environment", rest) => Some(match rest.split_once(SANITIZED_BY) {
+                Some((env, command)) => DataSource::Environment {
+                    name: env.to_owned(),
+                    sanitize: Some(command.to_owned()),
+                },
+                None => DataSource::Environment {
+                    name: rest.to_owned(),
+                    sanitize: None,
+                },
+            }),
             _ => None,
         }
     }
@@ -172,6 +197,15 @@ impl DataSource {
 pub(crate) struct DataCopy {
     services: Vec<ServiceCopy>,
     storage: Option<StorageCopy>,
+    sanitize: Option<Sanitize>,
+}
+
+/// A command run in the environment's app runtime, against the copy, before it opens.
+#[derive(Debug, Clone)]
+struct Sanitize {
+    agent: String,
+    instance: String,
+    command: String,
 }
 
 #[derive(Debug, Clone)]
@@ -205,7 +239,9 @@ impl Controller {
         kind: &str,
         description: &str,
     ) -> Result<crate::Activity, ControllerError> {
-        let Some(serving) = env.serving.clone() else {
+        // An environment left closed by a replacement that failed has no release serving: the
+        // one before is what a restore brings back.
+        let Some(serving) = env.serving.clone().or(env.previous.clone()) else {
             return Err(ControllerError::NothingDeployed(env.name.clone()));
         };
         // Worked out now too, so that a request that cannot be carried out is refused at once.
@@ -272,7 +308,7 @@ impl Controller {
                 }
                 dir.join("storage")
             }
-            DataSource::Environment(other) => {
+            DataSource::Environment { name: other, .. } => {
                 let other_env = self.store.environment(other)?;
                 let Some(serving) = other_env.serving else {
                     return Err(ControllerError::NothingDeployed(other.clone()));
@@ -303,12 +339,36 @@ impl Controller {
                 storage_root.join(other)
             }
         };
+        // A node restores a service only where it has no replica.
+        if nodes.len() > 1 && !services.is_empty() {
+            return Err(ControllerError::Environment(format!(
+                "{environment}'s services have replicas on its other nodes: replacing their data is not supported yet"
+            )));
+        }
         let storage = storage_from.exists().then(|| StorageCopy {
             from: storage_from,
             to: storage_root.join(environment),
             user: builds::app_user(&env),
         });
-        Ok(DataCopy { services, storage })
+        let sanitize = match source {
+            DataSource::Environment {
+                sanitize: Some(command),
+                ..
+            } => Some(Sanitize {
+                agent: nodes
+                    .first()
+                    .map(|node| node.agent_url.clone())
+                    .unwrap_or_default(),
+                instance: self.app_instances(environment, release)?.remove(0).instance,
+                command: command.clone(),
+            }),
+            _ => None,
+        };
+        Ok(DataCopy {
+            services,
+            storage,
+            sanitize,
+        })
     }
 }
 
@@ -334,12 +394,35 @@ impl DataCopy {
                 }
             }
         }
+        let failed =
+            |why: String| crate::agents::CallError::Node(lockstep_deploy::NodeFailure::Failed(why));
         if let Some(storage) = &self.storage {
-            replace_storage(storage).map_err(|error| {
-                crate::agents::CallError::Node(lockstep_deploy::NodeFailure::Failed(
-                    error.to_string(),
-                ))
-            })?;
+            replace_storage(storage).map_err(|error| failed(error.to_string()))?;
+        }
+        if let Some(sanitize) = &self.sanitize {
+            let request = lockstep_proto::agent::ExecRequest {
+                command: sanitize.command.clone(),
+                user: "lockstep (sanitize)".into(),
+            };
+            let outcome: lockstep_proto::agent::ExecOutcome = agents
+                .call(
+                    &sanitize.agent,
+                    &sanitize.instance,
+                    crate::agents::Call::Exec(&request),
+                    COPY_TIMEOUT,
+                )
+                .await?;
+            if outcome.exit_code != Some(0) {
+                return Err(failed(format!(
+                    "the sanitize command failed ({}): {}",
+                    outcome
+                        .exit_code
+                        .map_or("no exit status".into(), |code| format!(
+                            "exit status {code}"
+                        )),
+                    outcome.output.trim_end()
+                )));
+            }
         }
         Ok(())
     }

@@ -103,9 +103,57 @@ impl Controller {
             .map_err(ControllerError::Forbidden)?;
         self.queue_data_replacement(
             &env,
-            crate::data::DataSource::Environment(parent.clone()),
+            crate::data::DataSource::Environment {
+                name: parent.clone(),
+                sanitize: None,
+            },
             "sync",
             &format!("Sync of {name}'s data from {parent}"),
+        )
+    }
+
+    /// `lockstep env replicate --from SRC --to DST`: DST closes as for a deploy, takes SRC's
+    /// services and storage as they are now, runs `sanitize` against them, and opens again; a
+    /// production or staging DST only with `force`. The activity, queued.
+    pub fn replicate(
+        self: &Arc<Self>,
+        principal: &Principal,
+        from: &str,
+        to: &str,
+        force: bool,
+        sanitize: Option<String>,
+    ) -> Result<Activity, ControllerError> {
+        let target = self.store.environment(to)?;
+        self.store.environment(from)?;
+        if from == to {
+            return Err(ControllerError::Environment(format!(
+                "{to} cannot take its own data"
+            )));
+        }
+        if !allowed(principal, Action::Manage, target.kind) {
+            return Err(ControllerError::Forbidden(format!(
+                "{} may not replace {to}'s data: that takes the admin role on {} environments",
+                principal.name(),
+                target.kind.as_str()
+            )));
+        }
+        self.may_read_data_of(from, principal)
+            .map_err(ControllerError::Forbidden)?;
+        let development = lockstep_proto::agent::EnvironmentType::Development;
+        if target.kind != development && !force {
+            return Err(ControllerError::Environment(format!(
+                "{to} is a {} environment: replicating onto it replaces its live data; add --force if that is what you want",
+                target.kind.as_str()
+            )));
+        }
+        self.queue_data_replacement(
+            &target,
+            crate::data::DataSource::Environment {
+                name: from.to_owned(),
+                sanitize,
+            },
+            "replicate",
+            &format!("Replication of {from}'s data to {to}"),
         )
     }
 

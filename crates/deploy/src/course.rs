@@ -96,9 +96,11 @@ fn next_forward(progress: &Progress) -> Next {
 fn response(progress: &Progress, failure: &Failure) -> Response {
     // A release that never started gives nothing to open: only the policies that do not open
     // it apply, whatever `on_hook_failure` says.
-    // Data half replaced goes back to serving with the release it had, whatever the hook
-    // policy: no hook ran.
-    let wanted = if matches!(failure.phase, Phase::Swap | Phase::ReplaceData) {
+    // Data replaced in part (or not yet sanitized) is never served: the environment stays
+    // closed until an operator restores or deploys it, whatever the hook policy.
+    let wanted = if failure.phase == Phase::ReplaceData {
+        Response::StayClosed
+    } else if failure.phase == Phase::Swap {
         Response::RollBack
     } else {
         match progress.plan.on_hook_failure {
@@ -152,6 +154,9 @@ pub(crate) fn ending(progress: &Progress) -> (Option<Release>, Outcome) {
         ),
         Response::StayClosed => {
             let reason = match plan.on_hook_failure {
+                _ if failure.phase == Phase::ReplaceData => {
+                    format!("{reason}; its data may be replaced in part, so it stays closed")
+                }
                 HookFailurePolicy::StayClosed if failure.phase == Phase::DeployHook => reason,
                 _ => format!("{reason}; there is no previous release to roll back to"),
             };

@@ -630,12 +630,7 @@ async fn a_production_push_runs_its_services_and_every_node_reaches_the_same_pri
         "-c",
         "SELECT 1",
     ]);
-    assert!(!wrong.status.success());
-    assert!(
-        text(&wrong).contains("relationship `cache` is to a redis service"),
-        "{}",
-        text(&wrong)
-    );
+    assert_refused(&wrong, "relationship `cache` is to a redis service");
 
     // The next deployment migrates once more, against the same data.
     std::fs::write(project.path().join("VERSION"), "2").unwrap();
@@ -838,21 +833,11 @@ async fn env_branch_and_env_delete_make_and_remove_development_environments_with
     );
     let as_dev = |args: &[&str]| platform.cli(&[args, &["--token", token.as_str()]].concat());
     let refused = as_dev(&["env", "branch", "peek"]);
-    assert!(!refused.status.success());
-    assert!(
-        text(&refused).contains("dev@example.com may not read production's data"),
-        "{}",
-        text(&refused)
-    );
+    assert_refused(&refused, "dev@example.com may not read production's data");
     let allowed = as_dev(&["env", "branch", "peek", "--no-clone-data"]);
     assert!(allowed.status.success(), "{}", text(&allowed));
     let existing = platform.cli(&["env", "branch", "hotfix"]);
-    assert!(!existing.status.success());
-    assert!(
-        text(&existing).contains("exists already"),
-        "{}",
-        text(&existing)
-    );
+    assert_refused(&existing, "exists already");
 
     // A backup: a snapshot of each service, taken while it serves, kept by the controller.
     for env in ["production", "hotfix"] {
@@ -895,12 +880,7 @@ async fn env_branch_and_env_delete_make_and_remove_development_environments_with
         "PostgreSQL's snapshot is its base backup"
     );
     let denied = as_dev(&["backup", "create", "production"]);
-    assert!(!denied.status.success());
-    assert!(
-        text(&denied).contains("may not back up production"),
-        "{}",
-        text(&denied)
-    );
+    assert_refused(&denied, "may not back up production");
 
     // Deleting an environment removes it everywhere; a contributor may not, nor may anyone
     // delete a cluster, nor without saying yes.
@@ -1008,12 +988,64 @@ async fn a_restored_backup_and_a_sync_replace_an_environments_data_while_it_is_c
     assert_eq!(notes["notes"], serde_json::json!(["first", "second"]));
 
     let unknown = platform.cli(&["backup", "restore", "feature", "a999999", "--yes"]);
-    assert!(!unknown.status.success());
+    assert_refused(&unknown, "feature has no backup a999999");
+
+    // A replica of production's data, sanitized before it opens; production keeps its own.
+    let hide = "python3 -c \"from services import postgresql; postgresql(\\\"UPDATE notes SET body = 'hidden'\\\")\"";
+    let replicate_sanitized = |command: &str| {
+        platform.cli(&[
+            "env",
+            "replicate",
+            "--from",
+            "production",
+            "--to",
+            "feature",
+            "--sanitize",
+            command,
+        ])
+    };
+    let replicated = replicate_sanitized(hide);
+    assert!(replicated.status.success(), "{}", text(&replicated));
+    let notes = call(reqwest::Method::GET, &feature, "/notes").await;
+    assert_eq!(notes["notes"], serde_json::json!(["hidden", "hidden"]));
+    let notes = call(reqwest::Method::GET, production, "/notes").await;
+    assert_eq!(notes["notes"], serde_json::json!(["first", "second"]));
+    // A sanitize command that fails keeps the copy closed: unsanitized data is never served.
+    let failed = replicate_sanitized("exit 3");
+    assert!(!failed.status.success(), "{}", text(&failed));
     assert!(
-        text(&unknown).contains("feature has no backup a999999"),
+        text(&failed).contains("the sanitize command failed (exit status 3)"),
         "{}",
-        text(&unknown)
+        text(&failed)
     );
+    let (status, _) = release_of(&feature).await;
+    assert_eq!(status, 503, "the environment stays closed");
+    // A backup restored opens it again.
+    let reopened = platform.cli(&["backup", "restore", "feature", &id, "--yes"]);
+    assert!(reopened.status.success(), "{}", text(&reopened));
+    let notes = call(reqwest::Method::GET, &feature, "/notes").await;
+    assert_eq!(notes["notes"], serde_json::json!(["first"]));
+
+    // Production's live data is replaced only on purpose, and not yet where it has replicas.
+    let unforced = platform.cli(&[
+        "env",
+        "replicate",
+        "--from",
+        "feature",
+        "--to",
+        "production",
+    ]);
+    assert_refused(&unforced, "add --force");
+    let forced = platform.cli(&[
+        "env",
+        "replicate",
+        "--from",
+        "feature",
+        "--to",
+        "production",
+        "--force",
+    ]);
+    assert_refused(&forced, "not supported yet");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1481,12 +1513,7 @@ async fn when_the_primarys_node_is_gone_a_promoted_replica_keeps_every_confirmed
     // A primary that runs is not replaced.
     let refused =
         tokio::task::block_in_place(|| platform.cli(&["service", "promote", "production", "db"]));
-    assert!(!refused.status.success());
-    assert!(
-        text(&refused).contains("the primary of db runs on production-1"),
-        "{}",
-        text(&refused)
-    );
+    assert_refused(&refused, "the primary of db runs on production-1");
 
     // The first node goes away mid-write: its agent, its app and its primaries stop at once.
     let first_agent = platform.agent_pid("production-1");

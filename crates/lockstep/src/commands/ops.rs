@@ -64,6 +64,24 @@ pub enum EnvCommand {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Replace an environment's data with another's, as it is now (a production copy for a
+    /// development environment, say): the target closes as for a deploy, takes the data, runs
+    /// the sanitize command against it, and opens again.
+    Replicate {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        /// Needed when the target is production or staging: its live data is replaced.
+        #[arg(long)]
+        force: bool,
+        /// A command run in the target's app runtime against the copy before it opens (e.g.
+        /// one that anonymises customers); if it fails, the target stays closed.
+        #[arg(long)]
+        sanitize: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Delete a development environment: its apps and services with their data, its storage,
     /// its branch and its route. Its activities stay.
     Delete {
@@ -338,6 +356,16 @@ pub async fn env(client: &ApiClient, command: EnvCommand) -> anyhow::Result<Exit
         }
         EnvCommand::Sync { env, data: _, wait } => {
             return operation(client, &env, "sync", &serde_json::json!({}), wait).await;
+        }
+        EnvCommand::Replicate {
+            from,
+            to,
+            force,
+            sanitize,
+            wait,
+        } => {
+            let request = serde_json::json!({ "from": from, "force": force, "sanitize": sanitize });
+            return operation(client, &to, "replicate", &request, wait).await;
         }
         EnvCommand::Delete { env, yes } => {
             if !yes {

@@ -790,6 +790,12 @@ pub fn lockstep_binary() -> PathBuf {
     assert_cmd::cargo::cargo_bin!("lockstep").to_owned()
 }
 
+/// Asserts that a command failed, saying `says`.
+pub fn assert_refused(output: &std::process::Output, says: &str) {
+    assert!(!output.status.success(), "{}", text(output));
+    assert!(text(output).contains(says), "{}", text(output));
+}
+
 /// A command's standard output and error, for messages.
 pub fn text(output: &std::process::Output) -> String {
     format!(
