@@ -34,6 +34,9 @@ impl std::fmt::Display for CallError {
     }
 }
 
+/// How much of an image or snapshot file is read or written at once.
+const STREAM_CHUNK: usize = 1 << 20;
+
 #[derive(Clone)]
 pub struct AgentClient {
     http: reqwest::Client,
@@ -100,7 +103,10 @@ impl AgentClient {
                 let file = tokio::fs::File::open(path)
                     .await
                     .map_err(|e| NodeFailure::Failed(format!("cannot read image {image}: {e}")))?;
-                let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+                let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+                    file,
+                    STREAM_CHUNK,
+                ));
                 self.http.put(url(&["images", image])?).body(body)
             }
             Call::Quiesce(step) => self.http.post(url(&["quiesce"])?).json(step),
@@ -182,7 +188,10 @@ impl AgentClient {
                 file.display()
             )))
         };
-        let mut out = tokio::fs::File::create(file).await.map_err(failed)?;
+        let mut out = tokio::io::BufWriter::with_capacity(
+            STREAM_CHUNK,
+            tokio::fs::File::create(file).await.map_err(failed)?,
+        );
         let mut body = snapshot.bytes_stream();
         let mut size = 0;
         while let Some(chunk) = body.next().await {
@@ -190,7 +199,8 @@ impl AgentClient {
             size += chunk.len() as u64;
             out.write_all(&chunk).await.map_err(failed)?;
         }
-        out.sync_all().await.map_err(failed)?;
+        out.flush().await.map_err(failed)?;
+        out.get_ref().sync_all().await.map_err(failed)?;
         Ok(size)
     }
 
@@ -208,7 +218,10 @@ impl AgentClient {
                 file.display()
             )))
         })?;
-        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(snapshot));
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+            snapshot,
+            STREAM_CHUNK,
+        ));
         self.put_service_data(to, service, body, timeout).await
     }
 

@@ -131,8 +131,9 @@ impl Controller {
         self.ensure_services(&env.name, &image, Some(&job.activity), Reach::EveryNode)
             .await?;
         self.clone_services(&env, &image, &job.activity).await?;
-        // Replacing the data redeploys the release that serves: nothing new to rehearse.
-        if job.data.is_none() {
+        // Replacing the data redeploys the release that serves: nothing new to rehearse; nor
+        // is there anything to protect before an environment's first release.
+        if job.data.is_none() && env.serving.is_some() {
             self.rehearse(&env, &image, &job.activity).await?;
         }
         let plan = Plan {

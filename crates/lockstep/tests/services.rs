@@ -1057,6 +1057,14 @@ async fn a_migration_that_fails_on_productions_data_is_caught_in_rehearsal_and_p
     let said = text(&output);
     assert!(output.status.success(), "{said}");
     assert!(
+        !said.contains("Rehearsing"),
+        "a first release has nothing to protect: {said}"
+    );
+    project.new_version("v2");
+    let output = platform.push(&project, "HEAD:production");
+    let said = text(&output);
+    assert!(output.status.success(), "{said}");
+    assert!(
         said.contains("Rehearsing the deploy hook on production-1 against a copy of production's services and mounts")
             && said.contains("The deploy hook succeeded in rehearsal"),
         "{said}"
@@ -1121,9 +1129,9 @@ async fn a_migration_that_fails_on_productions_data_is_caught_in_rehearsal_and_p
         "0"
     );
     assert_eq!(sql("SELECT count(*) FROM notes"), "2");
-    assert_eq!(sql("SELECT count(*) FROM migrations"), "1");
+    assert_eq!(sql("SELECT count(*) FROM migrations"), "2");
     let production = platform.environment_status("production").await;
-    assert_eq!(production["generation"], 1, "no deployment started");
+    assert_eq!(production["generation"], 2, "no deployment started");
     let phases = Platform::phase_names(&platform.latest_activity().await);
     assert!(phases.contains(&"rehearse".to_owned()), "{phases:?}");
     assert!(!phases.contains(&"stage".to_owned()), "{phases:?}");

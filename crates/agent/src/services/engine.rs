@@ -475,7 +475,7 @@ impl Engine for Redis {
         vec![(
             "redis.conf",
             format!(
-                "bind 127.0.0.1\nport {port}\nprotected-mode yes\ndir /app\ndaemonize no\nlogfile \"\"\nrequirepass {password}\nmasterauth {password}\nappendonly {appendonly}\nsave \"{save}\"\n{follow}"
+                "bind 127.0.0.1\nport {port}\nprotected-mode yes\ndir /app\ndaemonize no\nlogfile \"\"\nrequirepass {password}\nmasterauth {password}\nappendonly {appendonly}\nsave \"{save}\"\nrepl-diskless-sync-delay 0\n{follow}"
             ),
         )]
     }
