@@ -1,8 +1,9 @@
 //! The node agent: the only thing that touches a node's app processes.
 //!
-//! Owns: for each environment instance on the node, its staged releases, the active one, its
-//! processes and crons (each in its sandbox, as the environment's user), its hook outcomes, and
-//! its node router with the gate.
+//! Owns: for each app instance of an environment on the node, its staged releases, the active
+//! one, its processes and crons (each in its sandbox, as the environment's user), its hook
+//! outcomes, and its node router with the gate; each environment's services, their snapshots,
+//! and the scratch copies a rehearsal runs against.
 //! Must never: open a gate without a generation from the controller, or at any generation but
 //! the active release's (I1); run a hook twice for one deployment (I2); run a cron or a worker
 //! between quiesce and start of background work (I3); answer a caller without the token; run

@@ -1,10 +1,11 @@
 //! The controller: the project's git server, builder, state store, deploy orchestrator and API.
 //!
 //! Owns: which environments exist and on which nodes, every activity and its log, the deploy
-//! journals, the images, and carrying out deployments (`orchestrator`).
+//! journals, the images, the backups, and carrying out deployments (`orchestrator`).
 //! Must never: decide a step of the deploy procedure itself (the `lockstep_deploy` state machine
 //! decides; the orchestrator carries out), let a push whose configuration or build fails move
-//! its branch, or answer an API call without a valid token.
+//! its branch, copy an environment's data for someone who may not read it, or answer an API
+//! call without a valid token.
 
 mod access;
 mod agents;
