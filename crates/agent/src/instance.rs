@@ -33,7 +33,7 @@ use crate::error::AgentError;
 use crate::hooks::HookStore;
 use crate::locations::Served;
 use crate::relationships::AppEndpoint;
-use crate::release::{MountRoots, ReadyMount, Releases, disk_use};
+use crate::release::{MountRoots, ReadyMount, Releases};
 use crate::router::{GateControl, NodeRouter, Upstream};
 use crate::runtime_env::{RuntimeContext, config_json, runtime_env, sourcing_environment_file};
 use crate::services::{Services, Snapshot, Wait};
@@ -825,8 +825,8 @@ impl Instance {
             cron_runs,
             hooks: self.hooks.all(),
             disk: DiskUse {
-                releases_bytes: disk_use(&self.dir.join("releases")),
-                mounts_bytes: disk_use(&self.dir.join("mounts")),
+                releases_bytes: lockstep_supervisor::tree_bytes(&self.dir.join("releases")),
+                mounts_bytes: lockstep_supervisor::tree_bytes(&self.dir.join("mounts")),
             },
             services: self.services.status(),
         }

@@ -130,16 +130,7 @@ impl AgentClient {
             .send()
             .await
             .map_err(transport_error)?;
-        let status = response.status();
-        let text = response.text().await.map_err(transport_error)?;
-        if status.is_success() {
-            return serde_json::from_str(&text).map_err(|e| {
-                CallError::Node(NodeFailure::Failed(format!(
-                    "unreadable answer from the agent: {e}"
-                )))
-            });
-        }
-        Err(refusal(status, text))
+        decoded(response).await
     }
 
     /// A consistent snapshot of service `service`, taken by its primary in instance `at`
@@ -162,12 +153,7 @@ impl AgentClient {
             .send()
             .await
             .map_err(transport_error)?;
-        let status = snapshot.status();
-        if !status.is_success() {
-            let text = snapshot.text().await.map_err(transport_error)?;
-            return Err(refusal(status, text));
-        }
-        Ok(snapshot)
+        successful(snapshot).await
     }
 
     /// Writes a snapshot of service `service` (see [`AgentClient::copy_service_data`]) to
@@ -243,12 +229,7 @@ impl AgentClient {
             .send()
             .await
             .map_err(transport_error)?;
-        let status = restored.status();
-        if !status.is_success() {
-            let text = restored.text().await.map_err(transport_error)?;
-            return Err(refusal(status, text));
-        }
-        Ok(())
+        successful(restored).await.map(drop)
     }
 
     /// Removes every instance of `environment` on an agent, and its services with their data.
@@ -266,16 +247,7 @@ impl AgentClient {
             .send()
             .await
             .map_err(transport_error)?;
-        let status = response.status();
-        let text = response.text().await.map_err(transport_error)?;
-        if !status.is_success() {
-            return Err(refusal(status, text));
-        }
-        serde_json::from_str(&text).map_err(|e| {
-            CallError::Node(NodeFailure::Failed(format!(
-                "unreadable answer from the agent: {e}"
-            )))
-        })
+        decoded(response).await
     }
 
     /// Copies service `service`'s data from its primary in instance `from` (agent, instance)
@@ -327,6 +299,30 @@ impl AgentClient {
             Err(NodeFailure::Failed(text))
         }
     }
+}
+
+/// An agent's successful answer, or what its failure means.
+async fn successful(response: reqwest::Response) -> Result<reqwest::Response, CallError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let text = response.text().await.map_err(transport_error)?;
+    Err(refusal(status, text))
+}
+
+/// An agent's successful answer decoded from JSON, or what its failure means.
+async fn decoded<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, CallError> {
+    let text = successful(response)
+        .await?
+        .text()
+        .await
+        .map_err(transport_error)?;
+    serde_json::from_str(&text).map_err(|e| {
+        CallError::Node(NodeFailure::Failed(format!(
+            "unreadable answer from the agent: {e}"
+        )))
+    })
 }
 
 /// An agent's answer that is no success, as the state machine reasons about it.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::access::{Action, Principal, allowed};
-use crate::data::{copy_tree, human_bytes, tree_bytes};
+use crate::data::{copy_tree, human_bytes};
 use crate::{Activity, Controller, ControllerError};
 
 /// How long taking one service's snapshot may take.
@@ -143,7 +143,7 @@ impl Controller {
         if storage.exists() {
             let copy = dir.join("storage");
             copy_tree(&storage, &copy)?;
-            storage_bytes = tree_bytes(&copy);
+            storage_bytes = lockstep_supervisor::tree_bytes(&copy);
             self.store.append_log(
                 activity,
                 &format!("Storage: {}", human_bytes(storage_bytes)),

@@ -44,7 +44,7 @@ impl Controller {
             activity,
             &format!(
                 "Storage cloned from {parent}: {} in {:.1} s",
-                human_bytes(tree_bytes(&to)),
+                human_bytes(lockstep_supervisor::tree_bytes(&to)),
                 started.elapsed().as_secs_f64()
             ),
         )?;
@@ -78,12 +78,7 @@ impl Controller {
         let instance = self.services_instance(&env.name, release)?;
         let parent_instance = self.services_instance(parent, &parent_serving.image)?;
         for service in &own {
-            let same = theirs.iter().find(|their| {
-                their.name == service.name
-                    && their.engine == service.engine
-                    && their.version == service.version
-            });
-            let Some(their) = same else {
+            let Some(their) = same_service(&theirs, service) else {
                 self.store.append_log(
                     activity,
                     &format!(
@@ -316,14 +311,10 @@ impl Controller {
                 let other_instance = self.services_instance(other, &serving.image)?;
                 let (theirs, their_nodes) = (self.store.services(other)?, self.store.nodes(other)?);
                 for service in self.store.services(environment)? {
-                    let same = theirs.iter().find(|their| {
-                        their.name == service.name
-                            && their.engine == service.engine
-                            && their.version == service.version
-                    });
                     let (Some(agent), Some(their_agent)) = (
                         primary_of(&service, &nodes),
-                        same.and_then(|their| primary_of(their, &their_nodes)),
+                        same_service(&theirs, &service)
+                            .and_then(|their| primary_of(their, &their_nodes)),
                     ) else {
                         continue;
                     };
@@ -453,43 +444,29 @@ fn replace_storage(copy: &StorageCopy) -> Result<(), ControllerError> {
     Ok(())
 }
 
-/// A copy of folder `from` at `to`, links kept as links; shared blocks where the filesystem
-/// can (btrfs, XFS), a plain copy elsewhere.
+/// Another environment's service whose data `service` can take: the same name, engine and
+/// version (a data folder is only read by the engine and version that made it).
+fn same_service<'a>(
+    theirs: &'a [crate::store::StoredService],
+    service: &crate::store::StoredService,
+) -> Option<&'a crate::store::StoredService> {
+    theirs.iter().find(|their| {
+        their.name == service.name
+            && their.engine == service.engine
+            && their.version == service.version
+    })
+}
+
+/// A copy of folder `from` at `to` (`lockstep_supervisor::copy_tree`).
 pub(crate) fn copy_tree(
     from: &std::path::Path,
     to: &std::path::Path,
 ) -> Result<(), ControllerError> {
-    let action = || format!("copy {} to {}", from.display(), to.display());
-    let status = std::process::Command::new("cp")
-        .arg("-a")
-        .arg("--reflink=auto")
-        .arg(from)
-        .arg(to)
-        .status()
-        .map_err(ControllerError::io(action()))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(ControllerError::Io {
-            action: action(),
-            source: std::io::Error::other(format!("cp exited with {status}")),
-        })
-    }
-}
-
-/// Bytes of the files under `dir`, links not followed.
-pub(crate) fn tree_bytes(dir: &std::path::Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|entry| match entry.file_type() {
-            Ok(kind) if kind.is_dir() => tree_bytes(&entry.path()),
-            Ok(kind) if kind.is_file() => entry.metadata().map_or(0, |m| m.len()),
-            _ => 0,
-        })
-        .sum()
+    lockstep_supervisor::copy_tree(from, to).map_err(ControllerError::io(format!(
+        "copy {} to {}",
+        from.display(),
+        to.display()
+    )))
 }
 
 /// `12.3 MB`, `512 kB`, `840 B`.

@@ -368,30 +368,13 @@ fn take_app_folders(
         let app_dir = work_dir.join(APP_PREFIX);
         if taken_later {
             check_app_folder(tree_dir, root)?;
-            copy_folder(&tree_dir.join(root), &app_dir)?;
+            lockstep_supervisor::copy_tree(&tree_dir.join(root), &app_dir)
+                .map_err(workspace(&app_dir))?;
         } else {
             take_app_folder(tree_dir, root, &app_dir)?;
         }
     }
     Ok(work_dirs)
-}
-
-fn copy_folder(from: &Path, to: &Path) -> Result<(), BuildError> {
-    let status = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .map_err(workspace(to))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(workspace(to)(std::io::Error::other(format!(
-            "cp -a {} {} failed",
-            from.display(),
-            to.display()
-        ))))
-    }
 }
 
 /// Moves the app's folder of the checked-out tree to `app_dir`.

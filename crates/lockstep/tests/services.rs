@@ -423,6 +423,15 @@ async fn a_node_without_the_primary_reaches_it_through_its_own_endpoint() {
     );
 }
 
+/// A platform whose production runs the services sample app, pushed.
+async fn services_in_production() -> (Platform, Project) {
+    let platform = Platform::start().await;
+    let project = Project::example("services-app");
+    let output = platform.push(&project, "HEAD:production");
+    assert!(output.status.success(), "{}", text(&output));
+    (platform, project)
+}
+
 async fn call(method: reqwest::Method, router: &str, path: &str) -> serde_json::Value {
     let response = reqwest::Client::new()
         .request(method, format!("{router}{path}"))
@@ -684,10 +693,7 @@ fn kept_on(platform: &Platform, node: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn a_new_branch_starts_with_a_copy_of_its_parents_data_if_its_pusher_may_read_it() {
-    let platform = Platform::start().await;
-    let project = Project::example("services-app");
-    let output = platform.push(&project, "HEAD:production");
-    assert!(output.status.success(), "{}", text(&output));
+    let (platform, project) = services_in_production().await;
     let production = platform.routers("production").await;
     for note in ["first", "second"] {
         call(
@@ -773,10 +779,7 @@ async fn a_new_branch_starts_with_a_copy_of_its_parents_data_if_its_pusher_may_r
 
 #[tokio::test]
 async fn env_branch_and_env_delete_make_and_remove_development_environments_with_their_data() {
-    let platform = Platform::start().await;
-    let project = Project::example("services-app");
-    let output = platform.push(&project, "HEAD:production");
-    assert!(output.status.success(), "{}", text(&output));
+    let (platform, _) = services_in_production().await;
     let production = &platform.routers("production").await[0];
     call(reqwest::Method::POST, production, "/notes?body=kept").await;
 
@@ -930,10 +933,7 @@ async fn env_branch_and_env_delete_make_and_remove_development_environments_with
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_backup_and_a_sync_replace_an_environments_data_while_it_is_closed() {
-    let platform = Platform::start().await;
-    let project = Project::example("services-app");
-    let output = platform.push(&project, "HEAD:production");
-    assert!(output.status.success(), "{}", text(&output));
+    let (platform, _) = services_in_production().await;
     let production = &platform.routers("production").await[0];
     call(reqwest::Method::POST, production, "/notes?body=first").await;
     let branched = platform.cli(&["env", "branch", "feature"]);
@@ -1139,10 +1139,7 @@ async fn a_migration_that_fails_on_productions_data_is_caught_in_rehearsal_and_p
 
 #[tokio::test]
 async fn services_come_back_with_their_data_when_lockstep_starts_again() {
-    let mut platform = Platform::start().await;
-    let project = Project::example("services-app");
-    let output = platform.push(&project, "HEAD:production");
-    assert!(output.status.success(), "{}", text(&output));
+    let (mut platform, _) = services_in_production().await;
     let routers = platform.routers("production").await;
     call(reqwest::Method::POST, &routers[1], "/notes?body=kept").await;
     call(reqwest::Method::POST, &routers[2], "/carts?id=9").await;
@@ -1482,10 +1479,7 @@ fn signal_tree(root: i32, signal: nix::sys::signal::Signal) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_primarys_node_is_gone_a_promoted_replica_keeps_every_confirmed_write() {
-    let platform = Platform::start().await;
-    let project = Project::example("services-app");
-    let output = platform.push(&project, "HEAD:production");
-    assert!(output.status.success(), "{}", text(&output));
+    let (platform, _) = services_in_production().await;
     let routers = platform.routers("production").await;
 
     // A writer through the second node, whose app reaches the primary on the first node

@@ -82,6 +82,41 @@ pub fn give_tree(dir: &Path, user: RunAs) -> io::Result<()> {
     Ok(())
 }
 
+/// A copy of folder `from` at `to` (which must not exist), links copied as links, never
+/// followed; blocks shared where the filesystem can (btrfs, XFS), a plain copy elsewhere.
+pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg("--reflink=auto")
+        .arg(from)
+        .arg(to)
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "cp -a {} {} exited with {status}",
+            from.display(),
+            to.display()
+        )))
+    }
+}
+
+/// Bytes of the files under `dir`, links not followed.
+pub fn tree_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => tree_bytes(&entry.path()),
+            Ok(kind) if kind.is_file() => entry.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

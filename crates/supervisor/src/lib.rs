@@ -38,7 +38,7 @@ mod spawn;
 
 pub use cron::{CronRunner, CronSpec};
 pub use error::SupervisorError;
-pub use folders::{ensure_folder, give_tree};
+pub use folders::{copy_tree, ensure_folder, give_tree, tree_bytes};
 pub use hook::{Cancel, HookFailure, HookSpec, run_hook};
 pub use logs::{LogLimits, read_log};
 pub use operator_env::OperatorEnv;

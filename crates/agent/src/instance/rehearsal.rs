@@ -168,24 +168,13 @@ impl Scratch {
     }
 }
 
-/// `cp -a`: links are copied as links, never followed.
+/// A copy of a folder that may not exist yet (then nothing to copy).
 fn copy_tree(from: &Path, to: &Path) -> Result<(), AgentError> {
     if !from.exists() {
         return Ok(());
     }
-    let status = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .map_err(AgentError::io(format!("copy {}", from.display())))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(AgentError::io(format!("copy {}", from.display()))(
-            std::io::Error::other(format!("cp exited with {status}")),
-        ))
-    }
+    lockstep_supervisor::copy_tree(from, to)
+        .map_err(AgentError::io(format!("copy {}", from.display())))
 }
 
 fn remove_tree(dir: &Path) {

@@ -926,7 +926,7 @@ impl Services {
                     endpoint_port: k.endpoint_port,
                     cluster_port: k.cluster_ports.first().copied().unwrap_or(0),
                     process,
-                    data_bytes: crate::release::disk_use(&self.dir.join(name).join("data")),
+                    data_bytes: lockstep_supervisor::tree_bytes(&self.dir.join(name).join("data")),
                     disk_mb: spec.disk_mb,
                 })
             })
