@@ -55,7 +55,11 @@ pub fn router(agent: Arc<Agent>) -> Router {
         )
         .route(
             "/v1/instances/{env}/services/{service}/data",
-            put(service_restore),
+            put(service_restore).delete(service_discard),
+        )
+        .route(
+            "/v1/instances/{env}/services/{service}/start",
+            post(service_start),
         )
         .route("/v1/instances/{env}/exec", post(exec))
         .layer(axum::middleware::from_fn_with_state(
@@ -296,6 +300,24 @@ async fn service_restore(
             .restore_service(&service, body.into_data_stream())
             .await?,
     ))
+}
+
+/// Stops a replica and removes its data, before its primary's is replaced.
+async fn service_discard(
+    State(agent): State<Arc<Agent>>,
+    Path((env, service)): Path<(String, String)>,
+) -> Answer<Vec<lockstep_proto::agent::ServiceStatus>> {
+    let instance = agent.instance(&env).await?;
+    Ok(Json(instance.discard_replica(&service).await?))
+}
+
+/// Starts a service's server on this node unless it runs.
+async fn service_start(
+    State(agent): State<Arc<Agent>>,
+    Path((env, service)): Path<(String, String)>,
+) -> Answer<Vec<lockstep_proto::agent::ServiceStatus>> {
+    let instance = agent.instance(&env).await?;
+    Ok(Json(instance.start_service(&service).await?))
 }
 
 /// A staged release's deploy hook against a scratch copy of the environment's data.

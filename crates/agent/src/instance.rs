@@ -273,6 +273,26 @@ impl Instance {
         self.services.restore(name, user, snapshot).await
     }
 
+    /// Stops this node's replica of service `name` and removes its data, before its
+    /// primary's is replaced.
+    pub async fn discard_replica(&self, name: &str) -> Result<Vec<ServiceStatus>, AgentError> {
+        let user = {
+            let state = self.state.lock().await;
+            self.user(&state)?
+        };
+        self.services.discard_replica(name, user).await
+    }
+
+    /// Starts this node's server of service `name` unless it runs (a discarded replica's
+    /// data made again from its primary's).
+    pub async fn start_service(&self, name: &str) -> Result<Vec<ServiceStatus>, AgentError> {
+        let user = {
+            let state = self.state.lock().await;
+            self.user(&state)?
+        };
+        self.services.start(name, user).await
+    }
+
     /// How each replica on this node follows its primary.
     pub async fn service_replication(&self) -> Result<Vec<ServiceReplication>, AgentError> {
         let user = {

@@ -59,6 +59,10 @@ pub enum Call<'a> {
     Services(&'a [lockstep_proto::agent::ServiceSpec]),
     ServiceClient(&'a lockstep_proto::agent::ServiceClientRequest),
     ServiceReplication,
+    /// Stops a replica of the named service and removes its data.
+    DiscardReplica(&'a str),
+    /// Starts the named service's server unless it runs.
+    StartService(&'a str),
 }
 
 impl AgentClient {
@@ -123,6 +127,10 @@ impl AgentClient {
                 self.http.post(url(&["services", "client"])?).json(request)
             }
             Call::ServiceReplication => self.http.get(url(&["services", "replication"])?),
+            Call::DiscardReplica(service) => {
+                self.http.delete(url(&["services", service, "data"])?)
+            }
+            Call::StartService(service) => self.http.post(url(&["services", service, "start"])?),
         };
         let response = request
             .bearer_auth(&self.token)

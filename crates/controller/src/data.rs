@@ -208,6 +208,8 @@ struct ServiceCopy {
     name: String,
     /// The primary that takes the data: its agent and the instance answering for services.
     to: (String, String),
+    /// The agents of the nodes with a replica, which copy the new data from the primary.
+    replicas: Vec<String>,
     from: ServiceData,
 }
 
@@ -270,6 +272,14 @@ impl Controller {
                 .and_then(|name| nodes.iter().find(|n| n.name == name))
                 .map(|node| node.agent_url.clone())
         };
+        let replicas_of = |service: &crate::store::StoredService| -> Vec<String> {
+            let primary = service.primary_on(&nodes);
+            nodes
+                .iter()
+                .filter(|node| Some(node.name.as_str()) != primary)
+                .map(|node| node.agent_url.clone())
+                .collect()
+        };
         let mut services = Vec::new();
         let storage_root = self.options.data_dir.join("storage");
         let storage_from = match source {
@@ -296,6 +306,7 @@ impl Controller {
                     if backup.services.iter().any(|s| s.name == service.name) {
                         services.push(ServiceCopy {
                             to: (agent, instance.clone()),
+                            replicas: replicas_of(&service),
                             from: ServiceData::File(dir.join(format!("{}.snapshot", service.name))),
                             name: service.name.clone(),
                         });
@@ -321,6 +332,7 @@ impl Controller {
                     services.push(ServiceCopy {
                         name: service.name.clone(),
                         to: (agent, instance.clone()),
+                        replicas: replicas_of(&service),
                         from: ServiceData::Primary {
                             agent: their_agent,
                             instance: other_instance.clone(),
@@ -330,12 +342,6 @@ impl Controller {
                 storage_root.join(other)
             }
         };
-        // A node restores a service only where it has no replica.
-        if nodes.len() > 1 && !services.is_empty() {
-            return Err(ControllerError::Environment(format!(
-                "{environment}'s services have replicas on its other nodes: replacing their data is not supported yet"
-            )));
-        }
         let storage = storage_from.exists().then(|| StorageCopy {
             from: storage_from,
             to: storage_root.join(environment),
@@ -364,14 +370,29 @@ impl Controller {
 }
 
 impl DataCopy {
-    /// Puts the data in place: each service's into its primary, then the storage. Every node is
-    /// closed and quiesced meanwhile, so nothing of the environment writes.
+    /// Puts the data in place: each service's into its primary, whose replicas then copy it
+    /// again; then the storage. Every node is closed and quiesced meanwhile, so nothing of the
+    /// environment writes.
     pub(crate) async fn carry_out(
         &self,
         agents: &crate::agents::AgentClient,
     ) -> Result<(), crate::agents::CallError> {
+        use crate::agents::Call;
+        type Statuses = Vec<lockstep_proto::agent::ServiceStatus>;
         for service in &self.services {
             let to = (service.to.0.as_str(), service.to.1.as_str());
+            // Every replica goes before the primary changes: a Galera member still running
+            // would keep the old cluster, which another could rejoin.
+            for replica in &service.replicas {
+                let _: Statuses = agents
+                    .call(
+                        replica,
+                        to.1,
+                        Call::DiscardReplica(&service.name),
+                        COPY_TIMEOUT,
+                    )
+                    .await?;
+            }
             match &service.from {
                 ServiceData::File(file) => {
                     agents
@@ -383,6 +404,16 @@ impl DataCopy {
                         .copy_service_data((agent, instance), to, &service.name, COPY_TIMEOUT)
                         .await?;
                 }
+            }
+            for replica in &service.replicas {
+                let _: Statuses = agents
+                    .call(
+                        replica,
+                        to.1,
+                        Call::StartService(&service.name),
+                        COPY_TIMEOUT,
+                    )
+                    .await?;
             }
         }
         let failed =
@@ -399,7 +430,7 @@ impl DataCopy {
                 .call(
                     &sanitize.agent,
                     &sanitize.instance,
-                    crate::agents::Call::Exec(&request),
+                    Call::Exec(&request),
                     COPY_TIMEOUT,
                 )
                 .await?;

@@ -1026,7 +1026,7 @@ async fn a_restored_backup_and_a_sync_replace_an_environments_data_while_it_is_c
     let notes = call(reqwest::Method::GET, &feature, "/notes").await;
     assert_eq!(notes["notes"], serde_json::json!(["first"]));
 
-    // Production's live data is replaced only on purpose, and not yet where it has replicas.
+    // Production's live data is replaced only on purpose.
     let unforced = platform.cli(&[
         "env",
         "replicate",
@@ -1036,16 +1036,90 @@ async fn a_restored_backup_and_a_sync_replace_an_environments_data_while_it_is_c
         "production",
     ]);
     assert_refused(&unforced, "add --force");
-    let forced = platform.cli(&[
-        "env",
-        "replicate",
-        "--from",
-        "feature",
-        "--to",
-        "production",
-        "--force",
-    ]);
-    assert_refused(&forced, "not supported yet");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_restored_into_production_reaches_every_engine_and_every_replica_copies_it() {
+    let (platform, _) = services_in_production().await;
+    let routers = platform.routers("production").await;
+    call(reqwest::Method::POST, &routers[0], "/notes?body=kept").await;
+    call(reqwest::Method::POST, &routers[0], "/carts?id=1").await;
+    call(reqwest::Method::POST, &routers[0], "/counter").await;
+    let taken = platform.cli(&["backup", "create", "production"]);
+    assert!(taken.status.success(), "{}", text(&taken));
+    let listed = platform.cli(&["backup", "list", "production", "--json"]);
+    let backups: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let id = backups[0]["id"].as_str().unwrap().to_owned();
+    call(reqwest::Method::POST, &routers[1], "/notes?body=lost").await;
+    call(reqwest::Method::POST, &routers[1], "/carts?id=2").await;
+    call(reqwest::Method::POST, &routers[1], "/counter").await;
+
+    let restored = platform.cli(&["backup", "restore", "production", &id, "--yes"]);
+    assert!(restored.status.success(), "{}", text(&restored));
+    for router in &routers {
+        let notes = call(reqwest::Method::GET, router, "/notes").await;
+        assert_eq!(notes["notes"], serde_json::json!(["kept"]));
+        let carts = call(reqwest::Method::GET, router, "/carts").await;
+        assert_eq!(carts["carts"], serde_json::json!([1]));
+    }
+    let counter = call(reqwest::Method::POST, &routers[2], "/counter").await;
+    assert_eq!(counter["counter"], 2, "the backup's counter was 1");
+
+    // Each replica is a copy of the restored data, and follows what is written after it.
+    call(reqwest::Method::POST, &routers[1], "/notes?body=after").await;
+    call(reqwest::Method::POST, &routers[1], "/carts?id=3").await;
+    for node in ["production-2", "production-3"] {
+        let kept = kept_on(&platform, node);
+        let service = |name: &str| kept["services"][name].clone();
+        let db = service("db");
+        let (port, password) = (
+            db["port"].as_u64().unwrap() as u16,
+            db["spec"]["password"].as_str().unwrap().to_owned(),
+        );
+        assert_eq!(
+            psql_as(port, &password, "SELECT pg_is_in_recovery()").unwrap(),
+            "t"
+        );
+        eventually(
+            Duration::from_secs(10),
+            "the restored and the new note on a replica",
+            || async {
+                psql_as(port, &password, "SELECT string_agg(body, ',' ORDER BY id) FROM notes")
+                    .is_ok_and(|notes| notes == "kept,after")
+            },
+        )
+        .await;
+        let carts = service("carts");
+        let (port, password) = (
+            carts["port"].as_u64().unwrap() as u16,
+            carts["spec"]["password"].as_str().unwrap().to_owned(),
+        );
+        let size = mariadb_as(port, &password, "SHOW STATUS LIKE 'wsrep_cluster_size'");
+        assert_eq!(size.unwrap().split_whitespace().last(), Some("3"));
+        assert_eq!(
+            mariadb_as(port, &password, "SELECT group_concat(id ORDER BY id) FROM carts")
+                .unwrap(),
+            "1,3"
+        );
+        let counter = service("counter");
+        let (port, password) = (
+            counter["port"].as_u64().unwrap().to_string(),
+            counter["spec"]["password"].as_str().unwrap().to_owned(),
+        );
+        eventually(
+            Duration::from_secs(10),
+            "the counter on a Redis replica",
+            || async {
+                client(
+                    "redis-cli",
+                    &["-p", &port, "--no-auth-warning", "-a", &password, "GET", "counter"],
+                    &[],
+                )
+                .is_ok_and(|value| value == "2")
+            },
+        )
+        .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,6 +51,9 @@ pub(super) trait Engine: Sync {
     /// With the server stopped: replaces the data folder with the snapshot in `$SNAPSHOT`. Its
     /// users' passwords are the snapshot's until the next provisioning sets this service's.
     fn restore_script(&self, programs: &Programs) -> String;
+    /// With the server stopped: removes the data, so that the next start makes it again (a
+    /// replica's as a copy of its primary's); its config files stay.
+    fn discard_script(&self) -> &'static str;
     /// The fields of a relationship that depend on the engine, as Platform.sh gives them.
     fn relationship(&self) -> Shape;
     /// What the node's endpoint says to the server first on each connection, and the answer it
@@ -296,6 +299,10 @@ GRANT \"{owner}\" TO \"{user}\";
         "rm -rf /app/pg.restored && mkdir -m 700 /app/pg.restored && tar -x -f \"$SNAPSHOT\" -C /app/pg.restored && rm -f /app/pg.restored/standby.signal && rm -rf /app/pg && mv /app/pg.restored /app/pg".into()
     }
 
+    fn discard_script(&self) -> &'static str {
+        "rm -rf /app/pg /app/pg.replaced"
+    }
+
     fn relationship(&self) -> Shape {
         Shape {
             scheme: "pgsql",
@@ -422,10 +429,14 @@ REVOKE ALL PRIVILEGES, GRANT OPTION FROM {user};
 
     fn restore_script(&self, programs: &Programs) -> String {
         format!(
-            "rm -rf /app/mysql.restored && mkdir /app/mysql.restored && {mbstream} -x -C /app/mysql.restored < \"$SNAPSHOT\" && {backup} --prepare --target-dir=/app/mysql.restored 2>/tmp/prepare.log || {{ tail -n 20 /tmp/prepare.log; exit 1; }}\nrm -rf /app/mysql && mv /app/mysql.restored /app/mysql",
+            "rm -rf /app/mysql.restored && mkdir /app/mysql.restored && {mbstream} -x -C /app/mysql.restored < \"$SNAPSHOT\" && {backup} --prepare --target-dir=/app/mysql.restored 2>/tmp/prepare.log || {{ tail -n 20 /tmp/prepare.log; exit 1; }}\nrm -f /app/mysql.restored/grastate.dat /app/mysql.restored/gvwstate.dat /app/mysql.restored/galera.cache\nrm -rf /app/mysql && mv /app/mysql.restored /app/mysql",
             mbstream = program(programs, "mbstream"),
             backup = program(programs, "mariadb-backup")
         )
+    }
+
+    fn discard_script(&self) -> &'static str {
+        "rm -rf /app/mysql"
     }
 
     fn relationship(&self) -> Shape {
@@ -519,6 +530,10 @@ cp \"$SNAPSHOT\" /app/appendonlydir.restored/appendonly.aof.1.base.rdb
 printf 'file appendonly.aof.1.base.rdb seq 1 type b\\nfile appendonly.aof.1.incr.aof seq 1 type i\\n' > /app/appendonlydir.restored/appendonly.aof.manifest
 rm -rf /app/appendonlydir && mv /app/appendonlydir.restored /app/appendonlydir
 cp \"$SNAPSHOT\" /app/dump.rdb.restored && mv /app/dump.rdb.restored /app/dump.rdb".into()
+    }
+
+    fn discard_script(&self) -> &'static str {
+        "rm -rf /app/appendonlydir /app/dump.rdb"
     }
 
     fn relationship(&self) -> Shape {

@@ -409,9 +409,11 @@ impl Services {
         file.into_snapshot()
     }
 
-    /// Replaces the data of service `name`, the primary on this node with no replica, with
-    /// `snapshot` (another environment's, from [`Services::snapshot`]); the server stops, takes
-    /// the data, starts again and gets this environment's users and passwords.
+    /// Replaces the data of service `name`, the primary on this node, with `snapshot`
+    /// (another environment's, from [`Services::snapshot`]); the server stops, takes the data,
+    /// starts again and gets this environment's users and passwords. Its replicas must be
+    /// discarded first ([`Services::discard_replica`]): they follow a history that is no longer
+    /// their primary's.
     pub async fn restore<S, E>(
         &self,
         name: &str,
@@ -439,11 +441,6 @@ impl Services {
         E: std::fmt::Display,
     {
         let (spec, kept) = self.primary_here(name)?;
-        if !matches!(spec.role, ServiceRole::Primary { replicas: 0, .. }) {
-            return Err(AgentError::Refused(format!(
-                "service {name} has replicas: only a service on one node takes another's data so far"
-            )));
-        }
         let programs = self.programs(&spec)?;
         self.data_folder(name, user)?;
         let sandbox = self.sandbox(name, user)?;
@@ -466,20 +463,63 @@ impl Services {
         self.run_server(&spec, &kept, user, Wait::UntilReady).await
     }
 
+    /// Stops this node's replica of service `name` and removes its data, before its primary's
+    /// data is replaced; the server stays stopped until [`Services::start`] makes it again as a
+    /// copy of the new data. All of a cluster's replicas are discarded before its primary
+    /// starts with new data, or a member could rejoin the old cluster.
+    pub async fn discard_replica(
+        &self,
+        name: &str,
+        user: RunAs,
+    ) -> Result<Vec<ServiceStatus>, AgentError> {
+        let _one_at_a_time = self.ensuring.lock().await;
+        let (spec, _) = self.kept_here(name, "replica", |role| {
+            matches!(role, ServiceRole::Replica { .. })
+        })?;
+        self.stop_server(name).await;
+        scripts::run(
+            name,
+            "discard",
+            engine(spec.engine).discard_script(),
+            &self.sandbox(name, user)?,
+            service_env(),
+            self.log_output(name),
+        )
+        .await?;
+        Ok(self.status())
+    }
+
+    /// Starts this node's server of service `name` as its spec says, unless it runs; answers
+    /// once it accepts connections (a discarded replica's data made again from its primary's).
+    pub async fn start(&self, name: &str, user: RunAs) -> Result<Vec<ServiceStatus>, AgentError> {
+        let _one_at_a_time = self.ensuring.lock().await;
+        let (spec, kept) = self.kept_here(name, "server", |role| {
+            !matches!(role, ServiceRole::Remote { .. })
+        })?;
+        self.run_server(&spec, &kept, user, Wait::UntilReady).await?;
+        Ok(self.status())
+    }
+
     /// The spec of service `name` and what this node keeps of it, when it is the primary here.
     fn primary_here(&self, name: &str) -> Result<(ServiceSpec, Kept), AgentError> {
+        self.kept_here(name, "primary", |role| {
+            matches!(role, ServiceRole::Primary { .. })
+        })
+    }
+
+    /// The spec of service `name` and what this node keeps of it, when its role here is
+    /// `what` (`wanted`).
+    fn kept_here(
+        &self,
+        name: &str,
+        what: &str,
+        wanted: impl Fn(&ServiceRole) -> bool,
+    ) -> Result<(ServiceSpec, Kept), AgentError> {
         let kept = self.kept().services.get(name).cloned();
-        match kept {
-            Some(kept @ Kept { spec: Some(_), .. })
-                if matches!(
-                    kept.spec.as_ref().map(|spec| &spec.role),
-                    Some(ServiceRole::Primary { .. })
-                ) =>
-            {
-                Ok((kept.spec.clone().expect("matched"), kept))
-            }
+        match kept.as_ref().and_then(|kept| kept.spec.clone()) {
+            Some(spec) if wanted(&spec.role) => Ok((spec, kept.expect("matched"))),
             _ => Err(AgentError::Refused(format!(
-                "service {name} has no primary on this node"
+                "service {name} has no {what} on this node"
             ))),
         }
     }
