@@ -46,7 +46,10 @@ pub struct AgentClient {
 pub enum Call<'a> {
     Configure(&'a InstanceConfig),
     Status,
-    Stage { image: &'a str, path: &'a Path },
+    Stage {
+        image: &'a str,
+        path: &'a Path,
+    },
     Quiesce(&'a Step),
     Close(&'a Step),
     Swap(&'a SwapRequest),
@@ -127,9 +130,7 @@ impl AgentClient {
                 self.http.post(url(&["services", "client"])?).json(request)
             }
             Call::ServiceReplication => self.http.get(url(&["services", "replication"])?),
-            Call::DiscardReplica(service) => {
-                self.http.delete(url(&["services", service, "data"])?)
-            }
+            Call::DiscardReplica(service) => self.http.delete(url(&["services", service, "data"])?),
             Call::StartService(service) => self.http.post(url(&["services", service, "start"])?),
         };
         let response = request

@@ -581,7 +581,7 @@ async fn delete_environment(
 ) -> Result<Json<Activity>, ApiError> {
     check(&controller, &principal, Action::Read, &env)?;
     tracing::info!(environment = %env, by = %principal.name(), "deleting an environment");
-    Ok(Json(controller.delete_environment(&principal, &env).await?))
+    Ok(Json(controller.delete_environment(&principal, &env)?))
 }
 
 /// `lockstep backup create`.
@@ -591,7 +591,7 @@ async fn create_backup(
     Extension(principal): Extension<Principal>,
 ) -> Result<Json<Activity>, ApiError> {
     check(&controller, &principal, Action::Read, &env)?;
-    Ok(Json(controller.create_backup(&principal, &env).await?))
+    Ok(Json(controller.create_backup(&principal, &env)?))
 }
 
 /// `lockstep backup restore`.
@@ -605,13 +605,27 @@ async fn restore_backup(
 }
 
 /// `lockstep env sync --data`.
+#[derive(Deserialize)]
+struct SyncRequest {
+    #[serde(default)]
+    code: bool,
+    #[serde(default)]
+    data: bool,
+}
+
 async fn sync(
     State(controller): State<Arc<Controller>>,
     Path(env): Path<String>,
     Extension(principal): Extension<Principal>,
+    Json(request): Json<SyncRequest>,
 ) -> Result<Json<Activity>, ApiError> {
     check(&controller, &principal, Action::Read, &env)?;
-    Ok(Json(controller.sync_data(&principal, &env)?))
+    Ok(Json(controller.sync(
+        &principal,
+        &env,
+        request.code,
+        request.data,
+    )?))
 }
 
 #[derive(Deserialize)]

@@ -45,9 +45,10 @@ impl Controller {
         self.options.data_dir.join("backups").join(environment)
     }
 
-    /// `lockstep backup create ENV`: answers the activity that took it, whose id names it.
-    pub async fn create_backup(
-        &self,
+    /// `lockstep backup create ENV`: the activity that takes it, queued with the environment's
+    /// deployments; its id names the backup.
+    pub fn create_backup(
+        self: &std::sync::Arc<Self>,
         principal: &Principal,
         environment: &str,
     ) -> Result<Activity, ControllerError> {
@@ -59,35 +60,46 @@ impl Controller {
                 env.kind.as_str()
             )));
         }
-        let Some(serving) = env.serving.clone() else {
+        if env.serving.is_none() {
             return Err(ControllerError::NothingDeployed(environment.to_owned()));
-        };
+        }
         let activity = self.store.create_activity(
             "backup",
             environment,
             &format!("Backup of {environment}"),
         )?;
-        let id = activity.id.clone();
-        self.store.set_activity_state(&id, "in_progress")?;
-        self.store.phase_started(&id, "backup")?;
-        let dir = self.backups_dir(environment).join(&id);
+        self.enqueue(crate::orchestrator::Job::Backup {
+            activity: activity.id.clone(),
+            environment: environment.to_owned(),
+        });
+        Ok(activity)
+    }
+
+    /// Takes the backup of queued activity `id`, whole or not at all.
+    pub(crate) async fn take_queued_backup(
+        &self,
+        id: &str,
+        environment: &str,
+    ) -> Result<(), ControllerError> {
+        let env = self.store.environment(environment)?;
+        let Some(serving) = env.serving else {
+            return Err(ControllerError::NothingDeployed(environment.to_owned()));
+        };
+        self.store.set_activity_state(id, "in_progress")?;
+        self.store.phase_started(id, "backup")?;
+        let dir = self.backups_dir(environment).join(id);
+        // What a controller that stopped meanwhile left of it.
+        let _ = std::fs::remove_dir_all(&dir);
         let taken = self
-            .take_backup(environment, &serving.image, &dir, &id)
+            .take_backup(environment, &serving.image, &dir, id)
             .await;
-        match taken {
-            Ok(()) => {
-                self.store.phase_ended(&id, "backup")?;
-                self.store.finish_activity(&id, "complete", "success")?;
-            }
-            Err(error) => {
-                // A backup is whole or not there.
-                let _ = std::fs::remove_dir_all(&dir);
-                self.store.append_log(&id, &format!("Error: {error}"))?;
-                self.store.finish_activity(&id, "complete", "failure")?;
-                return Err(error);
-            }
+        if taken.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
         }
-        Ok(self.store.activity(&id)?)
+        taken?;
+        self.store.phase_ended(id, "backup")?;
+        self.store.finish_activity(id, "complete", "success")?;
+        Ok(())
     }
 
     async fn take_backup(

@@ -227,8 +227,8 @@ struct StorageCopy {
 }
 
 impl Controller {
-    /// Queues the redeployment of what `env` serves that puts `source` in place of its data
-    /// while every node is closed; its activity.
+    /// Queues the redeployment of what `env` serves (when it starts) that puts `source` in
+    /// place of its data while every node is closed; its activity.
     pub(crate) fn queue_data_replacement(
         self: &std::sync::Arc<Self>,
         env: &Environment,
@@ -246,6 +246,7 @@ impl Controller {
         let activity = self.store.create_activity(kind, &env.name, description)?;
         self.store
             .set_activity_image(&activity.id, &serving.image)?;
+        self.store.set_activity_data(&activity.id, &source.name())?;
         self.enqueue(crate::DeployJob {
             activity: activity.id.clone(),
             environment: env.name.clone(),

@@ -117,6 +117,102 @@ pub fn delete_branch(path: &Path, branch: &str) -> std::io::Result<()> {
     }
 }
 
+/// What [`merge_into`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Merged {
+    /// The branch has every commit of the other already.
+    UpToDate,
+    /// The branch moved to this commit: the other's, or a merge of both.
+    Moved(String),
+    /// Both changed these files; the branch is left as it was.
+    Conflicts(Vec<String>),
+}
+
+/// Merges branch `from` into branch `branch` as `git merge` would, without a work tree: a
+/// fast-forward when it can, else a merge commit by `author`. The branch moves only if no push
+/// moved it meanwhile (git's own check, atomic).
+pub fn merge_into(path: &Path, branch: &str, from: &str, author: &str) -> std::io::Result<Merged> {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(path)
+            .args(args)
+            .env("GIT_AUTHOR_NAME", author)
+            .env("GIT_AUTHOR_EMAIL", "lockstep@localhost")
+            .env("GIT_COMMITTER_NAME", "Lockstep")
+            .env("GIT_COMMITTER_EMAIL", "lockstep@localhost")
+            .output()
+    };
+    let missing = |name: &str| std::io::Error::other(format!("branch {name} has no commit"));
+    let ours = branch_commit(path, branch)?.ok_or_else(|| missing(branch))?;
+    let theirs = branch_commit(path, from)?.ok_or_else(|| missing(from))?;
+    if git(&["merge-base", "--is-ancestor", &theirs, &ours])?
+        .status
+        .success()
+    {
+        return Ok(Merged::UpToDate);
+    }
+    let commit = if git(&["merge-base", "--is-ancestor", &ours, &theirs])?
+        .status
+        .success()
+    {
+        theirs
+    } else {
+        let merged = git(&[
+            "merge-tree",
+            "--write-tree",
+            "--name-only",
+            "--no-messages",
+            &ours,
+            &theirs,
+        ])?;
+        let said = String::from_utf8_lossy(&merged.stdout).into_owned();
+        let mut lines = said.lines();
+        let tree = lines.next().unwrap_or_default().to_owned();
+        match merged.status.code() {
+            Some(0) => {}
+            Some(1) => return Ok(Merged::Conflicts(lines.map(str::to_owned).collect())),
+            _ => {
+                return Err(std::io::Error::other(format!(
+                    "git could not merge {from} into {branch}: {}",
+                    String::from_utf8_lossy(&merged.stderr).trim()
+                )));
+            }
+        }
+        let message = format!("Merge branch '{from}' into {branch}");
+        let made = git(&[
+            "commit-tree",
+            &tree,
+            "-p",
+            &ours,
+            "-p",
+            &theirs,
+            "-m",
+            &message,
+        ])?;
+        if !made.status.success() {
+            return Err(std::io::Error::other(format!(
+                "git could not commit the merge of {from} into {branch}: {}",
+                String::from_utf8_lossy(&made.stderr).trim()
+            )));
+        }
+        String::from_utf8_lossy(&made.stdout).trim().to_owned()
+    };
+    let moved = git(&[
+        "update-ref",
+        "--no-deref",
+        &format!("refs/heads/{branch}"),
+        &commit,
+        &ours,
+    ])?;
+    if !moved.status.success() {
+        return Err(std::io::Error::other(format!(
+            "branch {branch} moved while its sync was prepared: sync again"
+        )));
+    }
+    Ok(Merged::Moved(commit))
+}
+
 pub struct CgiRequest<'a> {
     pub repos_root: &'a Path,
     /// The path below the git route, such as `/shop.git/info/refs`.

@@ -79,12 +79,15 @@ impl Controller {
         Ok(activity)
     }
 
-    /// `lockstep env sync ENV --data`: the environment closes as for a deploy, takes its
-    /// parent's services and storage as they are now, and opens again; the activity, queued.
-    pub fn sync_data(
+    /// `lockstep env sync ENV [--code] [--data]`: the parent's code merged into the
+    /// environment's branch (built and deployed), and its services and storage as they are now
+    /// put in place of the environment's while it is closed; the activity, queued.
+    pub fn sync(
         self: &Arc<Self>,
         principal: &Principal,
         name: &str,
+        code: bool,
+        data: bool,
     ) -> Result<Activity, ControllerError> {
         let env = self.store.environment(name)?;
         let Some(parent) = env.parent.clone() else {
@@ -92,24 +95,107 @@ impl Controller {
                 "{name} has no parent to sync from"
             )));
         };
-        if !allowed(principal, Action::Manage, env.kind) {
+        if !code && !data {
+            return Err(ControllerError::Environment(
+                "say what to sync: --code, --data, or both".into(),
+            ));
+        }
+        if code && !allowed(principal, Action::Push, env.kind) {
             return Err(ControllerError::Forbidden(format!(
-                "{} may not replace {name}'s data: that takes the admin role on {} environments",
+                "{} may not change {name}'s code: that takes the contributor or admin role on {} environments",
                 principal.name(),
                 env.kind.as_str()
             )));
         }
-        self.may_read_data_of(&parent, principal)
-            .map_err(ControllerError::Forbidden)?;
-        self.queue_data_replacement(
-            &env,
-            crate::data::DataSource::Environment {
-                name: parent.clone(),
-                sanitize: None,
-            },
-            "sync",
-            &format!("Sync of {name}'s data from {parent}"),
+        let source = crate::data::DataSource::Environment {
+            name: parent.clone(),
+            sanitize: None,
+        };
+        if data {
+            if !allowed(principal, Action::Manage, env.kind) {
+                return Err(ControllerError::Forbidden(format!(
+                    "{} may not replace {name}'s data: that takes the admin role on {} environments",
+                    principal.name(),
+                    env.kind.as_str()
+                )));
+            }
+            self.may_read_data_of(&parent, principal)
+                .map_err(ControllerError::Forbidden)?;
+            if !code {
+                return self.queue_data_replacement(
+                    &env,
+                    source,
+                    "sync",
+                    &format!("Sync of {name}'s data from {parent}"),
+                );
+            }
+        }
+        let Some(serving) = env.serving.clone().or(env.previous.clone()) else {
+            return Err(ControllerError::NothingDeployed(name.to_owned()));
+        };
+        let parent_branch = self.store.environment(&parent)?.branch;
+        let merged = git::merge_into(
+            &self.repository(),
+            &env.branch,
+            &parent_branch,
+            principal.name(),
         )
+        .map_err(ControllerError::io(format!(
+            "merge {parent_branch} into {}",
+            env.branch
+        )))?;
+        let what = if data { "code and data" } else { "code" };
+        let commit = match merged {
+            git::Merged::Moved(commit) => commit,
+            git::Merged::UpToDate if data => {
+                return self.queue_data_replacement(
+                    &env,
+                    source,
+                    "sync",
+                    &format!("Sync of {name}'s data from {parent} (its code is up to date)"),
+                );
+            }
+            git::Merged::UpToDate => {
+                return Err(ControllerError::Environment(format!(
+                    "{name}'s branch has every commit of {parent}'s already: nothing to sync"
+                )));
+            }
+            git::Merged::Conflicts(files) => {
+                return Err(ControllerError::Environment(format!(
+                    "{parent}'s code and {name}'s both change {}: merge {} into {} yourself, resolve the conflicts and push; nothing was synced",
+                    files.join(", "),
+                    parent_branch,
+                    env.branch
+                )));
+            }
+        };
+        let activity = self.store.create_activity(
+            "sync",
+            name,
+            &format!(
+                "Sync of {name}'s {what} from {parent} at {}",
+                &commit[..commit.len().min(7)]
+            ),
+        )?;
+        self.store.append_log(
+            &activity.id,
+            &format!(
+                "Merged {parent_branch} into {}: {}",
+                env.branch,
+                &commit[..commit.len().min(12)]
+            ),
+        )?;
+        if data {
+            self.store.set_activity_data(&activity.id, &source.name())?;
+        }
+        self.enqueue(DeployJob {
+            activity: activity.id.clone(),
+            environment: name.to_owned(),
+            image: serving.image,
+            rebuild_from: Some(format!("refs/heads/{}", env.branch)),
+            data: data.then(|| source.name()),
+        });
+        Ok(activity)
     }
 
     /// `lockstep env replicate --from SRC --to DST`: DST closes as for a deploy, takes SRC's
@@ -159,25 +245,54 @@ impl Controller {
 
     /// `lockstep env delete ENV --yes`: removes a development environment from its nodes (its
     /// apps and services, with their data), its storage, backups, branch and route; its
-    /// activities stay.
-    /// Answers the activity that did it.
-    pub async fn delete_environment(
-        &self,
+    /// activities stay. The activity that does it, queued behind the environment's deployments.
+    pub fn delete_environment(
+        self: &Arc<Self>,
         principal: &Principal,
         name: &str,
     ) -> Result<Activity, ControllerError> {
         let env = self.store.environment(name)?;
         let development = lockstep_proto::agent::EnvironmentType::Development;
-        if env.kind != development {
-            return Err(ControllerError::Environment(format!(
-                "{name} is a {} cluster: only development environments are deleted",
-                env.kind.as_str()
-            )));
-        }
         if !allowed(principal, Action::Manage, development) {
             return Err(ControllerError::Forbidden(format!(
                 "{} may not delete {name}: that takes the admin role on development environments",
                 principal.name()
+            )));
+        }
+        self.check_deletable(&env)?;
+        let activity =
+            self.store
+                .create_activity("delete", name, &format!("Deletion of {name}"))?;
+        self.enqueue(crate::orchestrator::Job::Delete {
+            activity: activity.id.clone(),
+            environment: name.to_owned(),
+        });
+        Ok(activity)
+    }
+
+    /// Carries out queued deletion `id`, checked again: a child may have been made meanwhile.
+    pub(crate) async fn delete_queued(&self, id: &str, name: &str) -> Result<(), ControllerError> {
+        self.store.set_activity_state(id, "in_progress")?;
+        self.store.phase_started(id, "delete")?;
+        // A controller that stopped after removing the record had done everything else.
+        if let Some(env) = self.store.find_environment_named(name)? {
+            self.check_deletable(&env)?;
+            self.remove_everywhere(&env, id).await?;
+        }
+        self.store
+            .append_log(id, &format!("Environment {name} deleted"))?;
+        self.store.phase_ended(id, "delete")?;
+        self.store.finish_activity(id, "complete", "success")?;
+        Ok(())
+    }
+
+    /// Only a development environment without children is deleted.
+    fn check_deletable(&self, env: &crate::Environment) -> Result<(), ControllerError> {
+        let name = env.name.as_str();
+        if env.kind != lockstep_proto::agent::EnvironmentType::Development {
+            return Err(ControllerError::Environment(format!(
+                "{name} is a {} cluster: only development environments are deleted",
+                env.kind.as_str()
             )));
         }
         let children: Vec<String> = self
@@ -193,28 +308,7 @@ impl Controller {
                 children.join(", ")
             )));
         }
-        if self.busy_environments().iter().any(|busy| busy == name) {
-            return Err(ControllerError::Environment(format!(
-                "a deployment of {name} is running or waiting: wait for it, or cancel it with `lockstep activity cancel`"
-            )));
-        }
-        let activity =
-            self.store
-                .create_activity("delete", name, &format!("Deletion of {name}"))?;
-        let id = activity.id.as_str();
-        self.store.set_activity_state(id, "in_progress")?;
-        self.store.phase_started(id, "delete")?;
-        let removed = self.remove_everywhere(&env, id).await;
-        if let Err(error) = &removed {
-            self.store.append_log(id, &format!("Error: {error}"))?;
-            self.store.finish_activity(id, "complete", "failure")?;
-        }
-        removed?;
-        self.store
-            .append_log(id, &format!("Environment {name} deleted"))?;
-        self.store.phase_ended(id, "delete")?;
-        self.store.finish_activity(id, "complete", "success")?;
-        Ok(self.store.activity(id)?)
+        Ok(())
     }
 
     /// Everything of `env` outside the store, then its record.

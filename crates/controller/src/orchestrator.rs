@@ -6,7 +6,7 @@
 //! procedure outside it is catch-up: bringing a node that missed deployments to the release its
 //! environment serves, without any hook, before it may open again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,74 +39,132 @@ pub struct DeployJob {
     pub data: Option<String>,
 }
 
+/// Work on an environment: one at a time, in the order it came, from its activity.
+#[derive(Debug, Clone)]
+pub enum Job {
+    Deploy(DeployJob),
+    /// `lockstep backup create`: a backup of what the environment serves.
+    Backup {
+        activity: String,
+        environment: String,
+    },
+    /// `lockstep env delete`: the environment removed everywhere.
+    Delete {
+        activity: String,
+        environment: String,
+    },
+}
+
+impl Job {
+    pub fn activity(&self) -> &str {
+        match self {
+            Job::Deploy(job) => &job.activity,
+            Job::Backup { activity, .. } | Job::Delete { activity, .. } => activity,
+        }
+    }
+
+    pub fn environment(&self) -> &str {
+        match self {
+            Job::Deploy(job) => &job.environment,
+            Job::Backup { environment, .. } | Job::Delete { environment, .. } => environment,
+        }
+    }
+
+    /// Whether `newer`, arriving while this one waits, makes it pointless: only the newest
+    /// code matters, but a data replacement, a backup or a deletion was asked for as such.
+    fn superseded_by(&self, newer: &Job) -> bool {
+        matches!(
+            (self, newer),
+            (Job::Deploy(older), Job::Deploy(newer)) if older.data.is_none() && newer.data.is_none()
+        )
+    }
+}
+
+impl From<DeployJob> for Job {
+    fn from(job: DeployJob) -> Job {
+        Job::Deploy(job)
+    }
+}
+
 #[derive(Default)]
 pub struct Queues {
-    /// Environments with a deployment running, and the newest one waiting behind it.
-    running: Mutex<HashMap<String, Option<DeployJob>>>,
+    /// Environments with work running, and the work waiting behind it, in order.
+    running: Mutex<HashMap<String, VecDeque<Job>>>,
     /// One placement of services at a time: a deployment's, a catch-up's or a promotion's,
     /// each from what the store says at that moment.
     placing_services: tokio::sync::Mutex<()>,
 }
 
 impl Controller {
-    /// Queues a deployment. One runs per environment at a time; of those that wait, only the
-    /// newest will run, and the others are recorded as superseded.
-    pub fn enqueue(self: &Arc<Self>, job: DeployJob) {
+    /// Queues work on an environment. One runs per environment at a time, in the order they
+    /// came; of the deployments that wait, only the newest will run, and the others are recorded
+    /// as superseded.
+    pub fn enqueue(self: &Arc<Self>, job: impl Into<Job>) {
+        let job = job.into();
         let mut running = self.queues.running.lock().expect("queue lock");
-        match running.get_mut(&job.environment) {
+        match running.get_mut(job.environment()) {
             Some(waiting) => {
-                if let Some(older) = waiting.replace(job.clone()) {
-                    self.supersede(&older, &job);
-                }
+                waiting.retain(|older| {
+                    let superseded = older.superseded_by(&job);
+                    if superseded {
+                        self.supersede(older, &job);
+                    }
+                    !superseded
+                });
                 let _ = self.store.append_log(
-                    &job.activity,
-                    "Waiting for the deployment in progress to end",
+                    job.activity(),
+                    "Waiting for the activity in progress to end",
                 );
+                waiting.push_back(job);
             }
             None => {
-                running.insert(job.environment.clone(), None);
+                running.insert(job.environment().to_owned(), VecDeque::new());
                 let controller = self.clone();
                 tokio::spawn(async move { controller.run_queue(job).await });
             }
         }
     }
 
-    /// Takes a deployment that waits for its environment out of the queue; whether it did.
+    /// Takes work that waits for its environment out of the queue; whether it did.
     pub(crate) fn cancel_waiting(&self, activity: &str) -> bool {
         let mut running = self.queues.running.lock().expect("queue lock");
-        running
-            .values_mut()
-            .any(|waiting| waiting.take_if(|job| job.activity == activity).is_some())
+        running.values_mut().any(|waiting| {
+            let before = waiting.len();
+            waiting.retain(|job| job.activity() != activity);
+            waiting.len() != before
+        })
     }
 
-    fn supersede(&self, older: &DeployJob, newer: &DeployJob) {
+    fn supersede(&self, older: &Job, newer: &Job) {
         let _ = self.store.append_log(
-            &older.activity,
+            older.activity(),
             &format!(
                 "Superseded by {}, which arrived while this one waited",
-                newer.activity
+                newer.activity()
             ),
         );
         let _ = self
             .store
-            .finish_activity(&older.activity, "cancelled", "superseded");
+            .finish_activity(older.activity(), "cancelled", "superseded");
     }
 
-    async fn run_queue(self: Arc<Self>, first: DeployJob) {
-        let environment = first.environment.clone();
+    async fn run_queue(self: Arc<Self>, first: Job) {
+        let environment = first.environment().to_owned();
         let mut job = first;
         loop {
-            if let Err(error) = self.deploy(&job).await {
-                tracing::error!(activity = %job.activity, %error, "deployment failed to run");
-                let _ = self
-                    .store
-                    .append_log(&job.activity, &format!("Error: {error}"));
-                let _ = self
-                    .store
-                    .finish_activity(&job.activity, "complete", "failure");
+            let activity = job.activity().to_owned();
+            let done = match job {
+                Job::Deploy(job) => self.deploy(&job).await,
+                Job::Backup { .. } => self.take_queued_backup(&activity, &environment).await,
+                Job::Delete { .. } => self.delete_queued(&activity, &environment).await,
+            };
+            if let Err(error) = done {
+                tracing::error!(%activity, %error, "activity failed to run");
+                let _ = self.store.append_log(&activity, &format!("Error: {error}"));
+                let _ = self.store.finish_activity(&activity, "complete", "failure");
             }
             let mut running = self.queues.running.lock().expect("queue lock");
-            match running.get_mut(&environment).and_then(Option::take) {
+            match running.get_mut(&environment).and_then(VecDeque::pop_front) {
                 Some(next) => job = next,
                 None => {
                     running.remove(&environment);
@@ -121,9 +179,18 @@ impl Controller {
         let nodes = self.store.nodes(&env.name)?;
         self.store
             .set_activity_state(&job.activity, "in_progress")?;
-        let image = match &job.rebuild_from {
-            Some(git_ref) => self.rebuild(job, git_ref).await?,
-            None => job.image.clone(),
+        let image = match (&job.rebuild_from, &job.data) {
+            (Some(git_ref), _) => self.rebuild(job, git_ref).await?,
+            // What serves when it starts: a deployment queued before it may have changed that.
+            (None, Some(_)) => {
+                let serving = env.serving.clone().or(env.previous.clone());
+                let release = serving
+                    .ok_or_else(|| ControllerError::NothingDeployed(env.name.clone()))?
+                    .image;
+                self.store.set_activity_image(&job.activity, &release)?;
+                release
+            }
+            (None, None) => job.image.clone(),
         };
         let instances = self.app_instances(&env.name, &image)?;
         self.configure_instances(&env.name, &nodes, &instances)
@@ -155,16 +222,25 @@ impl Controller {
     pub async fn resume_unfinished(self: &Arc<Self>) -> Result<(), ControllerError> {
         for activity in self.store.unfinished_activities()? {
             let journal = self.store.journal(&activity.id)?;
+            let (id, environment) = (activity.id.clone(), activity.environment.clone());
             if journal.is_empty() {
-                match activity.image.clone() {
-                    Some(image) => self.enqueue(DeployJob {
-                        activity: activity.id.clone(),
-                        environment: activity.environment.clone(),
+                match (activity.kind.as_str(), activity.image.clone()) {
+                    ("backup", _) => self.enqueue(Job::Backup {
+                        activity: id,
+                        environment,
+                    }),
+                    ("delete", _) => self.enqueue(Job::Delete {
+                        activity: id,
+                        environment,
+                    }),
+                    (_, Some(image)) => self.enqueue(DeployJob {
+                        data: self.store.activity_data(&id)?,
+                        activity: id,
+                        environment,
                         image,
                         rebuild_from: None,
-                        data: None,
                     }),
-                    None => {
+                    (_, None) => {
                         self.store.append_log(
                             &activity.id,
                             "The controller stopped before the build ended",
@@ -194,7 +270,7 @@ impl Controller {
                 .running
                 .lock()
                 .expect("queue lock")
-                .insert(activity.environment.clone(), None);
+                .insert(activity.environment.clone(), VecDeque::new());
             let controller = self.clone();
             tokio::spawn(async move {
                 let id = activity.id.clone();
@@ -205,15 +281,15 @@ impl Controller {
                 {
                     tracing::error!(activity = %id, %error, "resumed deployment failed to run");
                 }
-                let next = controller
+                let waiting = controller
                     .queues
                     .running
                     .lock()
                     .expect("queue lock")
                     .remove(&env)
-                    .flatten();
-                if let Some(next) = next {
-                    controller.enqueue(next);
+                    .unwrap_or_default();
+                for job in waiting {
+                    controller.enqueue(job);
                 }
             });
         }
@@ -392,7 +468,7 @@ impl Controller {
         }
     }
 
-    /// Environments with a deployment running or waiting.
+    /// Environments with work running or waiting.
     pub(crate) fn busy_environments(&self) -> Vec<String> {
         self.queues
             .running

@@ -141,6 +141,11 @@ ALTER TABLE environments ADD COLUMN clone_pending INTEGER NOT NULL DEFAULT 0;
     r#"
 CREATE TABLE retired_uids (uid INTEGER PRIMARY KEY);
 "#,
+    // The data a queued activity puts in place of its environment's (`data::DataSource`),
+    // known before its journal starts.
+    r#"
+ALTER TABLE activities ADD COLUMN data TEXT;
+"#,
 ];
 
 /// A service of an environment as first declared: its engine and version never change, since
@@ -768,6 +773,29 @@ impl Store {
                 params![id, image],
             )?;
             Ok(())
+        })
+    }
+
+    pub fn set_activity_data(&self, id: &str, data: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE activities SET data = ?2 WHERE id = ?1",
+                params![id, data],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The data activity `id` puts in place of its environment's, if any.
+    pub fn activity_data(&self, id: &str) -> Result<Option<String>, StoreError> {
+        self.with(|c| {
+            Ok(
+                c.query_row("SELECT data FROM activities WHERE id = ?1", [id], |row| {
+                    row.get(0)
+                })
+                .optional()?
+                .flatten(),
+            )
         })
     }
 

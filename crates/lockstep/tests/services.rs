@@ -1084,8 +1084,12 @@ async fn a_backup_restored_into_production_reaches_every_engine_and_every_replic
             Duration::from_secs(10),
             "the restored and the new note on a replica",
             || async {
-                psql_as(port, &password, "SELECT string_agg(body, ',' ORDER BY id) FROM notes")
-                    .is_ok_and(|notes| notes == "kept,after")
+                psql_as(
+                    port,
+                    &password,
+                    "SELECT string_agg(body, ',' ORDER BY id) FROM notes",
+                )
+                .is_ok_and(|notes| notes == "kept,after")
             },
         )
         .await;
@@ -1097,8 +1101,12 @@ async fn a_backup_restored_into_production_reaches_every_engine_and_every_replic
         let size = mariadb_as(port, &password, "SHOW STATUS LIKE 'wsrep_cluster_size'");
         assert_eq!(size.unwrap().split_whitespace().last(), Some("3"));
         assert_eq!(
-            mariadb_as(port, &password, "SELECT group_concat(id ORDER BY id) FROM carts")
-                .unwrap(),
+            mariadb_as(
+                port,
+                &password,
+                "SELECT group_concat(id ORDER BY id) FROM carts"
+            )
+            .unwrap(),
             "1,3"
         );
         let counter = service("counter");
@@ -1112,7 +1120,15 @@ async fn a_backup_restored_into_production_reaches_every_engine_and_every_replic
             || async {
                 client(
                     "redis-cli",
-                    &["-p", &port, "--no-auth-warning", "-a", &password, "GET", "counter"],
+                    &[
+                        "-p",
+                        &port,
+                        "--no-auth-warning",
+                        "-a",
+                        &password,
+                        "GET",
+                        "counter",
+                    ],
                     &[],
                 )
                 .is_ok_and(|value| value == "2")
@@ -1120,6 +1136,108 @@ async fn a_backup_restored_into_production_reaches_every_engine_and_every_replic
         )
         .await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_and_a_backup_queued_when_the_controller_stops_run_as_asked_once_it_starts_again()
+{
+    let (mut platform, project) = services_in_production().await;
+    let production = platform.routers("production").await[0].clone();
+    call(reqwest::Method::POST, &production, "/notes?body=kept").await;
+    let taken = platform.cli(&["backup", "create", "production"]);
+    assert!(taken.status.success(), "{}", text(&taken));
+    let backup = platform.latest_activity().await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    call(reqwest::Method::POST, &production, "/notes?body=lost").await;
+
+    // A deployment whose deploy hook waits for a file the test makes, outside its rehearsal.
+    let config = project.path().join(".platform.app.yaml");
+    let text_now = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text_now.replace(
+            "    set -e\n",
+            "    set -e\n    [ -n \"$LOCKSTEP_REHEARSAL\" ] || until [ -e /app/gate/open ]; do sleep 0.1; done\n",
+        ) + "mounts:\n  gate:\n    source: storage\n    source_path: gate\n",
+    )
+    .unwrap();
+    project.commit("a deploy hook that waits");
+    let mut push = platform
+        .push_command(&project, "HEAD:production")
+        .spawn()
+        .unwrap();
+    eventually(
+        Duration::from_secs(120),
+        "the deploy hook running",
+        || async {
+            Platform::phase_names(&platform.latest_activity().await)
+                .contains(&"deploy_hook".to_owned())
+        },
+    )
+    .await;
+    let pushed = platform.latest_activity().await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let queued = platform.cli(&[
+        "backup",
+        "restore",
+        "production",
+        &backup,
+        "--yes",
+        "--no-wait",
+    ]);
+    assert!(queued.status.success(), "{}", text(&queued));
+    let restore = platform.latest_activity().await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let queued = platform.cli(&["backup", "create", "production", "--no-wait"]);
+    assert!(queued.status.success(), "{}", text(&queued));
+    let second_backup = platform.latest_activity().await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    platform.kill_controller();
+    let _ = push.wait();
+    let gate = platform.data_dir.join("controller/storage/production/gate");
+    std::fs::write(gate.join("open"), "").unwrap();
+    platform.restart().await;
+
+    let activity = platform.wait_for_activity(&restore).await;
+    assert_eq!(activity["result"], "success", "{activity}");
+    let log = text(&platform.cli(&["activity", "log", &restore]));
+    assert!(
+        log.contains(&format!("Replacing the data with backup {backup}")),
+        "{log}"
+    );
+    let notes = call(reqwest::Method::GET, &production, "/notes").await;
+    assert_eq!(notes["notes"], serde_json::json!(["kept"]));
+    // The restore redeployed what served when it started: the push before it.
+    assert_eq!(
+        activity["image"],
+        platform.get(&format!("/activities/{pushed}")).await["image"]
+    );
+    // The backup queued behind it was taken after it, once.
+    let taken = platform.wait_for_activity(&second_backup).await;
+    assert_eq!(taken["result"], "success", "{taken}");
+    let started = taken["phases"][0]["started_at"].as_str().unwrap();
+    assert!(
+        started >= activity["completed_at"].as_str().unwrap(),
+        "the backup began at {started}, before the restore ended: {activity}"
+    );
+    let listed = platform.cli(&["backup", "list", "production", "--json"]);
+    let backups: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let ids: Vec<&str> = backups
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|backup| backup["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [second_backup.as_str(), backup.as_str()]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -456,13 +456,7 @@ async fn a_push_whose_deployment_fails_is_rejected_and_its_branch_stays_where_it
         assert!(started.elapsed() < Duration::from_secs(60), "{failure}");
         // The branch still names the commit production runs, and production serves it.
         let remote = std::process::Command::new("git")
-            .args([
-                "ls-remote",
-                &platform
-                    .git
-                    .replacen("http://", &format!("http://u:{}@", platform.token), 1),
-                "refs/heads/production",
-            ])
+            .args(["ls-remote", &platform.git_remote(), "refs/heads/production"])
             .output()
             .unwrap();
         let remote = String::from_utf8_lossy(&remote.stdout).into_owned();
@@ -487,4 +481,60 @@ fn git_output(project: &Project, args: &[&str]) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_sync_code_merges_the_parents_branch_into_the_childs_and_deploys_it() {
+    let platform = Platform::start().await;
+    let project = Project::sample();
+    assert!(platform.push(&project, "HEAD:production").status.success());
+    let branched = platform.cli(&["env", "branch", "feature", "--no-clone-data"]);
+    assert!(branched.status.success(), "{}", text(&branched));
+    let feature = platform.routers("feature").await[0].clone();
+    let sync = || platform.cli(&["env", "sync", "feature", "--code"]);
+    assert_refused(&sync(), "nothing to sync");
+    let write_and_commit = |file: &str, text: &str| {
+        std::fs::write(project.path().join(file), text).unwrap();
+        project.commit(file);
+    };
+
+    // Production moves on: the feature branch fast-forwards to it and serves it.
+    write_and_commit("PARENT", "1");
+    assert!(platform.push(&project, "HEAD:production").status.success());
+    let synced = sync();
+    assert!(synced.status.success(), "{}", text(&synced));
+    assert_eq!(release_of(&feature).await, (200, Some(tree_of(&project))));
+
+    // Both move on: a merge commit with both sides, built and deployed.
+    write_and_commit("CHILD", "1");
+    assert!(platform.push(&project, "HEAD:feature").status.success());
+    let child = git_output(&project, &["rev-parse", "HEAD"]);
+    project.git(&["reset", "-q", "--hard", "HEAD~1"]);
+    write_and_commit("PARENT", "2");
+    assert!(platform.push(&project, "HEAD:production").status.success());
+    let synced = sync();
+    assert!(synced.status.success(), "{}", text(&synced));
+    project.git(&["fetch", "-q", &platform.git_remote(), "feature"]);
+    let parents = git_output(&project, &["rev-list", "--parents", "-n1", "FETCH_HEAD"]);
+    assert_eq!(
+        parents.split_whitespace().skip(1).collect::<Vec<_>>(),
+        [
+            child.as_str(),
+            &git_output(&project, &["rev-parse", "HEAD"])
+        ],
+        "a merge of production's commit into the feature's"
+    );
+    let merged_tree = git_output(&project, &["rev-parse", "FETCH_HEAD^{tree}"]);
+    assert_eq!(release_of(&feature).await, (200, Some(merged_tree.clone())));
+
+    // Both change the same file: refused, naming it; the feature keeps its code and release.
+    project.git(&["checkout", "-q", "FETCH_HEAD"]);
+    write_and_commit("SHARED", "child");
+    assert!(platform.push(&project, "HEAD:feature").status.success());
+    let feature_tree = tree_of(&project);
+    project.git(&["checkout", "-q", "main"]);
+    write_and_commit("SHARED", "parent");
+    assert!(platform.push(&project, "HEAD:production").status.success());
+    assert_refused(&sync(), "both change SHARED");
+    assert_eq!(release_of(&feature).await, (200, Some(feature_tree)));
 }

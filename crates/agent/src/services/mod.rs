@@ -496,7 +496,8 @@ impl Services {
         let (spec, kept) = self.kept_here(name, "server", |role| {
             !matches!(role, ServiceRole::Remote { .. })
         })?;
-        self.run_server(&spec, &kept, user, Wait::UntilReady).await?;
+        self.run_server(&spec, &kept, user, Wait::UntilReady)
+            .await?;
         Ok(self.status())
     }
 

@@ -2,7 +2,6 @@
 //! activities, deploy, rollback, logs.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -54,12 +53,17 @@ pub enum EnvCommand {
         #[command(flatten)]
         wait: WaitArgs,
     },
-    /// Replace an environment's data with its parent's, as it is now: the environment closes as
-    /// for a deploy (its visitors held or served from cache), takes the data, and opens again.
+    /// Bring an environment up to its parent: its code (the parent's branch merged into its
+    /// own, built and deployed), its data (the parent's services and storage as they are now),
+    /// or both. The environment closes as for a deploy (its visitors held or served from cache).
+    #[command(group = clap::ArgGroup::new("part").required(true).multiple(true))]
     Sync {
         env: String,
-        /// The services' data and the storage (the only part synced so far).
-        #[arg(long, required = true)]
+        /// Merge the parent's branch into the environment's, then build and deploy it.
+        #[arg(long, group = "part")]
+        code: bool,
+        /// Put the parent's services' data and storage in place of the environment's.
+        #[arg(long, group = "part")]
         data: bool,
         #[command(flatten)]
         wait: WaitArgs,
@@ -89,14 +93,20 @@ pub enum EnvCommand {
         /// Confirms that the environment's data goes with it.
         #[arg(long)]
         yes: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
 }
 
 #[derive(Subcommand)]
 pub enum BackupCommand {
     /// Take a backup: a consistent snapshot of each service, taken while the environment
-    /// serves, and a copy of its shared storage.
-    Create { env: String },
+    /// serves, and a copy of its shared storage; queued behind the environment's deployments.
+    Create {
+        env: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// The environment's backups, newest first.
     List {
         env: String,
@@ -354,8 +364,14 @@ pub async fn env(client: &ApiClient, command: EnvCommand) -> anyhow::Result<Exit
             let request = serde_json::json!({ "branch": branch, "clone_data": !no_clone_data });
             return operation(client, &parent, "branch", &request, wait).await;
         }
-        EnvCommand::Sync { env, data: _, wait } => {
-            return operation(client, &env, "sync", &serde_json::json!({}), wait).await;
+        EnvCommand::Sync {
+            env,
+            code,
+            data,
+            wait,
+        } => {
+            let request = serde_json::json!({ "code": code, "data": data });
+            return operation(client, &env, "sync", &request, wait).await;
         }
         EnvCommand::Replicate {
             from,
@@ -367,15 +383,14 @@ pub async fn env(client: &ApiClient, command: EnvCommand) -> anyhow::Result<Exit
             let request = serde_json::json!({ "from": from, "force": force, "sanitize": sanitize });
             return operation(client, &to, "replicate", &request, wait).await;
         }
-        EnvCommand::Delete { env, yes } => {
+        EnvCommand::Delete { env, yes, wait } => {
             if !yes {
                 anyhow::bail!(
                     "deleting {env} removes its data, its branch and its storage: add --yes to go ahead"
                 );
             }
             let activity: Activity = client.delete(&format!("/environments/{env}")).await?;
-            println!("Activity {}: {}", activity.id, activity.description);
-            return follow_log(client, &activity.id, true).await;
+            return queued(client, &activity, wait).await;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -494,12 +509,19 @@ pub async fn operation(
     let activity: Activity = client
         .post(&format!("/environments/{env}/{kind}"), request)
         .await?;
+    queued(client, &activity, wait).await
+}
+
+/// Says a queued activity, and follows its log until it ends unless told not to wait.
+async fn queued(
+    client: &ApiClient,
+    activity: &Activity,
+    wait: WaitArgs,
+) -> anyhow::Result<ExitCode> {
     println!("Activity {}: {}", activity.id, activity.description);
     if wait.no_wait {
         return Ok(ExitCode::SUCCESS);
     }
-    // Give the log stream a moment to have something; it follows until the end either way.
-    tokio::time::sleep(Duration::from_millis(50)).await;
     follow_log(client, &activity.id, true).await
 }
 
@@ -850,15 +872,8 @@ pub async fn service_client(
 
 pub async fn backup(client: &ApiClient, command: BackupCommand) -> anyhow::Result<ExitCode> {
     match command {
-        BackupCommand::Create { env } => {
-            let activity: Activity = client
-                .post(
-                    &format!("/environments/{env}/backups"),
-                    &serde_json::json!({}),
-                )
-                .await?;
-            println!("Activity {}: {}", activity.id, activity.description);
-            follow_log(client, &activity.id, true).await
+        BackupCommand::Create { env, wait } => {
+            operation(client, &env, "backups", &serde_json::json!({}), wait).await
         }
         BackupCommand::Restore { env, id, yes, wait } => {
             if !yes {

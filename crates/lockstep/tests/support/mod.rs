@@ -85,7 +85,7 @@ impl Project {
         self.commit(label);
     }
 
-    fn git(&self, args: &[&str]) {
+    pub fn git(&self, args: &[&str]) {
         let status = Command::new("git")
             .arg("-C")
             .arg(self.path())
@@ -607,6 +607,13 @@ impl Platform {
     }
 
     /// Runs the `lockstep` command line against this platform.
+    /// The project's repository on the controller, with the administrator's credentials in
+    /// it, for git commands other than a push.
+    pub fn git_remote(&self) -> String {
+        self.git
+            .replacen("http://", &format!("http://u:{}@", self.token), 1)
+    }
+
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(&self.binary)
             .arg("--data-dir")
