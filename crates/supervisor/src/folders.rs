@@ -82,12 +82,34 @@ pub fn give_tree(dir: &Path, user: RunAs) -> io::Result<()> {
     Ok(())
 }
 
+/// How many times the files that changed while they were copied are copied again.
+const SETTLE_PASSES: usize = 5;
+
 /// A copy of folder `from` at `to` (which must not exist), links copied as links, never
-/// followed; blocks shared where the filesystem can (btrfs, XFS), a plain copy elsewhere.
+/// followed; blocks shared where the filesystem can (btrfs, XFS), a plain copy elsewhere. Each
+/// file's copy is a version the file had: one written to while it was read is copied again.
 pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    cp(from, to)?;
+    for _ in 0..SETTLE_PASSES {
+        let changed = changed_since_copied(from, to)?;
+        if changed.is_empty() {
+            return Ok(());
+        }
+        for relative in changed {
+            cp(&from.join(&relative), &to.join(&relative))?;
+        }
+    }
+    Err(io::Error::other(format!(
+        "files in {} kept changing while they were copied",
+        from.display()
+    )))
+}
+
+fn cp(from: &Path, to: &Path) -> io::Result<()> {
     let status = std::process::Command::new("cp")
         .arg("-a")
         .arg("--reflink=auto")
+        .arg("--no-target-directory")
         .arg(from)
         .arg(to)
         .status()?;
@@ -100,6 +122,40 @@ pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
             to.display()
         )))
     }
+}
+
+/// The files under `from` (relative paths) whose size or modification time differs from their
+/// copy's under `to`. `cp -a` gives a copy the time its file had when it began to read it, so a
+/// file written to since differs; one made since has no copy and is left out.
+fn changed_since_copied(from: &Path, to: &Path) -> io::Result<Vec<std::path::PathBuf>> {
+    let mut changed = Vec::new();
+    let mut folders = vec![std::path::PathBuf::new()];
+    while let Some(folder) = folders.pop() {
+        let entries = match std::fs::read_dir(from.join(&folder)) {
+            Ok(entries) => entries,
+            // Removed since: nothing of it to copy again.
+            Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(error),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let relative = folder.join(entry.file_name());
+            let Ok(original) = std::fs::symlink_metadata(from.join(&relative)) else {
+                continue;
+            };
+            if original.is_dir() {
+                folders.push(relative);
+            } else if original.is_file() {
+                let Ok(copy) = std::fs::symlink_metadata(to.join(&relative)) else {
+                    continue;
+                };
+                if copy.len() != original.len() || copy.modified()? != original.modified()? {
+                    changed.push(relative);
+                }
+            }
+        }
+    }
+    Ok(changed)
 }
 
 /// Bytes of the files under `dir`, links not followed.
@@ -120,6 +176,30 @@ pub fn tree_bytes(dir: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_written_after_it_was_copied_is_copied_again_and_the_rest_is_left() {
+        let root = tempfile::tempdir().unwrap();
+        let (from, to) = (root.path().join("from"), root.path().join("to"));
+        std::fs::create_dir_all(from.join("uploads")).unwrap();
+        std::fs::write(from.join("uploads/photo"), "first version").unwrap();
+        std::fs::write(from.join("notes"), "kept").unwrap();
+        cp(&from, &to).unwrap();
+        assert!(changed_since_copied(&from, &to).unwrap().is_empty());
+
+        std::fs::write(from.join("uploads/photo"), "the second version").unwrap();
+        assert_eq!(
+            changed_since_copied(&from, &to).unwrap(),
+            [std::path::PathBuf::from("uploads/photo")]
+        );
+        let again = root.path().join("again");
+        copy_tree(&from, &again).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(again.join("uploads/photo")).unwrap(),
+            "the second version"
+        );
+        assert_eq!(std::fs::read_to_string(again.join("notes")).unwrap(), "kept");
+    }
 
     #[test]
     fn folders_are_made_on_the_way() {
