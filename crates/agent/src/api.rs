@@ -280,10 +280,9 @@ async fn service_snapshot(
         .await?
         .snapshot_service(&service)
         .await?;
-    let size = snapshot.size;
+    // Streamed as it is taken: its length is known at its end.
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
-        .header(header::CONTENT_LENGTH, size)
         .body(Body::from_stream(snapshot.into_stream()))
         .expect("a fixed response builds"))
 }

@@ -113,6 +113,8 @@ fn hook_spec(
         env,
         timeout: HOOK_TIMEOUT,
         cancel: Cancel::default(),
+        stdin: None,
+        stdout: None,
     }
 }
 
@@ -666,6 +668,8 @@ impl Instance {
             env,
             timeout: EXEC_TIMEOUT,
             cancel: Cancel::default(),
+            stdin: None,
+            stdout: None,
         };
         drop(state);
         let result = tokio::task::spawn_blocking(move || {

@@ -288,6 +288,8 @@ impl Builder {
                 env,
                 timeout: request.timeout,
                 cancel: request.cancel.clone(),
+                stdin: None,
+                stdout: None,
             };
             run_hook(&spec, &mut |line| log(&format!("    {line}"))).map_err(|failure| {
                 match failure {

@@ -328,6 +328,39 @@ async fn a_snapshot_of_each_engine_gives_another_environment_its_rows_with_its_o
     assert_eq!(psql(db, "SELECT count(*) FROM orders").unwrap(), "1");
     assert_eq!(mariadb(shop, "SELECT count(*) FROM carts").unwrap(), "1");
     assert_eq!(redis(cache, &["GET", "visits"]).unwrap(), "3");
+
+    // A snapshot that breaks off on its way replaces nothing: the copy's server serves on.
+    let snapshot = client
+        .http
+        .post(client.url(&format!("/v1/instances/{ENV}/services/db/snapshot")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let half = snapshot.slice(..snapshot.len() / 2);
+    let broken = futures_util::stream::iter([
+        Ok(half),
+        Err(std::io::Error::other("the network went away")),
+    ]);
+    let path = format!("/v1/instances/{CLONE}/services/db/data");
+    let answer = client
+        .http
+        .put(client.url(&path))
+        .bearer_auth(TOKEN)
+        .body(reqwest::Body::wrap_stream(broken))
+        .send()
+        .await;
+    assert!(
+        answer.is_err() || !answer.unwrap().status().is_success(),
+        "a broken snapshot was taken"
+    );
+    assert_eq!(
+        psql_as(clone_db, CLONE_PASSWORD, "SELECT count(*) FROM orders").unwrap(),
+        "2"
+    );
 }
 
 #[tokio::test]

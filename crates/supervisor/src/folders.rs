@@ -198,7 +198,10 @@ mod tests {
             std::fs::read_to_string(again.join("uploads/photo")).unwrap(),
             "the second version"
         );
-        assert_eq!(std::fs::read_to_string(again.join("notes")).unwrap(), "kept");
+        assert_eq!(
+            std::fs::read_to_string(again.join("notes")).unwrap(),
+            "kept"
+        );
     }
 
     #[test]

@@ -7,7 +7,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, BufReader, Read};
-use std::process::ExitStatus;
+use std::os::fd::OwnedFd;
+use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,11 @@ pub struct HookSpec {
     pub timeout: Duration,
     /// Lets another thread end the hook before its end.
     pub cancel: Cancel,
+    /// What it reads as its standard input (none when `None`), and where its standard output
+    /// goes instead of its lines (a stream of data; its standard error still gives the lines).
+    /// The spec keeps its own copies until it is dropped.
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
 }
 
 /// Ends a running hook from elsewhere (`lockstep activity cancel`). Cheap to clone.
@@ -103,8 +109,8 @@ enum Event {
     Exited(std::io::Result<ExitStatus>),
 }
 
-/// Runs `spec.script` in its sandbox, its stdout and stderr merged and passed to `on_line`;
-/// returns how long it ran.
+/// Runs `spec.script` in its sandbox, its stdout (unless `spec.stdout` takes it) and stderr
+/// merged and passed to `on_line`; returns how long it ran.
 pub fn run_hook(spec: &HookSpec, on_line: &mut dyn FnMut(&str)) -> Result<Duration, HookFailure> {
     let started = Instant::now();
     if spec.cancel.is_cancelled() {
@@ -117,9 +123,14 @@ pub fn run_hook(spec: &HookSpec, on_line: &mut dyn FnMut(&str)) -> Result<Durati
         .sandbox
         .command(&spec.script, &spec.env)
         .map_err(|e| HookFailure::Spawn(e.into()))?;
-    command
-        .stdout(writer.try_clone().map_err(HookFailure::Spawn)?)
-        .stderr(writer);
+    let stdout = match &spec.stdout {
+        Some(data) => Stdio::from(data.try_clone().map_err(HookFailure::Spawn)?),
+        None => Stdio::from(writer.try_clone().map_err(HookFailure::Spawn)?),
+    };
+    command.stdout(stdout).stderr(writer);
+    if let Some(input) = &spec.stdin {
+        command.stdin(input.try_clone().map_err(HookFailure::Spawn)?);
+    }
     let mut child = command.spawn().map_err(HookFailure::Spawn)?;
     // Our copies of the pipe's write end must go, or the reader would never see its end.
     drop(command);
@@ -224,6 +235,8 @@ mod tests {
             env,
             timeout,
             cancel: Cancel::default(),
+            stdin: None,
+            stdout: None,
         }
     }
 
@@ -237,6 +250,30 @@ mod tests {
         })
         .expect("hook succeeds");
         assert_eq!(lines, ["one", "two", "hi unset /app"]);
+    }
+
+    #[test]
+    fn a_hook_reads_its_input_and_writes_its_data_apart_from_its_lines() {
+        use std::io::Write;
+        let home = tempfile::tempdir().unwrap();
+        let (input_reader, mut input) = std::io::pipe().unwrap();
+        let (mut output, output_writer) = std::io::pipe().unwrap();
+        let mut spec = spec(
+            &home,
+            "tr a-z A-Z; echo done; echo said >&2",
+            Duration::from_secs(30),
+        );
+        spec.stdin = Some(input_reader.into());
+        spec.stdout = Some(output_writer.into());
+        input.write_all(b"snapshot").unwrap();
+        drop(input);
+        let mut lines = Vec::new();
+        run_hook(&spec, &mut |l| lines.push(l.to_owned())).expect("hook succeeds");
+        drop(spec);
+        let mut data = String::new();
+        output.read_to_string(&mut data).unwrap();
+        assert_eq!(data, "SNAPSHOTdone\n");
+        assert_eq!(lines, ["said"]);
     }
 
     #[test]

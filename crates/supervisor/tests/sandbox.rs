@@ -20,6 +20,8 @@ fn run(sandbox: &Sandbox, script: &str) -> String {
         env: env(),
         timeout: Duration::from_secs(30),
         cancel: Cancel::default(),
+        stdin: None,
+        stdout: None,
     };
     let result = run_hook(&spec, &mut |line| {
         output.push_str(line);

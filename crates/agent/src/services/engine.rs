@@ -45,12 +45,16 @@ pub(super) trait Engine: Sync {
     /// On a replica: prints how it follows its primary, as `STATE LAG_BYTES RECEIVED` on one
     /// line, `-` for what the engine does not count (the password in `$SERVICE_PASSWORD`).
     fn replication_script(&self, programs: &Programs, port: u16) -> String;
-    /// On a primary: writes a consistent snapshot of every database to `$SNAPSHOT` without
-    /// blocking the server's writers (PostgreSQL's base backup, MariaDB's backup, Redis's RDB).
+    /// On a primary: writes a consistent snapshot of every database to its standard output
+    /// (anything it says to its standard error) without blocking the server's writers
+    /// (PostgreSQL's base backup, MariaDB's backup, Redis's RDB).
     fn snapshot_script(&self, programs: &Programs, port: u16) -> String;
-    /// With the server stopped: replaces the data folder with the snapshot in `$SNAPSHOT`. Its
+    /// While the server may run: unpacks the snapshot on its standard input beside the data
+    /// folder, ready for [`Engine::swap_script`].
+    fn unpack_script(&self, programs: &Programs) -> String;
+    /// With the server stopped: puts the unpacked snapshot in place of the data folder. Its
     /// users' passwords are the snapshot's until the next provisioning sets this service's.
-    fn restore_script(&self, programs: &Programs) -> String;
+    fn swap_script(&self) -> &'static str;
     /// With the server stopped: removes the data, so that the next start makes it again (a
     /// replica's as a copy of its primary's); its config files stay.
     fn discard_script(&self) -> &'static str;
@@ -289,14 +293,18 @@ GRANT \"{owner}\" TO \"{user}\";
     fn snapshot_script(&self, programs: &Programs, port: u16) -> String {
         // The base backup as one tar, with the WAL that makes it consistent.
         format!(
-            "{basebackup} -h /run -p {port} -U postgres -D - -F tar -X fetch -c fast > \"$SNAPSHOT\"",
+            "{basebackup} -h /run -p {port} -U postgres -D - -F tar -X fetch -c fast",
             basebackup = program(programs, "pg_basebackup")
         )
     }
 
-    fn restore_script(&self, _programs: &Programs) -> String {
+    fn unpack_script(&self, _programs: &Programs) -> String {
         // The copy recovers from its backup label when it starts, as a primary of its own.
-        "rm -rf /app/pg.restored && mkdir -m 700 /app/pg.restored && tar -x -f \"$SNAPSHOT\" -C /app/pg.restored && rm -f /app/pg.restored/standby.signal && rm -rf /app/pg && mv /app/pg.restored /app/pg".into()
+        "rm -rf /app/pg.restored && mkdir -m 700 /app/pg.restored && tar -x -f - -C /app/pg.restored && rm -f /app/pg.restored/standby.signal".into()
+    }
+
+    fn swap_script(&self) -> &'static str {
+        "rm -rf /app/pg && mv /app/pg.restored /app/pg"
     }
 
     fn discard_script(&self) -> &'static str {
@@ -422,17 +430,22 @@ REVOKE ALL PRIVILEGES, GRANT OPTION FROM {user};
     fn snapshot_script(&self, programs: &Programs, _port: u16) -> String {
         // InnoDB's pages copied while the server writes, with its log to make them consistent.
         format!(
-            "rm -rf /tmp/backup && {backup} --backup --stream=mbstream --target-dir=/tmp/backup --datadir=/app/mysql --socket=/run/mysqld.sock --user={SANDBOX_USER} 2>/tmp/backup.log > \"$SNAPSHOT\" || {{ tail -n 20 /tmp/backup.log; exit 1; }}",
+            "rm -rf /tmp/backup && {backup} --backup --stream=mbstream --target-dir=/tmp/backup --datadir=/app/mysql --socket=/run/mysqld.sock --user={SANDBOX_USER} 2>/tmp/backup.log || {{ tail -n 20 /tmp/backup.log >&2; exit 1; }}",
             backup = program(programs, "mariadb-backup")
         )
     }
 
-    fn restore_script(&self, programs: &Programs) -> String {
+    fn unpack_script(&self, programs: &Programs) -> String {
+        // A restored folder starts a Galera cluster of its own, never the one it was taken from.
         format!(
-            "rm -rf /app/mysql.restored && mkdir /app/mysql.restored && {mbstream} -x -C /app/mysql.restored < \"$SNAPSHOT\" && {backup} --prepare --target-dir=/app/mysql.restored 2>/tmp/prepare.log || {{ tail -n 20 /tmp/prepare.log; exit 1; }}\nrm -f /app/mysql.restored/grastate.dat /app/mysql.restored/gvwstate.dat /app/mysql.restored/galera.cache\nrm -rf /app/mysql && mv /app/mysql.restored /app/mysql",
+            "rm -rf /app/mysql.restored && mkdir /app/mysql.restored && {mbstream} -x -C /app/mysql.restored && {backup} --prepare --target-dir=/app/mysql.restored 2>/tmp/prepare.log || {{ tail -n 20 /tmp/prepare.log; exit 1; }}\nrm -f /app/mysql.restored/grastate.dat /app/mysql.restored/gvwstate.dat /app/mysql.restored/galera.cache",
             mbstream = program(programs, "mbstream"),
             backup = program(programs, "mariadb-backup")
         )
+    }
+
+    fn swap_script(&self) -> &'static str {
+        "rm -rf /app/mysql && mv /app/mysql.restored /app/mysql"
     }
 
     fn discard_script(&self) -> &'static str {
@@ -515,21 +528,26 @@ impl Engine for Redis {
     fn snapshot_script(&self, programs: &Programs, port: u16) -> String {
         // The server forks to write it; its clients go on meanwhile.
         format!(
-            "REDISCLI_AUTH=\"$SERVICE_PASSWORD\" {cli} -p {port} --rdb \"$SNAPSHOT\" >/dev/null",
+            "REDISCLI_AUTH=\"$SERVICE_PASSWORD\" {cli} -p {port} --rdb /tmp/snapshot.rdb >&2 && cat /tmp/snapshot.rdb\nsaid=$?\nrm -f /tmp/snapshot.rdb\nexit $said",
             cli = program(programs, "redis-cli")
         )
     }
 
-    fn restore_script(&self, _programs: &Programs) -> String {
+    fn unpack_script(&self, _programs: &Programs) -> String {
         // A server without persistence loads `dump.rdb`; a persistent one loads its
         // append-only files only, whose base may be an RDB: the snapshot is both.
         "set -e
 rm -rf /app/appendonlydir.restored && mkdir /app/appendonlydir.restored
-cp \"$SNAPSHOT\" /app/appendonlydir.restored/appendonly.aof.1.base.rdb
+cat > /app/appendonlydir.restored/appendonly.aof.1.base.rdb
 : > /app/appendonlydir.restored/appendonly.aof.1.incr.aof
 printf 'file appendonly.aof.1.base.rdb seq 1 type b\\nfile appendonly.aof.1.incr.aof seq 1 type i\\n' > /app/appendonlydir.restored/appendonly.aof.manifest
+cp /app/appendonlydir.restored/appendonly.aof.1.base.rdb /app/dump.rdb.restored".into()
+    }
+
+    fn swap_script(&self) -> &'static str {
+        "set -e
 rm -rf /app/appendonlydir && mv /app/appendonlydir.restored /app/appendonlydir
-cp \"$SNAPSHOT\" /app/dump.rdb.restored && mv /app/dump.rdb.restored /app/dump.rdb".into()
+mv /app/dump.rdb.restored /app/dump.rdb"
     }
 
     fn discard_script(&self) -> &'static str {

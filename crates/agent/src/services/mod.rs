@@ -82,106 +82,29 @@ pub enum Wait {
 /// trip take seconds more than the disk does.
 const STREAM_CHUNK: usize = 1 << 20;
 
-/// A snapshot of a service's data, in a file that is removed once it was read.
+/// A consistent snapshot of a service's data, streamed from its script as it writes it.
 pub struct Snapshot {
-    file: std::fs::File,
-    path: tempfile::TempPath,
-    pub size: u64,
+    data: tokio::net::unix::pipe::Receiver,
+    taken: tokio::task::JoinHandle<Result<Vec<String>, AgentError>>,
 }
 
 impl Snapshot {
-    /// The snapshot's bytes, from the start; the file goes when the stream does.
+    /// The snapshot's bytes; the stream ends in an error if its script failed, so that no
+    /// reader takes a part for the whole.
     pub fn into_stream(
         self,
     ) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
         use futures_util::StreamExt;
-        let path = self.path;
-        let file = tokio::fs::File::from_std(self.file);
-        tokio_util::io::ReaderStream::with_capacity(file, STREAM_CHUNK).map(move |chunk| {
-            let _kept_until_read = &path;
-            chunk
+        let taken = self.taken;
+        let end = futures_util::stream::once(async move {
+            match taken.await {
+                Ok(Ok(_)) => None,
+                Ok(Err(error)) => Some(Err(std::io::Error::other(error.to_string()))),
+                Err(error) => Some(Err(std::io::Error::other(error.to_string()))),
+            }
         })
-    }
-}
-
-/// A snapshot's file in a service's sandbox (`/tmp`), made by the agent and given to the
-/// service's user. The agent reads and writes it only through the descriptor it made, so that
-/// whatever the sandbox puts at its path is never followed.
-struct SnapshotFile {
-    file: std::fs::File,
-    path: tempfile::TempPath,
-    /// Its path inside the sandbox.
-    inside: String,
-}
-
-impl SnapshotFile {
-    fn new(
-        sandbox: &lockstep_supervisor::Sandbox,
-        user: RunAs,
-    ) -> Result<SnapshotFile, AgentError> {
-        let made = tempfile::Builder::new()
-            .prefix("snapshot-")
-            .tempfile_in(&sandbox.tmp)
-            .map_err(AgentError::io("make a snapshot file"))?;
-        nix::unistd::fchown(
-            made.as_file(),
-            Some(nix::unistd::Uid::from_raw(user.uid)),
-            Some(nix::unistd::Gid::from_raw(user.gid)),
-        )
-        .map_err(|errno| AgentError::io("give the snapshot file to the service")(errno.into()))?;
-        let name = made
-            .path()
-            .file_name()
-            .expect("a temporary file has a name")
-            .to_string_lossy()
-            .into_owned();
-        let (file, path) = made.into_parts();
-        Ok(SnapshotFile {
-            file,
-            path,
-            inside: format!("/tmp/{name}"),
-        })
-    }
-
-    async fn receive<S, E>(&mut self, mut body: S) -> Result<(), AgentError>
-    where
-        S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
-        E: std::fmt::Display,
-    {
-        use futures_util::StreamExt;
-        use tokio::io::AsyncWriteExt;
-        let mut file = tokio::io::BufWriter::with_capacity(
-            STREAM_CHUNK,
-            tokio::fs::File::from_std(
-                self.file
-                    .try_clone()
-                    .map_err(AgentError::io("write the snapshot"))?,
-            ),
-        );
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk
-                .map_err(|e| AgentError::BadRequest(format!("the snapshot broke off: {e}")))?;
-            file.write_all(&chunk)
-                .await
-                .map_err(AgentError::io("write the snapshot"))?;
-        }
-        file.flush()
-            .await
-            .map_err(AgentError::io("write the snapshot"))
-    }
-
-    fn into_snapshot(self) -> Result<Snapshot, AgentError> {
-        use std::io::Seek;
-        let mut file = self.file;
-        let size = file
-            .seek(std::io::SeekFrom::End(0))
-            .map_err(AgentError::io("read the snapshot"))?;
-        file.rewind().map_err(AgentError::io("read the snapshot"))?;
-        Ok(Snapshot {
-            file,
-            path: self.path,
-            size,
-        })
+        .filter_map(std::future::ready);
+        tokio_util::io::ReaderStream::with_capacity(self.data, STREAM_CHUNK).chain(end)
     }
 }
 
@@ -387,33 +310,36 @@ impl Services {
     }
 
     /// A consistent snapshot of service `name`, the primary on this node, taken while it
-    /// serves (SPEC section 10): for an environment cloned from this one.
+    /// serves (SPEC section 10), streamed as it is taken: for an environment cloned from this
+    /// one, a backup, a rehearsal.
     pub async fn snapshot(&self, name: &str, user: RunAs) -> Result<Snapshot, AgentError> {
         let (spec, kept) = self.primary_here(name)?;
         let programs = self.programs(&spec)?;
         let sandbox = self.sandbox(name, user)?;
-        let file = SnapshotFile::new(&sandbox, user)?;
+        let (data, output) =
+            std::io::pipe().map_err(AgentError::io("make a pipe for the snapshot"))?;
+        let data = tokio::net::unix::pipe::Receiver::from_owned_fd(data.into())
+            .map_err(AgentError::io("read the snapshot"))?;
         let mut env = service_env();
         env.insert("SERVICE_PASSWORD".into(), spec.password.clone());
-        env.insert("SNAPSHOT".into(), file.inside.clone());
         let script = engine(spec.engine).snapshot_script(&programs, kept.port);
-        scripts::run(
-            name,
-            "snapshot",
-            &script,
-            &sandbox,
-            env,
-            self.log_output(name),
-        )
-        .await?;
-        file.into_snapshot()
+        let (name, log) = (name.to_owned(), self.log_output(name));
+        let taken = tokio::spawn(async move {
+            let output = scripts::Data {
+                input: None,
+                output: Some(output.into()),
+            };
+            scripts::run_with_data(&name, "snapshot", &script, &sandbox, env, log, output).await
+        });
+        Ok(Snapshot { data, taken })
     }
 
     /// Replaces the data of service `name`, the primary on this node, with `snapshot`
-    /// (another environment's, from [`Services::snapshot`]); the server stops, takes the data,
-    /// starts again and gets this environment's users and passwords. Its replicas must be
-    /// discarded first ([`Services::discard_replica`]): they follow a history that is no longer
-    /// their primary's.
+    /// (another environment's, from [`Services::snapshot`]): unpacked beside the data while it
+    /// arrives, then the server stops, the unpacked data takes the old one's place, and the
+    /// server starts again and gets this environment's users and passwords. Its replicas must
+    /// be discarded first ([`Services::discard_replica`]): they follow a history that is no
+    /// longer their primary's.
     pub async fn restore<S, E>(
         &self,
         name: &str,
@@ -434,32 +360,65 @@ impl Services {
         &self,
         name: &str,
         user: RunAs,
-        snapshot: S,
+        mut snapshot: S,
     ) -> Result<(), AgentError>
     where
         S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
+        use futures_util::StreamExt;
+        use tokio::io::AsyncWriteExt;
         let (spec, kept) = self.primary_here(name)?;
         let programs = self.programs(&spec)?;
         self.data_folder(name, user)?;
         let sandbox = self.sandbox(name, user)?;
-        let mut file = SnapshotFile::new(&sandbox, user)?;
-        file.receive(snapshot).await?;
-        self.stop_server(name).await;
-        let mut env = service_env();
-        env.insert("SNAPSHOT".into(), file.inside.clone());
-        let script = engine(spec.engine).restore_script(&programs);
-        scripts::run(
+        let engine = engine(spec.engine);
+        let (input, feed) =
+            std::io::pipe().map_err(AgentError::io("make a pipe for the snapshot"))?;
+        let mut feed = tokio::net::unix::pipe::Sender::from_owned_fd(feed.into())
+            .map_err(AgentError::io("pass the snapshot on"))?;
+        let script = engine.unpack_script(&programs);
+        let unpack = scripts::run_with_data(
             name,
-            "restore",
+            "unpack",
             &script,
             &sandbox,
-            env,
+            service_env(),
+            self.log_output(name),
+            scripts::Data {
+                input: Some(input.into()),
+                output: None,
+            },
+        );
+        let fed = async move {
+            while let Some(chunk) = snapshot.next().await {
+                let chunk = chunk
+                    .map_err(|e| AgentError::BadRequest(format!("the snapshot broke off: {e}")))?;
+                feed.write_all(&chunk)
+                    .await
+                    .map_err(AgentError::io("pass the snapshot on"))?;
+            }
+            // The script sees the snapshot's end once `feed` is gone.
+            Ok::<_, AgentError>(())
+        };
+        let (unpacked, fed) = tokio::join!(unpack, fed);
+        // A snapshot that broke off may look whole to the script; a script that failed stops
+        // reading, and says why better than the broken pipe does.
+        if let Err(broke @ AgentError::BadRequest(_)) = fed {
+            return Err(broke);
+        }
+        unpacked?;
+        fed?;
+        self.stop_server(name).await;
+        scripts::run(
+            name,
+            "swap",
+            engine.swap_script(),
+            &sandbox,
+            service_env(),
             self.log_output(name),
         )
         .await?;
-        drop(file);
         self.run_server(&spec, &kept, user, Wait::UntilReady).await
     }
 

@@ -2,6 +2,7 @@
 //! to their end in the service's sandbox, with only the variables they need.
 
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,6 +12,8 @@ use crate::error::AgentError;
 
 /// A script that has not ended by then is ended.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+/// As [`SCRIPT_TIMEOUT`], for a script that streams a snapshot.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Where a script's output goes.
 pub(super) enum Output {
@@ -18,6 +21,14 @@ pub(super) enum Output {
     Log(PathBuf),
     /// Back to the caller alone.
     Return,
+}
+
+/// What a script reads as its standard input, and where its standard output goes instead of
+/// its lines: a snapshot, streamed.
+#[derive(Default)]
+pub(super) struct Data {
+    pub input: Option<OwnedFd>,
+    pub output: Option<OwnedFd>,
 }
 
 /// Runs `script`, the `step` of service `service`, to its end in `sandbox` with exactly `env`;
@@ -30,18 +41,41 @@ pub(super) async fn run(
     env: BTreeMap<String, String>,
     output: Output,
 ) -> Result<Vec<String>, AgentError> {
+    run_with_data(service, step, script, sandbox, env, output, Data::default()).await
+}
+
+/// [`run`], with `data` as the script's input or output; the script's ends of `data` close
+/// when it has ended.
+pub(super) async fn run_with_data(
+    service: &str,
+    step: &str,
+    script: &str,
+    sandbox: &Sandbox,
+    env: BTreeMap<String, String>,
+    output: Output,
+    data: Data,
+) -> Result<Vec<String>, AgentError> {
     let spec = HookSpec {
         script: script.to_owned(),
         sandbox: sandbox.clone(),
         env,
-        timeout: SCRIPT_TIMEOUT,
+        // A snapshot streams as fast as its reader takes it: a gigabyte's may take a while.
+        timeout: if data.input.is_some() || data.output.is_some() {
+            STREAM_TIMEOUT
+        } else {
+            SCRIPT_TIMEOUT
+        },
         cancel: Cancel::default(),
+        stdin: data.input,
+        stdout: data.output,
     };
     let (service, step) = (service.to_owned(), step.to_owned());
     let what = step.clone();
     tokio::task::spawn_blocking(move || {
         let mut lines = Vec::new();
         let outcome = lockstep_supervisor::run_hook(&spec, &mut |line| lines.push(line.to_owned()));
+        // The data's other end sees its end now, not when the task is gone.
+        drop(spec);
         if let Output::Log(log) = &output {
             append_lines(log, &lines);
         }
