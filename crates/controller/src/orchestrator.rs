@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lockstep_deploy::{
-    Command, Deployment, Event, HookKind, NodeFailure, Phase, Plan, Record, Release, Reply, Request,
+    Command, Deployment, EdgeGate, Event, HookKind, NodeFailure, Plan, Record, Release, Reply,
+    Request,
 };
 use lockstep_proto::agent::{
     HookRequest, HookState, InstanceStatus, ProcessState, RuntimeInputs, ServiceReplication,
@@ -347,7 +348,10 @@ impl Controller {
                     Command::Append(record) => {
                         self.store.append_journal(activity, &record)?;
                         self.apply_record(activity, environment, &record)?;
-                        self.tell_edge(environment, plan, &record).await;
+                    }
+                    Command::Edge(EdgeGate::Closed) => self.edge_closing(environment).await,
+                    Command::Edge(EdgeGate::Open(release)) => {
+                        self.edge_opened(environment, &release).await;
                     }
                     Command::Log(line) => self.store.append_log(activity, &line)?,
                     Command::Send {
@@ -442,30 +446,6 @@ impl Controller {
             | Record::Failure { .. } => {}
         }
         Ok(())
-    }
-
-    /// The edge follows the nodes' gate: closed before they close, open once they opened.
-    async fn tell_edge(&self, environment: &str, plan: &Plan, record: &Record) {
-        match record {
-            Record::PhaseStarted {
-                phase: Phase::Close,
-            } => self.edge_closing(environment).await,
-            Record::PhaseEnded { phase: Phase::Open } => {
-                let opened = Release {
-                    image: plan.image.clone(),
-                    generation: plan.generation,
-                };
-                self.edge_opened(environment, &opened).await;
-            }
-            Record::PhaseEnded {
-                phase: Phase::Rollback,
-            } => {
-                if let Some(previous) = &plan.previous {
-                    self.edge_opened(environment, previous).await;
-                }
-            }
-            _ => {}
-        }
     }
 
     /// Environments with work running or waiting.

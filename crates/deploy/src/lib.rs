@@ -80,6 +80,16 @@ pub struct Plan {
     pub data: Option<String>,
 }
 
+impl Plan {
+    /// The release the deployment puts in place.
+    pub fn target(&self) -> Release {
+        Release {
+            image: self.image.clone(),
+            generation: self.generation,
+        }
+    }
+}
+
 /// The phases of SPEC section 3 after the build, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -182,6 +192,19 @@ pub enum Command {
     },
     /// A line for the activity log.
     Log(String),
+    /// Tell the edge in front of the environment, before carrying out what follows.
+    Edge(EdgeGate),
+}
+
+/// What the edge does with the environment's visitors: the machine decides it with the
+/// nodes' gates, so that the edge never sends visitors to a closed node nor holds them in front
+/// of an open one for longer than it takes to say so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EdgeGate {
+    /// The nodes are about to close: anonymous visitors are served from cache, the others held.
+    Closed,
+    /// The nodes are open at this release: visitors go to them.
+    Open(Release),
 }
 
 /// How a deployment ended.

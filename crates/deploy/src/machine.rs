@@ -12,7 +12,8 @@ use crate::round::{Happening, RequestIds, Round};
 use crate::timing::timeout_ms;
 use crate::work::{NodeResult, Work, hook_name};
 use crate::{
-    Command, Event, HookKind, NodeFailure, NodeName, Outcome, Phase, Plan, Record, RequestId,
+    Command, EdgeGate, Event, HookKind, NodeFailure, NodeName, Outcome, Phase, Plan, Record,
+    Release, RequestId,
 };
 
 #[derive(Debug)]
@@ -51,6 +52,14 @@ impl Deployment {
         }
         let mut out = vec![Command::Log(activity_log::resuming(&deployment.progress))];
         deployment.advance(&mut out);
+        // The edge may have lost what it was told (it restarted meanwhile): told again, unless
+        // what the machine did just now told it.
+        let told = out
+            .iter()
+            .any(|command| matches!(command, Command::Edge(_)));
+        if let Some(edge) = deployment.edge_now().filter(|_| !told) {
+            out.push(Command::Edge(edge));
+        }
         Ok((deployment, out))
     }
 
@@ -135,6 +144,9 @@ impl Deployment {
             && !self.progress.started(phase)
         {
             self.append(out, Record::PhaseStarted { phase });
+            if phase == Phase::Close {
+                out.push(Command::Edge(EdgeGate::Closed));
+            }
         }
         if work == Work::Phase(Phase::DeployHook) && self.progress.hook_node.is_none() {
             // Journaled before the hook is asked for: a restart asks this node again, and never
@@ -191,6 +203,11 @@ impl Deployment {
     fn conclude(&mut self, round: &Round, out: &mut Vec<Command>) {
         let Work::Phase(phase) = round.work() else {
             // The restore after an abort: the previous release serves again everywhere.
+            if let Some(previous) = self.progress.plan.previous.clone()
+                && self.progress.started(Phase::Close)
+            {
+                out.push(Command::Edge(EdgeGate::Open(previous)));
+            }
             self.finish(out);
             return;
         };
@@ -297,13 +314,50 @@ impl Deployment {
         self.round = None;
     }
 
-    /// Journals a record and applies it to the state in the same step.
+    /// Journals a record and applies it to the state in the same step; the edge follows the
+    /// nodes once they opened.
     fn append(&mut self, out: &mut Vec<Command>, record: Record) {
         let applied = self.progress.apply(&record);
         debug_assert!(
             applied.is_ok(),
             "the machine wrote a bad record: {applied:?}"
         );
+        let opened = match &record {
+            Record::PhaseEnded { phase } => self.opened_by(*phase),
+            _ => None,
+        };
         out.push(Command::Append(record));
+        if let Some(release) = opened {
+            out.push(Command::Edge(EdgeGate::Open(release)));
+        }
+    }
+
+    /// What the edge should be doing now, from the journal: open at the release the nodes
+    /// opened at, closed from the start of close until then; `None` before close.
+    fn edge_now(&self) -> Option<EdgeGate> {
+        let opened = [Phase::Rollback, Phase::Open]
+            .into_iter()
+            .filter(|phase| self.progress.ended(*phase))
+            .find_map(|phase| self.opened_by(phase));
+        match opened {
+            Some(release) => Some(EdgeGate::Open(release)),
+            None => self
+                .progress
+                .started(Phase::Close)
+                .then_some(EdgeGate::Closed),
+        }
+    }
+
+    /// The release the nodes serve once `phase` ended, if it opened them: none when every
+    /// node was lost, which leaves the environment closed.
+    fn opened_by(&self, phase: Phase) -> Option<Release> {
+        if self.progress.remaining_nodes().is_empty() {
+            return None;
+        }
+        match phase {
+            Phase::Open => Some(self.progress.plan.target()),
+            Phase::Rollback => self.progress.plan.previous.clone(),
+            _ => None,
+        }
     }
 }

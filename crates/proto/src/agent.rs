@@ -384,7 +384,7 @@ pub struct ServiceStatus {
     pub cluster_port: u16,
     /// The engine's process on this node; none when the primary runs elsewhere.
     pub process: Option<ProcessState>,
-    /// Bytes the service's data uses on this node.
+    /// Bytes the service's data uses on this node, measured within the last minute.
     pub data_bytes: u64,
     pub disk_mb: Option<u64>,
 }

@@ -125,7 +125,13 @@ pub struct Services {
     endpoints: std::sync::Mutex<BTreeMap<String, Endpoint>>,
     /// Each server started by this run of the agent.
     running: std::sync::Mutex<BTreeMap<String, Running>>,
+    /// Each service's data size and when it was measured: walking a database's folder at every
+    /// status the controller asks for was most of an idle agent's work.
+    measured: std::sync::Mutex<BTreeMap<String, (Instant, u64)>>,
 }
+
+/// How old a service's data size in its status may be.
+const USAGE_FRESHNESS: Duration = Duration::from_secs(60);
 
 impl Services {
     /// The services kept in `dir`; nothing runs until [`Services::ensure`].
@@ -147,6 +153,7 @@ impl Services {
             kept: std::sync::Mutex::new(kept),
             endpoints: Default::default(),
             running: Default::default(),
+            measured: Default::default(),
         })
     }
 
@@ -903,6 +910,19 @@ impl Services {
         self.running.lock().expect("running lock").remove(name);
     }
 
+    /// The size of service `name`'s data, measured at most [`USAGE_FRESHNESS`] ago.
+    fn data_bytes(&self, name: &str) -> u64 {
+        let mut measured = self.measured.lock().expect("measured lock");
+        match measured.get(name) {
+            Some((at, bytes)) if at.elapsed() < USAGE_FRESHNESS => *bytes,
+            _ => {
+                let bytes = lockstep_supervisor::tree_bytes(&self.dir.join(name).join("data"));
+                measured.insert(name.to_owned(), (Instant::now(), bytes));
+                bytes
+            }
+        }
+    }
+
     fn status_of(&self, kept: &Persisted) -> Vec<ServiceStatus> {
         let processes = self.supervisor.status();
         kept.services
@@ -926,7 +946,7 @@ impl Services {
                     endpoint_port: k.endpoint_port,
                     cluster_port: k.cluster_ports.first().copied().unwrap_or(0),
                     process,
-                    data_bytes: lockstep_supervisor::tree_bytes(&self.dir.join(name).join("data")),
+                    data_bytes: self.data_bytes(name),
                     disk_mb: spec.disk_mb,
                 })
             })

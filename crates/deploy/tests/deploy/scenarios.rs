@@ -4,8 +4,8 @@
 use std::collections::VecDeque;
 
 use lockstep_deploy::{
-    Command, Deployment, Event, HookFailurePolicy, HookKind, NodeFailure, Outcome, Phase, Plan,
-    Record, Reply, Request, RequestId,
+    Command, Deployment, EdgeGate, Event, HookFailurePolicy, HookKind, NodeFailure, Outcome, Phase,
+    Plan, Record, Reply, Request, RequestId,
 };
 
 use crate::sim::world::{
@@ -180,6 +180,7 @@ fn render(command: &Command) -> String {
             timeout_ms,
         } => format!("send #{} {node} {request:?} within {timeout_ms} ms", id.0),
         Command::Log(line) => format!("log {line}"),
+        Command::Edge(gate) => format!("edge {gate:?}"),
     }
 }
 
@@ -283,6 +284,7 @@ fn a_three_node_deployment_runs_every_phase_in_order() {
         "send #6 production-3 Quiesce within 300000 ms",
         "append PhaseEnded { phase: Quiesce }",
         "append PhaseStarted { phase: Close }",
+        "edge Closed",
         "log Closing 3 nodes to requests",
         "send #7 production-1 Close within 120000 ms",
         "send #8 production-2 Close within 120000 ms",
@@ -310,6 +312,7 @@ fn a_three_node_deployment_runs_every_phase_in_order() {
         "send #18 production-2 StartBackground { generation: 9 } within 120000 ms",
         "send #19 production-3 StartBackground { generation: 9 } within 120000 ms",
         "append PhaseEnded { phase: Open }",
+        "edge Open(Release { image: \"9f2c41d0e8b7a6c5d4e3f2a1b0c9d8e7\", generation: 9 })",
         "append PhaseStarted { phase: PostDeploy }",
         "log Running the post_deploy hook on production-1",
         "send #20 production-1 RunHook { hook: PostDeploy } within 86700000 ms",
@@ -421,6 +424,17 @@ fn a_node_that_never_confirms_close_aborts_and_the_others_reopen() {
             .contains(&Record::NodeLost { node: node(3) })
     );
     assert!(requests_to(&driver, |r| matches!(r, Request::Swap { .. })).is_empty());
+    // The edge closed with the nodes, and opens again once they did, at what they serve.
+    let edge: Vec<EdgeGate> = driver
+        .commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Edge(gate) => Some(gate.clone()),
+            _ => None,
+        })
+        .collect();
+    let previous = driver.machine.plan().previous.clone().unwrap();
+    assert_eq!(edge, [EdgeGate::Closed, EdgeGate::Open(previous)]);
 }
 
 #[test]

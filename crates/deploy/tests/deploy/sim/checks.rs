@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use lockstep_deploy::{HookKind, Outcome, Phase, Record, Release, Request};
+use lockstep_deploy::{EdgeGate, HookKind, Outcome, Phase, Record, Release, Request};
 
 use super::node::SimNode;
 use super::world::{World, new_release};
@@ -10,6 +10,7 @@ use super::world::{World, new_release};
 /// I1, I2 and I3, after every step of the world.
 pub fn at_every_instant(world: &mut World) {
     one_release_serves(world);
+    the_edge_sends_visitors_only_to_the_release_that_serves(world);
     nothing_runs_in_the_closed_window(&world.nodes);
     deploy_hook_started_at_most_once(world);
 }
@@ -52,6 +53,23 @@ fn one_release_serves(world: &mut World) {
         serving.len() <= 1,
         "I1: two releases serve at once: {serving:?}"
     );
+}
+
+/// The edge is open at a release only while every open node serves that one (I1 seen from
+/// the visitors' side).
+fn the_edge_sends_visitors_only_to_the_release_that_serves(world: &World) {
+    let Some(EdgeGate::Open(release)) = &world.edge else {
+        return;
+    };
+    for node in &world.nodes {
+        if let Some(serving) = node.serves() {
+            assert_eq!(
+                &serving, release,
+                "the edge is open at generation {} while {} serves generation {}",
+                release.generation, node.name, serving.generation
+            );
+        }
+    }
 }
 
 /// I3: no worker or cron runs on a node between its quiesce and its open.
@@ -117,6 +135,22 @@ pub fn at_the_end(world: &World) {
     };
     let lost = lost_nodes(journal);
     let previous = world.plan.previous.clone();
+    // The edge ends where the nodes do: open at what serves, closed if nothing does.
+    let edge_at_the_end = match outcome {
+        Outcome::Completed { .. } | Outcome::OpenedDespiteHookFailure { .. } => {
+            Some(EdgeGate::Open(new_release()))
+        }
+        Outcome::RolledBack { .. } => previous.clone().map(EdgeGate::Open),
+        Outcome::Aborted { .. } => match &previous {
+            Some(previous) => Some(EdgeGate::Open(previous.clone())),
+            None => world.edge.clone(),
+        },
+        Outcome::StayedClosed { .. } => Some(EdgeGate::Closed),
+    };
+    assert_eq!(
+        world.edge, edge_at_the_end,
+        "the edge at the end of {outcome:?}"
+    );
     match outcome {
         Outcome::Completed { lost_nodes }
         | Outcome::OpenedDespiteHookFailure { lost_nodes, .. } => {

@@ -17,8 +17,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use lockstep_deploy::{
-    Command, Deployment, Event, HookFailurePolicy, HookKind, NodeFailure, Plan, Record, Release,
-    Reply, Request, RequestId,
+    Command, Deployment, EdgeGate, Event, HookFailurePolicy, HookKind, NodeFailure, Plan, Record,
+    Release, Reply, Request, RequestId,
 };
 
 use super::checks;
@@ -132,6 +132,9 @@ pub struct World {
     pub served_generations: BTreeMap<u64, String>,
     /// How many commands the orchestrators carried out.
     pub commands_carried_out: usize,
+    /// What the edge was told last: it outlives the controller's crashes. Open at the previous
+    /// release before the deployment, as an environment that serves is.
+    pub edge: Option<EdgeGate>,
     machine: Deployment,
     requests: Vec<(RequestId, usize, Request)>,
     answers: Vec<(RequestId, Result<Reply, NodeFailure>)>,
@@ -148,6 +151,7 @@ pub struct World {
 /// Runs a deployment to its end, checking the invariants after every step and at the end.
 pub fn run(scenario: &Scenario, chaos: Chaos) -> World {
     let plan = scenario.plan();
+    let previous = plan.previous.clone();
     let nodes = plan
         .nodes
         .iter()
@@ -165,6 +169,7 @@ pub fn run(scenario: &Scenario, chaos: Chaos) -> World {
         log: Vec::new(),
         controller_restarts: 0,
         served_generations: BTreeMap::new(),
+        edge: previous.map(EdgeGate::Open),
         commands_carried_out: 0,
         machine,
         requests: Vec::new(),
@@ -314,6 +319,7 @@ impl World {
                     self.requests.push((id, index, request));
                 }
                 Command::Log(line) => self.log.push(line),
+                Command::Edge(gate) => self.edge = Some(gate),
             }
         }
     }
