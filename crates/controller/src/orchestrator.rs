@@ -87,6 +87,28 @@ impl From<DeployJob> for Job {
     }
 }
 
+/// An environment's queue held by [`Controller::claim_idle`].
+struct QueueClaim {
+    controller: Arc<Controller>,
+    environment: String,
+}
+
+impl Drop for QueueClaim {
+    fn drop(&mut self) {
+        let waiting = self
+            .controller
+            .queues
+            .running
+            .lock()
+            .expect("queue lock")
+            .remove(&self.environment)
+            .unwrap_or_default();
+        for job in waiting {
+            self.controller.enqueue(job);
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Queues {
     /// Environments with work running, and the work waiting behind it, in order.
@@ -267,30 +289,20 @@ impl Controller {
                 &activity.id,
                 "The controller restarted; resuming from the journal",
             )?;
-            self.queues
-                .running
-                .lock()
-                .expect("queue lock")
-                .insert(activity.environment.clone(), VecDeque::new());
-            let controller = self.clone();
+            // The first of the environment's unfinished activities: it ran when the controller
+            // stopped, so nothing holds the queue yet.
+            let Some(claim) = self.claim_idle(&activity.environment) else {
+                tracing::error!(activity = %activity.id, "another activity of its environment was resumed first");
+                continue;
+            };
             tokio::spawn(async move {
-                let id = activity.id.clone();
-                let env = activity.environment.clone();
-                if let Err(error) = controller
-                    .execute(&id, &env, &plan, machine, commands)
+                let (id, env) = (&activity.id, &activity.environment);
+                if let Err(error) = claim
+                    .controller
+                    .execute(id, env, &plan, machine, commands)
                     .await
                 {
                     tracing::error!(activity = %id, %error, "resumed deployment failed to run");
-                }
-                let waiting = controller
-                    .queues
-                    .running
-                    .lock()
-                    .expect("queue lock")
-                    .remove(&env)
-                    .unwrap_or_default();
-                for job in waiting {
-                    controller.enqueue(job);
                 }
             });
         }
@@ -461,23 +473,36 @@ impl Controller {
 
     /// Brings every node of every environment to the release its environment serves, and opens
     /// the ones that may open. Runs at start and then periodically, for nodes that come back.
-    pub async fn catch_up(&self) -> Result<(), ControllerError> {
-        let busy = self.busy_environments();
-        for env in self.store.environments()? {
-            let Some(serving) = env.serving.clone() else {
+    pub async fn catch_up(self: &Arc<Self>) -> Result<(), ControllerError> {
+        for name in self.store.environments()?.into_iter().map(|env| env.name) {
+            // Work under way has the nodes; work that arrives meanwhile waits for this.
+            let Some(_claim) = self.claim_idle(&name) else {
                 continue;
             };
-            if busy.contains(&env.name) {
+            let Some(serving) = self.store.environment(&name)?.serving else {
                 continue;
-            }
-            let nodes = self.store.nodes(&env.name)?;
-            for node in nodes {
-                if let Err(error) = self.catch_up_node(&env.name, &node, &serving).await {
-                    tracing::debug!(environment = %env.name, node = %node.name, %error, "node not caught up yet");
+            };
+            for node in self.store.nodes(&name)? {
+                if let Err(error) = self.catch_up_node(&name, &node, &serving).await {
+                    tracing::debug!(environment = %name, node = %node.name, %error, "node not caught up yet");
                 }
             }
         }
         Ok(())
+    }
+
+    /// Holds the queue of environment `name` if nothing runs there, for work outside any
+    /// activity: jobs that arrive meanwhile wait, and start once the claim is dropped.
+    fn claim_idle(self: &Arc<Self>, name: &str) -> Option<QueueClaim> {
+        let mut running = self.queues.running.lock().expect("queue lock");
+        if running.contains_key(name) {
+            return None;
+        }
+        running.insert(name.to_owned(), VecDeque::new());
+        Some(QueueClaim {
+            controller: self.clone(),
+            environment: name.to_owned(),
+        })
     }
 
     async fn catch_up_node(
@@ -1147,5 +1172,72 @@ mod failpoint {
                 std::process::exit(EXIT_STATUS);
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A controller on a data folder of its own, with nodes nobody answers on.
+    fn controller(dir: &std::path::Path) -> Arc<Controller> {
+        let node = |name: &str| crate::NodeSpec {
+            name: name.into(),
+            agent_url: "http://127.0.0.1:9".into(),
+        };
+        Controller::open(crate::ControllerOptions {
+            data_dir: dir.to_owned(),
+            project: "test".into(),
+            domain: "localhost".into(),
+            admin_token: "admin".into(),
+            agent_token: "agent".into(),
+            public_url: "http://127.0.0.1:9".into(),
+            lockstep_binary: "/bin/false".into(),
+            topology: crate::Topology {
+                production: vec![node("production-1")],
+                staging: vec![node("staging-1")],
+                development: node("development-1"),
+            },
+            edge: None,
+            operator: Default::default(),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn work_that_arrives_while_a_node_is_caught_up_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let controller = controller(dir.path());
+        let claim = controller.claim_idle("production").expect("nothing runs");
+        assert!(
+            controller.claim_idle("production").is_none(),
+            "claimed twice"
+        );
+        let backup = controller
+            .store
+            .create_activity("backup", "production", "Backup of production")
+            .unwrap();
+        controller.enqueue(Job::Backup {
+            activity: backup.id.clone(),
+            environment: "production".into(),
+        });
+        assert_eq!(
+            controller.store.activity(&backup.id).unwrap().state,
+            "pending"
+        );
+        assert!(
+            controller
+                .store
+                .log(&backup.id)
+                .unwrap()
+                .contains("Waiting for the activity in progress to end")
+        );
+
+        // Once the claim goes, the backup has the queue.
+        drop(claim);
+        assert!(controller.claim_idle("production").is_none());
+        assert_eq!(controller.busy_environments(), ["production"]);
+        // The other environments were never held.
+        assert!(controller.claim_idle("staging").is_some());
     }
 }
