@@ -10,8 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use lockstep_proto::agent::{
-    Closed, HookKind, HookOutcome, HookRequest, InstanceConfig, InstanceStatus, Staged, Step,
-    SwapRequest,
+    Closed, HookKind, HookOutcome, HookRequest, InstanceConfig, InstanceStatus, Step, SwapRequest,
 };
 
 use crate::Agent;
@@ -124,11 +123,27 @@ async fn stage(
     State(agent): State<Arc<Agent>>,
     Path((env, image)): Path<(String, String)>,
     body: Body,
-) -> Answer<Staged> {
-    let instance = agent.instance(&env).await?;
-    let result = instance.stage(&image, body.into_data_stream()).await;
-    agent.context.metrics.command(&env, "stage", result.is_ok());
-    result.map(Json)
+) -> Response {
+    let staged = async {
+        let instance = agent.instance(&env).await?;
+        let result = instance.stage(&image, body.into_data_stream()).await;
+        agent.context.metrics.command(&env, "stage", result.is_ok());
+        result.map(Json)
+    };
+    closing(staged.await)
+}
+
+/// An answer to a request whose streamed body the handler may not have read to its end (an
+/// image staged already, a refused restore): the connection closes after it, since the server
+/// will not read another request from it, and a client that kept it would send its next one
+/// into a connection being closed.
+fn closing(answer: impl IntoResponse) -> Response {
+    let mut response = answer.into_response();
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 async fn quiesce(
@@ -292,13 +307,15 @@ async fn service_restore(
     State(agent): State<Arc<Agent>>,
     Path((env, service)): Path<(String, String)>,
     body: Body,
-) -> Answer<Vec<lockstep_proto::agent::ServiceStatus>> {
-    let instance = agent.instance(&env).await?;
-    Ok(Json(
-        instance
+) -> Response {
+    let restored = async {
+        let instance = agent.instance(&env).await?;
+        let statuses = instance
             .restore_service(&service, body.into_data_stream())
-            .await?,
-    ))
+            .await?;
+        Ok::<_, AgentError>(Json(statuses))
+    };
+    closing(restored.await)
 }
 
 /// Stops a replica and removes its data, before its primary's is replaced.

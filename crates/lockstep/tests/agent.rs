@@ -83,6 +83,17 @@ async fn a_deploy_swaps_releases_and_closed_means_503_while_in_flight_requests_f
     assert_eq!(client.stage(ENV, &v2).await.ok()["already_staged"], false);
     assert_eq!(get_router(port, "/").await.0, 200);
     assert_eq!(client.stage(ENV, &v2).await.ok()["already_staged"], true);
+    // The agent read none of that body, so it will read no other request from the connection:
+    // it says so, and no client sends its next request into a connection being closed.
+    let again = client
+        .http
+        .put(client.url(&format!("/v1/instances/{ENV}/images/{}", v2.id)))
+        .bearer_auth(TOKEN)
+        .body(std::fs::read(&v2.path).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.headers()["connection"], "close");
 
     client.step(ENV, "quiesce", "d2", 2).await.ok();
     let in_flight = tokio::spawn(async move { get_router(port, "/slow?ms=1500").await });
