@@ -251,10 +251,7 @@ impl Instance {
 
     /// A snapshot of the environment's service `name`, whose primary is on this node.
     pub async fn snapshot_service(&self, name: &str) -> Result<Snapshot, AgentError> {
-        let user = {
-            let state = self.state.lock().await;
-            self.user(&state)?
-        };
+        let user = self.current_user().await?;
         self.services.snapshot(name, user).await
     }
 
@@ -268,39 +265,27 @@ impl Instance {
         S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let user = {
-            let state = self.state.lock().await;
-            self.user(&state)?
-        };
+        let user = self.current_user().await?;
         self.services.restore(name, user, snapshot).await
     }
 
     /// Stops this node's replica of service `name` and removes its data, before its
     /// primary's is replaced.
     pub async fn discard_replica(&self, name: &str) -> Result<Vec<ServiceStatus>, AgentError> {
-        let user = {
-            let state = self.state.lock().await;
-            self.user(&state)?
-        };
+        let user = self.current_user().await?;
         self.services.discard_replica(name, user).await
     }
 
     /// Starts this node's server of service `name` unless it runs (a discarded replica's
     /// data made again from its primary's).
     pub async fn start_service(&self, name: &str) -> Result<Vec<ServiceStatus>, AgentError> {
-        let user = {
-            let state = self.state.lock().await;
-            self.user(&state)?
-        };
+        let user = self.current_user().await?;
         self.services.start(name, user).await
     }
 
     /// How each replica on this node follows its primary.
     pub async fn service_replication(&self) -> Result<Vec<ServiceReplication>, AgentError> {
-        let user = {
-            let state = self.state.lock().await;
-            self.user(&state)?
-        };
+        let user = self.current_user().await?;
         Ok(self.services.replication(user).await)
     }
 
@@ -309,10 +294,7 @@ impl Instance {
         specs: Vec<ServiceSpec>,
         wait: Wait,
     ) -> Result<Vec<ServiceStatus>, AgentError> {
-        let user = {
-            let state = self.state.lock().await;
-            self.user(&state)?
-        };
+        let user = self.current_user().await?;
         self.services.ensure(specs, user, wait).await
     }
 
@@ -995,6 +977,12 @@ impl Instance {
             // Short: every step of this wait is part of the closed window of a deploy.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// [`Instance::user`], as the instance's state says now.
+    async fn current_user(&self) -> Result<RunAs, AgentError> {
+        let state = self.state.lock().await;
+        self.user(&state)
     }
 
     /// The user the environment's code runs as on this node: its own when the agent is root,

@@ -379,21 +379,13 @@ impl DataCopy {
         agents: &crate::agents::AgentClient,
     ) -> Result<(), crate::agents::CallError> {
         use crate::agents::Call;
-        type Statuses = Vec<lockstep_proto::agent::ServiceStatus>;
         for service in &self.services {
             let to = (service.to.0.as_str(), service.to.1.as_str());
             // Every replica goes before the primary changes: a Galera member still running
             // would keep the old cluster, which another could rejoin.
-            for replica in &service.replicas {
-                let _: Statuses = agents
-                    .call(
-                        replica,
-                        to.1,
-                        Call::DiscardReplica(&service.name),
-                        COPY_TIMEOUT,
-                    )
-                    .await?;
-            }
+            service
+                .on_replicas(agents, |name| Call::DiscardReplica(name))
+                .await?;
             match &service.from {
                 ServiceData::File(file) => {
                     agents
@@ -406,16 +398,9 @@ impl DataCopy {
                         .await?;
                 }
             }
-            for replica in &service.replicas {
-                let _: Statuses = agents
-                    .call(
-                        replica,
-                        to.1,
-                        Call::StartService(&service.name),
-                        COPY_TIMEOUT,
-                    )
-                    .await?;
-            }
+            service
+                .on_replicas(agents, |name| Call::StartService(name))
+                .await?;
         }
         let failed =
             |why: String| crate::agents::CallError::Node(lockstep_deploy::NodeFailure::Failed(why));
@@ -446,6 +431,22 @@ impl DataCopy {
                     outcome.output.trim_end()
                 )));
             }
+        }
+        Ok(())
+    }
+}
+
+impl ServiceCopy {
+    /// Asks each replica of the service for `call`, one after the other.
+    async fn on_replicas(
+        &self,
+        agents: &crate::agents::AgentClient,
+        call: impl for<'a> Fn(&'a str) -> crate::agents::Call<'a>,
+    ) -> Result<(), crate::agents::CallError> {
+        for replica in &self.replicas {
+            let _: Vec<lockstep_proto::agent::ServiceStatus> = agents
+                .call(replica, &self.to.1, call(&self.name), COPY_TIMEOUT)
+                .await?;
         }
         Ok(())
     }

@@ -535,12 +535,8 @@ async fn a_production_push_runs_its_services_and_every_node_reaches_the_same_pri
     // Each other node keeps a copy with the engine's own replication, and apps there still
     // wrote to the primary.
     let kept_on = |node: &str| kept_on(&platform, node);
-    let primary = kept_on("production-1")["services"]["db"].clone();
-    let on_primary = psql_as(
-        primary["port"].as_u64().unwrap() as u16,
-        primary["spec"]["password"].as_str().unwrap(),
-        "SHOW synchronous_standby_names",
-    );
+    let (primary, password) = server_of(&kept_on("production-1"), "db");
+    let on_primary = psql_as(primary, &password, "SHOW synchronous_standby_names");
     assert_eq!(
         on_primary.unwrap(),
         "ANY 1 (*)",
@@ -548,11 +544,8 @@ async fn a_production_push_runs_its_services_and_every_node_reaches_the_same_pri
     );
     for node in ["production-2", "production-3"] {
         let kept = kept_on(node);
-        let service = |name: &str| kept["services"][name].clone();
-        let db = service("db");
-        assert_eq!(db["spec"]["role"]["role"], "replica");
-        let replica = db["port"].as_u64().unwrap() as u16;
-        let password = db["spec"]["password"].as_str().unwrap().to_owned();
+        assert_eq!(kept["services"]["db"]["spec"]["role"]["role"], "replica");
+        let (replica, password) = server_of(&kept, "db");
         let sql = |query: &str| psql_as(replica, &password, query);
         assert_eq!(sql("SELECT pg_is_in_recovery()").unwrap(), "t");
         eventually(
@@ -562,9 +555,7 @@ async fn a_production_push_runs_its_services_and_every_node_reaches_the_same_pri
         )
         .await;
         // MariaDB's other nodes are members of one Galera cluster.
-        let carts = service("carts");
-        let member = carts["port"].as_u64().unwrap() as u16;
-        let password = carts["spec"]["password"].as_str().unwrap().to_owned();
+        let (member, password) = server_of(&kept, "carts");
         let status = mariadb_as(member, &password, "SHOW STATUS LIKE 'wsrep_cluster_size'");
         assert_eq!(status.unwrap().split_whitespace().last(), Some("3"));
         assert_eq!(
@@ -572,30 +563,8 @@ async fn a_production_push_runs_its_services_and_every_node_reaches_the_same_pri
             "3",
             "Galera replicates synchronously"
         );
-        let counter = service("counter");
-        let port = counter["port"].as_u64().unwrap().to_string();
-        let password = counter["spec"]["password"].as_str().unwrap().to_owned();
-        eventually(
-            Duration::from_secs(10),
-            "the counter on a Redis replica",
-            || async {
-                client(
-                    "redis-cli",
-                    &[
-                        "-p",
-                        &port,
-                        "--no-auth-warning",
-                        "-a",
-                        &password,
-                        "GET",
-                        "counter",
-                    ],
-                    &[],
-                )
-                .is_ok_and(|value| value == "3")
-            },
-        )
-        .await;
+        let (port, password) = server_of(&kept, "counter");
+        redis_replica_holds(port, &password, "counter", "3").await;
     }
 
     let status = text(&platform.cli(&["status"]));
@@ -712,6 +681,35 @@ async fn a_production_push_runs_its_services_and_every_node_reaches_the_same_pri
     );
     let notes = call(reqwest::Method::GET, &routers[0], "/notes").await;
     assert_eq!(notes["notes"].as_array().unwrap().len(), 3);
+}
+
+/// Where service `name`'s server listens on a node whose agent keeps `kept`
+/// ([`kept_on`]), and its password.
+fn server_of(kept: &serde_json::Value, name: &str) -> (u16, String) {
+    let service = &kept["services"][name];
+    (
+        service["port"].as_u64().unwrap() as u16,
+        service["spec"]["password"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Waits until the Redis server at `port` holds `expected` at `key`, as a replica does once it
+/// follows.
+async fn redis_replica_holds(port: u16, password: &str, key: &str, expected: &str) {
+    let port = port.to_string();
+    eventually(
+        Duration::from_secs(10),
+        &format!("{key} = {expected} on a Redis replica"),
+        || async {
+            client(
+                "redis-cli",
+                &["-p", &port, "--no-auth-warning", "-a", password, "GET", key],
+                &[],
+            )
+            .is_ok_and(|value| value == expected)
+        },
+    )
+    .await;
 }
 
 /// What a production node's agent keeps of its services: each one's spec and ports.
@@ -1103,12 +1101,7 @@ async fn a_backup_restored_into_production_reaches_every_engine_and_every_replic
     call(reqwest::Method::POST, &routers[1], "/carts?id=3").await;
     for node in ["production-2", "production-3"] {
         let kept = kept_on(&platform, node);
-        let service = |name: &str| kept["services"][name].clone();
-        let db = service("db");
-        let (port, password) = (
-            db["port"].as_u64().unwrap() as u16,
-            db["spec"]["password"].as_str().unwrap().to_owned(),
-        );
+        let (port, password) = server_of(&kept, "db");
         assert_eq!(
             psql_as(port, &password, "SELECT pg_is_in_recovery()").unwrap(),
             "t"
@@ -1126,11 +1119,7 @@ async fn a_backup_restored_into_production_reaches_every_engine_and_every_replic
             },
         )
         .await;
-        let carts = service("carts");
-        let (port, password) = (
-            carts["port"].as_u64().unwrap() as u16,
-            carts["spec"]["password"].as_str().unwrap().to_owned(),
-        );
+        let (port, password) = server_of(&kept, "carts");
         let size = mariadb_as(port, &password, "SHOW STATUS LIKE 'wsrep_cluster_size'");
         assert_eq!(size.unwrap().split_whitespace().last(), Some("3"));
         assert_eq!(
@@ -1142,32 +1131,8 @@ async fn a_backup_restored_into_production_reaches_every_engine_and_every_replic
             .unwrap(),
             "1,3"
         );
-        let counter = service("counter");
-        let (port, password) = (
-            counter["port"].as_u64().unwrap().to_string(),
-            counter["spec"]["password"].as_str().unwrap().to_owned(),
-        );
-        eventually(
-            Duration::from_secs(10),
-            "the counter on a Redis replica",
-            || async {
-                client(
-                    "redis-cli",
-                    &[
-                        "-p",
-                        &port,
-                        "--no-auth-warning",
-                        "-a",
-                        &password,
-                        "GET",
-                        "counter",
-                    ],
-                    &[],
-                )
-                .is_ok_and(|value| value == "2")
-            },
-        )
-        .await;
+        let (port, password) = server_of(&kept, "counter");
+        redis_replica_holds(port, &password, "counter", "2").await;
     }
 }
 
@@ -1338,15 +1303,8 @@ async fn a_migration_that_fails_on_productions_data_is_caught_in_rehearsal_and_p
         );
     }
     // Production's schema and rows are as they were, and its deploy hook never ran again.
-    let primary = kept_on(&platform, "production-1")["services"]["db"].clone();
-    let sql = |query: &str| {
-        psql_as(
-            primary["port"].as_u64().unwrap() as u16,
-            primary["spec"]["password"].as_str().unwrap(),
-            query,
-        )
-        .unwrap()
-    };
+    let (primary, password) = server_of(&kept_on(&platform, "production-1"), "db");
+    let sql = |query: &str| psql_as(primary, &password, query).unwrap();
     assert_eq!(
         sql(
             "SELECT count(*) FROM information_schema.columns WHERE table_name = 'notes' AND column_name = 'title'"
@@ -1817,9 +1775,7 @@ async fn when_the_primarys_node_is_gone_a_promoted_replica_keeps_every_confirmed
         || async { kept_on("production-1")["services"]["db"]["spec"]["role"]["role"] == "replica" },
     )
     .await;
-    let old = kept_on("production-1")["services"]["db"].clone();
-    let port = old["port"].as_u64().unwrap() as u16;
-    let password = old["spec"]["password"].as_str().unwrap().to_owned();
+    let (port, password) = server_of(&kept_on("production-1"), "db");
     eventually(
         Duration::from_secs(60),
         "every confirmed note on the old primary's node, now a replica",
