@@ -256,7 +256,7 @@ async fn stopping_and_starting_again_brings_every_environment_back_open_at_its_r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_layout_whose_nodes_share_a_port_is_repaired_at_start() {
+async fn a_layout_whose_ports_are_shared_or_taken_is_repaired_at_start() {
     let mut platform = Platform::start().await;
     let project = Project::sample();
     assert!(platform.push(&project, "HEAD:production").status.success());
@@ -269,6 +269,10 @@ async fn a_layout_whose_nodes_share_a_port_is_repaired_at_start() {
     let first = layout["agent_ports"][0].clone();
     layout["agent_ports"][1] = first;
     layout["agent_ports"][2] = 0.into();
+    // Another process listens on the staging node's port by the time its agent starts.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = squatter.local_addr().unwrap().port();
+    layout["agent_ports"][3] = taken.into();
     std::fs::write(&layout_path, layout.to_string()).unwrap();
 
     platform.restart().await;
@@ -284,6 +288,7 @@ async fn a_layout_whose_nodes_share_a_port_is_repaired_at_start() {
     ports.dedup();
     assert_eq!(ports.len(), 5, "{repaired}");
     assert!(!ports.contains(&0), "{repaired}");
+    assert!(!ports.contains(&u64::from(taken)), "{repaired}");
     for router in platform.routers("production").await {
         let mut answer = (0, None);
         for _ in 0..200 {

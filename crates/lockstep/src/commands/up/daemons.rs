@@ -173,6 +173,13 @@ impl Daemon {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?
             {
+                if port_held_elsewhere(self.port) {
+                    return Err(PortTaken {
+                        daemon: self.name.clone(),
+                        port: self.port,
+                    }
+                    .into());
+                }
                 let said = std::fs::read_to_string(&log).unwrap_or_default();
                 let last_words = said.lines().last().unwrap_or("nothing");
                 bail!(
@@ -223,6 +230,33 @@ impl Daemon {
             let _ = child.wait();
         }
     }
+}
+
+/// A daemon `up` started exited because another process listens on its port: ports are found
+/// free, then bound by the daemon later, and something else may take one in between.
+#[derive(Debug)]
+pub(super) struct PortTaken {
+    /// `production-1`, `edge`.
+    pub daemon: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for PortTaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "another process took port {} before {} could listen on it",
+            self.port, self.daemon
+        )
+    }
+}
+
+impl std::error::Error for PortTaken {}
+
+/// Whether something listens on loopback `port` (a daemon that just exited no longer does).
+fn port_held_elsewhere(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port))
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
 }
 
 #[derive(Default)]

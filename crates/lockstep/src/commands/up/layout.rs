@@ -44,6 +44,22 @@ impl Layout {
         Ok(layout)
     }
 
+    /// Gives `daemon` (a node's name, or `edge`) another free port, and saves the layout.
+    pub fn move_to_free_port(&mut self, data_dir: &Path, daemon: &str) -> anyhow::Result<()> {
+        let mut taken = self.agent_ports.clone();
+        taken.push(self.edge_admin_port);
+        let port = free_ports(1, &taken)?[0];
+        match NODES.iter().position(|node| *node == daemon) {
+            Some(index) => self.agent_ports[index] = port,
+            None => self.edge_admin_port = port,
+        }
+        tracing::warn!(daemon, port, "another process took its port; moving it");
+        write_private(
+            &data_dir.join("up.json"),
+            &serde_json::to_string_pretty(self)?,
+        )
+    }
+
     /// Gives every node and the edge a port of its own. Whether it changed anything.
     fn repair_ports(&mut self) -> anyhow::Result<bool> {
         let mut ports = self.agent_ports.clone();

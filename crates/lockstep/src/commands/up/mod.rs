@@ -18,7 +18,7 @@ use clap::Args;
 use lockstep_controller::{Controller, ControllerOptions, EdgeContact, NodeSpec, Topology};
 use serde::{Deserialize, Serialize};
 
-use daemons::{Daemon, Daemons, Kind};
+use daemons::{Daemon, Daemons, Kind, PortTaken};
 use layout::{Layout, write_private};
 
 #[derive(Args)]
@@ -69,12 +69,16 @@ pub fn run(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
     )
     .with_context(|| format!("cannot make {} private", data_dir.display()))?;
     let operator = lockstep_supervisor::OperatorEnv::from_process(&args.pass_env);
-    let layout = Layout::load(data_dir)?;
+    let mut layout = Layout::load(data_dir)?;
     let binary = std::env::current_exe().context("cannot find the lockstep binary")?;
-    let mut daemons = start_daemons(&args, data_dir, &binary, &layout)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let mut daemons = runtime.block_on(start_daemons_answering(
+        &args,
+        data_dir,
+        &binary,
+        &mut layout,
+    ))?;
     let result = runtime.block_on(async {
-        daemons.wait_until_answering().await?;
         let node = |i: usize| NodeSpec {
             name: NODES[i].into(),
             agent_url: format!("http://127.0.0.1:{}", layout.agent_ports[i]),
@@ -121,6 +125,35 @@ pub fn run(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
     result?;
     println!("Lockstep stopped. `lockstep up` with the same data directory brings it back.");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts (or adopts) the five agents and the edge, and waits until each answers; one whose
+/// port another process took meanwhile moves to another port (the others, answering with the
+/// same arguments, are adopted on the next try).
+async fn start_daemons_answering(
+    args: &UpArgs,
+    data_dir: &Path,
+    binary: &Path,
+    layout: &mut Layout,
+) -> anyhow::Result<Daemons> {
+    const TRIES: usize = 3;
+    let mut tries = 1;
+    loop {
+        let mut daemons = start_daemons(args, data_dir, binary, layout)?;
+        match daemons.wait_until_answering().await {
+            Ok(()) => return Ok(daemons),
+            Err(error) => match error.downcast_ref::<PortTaken>() {
+                Some(taken) if tries < TRIES => {
+                    layout.move_to_free_port(data_dir, &taken.daemon)?;
+                    tries += 1;
+                }
+                _ => {
+                    daemons.stop();
+                    return Err(error);
+                }
+            },
+        }
+    }
 }
 
 /// Starts (or adopts) the five agents and the edge.
