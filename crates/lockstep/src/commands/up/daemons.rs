@@ -285,6 +285,16 @@ impl Daemons {
         Ok(())
     }
 
+    /// Starts `daemon` in place of the one of the same name, which has exited.
+    pub fn replace(&mut self, binary: &Path, mut daemon: Daemon) -> anyhow::Result<()> {
+        daemon.spawn(binary)?;
+        match self.daemons.iter_mut().find(|d| d.name == daemon.name) {
+            Some(exited) => *exited = daemon,
+            None => self.daemons.push(daemon),
+        }
+        Ok(())
+    }
+
     pub async fn wait_until_answering(&mut self) -> anyhow::Result<()> {
         let http = reqwest::Client::new();
         for daemon in &mut self.daemons {

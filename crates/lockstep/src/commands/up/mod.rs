@@ -128,8 +128,7 @@ pub fn run(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
 }
 
 /// Starts (or adopts) the five agents and the edge, and waits until each answers; one whose
-/// port another process took meanwhile moves to another port (the others, answering with the
-/// same arguments, are adopted on the next try).
+/// port another process took meanwhile moves to another port and starts again.
 async fn start_daemons_answering(
     args: &UpArgs,
     data_dir: &Path,
@@ -137,32 +136,35 @@ async fn start_daemons_answering(
     layout: &mut Layout,
 ) -> anyhow::Result<Daemons> {
     const TRIES: usize = 3;
+    let mut daemons = Daemons::default();
+    for daemon in daemons_of(args, data_dir, layout)? {
+        daemons.start(binary, daemon)?;
+    }
     let mut tries = 1;
     loop {
-        let mut daemons = start_daemons(args, data_dir, binary, layout)?;
-        match daemons.wait_until_answering().await {
-            Ok(()) => return Ok(daemons),
-            Err(error) => match error.downcast_ref::<PortTaken>() {
-                Some(taken) if tries < TRIES => {
-                    layout.move_to_free_port(data_dir, &taken.daemon)?;
-                    tries += 1;
-                }
-                _ => {
-                    daemons.stop();
-                    return Err(error);
-                }
-            },
+        let Err(error) = daemons.wait_until_answering().await else {
+            return Ok(daemons);
+        };
+        match error.downcast_ref::<PortTaken>() {
+            Some(taken) if tries < TRIES => {
+                layout.move_to_free_port(data_dir, &taken.daemon)?;
+                let moved = daemons_of(args, data_dir, layout)?
+                    .into_iter()
+                    .find(|daemon| daemon.name == taken.daemon)
+                    .expect("the daemon that moved is in the layout");
+                daemons.replace(binary, moved)?;
+                tries += 1;
+            }
+            _ => {
+                daemons.stop();
+                return Err(error);
+            }
         }
     }
 }
 
-/// Starts (or adopts) the five agents and the edge.
-fn start_daemons(
-    args: &UpArgs,
-    data_dir: &Path,
-    binary: &Path,
-    layout: &Layout,
-) -> anyhow::Result<Daemons> {
+/// The five agents and the edge, as the layout places them.
+fn daemons_of(args: &UpArgs, data_dir: &Path, layout: &Layout) -> anyhow::Result<Vec<Daemon>> {
     let agent_token_file = data_dir.join("agent-token");
     write_private(&agent_token_file, &layout.agent_token)?;
     let edge_token_file = data_dir.join("edge-token");
@@ -171,7 +173,7 @@ fn start_daemons(
         .pass_env
         .iter()
         .flat_map(|name| [OsString::from("--pass-env"), name.into()]);
-    let mut daemons = Daemons::default();
+    let mut daemons = Vec::new();
     for (node, port) in NODES.iter().zip(&layout.agent_ports) {
         let mut agent_args = vec![
             OsString::from("--listen"),
@@ -180,17 +182,14 @@ fn start_daemons(
             agent_token_file.clone().into(),
         ];
         agent_args.extend(pass_env.clone());
-        daemons.start(
-            binary,
-            Daemon::new(
-                Kind::Agent,
-                node,
-                *port,
-                data_dir.join("agents").join(node),
-                agent_args,
-                &layout.agent_token,
-            ),
-        )?;
+        daemons.push(Daemon::new(
+            Kind::Agent,
+            node,
+            *port,
+            data_dir.join("agents").join(node),
+            agent_args,
+            &layout.agent_token,
+        ));
     }
     let edge_args = vec![
         OsString::from("--listen"),
@@ -202,17 +201,14 @@ fn start_daemons(
         "--cache-mb".into(),
         args.edge_cache_mb.to_string().into(),
     ];
-    daemons.start(
-        binary,
-        Daemon::new(
-            Kind::Edge,
-            "edge",
-            layout.edge_admin_port,
-            data_dir.join("edge"),
-            edge_args,
-            &layout.edge_token,
-        ),
-    )?;
+    daemons.push(Daemon::new(
+        Kind::Edge,
+        "edge",
+        layout.edge_admin_port,
+        data_dir.join("edge"),
+        edge_args,
+        &layout.edge_token,
+    ));
     Ok(daemons)
 }
 
