@@ -10,7 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use lockstep_proto::agent::{
-    Closed, HookKind, HookOutcome, HookRequest, InstanceConfig, InstanceStatus, Step, SwapRequest,
+    Closed, HookKind, HookOutcome, HookRequest, InstanceConfig, InstanceStatus, StageRequest,
+    Staged, Step, SwapRequest,
 };
 
 use crate::Agent;
@@ -122,21 +123,18 @@ async fn status(
 async fn stage(
     State(agent): State<Arc<Agent>>,
     Path((env, image)): Path<(String, String)>,
-    body: Body,
-) -> Response {
-    let staged = async {
-        let instance = agent.instance(&env).await?;
-        let result = instance.stage(&image, body.into_data_stream()).await;
-        agent.context.metrics.command(&env, "stage", result.is_ok());
-        result.map(Json)
-    };
-    closing(staged.await)
+    Json(request): Json<StageRequest>,
+) -> Answer<Staged> {
+    let instance = agent.instance(&env).await?;
+    let result = instance.stage(&image, &request).await;
+    agent.context.metrics.command(&env, "stage", result.is_ok());
+    result.map(Json)
 }
 
-/// An answer to a request whose streamed body the handler may not have read to its end (an
-/// image staged already, a refused restore): the connection closes after it, since the server
-/// will not read another request from it, and a client that kept it would send its next one
-/// into a connection being closed.
+/// An answer to a request whose streamed body the handler may not have read to its end (a
+/// refused restore): the connection closes after it, since the server will not read another
+/// request from it, and a client that kept it would send its next one into a connection being
+/// closed.
 fn closing(answer: impl IntoResponse) -> Response {
     let mut response = answer.into_response();
     response.headers_mut().insert(

@@ -21,6 +21,12 @@ pub enum AgentError {
     Sandbox(#[from] lockstep_supervisor::SandboxError),
     #[error(transparent)]
     Runtime(#[from] lockstep_supervisor::RuntimeError),
+    #[error("cannot pull image {image} from {controller}: {reason}")]
+    Pull {
+        image: String,
+        controller: String,
+        reason: String,
+    },
     #[error("cannot {action}")]
     Io {
         action: String,
@@ -41,6 +47,7 @@ impl AgentError {
             AgentError::UnknownInstance(_) => StatusCode::NOT_FOUND,
             AgentError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AgentError::Refused(_) | AgentError::Runtime(_) => StatusCode::CONFLICT,
+            AgentError::Pull { .. } => StatusCode::BAD_GATEWAY,
             AgentError::Image(
                 Image::HashMismatch { .. }
                 | Image::UnsafeEntry { .. }

@@ -16,7 +16,7 @@ use lockstep_proto::agent::{
     ActiveRelease, Closed, CronRunInfo, DiskUse, ExecOutcome, ExecRequest, Gate, HookKind,
     HookOutcome, HookRequest, HookState, InstanceConfig, InstanceStatus, NodeUser, ProcessInfo,
     ProcessState, RuntimeInputs, ServiceClientRequest, ServiceReplication, ServiceSpec,
-    ServiceStatus, Staged, Step, SwapRequest, instance_name,
+    ServiceStatus, StageRequest, Staged, Step, SwapRequest, instance_name,
 };
 use lockstep_supervisor::{
     Cancel, CronOutcome, CronRunner, CronSpec, HookFailure, HookSpec, LogLimits, ProcessSpec,
@@ -322,13 +322,12 @@ impl Instance {
         Ok(self.status().await)
     }
 
-    pub async fn stage<S, E>(&self, image: &str, body: S) -> Result<Staged, AgentError>
-    where
-        S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
-        E: std::fmt::Display,
-    {
+    pub async fn stage(&self, image: &str, request: &StageRequest) -> Result<Staged, AgentError> {
         let id: ImageId = image.parse()?;
-        let unpacked = self.releases.stage(&id, body).await?;
+        let pulled = self
+            .releases
+            .stage(&id, &self.context.images, &request.source)
+            .await?;
         let mut state = self.state.lock().await;
         // A release whose runtime this node cannot run is refused now, while the old one still
         // serves, rather than in the closed window.
@@ -340,9 +339,14 @@ impl Instance {
             self.prune(&mut state);
             self.persist(&state)?;
         }
+        if let Some(pulled) = pulled {
+            self.context.metrics.image_pulled(pulled);
+        }
         Ok(Staged {
             image: id.to_string(),
-            already_staged: !unpacked,
+            already_staged: pulled.is_none(),
+            fetched_bytes: pulled.map_or(0, |p| p.fetched),
+            reused_bytes: pulled.map_or(0, |p| p.reused),
         })
     }
 

@@ -17,6 +17,7 @@ mod instance;
 mod locations;
 mod metrics;
 mod php;
+mod pull;
 mod relationships;
 mod release;
 mod router;
@@ -50,6 +51,8 @@ pub struct AgentOptions {
 /// What every instance of the node shares.
 pub(crate) struct NodeContext {
     pub metrics: Arc<Metrics>,
+    /// Pulls images from the controller with this agent's token.
+    pub images: pull::ImagePuller,
     pub operator: OperatorEnv,
     pub init: SandboxInit,
     /// Names this agent's sandboxes, so that the next run of it finds what this one left.
@@ -171,10 +174,11 @@ impl Agent {
         }
         let agent = Arc::new(Agent {
             data_dir: options.data_dir,
-            token: options.token,
             instances: Mutex::new(BTreeMap::new()),
+            token: options.token.clone(),
             context: Arc::new(NodeContext {
                 metrics: Arc::new(Metrics::new()),
+                images: pull::ImagePuller::new(options.token),
                 operator: options.operator,
                 init: options.init,
                 sandbox_owner,

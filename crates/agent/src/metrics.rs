@@ -22,6 +22,8 @@ pub struct Metrics {
     registry: Registry,
     router_requests: Family<RouterLabels, Counter>,
     commands: Family<CommandLabels, Counter>,
+    image_bytes_fetched: Counter,
+    image_bytes_reused: Counter,
 }
 
 impl Metrics {
@@ -39,10 +41,24 @@ impl Metrics {
             "Commands from the controller, by result",
             commands.clone(),
         );
+        let image_bytes_fetched = Counter::default();
+        registry.register(
+            "image_bytes_fetched",
+            "Bytes of images pulled from the controller",
+            image_bytes_fetched.clone(),
+        );
+        let image_bytes_reused = Counter::default();
+        registry.register(
+            "image_bytes_reused",
+            "Bytes of pulled images copied from images the node held",
+            image_bytes_reused.clone(),
+        );
         Metrics {
             registry,
             router_requests,
             commands,
+            image_bytes_fetched,
+            image_bytes_reused,
         }
     }
 
@@ -63,6 +79,11 @@ impl Metrics {
                 result: if ok { "ok" } else { "error" }.to_owned(),
             })
             .inc();
+    }
+
+    pub fn image_pulled(&self, pulled: crate::pull::Pulled) {
+        self.image_bytes_fetched.inc_by(pulled.fetched);
+        self.image_bytes_reused.inc_by(pulled.reused);
     }
 
     pub fn encode(&self) -> String {

@@ -1,32 +1,31 @@
-//! Releases on disk: `releases/<image-id>` unpacked beside the running one, the atomically
-//! switched `current` link, the app's mounts linked into a release, and pruning.
+//! Releases on disk: `releases/<image-id>` unpacked beside the running one (pulled into
+//! `incoming/`, the image file then kept in `images/` with its frames for later pulls), the
+//! atomically switched `current` link, the app's mounts linked into a release, and pruning.
 
 use std::path::{Path, PathBuf};
 
-use futures_util::{Stream, StreamExt};
 use lockstep_config::{Mount, MountSource};
-use lockstep_image::{ImageId, ImageInfo, UnpackLimits};
+use lockstep_image::{FrameIndex, ImageId, ImageInfo, UnpackLimits};
 use lockstep_supervisor::{RunAs, ensure_folder};
-use tokio::io::AsyncWriteExt;
 
 use crate::error::AgentError;
-
-/// Largest image upload accepted.
-const MAX_UPLOAD_BYTES: u64 = 20 * 1024 * 1024 * 1024;
+use crate::pull::{HeldImage, ImagePuller, Pulled};
 
 pub struct Releases {
     root: PathBuf,
+    pulling: tokio::sync::Mutex<()>,
 }
 
 impl Releases {
     pub fn new(instance_dir: &Path) -> Releases {
         Releases {
             root: instance_dir.to_owned(),
+            pulling: tokio::sync::Mutex::new(()),
         }
     }
 
     pub fn create_dirs(&self) -> std::io::Result<()> {
-        for dir in ["releases", "incoming"] {
+        for dir in ["releases", "incoming", "images"] {
             std::fs::create_dir_all(self.root.join(dir))?;
         }
         Ok(())
@@ -54,61 +53,75 @@ impl Releases {
         })
     }
 
-    /// Receives an image, checks it against its id and unpacks it. Returns false when the image
-    /// was already staged (then the body is not read).
-    pub async fn stage<S, E>(&self, image: &ImageId, body: S) -> Result<bool, AgentError>
-    where
-        S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
-        E: std::fmt::Display,
-    {
+    /// Pulls image `image` from the controller at `source`, checks it against its id, unpacks
+    /// it, and keeps its file, whose frames the next pull may copy. None when the image was
+    /// already staged.
+    pub async fn stage(
+        &self,
+        image: &ImageId,
+        puller: &ImagePuller,
+        source: &str,
+    ) -> Result<Option<Pulled>, AgentError> {
+        // One pull at a time: a repeated stage waits for the first and finds the image there.
+        let _pulling = self.pulling.lock().await;
         if self.is_staged(image) {
-            return Ok(false);
+            return Ok(None);
         }
-        let incoming = tempfile::Builder::new()
-            .prefix(image.short())
-            .tempfile_in(self.root.join("incoming"))
-            .map_err(AgentError::io("create an upload file"))?;
-        let upload_path = incoming.path().to_owned();
-        let mut file = tokio::fs::File::from_std(
-            incoming
-                .reopen()
-                .map_err(AgentError::io("open the upload file"))?,
-        );
-        let mut received = 0u64;
-        let mut body = body;
-        while let Some(chunk) = body.next().await {
-            let chunk =
-                chunk.map_err(|e| AgentError::BadRequest(format!("the upload broke off: {e}")))?;
-            received += chunk.len() as u64;
-            if received > MAX_UPLOAD_BYTES {
-                return Err(AgentError::BadRequest(format!(
-                    "the image is larger than {MAX_UPLOAD_BYTES} bytes"
-                )));
-            }
-            file.write_all(&chunk)
-                .await
-                .map_err(AgentError::io("write the upload"))?;
-        }
-        file.flush()
-            .await
-            .map_err(AgentError::io("write the upload"))?;
-        drop(file);
+        let incoming = self.root.join("incoming");
+        let part = incoming.join(format!("{image}.part"));
+        remove_other_files(&incoming, &part);
+        let (frames, pulled) = puller
+            .pull(source, image, &part, &self.held_images())
+            .await?;
         let dest = self.dir(image);
-        let id = image.clone();
+        let (id, pulled_file) = (image.clone(), part.clone());
         let unpacked = tokio::task::spawn_blocking(move || {
-            lockstep_image::unpack_verified(&upload_path, &id, &dest, UnpackLimits::default())
+            lockstep_image::unpack_verified(&pulled_file, &id, &dest, UnpackLimits::default())
         })
         .await
         .expect("unpack task does not panic");
-        drop(incoming);
-        match unpacked {
-            Ok(_) => Ok(true),
-            // Another upload of the same image finished first: the same bytes are in place.
-            Err(lockstep_image::ImageError::DestinationExists(_)) if self.is_staged(image) => {
-                Ok(false)
-            }
-            Err(error) => Err(error.into()),
+        if let Err(error) = unpacked {
+            // Every frame matched its hash, so the file is whole as the index described it:
+            // a pull again would fetch the same bytes.
+            let _ = std::fs::remove_file(&part);
+            return Err(error.into());
         }
+        self.hold(image, &part, &frames);
+        Ok(Some(pulled))
+    }
+
+    /// Keeps a staged image's file and frames for later pulls; a failure costs only reuse.
+    fn hold(&self, image: &ImageId, file: &Path, frames: &FrameIndex) {
+        let kept = self.held_file(image);
+        let frames_file = kept.with_extension("frames");
+        let held = std::fs::rename(file, &kept)
+            .and_then(|()| lockstep_durable::write_json(&frames_file, frames));
+        if let Err(error) = held {
+            tracing::warn!(image = image.short(), %error, "cannot keep the image file for later pulls");
+        }
+    }
+
+    fn held_file(&self, image: &ImageId) -> PathBuf {
+        self.root.join("images").join(format!("{image}.zst"))
+    }
+
+    /// The images kept with their frames.
+    fn held_images(&self) -> Vec<HeldImage> {
+        let Ok(entries) = std::fs::read_dir(self.root.join("images")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|entry| {
+                let path = entry.path();
+                if path.extension()? != "frames" {
+                    return None;
+                }
+                let frames = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+                let file = path.with_extension("zst");
+                file.is_file().then_some(HeldImage { file, frames })
+            })
+            .collect()
     }
 
     /// Points `current` at the release, atomically: readers see the old or the new one.
@@ -126,17 +139,25 @@ impl Releases {
             )))
     }
 
-    /// Removes every release not in `keep`.
+    /// Removes every release not in `keep`, and its kept image file.
     pub fn prune(&self, keep: &[String]) {
-        let Ok(entries) = std::fs::read_dir(self.root.join("releases")) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !keep.contains(&name)
-                && let Err(error) = std::fs::remove_dir_all(entry.path())
-            {
-                tracing::warn!(release = %name, %error, "cannot remove an old release");
+        if let Ok(entries) = std::fs::read_dir(self.root.join("releases")) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !keep.contains(&name)
+                    && let Err(error) = std::fs::remove_dir_all(entry.path())
+                {
+                    tracing::warn!(release = %name, %error, "cannot remove an old release");
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(self.root.join("images")) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let image = path.file_stem().map(|stem| stem.to_string_lossy());
+                if !image.is_some_and(|image| keep.iter().any(|k| *k == image)) {
+                    let _ = std::fs::remove_file(&path);
+                }
             }
         }
     }
@@ -187,5 +208,16 @@ impl MountRoots {
             ready.push(ReadyMount { path, host });
         }
         Ok(ready)
+    }
+}
+
+/// Removes what a pull of another image left in `folder`: pulls run one at a time.
+fn remove_other_files(folder: &Path, keep: &Path) {
+    if let Ok(entries) = std::fs::read_dir(folder) {
+        for entry in entries.flatten() {
+            if entry.path() != keep {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 }

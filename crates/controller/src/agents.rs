@@ -1,12 +1,11 @@
 //! Calls to node agents, with the answers sorted the way the deploy state machine reasons:
 //! no answer (unreachable), refused (nothing changed), or failed.
 
-use std::path::Path;
 use std::time::Duration;
 
 use lockstep_deploy::NodeFailure;
 use lockstep_proto::agent::{
-    HookOutcome, HookRequest, InstanceConfig, InstanceStatus, Step, SwapRequest,
+    HookOutcome, HookRequest, InstanceConfig, InstanceStatus, StageRequest, Step, SwapRequest,
 };
 use serde::de::DeserializeOwned;
 
@@ -41,15 +40,15 @@ const STREAM_CHUNK: usize = 1 << 20;
 pub struct AgentClient {
     http: reqwest::Client,
     token: String,
+    /// The controller's URL, where agents pull images from.
+    image_source: String,
 }
 
 pub enum Call<'a> {
     Configure(&'a InstanceConfig),
     Status,
-    Stage {
-        image: &'a str,
-        path: &'a Path,
-    },
+    /// Pull the image and unpack it beside the running release.
+    Stage(&'a str),
     Quiesce(&'a Step),
     Close(&'a Step),
     Swap(&'a SwapRequest),
@@ -69,13 +68,14 @@ pub enum Call<'a> {
 }
 
 impl AgentClient {
-    pub fn new(token: String) -> AgentClient {
+    pub fn new(token: String, image_source: String) -> AgentClient {
         AgentClient {
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(3))
                 .build()
                 .expect("an HTTP client builds"),
             token,
+            image_source,
         }
     }
 
@@ -106,16 +106,9 @@ impl AgentClient {
         let request = match call {
             Call::Configure(config) => self.http.put(url(&[])?).json(config),
             Call::Status => self.http.get(url(&[])?),
-            Call::Stage { image, path } => {
-                let file = tokio::fs::File::open(path)
-                    .await
-                    .map_err(|e| NodeFailure::Failed(format!("cannot read image {image}: {e}")))?;
-                let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
-                    file,
-                    STREAM_CHUNK,
-                ));
-                self.http.put(url(&["images", image])?).body(body)
-            }
+            Call::Stage(image) => self.http.put(url(&["images", image])?).json(&StageRequest {
+                source: self.image_source.clone(),
+            }),
             Call::Quiesce(step) => self.http.post(url(&["quiesce"])?).json(step),
             Call::Close(step) => self.http.post(url(&["close"])?).json(step),
             Call::Swap(request) => self.http.post(url(&["swap"])?).json(request),

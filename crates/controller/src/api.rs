@@ -70,12 +70,17 @@ pub fn router(controller: Arc<Controller>) -> Router {
             controller.clone(),
             identify,
         ));
+    let images = crate::images::routes(
+        controller.images.clone(),
+        controller.options.agent_token.clone(),
+    );
     Router::new()
         .route("/git/{*path}", any(git))
         .route("/internal/hooks/{hook}", post(hook))
         .merge(api)
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(controller)
+        .merge(images)
 }
 
 pub struct ApiError(StatusCode, String);
@@ -127,7 +132,7 @@ pub(crate) fn token_matches(expected: &str, presented: &str) -> bool {
             == 0
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)?
         .to_str()

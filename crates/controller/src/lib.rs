@@ -16,6 +16,7 @@ mod builds;
 mod data;
 mod edge;
 mod git;
+mod images;
 mod lifecycle;
 mod orchestrator;
 mod push;
@@ -39,6 +40,7 @@ pub use access::{Role, Roles};
 pub use backups::{BackedUpService, Backup};
 pub use builds::CancelError;
 pub use edge::EdgeContact;
+pub use images::routes as image_routes;
 pub use orchestrator::DeployJob;
 pub use store::{Activity, EnvSettings, Environment, Node, PhaseTiming, StoreError};
 pub use users::{User, UserChange, UserError, UserWithToken};
@@ -193,7 +195,10 @@ impl Controller {
         let controller = Controller {
             secrets,
             edge: options.edge.clone().map(edge::EdgeClient::new),
-            agents: agents::AgentClient::new(options.agent_token.clone()),
+            agents: agents::AgentClient::new(
+                options.agent_token.clone(),
+                options.public_url.clone(),
+            ),
             store,
             images,
             builder,

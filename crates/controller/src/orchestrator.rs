@@ -389,19 +389,11 @@ impl Controller {
                             data: data.clone(),
                         };
                         let controller = self.agents.clone();
-                        let images = self.images.clone();
                         let events = events.clone();
                         tokio::spawn(async move {
                             let timeout = Duration::from_millis(timeout_ms);
-                            let answer = send_retrying(
-                                &controller,
-                                &images,
-                                &node,
-                                &context,
-                                request,
-                                timeout,
-                            )
-                            .await;
+                            let answer =
+                                send_retrying(&controller, &node, &context, request, timeout).await;
                             let event = match answer {
                                 Ok(reply) => Event::Reply {
                                     id,
@@ -585,18 +577,9 @@ impl Controller {
         let name = &instance.instance;
         if !current || !status.processes.iter().any(|p| p.name == "web") {
             tracing::info!(environment, node = %node.name, instance = %name, image, "catching up");
-            let image_path = self.images.image_path(&instance.image);
             let _: serde_json::Value = self
                 .agents
-                .call(
-                    agent,
-                    name,
-                    Call::Stage {
-                        image,
-                        path: &image_path,
-                    },
-                    timeout,
-                )
+                .call(agent, name, Call::Stage(image), timeout)
                 .await
                 .map_err(ControllerError::agent(node))?;
             let _: serde_json::Value = self
@@ -929,7 +912,6 @@ const UNREACHABLE_PATIENCE: Duration = Duration::from_secs(5);
 /// `send`, with connection failures retried under a backoff within the request's timeout.
 async fn send_retrying(
     agents: &crate::agents::AgentClient,
-    images: &lockstep_image::ImageStore,
     node: &Node,
     context: &SendContext,
     request: Request,
@@ -939,7 +921,7 @@ async fn send_retrying(
     let patience = UNREACHABLE_PATIENCE.min(timeout);
     let mut pause = Duration::from_millis(100);
     loop {
-        match send(agents, images, node, context, request.clone(), timeout).await {
+        match send(agents, node, context, request.clone(), timeout).await {
             Err(CallError::Node(NodeFailure::Unreachable))
                 if started.elapsed() + pause < patience =>
             {
@@ -957,7 +939,6 @@ async fn send_retrying(
 /// open in turn, each after those it calls, and close the other way round.
 async fn send(
     agents: &crate::agents::AgentClient,
-    images: &lockstep_image::ImageStore,
     node: &Node,
     context: &SendContext,
     request: Request,
@@ -973,20 +954,12 @@ async fn send(
         Request::Stage { image } => {
             let instances = context.release(&image)?;
             each(instances, |instance| {
-                let path = images.image_path(&instance.image);
-                async move {
-                    agents
-                        .call::<serde_json::Value>(
-                            agent,
-                            &instance.instance,
-                            Call::Stage {
-                                image: instance.image.as_str(),
-                                path: &path,
-                            },
-                            timeout,
-                        )
-                        .await
-                }
+                agents.call::<serde_json::Value>(
+                    agent,
+                    &instance.instance,
+                    Call::Stage(instance.image.as_str()),
+                    timeout,
+                )
             })
             .await
             .map(done)

@@ -62,13 +62,12 @@ impl Controller {
         let runtime = self.runtime_inputs(&env.name, release)?;
         for instance in &hooked {
             let image = instance.image.as_str();
-            let path = self.images.image_path(&instance.image);
             let _: serde_json::Value = self
                 .agents
                 .call(
                     &node.agent_url,
                     &instance.instance,
-                    Call::Stage { image, path: &path },
+                    Call::Stage(image),
                     REHEARSAL_TIMEOUT,
                 )
                 .await

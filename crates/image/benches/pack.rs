@@ -26,7 +26,7 @@ fn main() {
     let lockstep_pack = median(|| {
         let started = Instant::now();
         let file = std::io::BufWriter::new(fs::File::create(&image).expect("image file"));
-        id = Some(pack(&[], &tree, "app", file).expect("pack").0);
+        id = Some(pack(&[], &tree, "app", file).expect("pack").id);
         started.elapsed()
     });
     let id = id.expect("packed at least once");

@@ -1,5 +1,5 @@
-//! The image file format: a tar stream with fixed metadata, compressed with zstd, named by the
-//! blake3 hash of its bytes.
+//! The image file format: a tar stream with fixed metadata, compressed with zstd in frames
+//! (`frames.rs`), named by the blake3 hash of its bytes.
 //!
 //! Packing walks the tree in byte order of names and writes every header with the same owner,
 //! time and normalised mode, so one tree always gives one file and one id. Unpacking trusts
@@ -13,6 +13,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use crate::frames::{FrameIndex, FrameWriter, compress_frames};
 use crate::{ImageError, ImageId};
 
 /// Compression level of the zstd CLI's default, so comparisons with `tar | zstd` are fair.
@@ -49,25 +50,62 @@ pub struct ExtraFile<'a> {
     pub contents: &'a [u8],
 }
 
-/// Packs `extra` and then the tree of `dir` under `prefix/` into `out`; returns the image id.
+/// What packing made: the image's id, its sizes, and its frames.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    pub id: ImageId,
+    pub stats: ArchiveStats,
+    pub frames: FrameIndex,
+}
+
+/// Packs `extra` and then the tree of `dir` under `prefix/` into `out`.
 pub fn pack(
     extra: &[ExtraFile<'_>],
     dir: &Path,
     prefix: &str,
-    out: impl Write,
-) -> Result<(ImageId, ArchiveStats), ImageError> {
-    let hashing = HashingWriter::new(out);
-    let mut encoder =
-        zstd::Encoder::new(hashing, ZSTD_LEVEL).map_err(ImageError::io("compress"))?;
-    // One worker thread compresses while this one reads files: the same overlap `tar | zstd`
-    // gets from being two processes. zstd keeps the output deterministic for a fixed setting.
-    encoder.multithread(1).map_err(ImageError::io("compress"))?;
-    let mut builder = tar::Builder::new(encoder);
+    out: impl Write + Send,
+) -> Result<Packed, ImageError> {
+    // Another thread compresses the frames while this one reads files: the same overlap
+    // `tar | zstd` gets from being two processes.
+    std::thread::scope(|scope| {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(2);
+        let compressor =
+            scope.spawn(move || compress_frames(receiver, ZSTD_LEVEL, HashingWriter::new(out)));
+        let archived = archive_into(extra, dir, prefix, FrameWriter::new(sender));
+        let compressed = compressor.join().expect("the compressor does not panic");
+        // The compressor's error first: the archiver only saw that it stopped.
+        let (hashing, frames) = compressed.map_err(ImageError::io("compress"))?;
+        let mut stats = archived?;
+        let (hash, size, mut out) = hashing.finish();
+        out.flush().map_err(ImageError::io("write archive"))?;
+        stats.size = size;
+        Ok(Packed {
+            id: ImageId::from_hash(hash),
+            stats,
+            frames,
+        })
+    })
+}
+
+/// Writes the tar stream of `extra` and the tree into `frames`, each extra file a frame of its
+/// own (`image.json` changes with every build); the writer is dropped at the end, which ends
+/// the compressor's input.
+fn archive_into(
+    extra: &[ExtraFile<'_>],
+    dir: &Path,
+    prefix: &str,
+    frames: FrameWriter,
+) -> Result<ArchiveStats, ImageError> {
+    let mut builder = tar::Builder::new(frames);
     let mut stats = ArchiveStats::default();
     for file in extra {
         let mut header = fixed_header(tar::EntryType::Regular, 0o644, file.contents.len() as u64);
         builder
             .append_data(&mut header, file.path, file.contents)
+            .map_err(ImageError::io("write archive"))?;
+        builder
+            .get_mut()
+            .cut()
             .map_err(ImageError::io("write archive"))?;
         stats.entries += 1;
         stats.content_bytes += file.contents.len() as u64;
@@ -78,14 +116,11 @@ pub fn pack(
         .map_err(ImageError::io("write archive"))?;
     stats.entries += 1;
     append_tree(&mut builder, dir, Path::new(prefix), &mut stats)?;
-    let encoder = builder
+    let mut frames = builder
         .into_inner()
         .map_err(ImageError::io("write archive"))?;
-    let hashing = encoder.finish().map_err(ImageError::io("compress"))?;
-    let (hash, size, mut out) = hashing.finish();
-    out.flush().map_err(ImageError::io("write archive"))?;
-    stats.size = size;
-    Ok((ImageId::from_hash(hash), stats))
+    frames.cut().map_err(ImageError::io("write archive"))?;
+    Ok(stats)
 }
 
 fn fixed_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
@@ -99,8 +134,8 @@ fn fixed_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     header
 }
 
-fn append_tree<W: Write>(
-    builder: &mut tar::Builder<W>,
+fn append_tree(
+    builder: &mut tar::Builder<FrameWriter>,
     dir: &Path,
     prefix: &Path,
     stats: &mut ArchiveStats,
@@ -122,6 +157,7 @@ fn append_tree<W: Write>(
                 .append_data(&mut header, &archived, io::empty())
                 .map_err(ImageError::io("write archive"))?;
             stats.entries += 1;
+            entry_ended(builder, &archived)?;
             append_tree(builder, &path, &archived, stats)?;
         } else if kind.is_symlink() {
             let target = fs::read_link(&path).map_err(ImageError::io_at("read link", &path))?;
@@ -130,6 +166,7 @@ fn append_tree<W: Write>(
                 .append_link(&mut header, &archived, &target)
                 .map_err(ImageError::io("write archive"))?;
             stats.entries += 1;
+            entry_ended(builder, &archived)?;
         } else if kind.is_file() {
             let executable = meta.mode() & 0o111 != 0;
             let mode = if executable { 0o755 } else { 0o644 };
@@ -143,11 +180,19 @@ fn append_tree<W: Write>(
                 .map_err(ImageError::io("write archive"))?;
             stats.entries += 1;
             stats.content_bytes += meta.len();
+            entry_ended(builder, &archived)?;
         } else {
             return Err(ImageError::SpecialFile(path));
         }
     }
     Ok(())
+}
+
+fn entry_ended(builder: &mut tar::Builder<FrameWriter>, path: &Path) -> Result<(), ImageError> {
+    builder
+        .get_mut()
+        .entry_ended(path)
+        .map_err(ImageError::io("write archive"))
 }
 
 struct HashingWriter<W> {

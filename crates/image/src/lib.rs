@@ -10,6 +10,7 @@
 mod archive;
 mod build;
 mod checkout;
+mod frames;
 mod store;
 mod variables;
 
@@ -19,12 +20,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use archive::{
-    ArchiveStats, ExtraFile, UnpackLimits, hash_file, pack, unpack, unpack_verified,
+    ArchiveStats, ExtraFile, Packed, UnpackLimits, hash_file, pack, unpack, unpack_verified,
 };
 pub use build::{
     BuildError, BuildOutcome, BuildRequest, Builder, DEFAULT_BUILD_TIMEOUT, REUSE_MESSAGE,
 };
 pub use checkout::{GitEnv, checkout, resolve_tree};
+pub use frames::{Frame, FrameIndex, frame_hash};
 pub use store::{ImageInfo, ImageStore, Manifest};
 pub use variables::{base64_json, variables_env};
 

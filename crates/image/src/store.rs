@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! images/<id>.tar.zst   the image
+//! images/<id>.frames    its frames (`FrameIndex`), what a node fetches of it
 //! images/<id>.json      its manifest
 //! builds/<build-key>    the release built from those build inputs: its apps' image ids joined
 //!                       with `+` (the reuse index)
@@ -16,7 +17,8 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::archive::{self, ArchiveStats, ExtraFile};
+use crate::archive::{self, ExtraFile, Packed};
+use crate::frames::FrameIndex;
 use crate::{ImageError, ImageId};
 
 /// The path of the description inside every image, beside the `app/` folder.
@@ -82,6 +84,33 @@ impl ImageStore {
 
     pub fn image_path(&self, id: &ImageId) -> PathBuf {
         self.root.join("images").join(format!("{id}.tar.zst"))
+    }
+
+    fn frames_path(&self, id: &ImageId) -> PathBuf {
+        self.root.join("images").join(format!("{id}.frames"))
+    }
+
+    /// The frames of an image: as packed, or the whole file as one for an image packed before
+    /// images had several.
+    pub fn frames(&self, id: &ImageId) -> Result<FrameIndex, ImageError> {
+        let path = self.frames_path(id);
+        match fs::read(&path) {
+            Ok(json) => serde_json::from_slice(&json).map_err(|source| ImageError::BadManifest {
+                id: id.to_string(),
+                source,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let image = self.image_path(id);
+                match fs::metadata(&image) {
+                    Ok(meta) => Ok(FrameIndex::whole(id, meta.len())),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        Err(ImageError::NotFound(id.clone()))
+                    }
+                    Err(e) => Err(ImageError::io_at("read", &image)(e)),
+                }
+            }
+            Err(e) => Err(ImageError::io_at("read", &path)(e)),
+        }
     }
 
     fn manifest_path(&self, id: &ImageId) -> PathBuf {
@@ -151,7 +180,7 @@ impl ImageStore {
             path: IMAGE_INFO_PATH,
             contents: &info_json,
         }];
-        let (id, stats): (ImageId, ArchiveStats) = archive::pack(
+        let Packed { id, stats, frames } = archive::pack(
             &extra,
             app_dir,
             APP_PREFIX,
@@ -165,6 +194,10 @@ impl ImageStore {
         staged
             .persist(&image_path)
             .map_err(|e| ImageError::io_at("write", &image_path)(e.error))?;
+        write_atomically(
+            &self.frames_path(&id),
+            &serde_json::to_vec(&frames).expect("frames serialise"),
+        )?;
         let manifest = Manifest {
             id: id.clone(),
             info,

@@ -21,7 +21,7 @@ fn sample_tree(root: &Path) {
 
 fn pack_to_file(tree: &Path, out: &Path) -> lockstep_image::ImageId {
     let file = fs::File::create(out).unwrap();
-    pack(&[], tree, "app", file).unwrap().0
+    pack(&[], tree, "app", file).unwrap().id
 }
 
 #[test]
@@ -300,4 +300,79 @@ fn garbage_is_refused_as_corrupt() {
         "{error}"
     );
     assert!(!dest.exists());
+}
+
+/// A tree like an app's dependencies: many files, each different, compressible.
+fn many_files_tree(root: &Path) {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for package in 0..40 {
+        let dir = root.join(format!("node_modules/package-{package}/lib"));
+        fs::create_dir_all(&dir).unwrap();
+        for file in 0..25 {
+            let mut text = String::new();
+            for line in 0..400 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                text.push_str(&format!("export const v{line} = {};\n", state % 100_000));
+            }
+            fs::write(dir.join(format!("module-{file}.js")), text).unwrap();
+        }
+    }
+}
+
+#[test]
+fn the_frames_index_the_file_and_a_one_file_change_leaves_all_but_a_few_as_they_were() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    many_files_tree(&tree);
+    let pack_indexed = |name: &str| {
+        let path = dir.path().join(name);
+        let packed = pack(&[], &tree, "app", fs::File::create(&path).unwrap()).unwrap();
+        (fs::read(&path).unwrap(), packed)
+    };
+    let (before_bytes, before) = pack_indexed("a.tar.zst");
+    assert!(
+        before.frames.0.len() > 10,
+        "{} frames",
+        before.frames.0.len()
+    );
+    assert_eq!(before.frames.total(), before_bytes.len() as u64);
+    for (offset, frame) in before.frames.with_offsets() {
+        let bytes = &before_bytes[offset as usize..(offset + frame.length) as usize];
+        assert_eq!(lockstep_image::frame_hash(bytes), frame.hash);
+    }
+
+    let changed = tree.join("node_modules/package-17/lib/module-3.js");
+    let mut text = fs::read_to_string(&changed).unwrap();
+    text.push_str("export const added = 1;\n");
+    fs::write(&changed, text).unwrap();
+    let (after_bytes, after) = pack_indexed("b.tar.zst");
+    assert_ne!(after.id, before.id);
+    let new_bytes: u64 = after
+        .frames
+        .0
+        .iter()
+        .filter(|frame| !before.frames.0.contains(frame))
+        .map(|frame| frame.length)
+        .sum();
+    assert!(new_bytes > 0);
+    assert!(
+        new_bytes * 20 < after_bytes.len() as u64,
+        "{new_bytes} of {} bytes are new",
+        after_bytes.len()
+    );
+    let dest = dir.path().join("unpacked");
+    unpack_verified(
+        &dir.path().join("b.tar.zst"),
+        &after.id,
+        &dest,
+        UnpackLimits::default(),
+    )
+    .unwrap();
+    assert!(
+        fs::read_to_string(dest.join("app/node_modules/package-17/lib/module-3.js"))
+            .unwrap()
+            .ends_with("added = 1;\n")
+    );
 }

@@ -4,6 +4,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 use lockstep_proto::agent::{Gate, HookKind, HookState, RuntimeInputs};
@@ -83,17 +84,6 @@ async fn a_deploy_swaps_releases_and_closed_means_503_while_in_flight_requests_f
     assert_eq!(client.stage(ENV, &v2).await.ok()["already_staged"], false);
     assert_eq!(get_router(port, "/").await.0, 200);
     assert_eq!(client.stage(ENV, &v2).await.ok()["already_staged"], true);
-    // The agent read none of that body, so it will read no other request from the connection:
-    // it says so, and no client sends its next request into a connection being closed.
-    let again = client
-        .http
-        .put(client.url(&format!("/v1/instances/{ENV}/images/{}", v2.id)))
-        .bearer_auth(TOKEN)
-        .body(std::fs::read(&v2.path).unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.headers()["connection"], "close");
 
     client.step(ENV, "quiesce", "d2", 2).await.ok();
     let in_flight = tokio::spawn(async move { get_router(port, "/slow?ms=1500").await });
@@ -411,13 +401,39 @@ async fn a_tampered_or_escaping_image_is_rejected_and_nothing_changes() {
     let mut tampered = std::fs::read(&setup.v1.path).unwrap();
     let middle = tampered.len() / 2;
     tampered[middle] ^= 0xff;
-    let answer = client.stage_bytes(ENV, &setup.v1.id, tampered).await;
+    // The bytes sent do not match the frames the controller listed.
+    let source = tempfile::tempdir().unwrap();
+    let frames = std::fs::read(setup.v1.path.with_extension("").with_extension("frames")).unwrap();
+    let lying = serve_image(source.path(), &setup.v1.id, &tampered, Some(&frames));
+    let answer = client.stage_from(ENV, &setup.v1.id, lying).await;
+    assert_eq!(answer.status, 502, "{}", answer.body);
+    assert!(
+        answer.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("does not match its hash"),
+        "{}",
+        answer.body
+    );
+    // The frames listed match the bytes sent, but the whole is not the image asked for.
+    let source = tempfile::tempdir().unwrap();
+    let one_frame =
+        serde_json::json!([{ "length": tampered.len(), "hash": blake3_hex(&tampered) }]);
+    let consistent = serve_image(
+        source.path(),
+        &setup.v1.id,
+        &tampered,
+        Some(one_frame.to_string().as_bytes()),
+    );
+    let answer = client.stage_from(ENV, &setup.v1.id, consistent).await;
     assert_eq!(answer.status, 422, "{}", answer.body);
     assert!(
         answer.body["error"]
             .as_str()
             .unwrap()
-            .contains("does not match its id")
+            .contains("does not match its id"),
+        "{}",
+        answer.body
     );
 
     // A well-formed image whose id matches its bytes, holding a path that leaves its folder.
@@ -425,7 +441,9 @@ async fn a_tampered_or_escaping_image_is_rejected_and_nothing_changes() {
     archive.extend_from_slice(&[0u8; 1024]);
     let compressed = zstd_compress(&archive);
     let id = blake3_hex(&compressed);
-    let answer = client.stage_bytes(ENV, &id, compressed).await;
+    let source = tempfile::tempdir().unwrap();
+    let escaping = serve_image(source.path(), &id, &compressed, None);
+    let answer = client.stage_from(ENV, &id, escaping).await;
     assert_eq!(answer.status, 422, "{}", answer.body);
     assert!(
         answer.body["error"].as_str().unwrap().contains("`..`"),
@@ -679,5 +697,77 @@ async fn the_router_serves_static_locations_itself_and_passes_the_rest_to_the_ap
     assert!(
         !log.contains("/static"),
         "the app saw a static request: {log}"
+    );
+}
+
+/// An image store at `store` holding `bytes` as image `id`, with `frames` as its frame index
+/// (else none: the whole file as one frame); the store's path.
+fn serve_image<'a>(store: &'a Path, id: &str, bytes: &[u8], frames: Option<&[u8]>) -> &'a Path {
+    lockstep_image::ImageStore::open(store).unwrap();
+    std::fs::write(store.join(format!("images/{id}.tar.zst")), bytes).unwrap();
+    if let Some(frames) = frames {
+        std::fs::write(store.join(format!("images/{id}.frames")), frames).unwrap();
+    }
+    store
+}
+
+#[tokio::test]
+async fn a_pull_that_broke_off_resumes_and_a_one_file_change_fetches_a_small_part_of_the_image() {
+    let setup = setup().await;
+    let client = setup.agent.client();
+    setup.project.write_dependencies(3000);
+    setup.project.commit("dependencies");
+    let v2 = build_image(&setup.project, setup.images());
+    let whole = std::fs::read(&v2.path).unwrap();
+
+    // The controller's connection breaks off halfway through the image.
+    let source = tempfile::tempdir().unwrap();
+    let frames = std::fs::read(v2.path.with_extension("").with_extension("frames")).unwrap();
+    let half = serve_image(
+        source.path(),
+        &v2.id,
+        &whole[..whole.len() / 2],
+        Some(&frames),
+    );
+    let answer = client.stage_from(ENV, &v2.id, half).await;
+    assert_eq!(answer.status, 502, "{}", answer.body);
+    assert!(
+        answer.body["error"].as_str().unwrap().contains("broke off"),
+        "{}",
+        answer.body
+    );
+    let resumed = client.stage(ENV, &v2).await.ok();
+    let fetched = resumed["fetched_bytes"].as_u64().unwrap();
+    let total = whole.len() as u64;
+    assert!(
+        fetched < total && fetched >= total / 2,
+        "{fetched} of {total} bytes fetched after a break at half"
+    );
+
+    let changed = setup
+        .project
+        .path()
+        .join("vendor/package-81/module_1627.py");
+    let mut text = std::fs::read_to_string(&changed).unwrap();
+    text.push_str("added = 1\n");
+    std::fs::write(&changed, text).unwrap();
+    setup.project.commit("one file changed");
+    let v3 = build_image(&setup.project, setup.images());
+    let staged = client.stage(ENV, &v3).await.ok();
+    let fetched = staged["fetched_bytes"].as_u64().unwrap();
+    let reused = staged["reused_bytes"].as_u64().unwrap();
+    assert_eq!(fetched + reused, std::fs::metadata(&v3.path).unwrap().len());
+    assert!(
+        fetched * 20 < fetched + reused,
+        "{fetched} bytes fetched, {reused} reused: more than 5% of the image"
+    );
+    let unpacked = setup.agent.data_dir.join(format!(
+        "instances/{ENV}/releases/{}/app/vendor/package-81/module_1627.py",
+        v3.id
+    ));
+    assert!(
+        std::fs::read_to_string(unpacked)
+            .unwrap()
+            .ends_with("added = 1\n")
     );
 }

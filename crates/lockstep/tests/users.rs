@@ -340,4 +340,32 @@ async fn deleting_a_branch_reading_variables_logs_and_hooks_need_the_right_role_
             .unwrap();
         assert_eq!(response.status(), 401, "{body}");
     }
+
+    // Images go to the nodes' agents alone: not to a caller without a token, nor to a user's.
+    let image = platform.get("/environments/staging").await["serving"]["image"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let layout: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(platform.data_dir.join("up.json")).unwrap())
+            .unwrap();
+    let agents = layout["agent_token"].as_str().unwrap();
+    for path in [
+        format!("/v1/images/{image}"),
+        format!("/v1/images/{image}/frames"),
+    ] {
+        for (token, expected) in [
+            (None, 401),
+            (Some(platform.token.as_str()), 401),
+            (Some(dev.as_str()), 401),
+            (Some(agents), 200),
+        ] {
+            let mut request = reqwest::Client::new().get(format!("{}{path}", platform.api));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let status = request.send().await.unwrap().status();
+            assert_eq!(status, expected, "{path} with {token:?}");
+        }
+    }
 }

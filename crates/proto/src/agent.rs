@@ -198,11 +198,23 @@ pub struct HookOutcome {
     pub output: Vec<String>,
 }
 
-/// The answer to stage: whether this call unpacked the image or found it already there.
+/// Stage an image: the agent pulls it from `source`, the controller's URL, by its id (the
+/// image routes of the controller, `/v1/images/{id}`, with the agent's own token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageRequest {
+    pub source: String,
+}
+
+/// The answer to stage: whether this call unpacked the image or found it already there, and
+/// how many of the image's bytes it fetched and how many it found in images the node holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Staged {
     pub image: String,
     pub already_staged: bool,
+    #[serde(default)]
+    pub fetched_bytes: u64,
+    #[serde(default)]
+    pub reused_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -79,6 +79,24 @@ impl Project {
         project
     }
 
+    /// Writes `count` files of app dependencies under `vendor/package-N/module_I.py`, twenty
+    /// to a package, each different and about 6 KB: an image of many frames.
+    pub fn write_dependencies(&self, count: usize) {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for index in 0..count {
+            let dir = self.path().join(format!("vendor/package-{}", index / 20));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut text = String::new();
+            for line in 0..300 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                text.push_str(&format!("value_{line} = {}\n", state % 1_000_000));
+            }
+            std::fs::write(dir.join(format!("module_{index}.py")), text).unwrap();
+        }
+    }
+
     /// Commits a change that gives a new tree, hence a new release.
     pub fn new_version(&self, label: &str) {
         std::fs::write(self.path().join("VERSION"), label).unwrap();
@@ -100,6 +118,24 @@ pub struct BuiltImage {
     pub id: String,
     pub path: PathBuf,
     pub tree_id: String,
+}
+
+impl BuiltImage {
+    /// The image store it is in (`STORE/images/ID.tar.zst`).
+    pub fn store(&self) -> PathBuf {
+        self.path.ancestors().nth(2).unwrap().to_owned()
+    }
+}
+
+/// Serves the image store at `store` as the controller serves its own, to agents with
+/// [`TOKEN`]; its URL.
+pub async fn serve_images(store: &Path) -> String {
+    let store = lockstep_image::ImageStore::open(store).unwrap();
+    let routes = lockstep_controller::image_routes(store, TOKEN.into());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, routes).await });
+    url
 }
 
 /// Builds the project's HEAD with the library builder into `store`.
@@ -285,14 +321,18 @@ impl AgentClient {
         serde_json::from_value(body).unwrap()
     }
 
-    pub async fn stage_bytes(&self, env: &str, image_id: &str, bytes: Vec<u8>) -> Answer {
+    /// Stages image `image_id`, which the agent pulls from the image store at `store`.
+    pub async fn stage_from(&self, env: &str, image_id: &str, store: &Path) -> Answer {
         let path = format!("/v1/instances/{env}/images/{image_id}");
-        self.send(self.http.put(self.url(&path)).body(bytes)).await
+        let request = lockstep_proto::agent::StageRequest {
+            source: serve_images(store).await,
+        };
+        self.send(self.http.put(self.url(&path)).json(&request))
+            .await
     }
 
     pub async fn stage(&self, env: &str, image: &BuiltImage) -> Answer {
-        self.stage_bytes(env, &image.id, std::fs::read(&image.path).unwrap())
-            .await
+        self.stage_from(env, &image.id, &image.store()).await
     }
 
     pub async fn step(
