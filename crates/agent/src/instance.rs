@@ -372,10 +372,10 @@ impl Instance {
             )));
         }
         let id: ImageId = request.image.parse()?;
+        // A generation names one release, whichever deployment asks for it (a catch-up asks
+        // for the one a node runs already when it only came back closed).
         let already = state.active.as_ref().is_some_and(|a| {
-            a.release.image == request.image
-                && a.release.generation == request.step.generation
-                && a.release.deployment == request.step.deployment
+            a.release.image == request.image && a.release.generation == request.step.generation
         });
         if already && self.gate.serving() {
             drop(state);

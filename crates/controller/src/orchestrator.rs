@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lockstep_deploy::{
-    Command, Deployment, EdgeGate, Event, HookKind, NodeFailure, Plan, Record, Release, Reply,
-    Request,
+    Command, Deployment, EdgeGate, Event, HookKind, NodeFailure, Outcome, Plan, PlanKind, Record,
+    Release, Reply, Request,
 };
 use lockstep_proto::agent::{
     HookRequest, HookState, InstanceStatus, ProcessState, RuntimeInputs, ServiceReplication,
@@ -116,7 +116,18 @@ pub struct Queues {
     /// One placement of services at a time: a deployment's, a catch-up's or a promotion's,
     /// each from what the store says at that moment.
     placing_services: tokio::sync::Mutex<()>,
+    /// Nodes whose catch-up failed, by environment and node: when they are tried again, and
+    /// the wait after that one fails too.
+    catch_up_retry: Mutex<HashMap<(String, String), (std::time::Instant, Duration)>>,
 }
+
+/// The activity type of a catch-up.
+const CATCH_UP: &str = "catch-up";
+
+/// The wait before a node whose catch-up failed is tried again, doubled after each failure up
+/// to the longest: each try is an activity, and a node that cannot take the release should not
+/// fill the feed.
+const CATCH_UP_RETRY: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(300));
 
 impl Controller {
     /// Queues work on an environment. One runs per environment at a time, in the order they
@@ -234,10 +245,12 @@ impl Controller {
             previous: env.serving.clone(),
             on_hook_failure: env.settings.on_hook_failure,
             data: job.data.clone(),
+            kind: PlanKind::Deployment,
         };
         let (machine, commands) = Deployment::start(plan.clone());
         self.execute(&job.activity, &env.name, &plan, machine, commands)
             .await
+            .map(drop)
     }
 
     /// Resumes every deployment the controller was carrying out when it stopped, from its
@@ -256,6 +269,15 @@ impl Controller {
                         activity: id,
                         environment,
                     }),
+                    // Catch-up looks at the node again on its own.
+                    (CATCH_UP, _) => {
+                        self.store.append_log(
+                            &activity.id,
+                            "The controller stopped before the catch-up began",
+                        )?;
+                        self.store
+                            .finish_activity(&activity.id, "complete", "failure")?;
+                    }
                     (_, Some(image)) => self.enqueue(DeployJob {
                         data: self.store.activity_data(&id)?,
                         activity: id,
@@ -309,7 +331,8 @@ impl Controller {
         Ok(())
     }
 
-    /// The state machine's loop: carry out commands, feed back answers, until it finishes.
+    /// The state machine's loop: carry out commands, feed back answers, until it finishes;
+    /// how it ended.
     async fn execute(
         &self,
         activity: &str,
@@ -317,7 +340,7 @@ impl Controller {
         plan: &Plan,
         mut machine: Deployment,
         mut commands: Vec<Command>,
-    ) -> Result<(), ControllerError> {
+    ) -> Result<Outcome, ControllerError> {
         let nodes: HashMap<String, Node> = self
             .store
             .nodes(environment)?
@@ -359,7 +382,7 @@ impl Controller {
                 match command {
                     Command::Append(record) => {
                         self.store.append_journal(activity, &record)?;
-                        self.apply_record(activity, environment, &record)?;
+                        self.apply_record(activity, environment, plan, &record)?;
                     }
                     Command::Edge(EdgeGate::Closed) => self.edge_closing(environment).await,
                     Command::Edge(EdgeGate::Open(release)) => {
@@ -410,8 +433,8 @@ impl Controller {
                     }
                 }
             }
-            if machine.outcome().is_some() {
-                return Ok(());
+            if let Some(outcome) = machine.outcome() {
+                return Ok(outcome.clone());
             }
             let event = inbox.recv().await.expect("the loop holds a sender");
             commands = machine.handle(event);
@@ -422,16 +445,23 @@ impl Controller {
         &self,
         activity: &str,
         environment: &str,
+        plan: &Plan,
         record: &Record,
     ) -> Result<(), ControllerError> {
+        // The crash tests' failpoints are at a deployment's phase boundaries, not a catch-up's.
+        let failpoints = plan.changes_the_environment();
         match record {
             Record::PhaseStarted { phase } => {
                 self.store.phase_started(activity, phase_name(*phase))?;
-                failpoint::phase_started(*phase);
+                if failpoints {
+                    failpoint::phase_started(*phase);
+                }
             }
             Record::PhaseEnded { phase } => {
                 self.store.phase_ended(activity, phase_name(*phase))?;
-                failpoint::phase_ended(*phase);
+                if failpoints {
+                    failpoint::phase_ended(*phase);
+                }
             }
             Record::Serving { release } => self.store.set_serving(environment, release.as_ref())?,
             Record::Finished { outcome } => {
@@ -540,81 +570,73 @@ impl Controller {
             self.ensure_services(environment, &serving.image, None, Reach::AnsweringNodes)
                 .await?;
         }
-        for (instance, status) in instances.iter().zip(&statuses) {
-            self.catch_up_instance(environment, node, serving, instance, status)
-                .await?;
+        let open_at_serving = |status: &InstanceStatus| {
+            status.gate
+                == (lockstep_proto::agent::Gate::Open {
+                    generation: serving.generation,
+                })
+                && !status.background_stopped
+        };
+        if statuses.iter().all(open_at_serving) {
+            return Ok(());
+        }
+        let retry_key = (environment.to_owned(), node.name.clone());
+        let now = std::time::Instant::now();
+        let retry = self
+            .queues
+            .catch_up_retry
+            .lock()
+            .expect("retry lock")
+            .get(&retry_key)
+            .copied();
+        if retry.is_some_and(|(at, _)| now < at) {
+            return Ok(());
+        }
+        let outcome = self.run_catch_up(environment, node, serving).await?;
+        let mut retries = self.queues.catch_up_retry.lock().expect("retry lock");
+        if outcome.succeeded() {
+            retries.remove(&retry_key);
+        } else {
+            let (first, longest) = CATCH_UP_RETRY;
+            let wait = retry.map_or(first, |(_, wait)| (wait * 2).min(longest));
+            retries.insert(retry_key, (std::time::Instant::now() + wait, wait));
         }
         Ok(())
     }
 
-    /// Catch-up of one app's instance on `node`, whose status is `status`.
-    async fn catch_up_instance(
+    /// Brings `node` to the release its environment serves, as an activity of its own that the
+    /// state machine runs (`PlanKind::CatchUp`).
+    async fn run_catch_up(
         &self,
         environment: &str,
         node: &Node,
         serving: &Release,
-        instance: &AppInstance,
-        status: &InstanceStatus,
-    ) -> Result<(), ControllerError> {
-        let open_at_serving = status.gate
-            == (lockstep_proto::agent::Gate::Open {
-                generation: serving.generation,
-            });
-        if open_at_serving && !status.background_stopped {
-            return Ok(());
-        }
-        let step = Step {
-            deployment: format!("catch-up-{}", serving.generation),
+    ) -> Result<Outcome, ControllerError> {
+        let activity = self.store.create_activity(
+            CATCH_UP,
+            environment,
+            &format!(
+                "Catch-up of {} to the release {environment} serves",
+                node.name
+            ),
+        )?;
+        self.store
+            .set_activity_image(&activity.id, &serving.image)?;
+        self.store.set_activity_state(&activity.id, "in_progress")?;
+        let plan = Plan {
+            deployment: activity.id.clone(),
+            nodes: vec![node.name.clone()],
+            image: serving.image.clone(),
             generation: serving.generation,
+            previous: None,
+            on_hook_failure: lockstep_deploy::HookFailurePolicy::StayClosed,
+            data: None,
+            kind: PlanKind::CatchUp,
         };
-        let image = instance.image.as_str();
-        let current = status
-            .active
-            .as_ref()
-            .is_some_and(|a| a.image == image && a.generation == serving.generation);
-        let timeout = Duration::from_secs(120);
-        let agent = &node.agent_url;
-        let name = &instance.instance;
-        if !current || !status.processes.iter().any(|p| p.name == "web") {
-            tracing::info!(environment, node = %node.name, instance = %name, image, "catching up");
-            let _: serde_json::Value = self
-                .agents
-                .call(agent, name, Call::Stage(image), timeout)
-                .await
-                .map_err(ControllerError::agent(node))?;
-            let _: serde_json::Value = self
-                .agents
-                .call(agent, name, Call::Quiesce(&step), timeout)
-                .await
-                .map_err(ControllerError::agent(node))?;
-            let _: serde_json::Value = self
-                .agents
-                .call(agent, name, Call::Close(&step), timeout)
-                .await
-                .map_err(ControllerError::agent(node))?;
-            let swap = SwapRequest {
-                step: step.clone(),
-                image: image.to_owned(),
-                runtime: self.runtime_inputs(environment, &serving.image)?,
-            };
-            let _: serde_json::Value = self
-                .agents
-                .call(agent, name, Call::Swap(&swap), timeout)
-                .await
-                .map_err(ControllerError::agent(node))?;
-        }
-        let _: serde_json::Value = self
-            .agents
-            .call(agent, name, Call::Open(&step), timeout)
+        tracing::info!(environment, node = %node.name, activity = %activity.id, "catching up");
+        let (machine, commands) = Deployment::start(plan.clone());
+        self.execute(&activity.id, environment, &plan, machine, commands)
             .await
-            .map_err(ControllerError::agent(node))?;
-        let _: serde_json::Value = self
-            .agents
-            .call(agent, name, Call::Background(&step), timeout)
-            .await
-            .map_err(ControllerError::agent(node))?;
-        tracing::info!(environment, node = %node.name, instance = %name, generation = serving.generation, "node open");
-        Ok(())
     }
 
     /// Sends every node the configuration of each of `instances`, and the users; idempotent.

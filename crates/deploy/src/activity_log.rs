@@ -4,7 +4,7 @@
 use crate::progress::Progress;
 use crate::timing::TRIES;
 use crate::work::{Work, action};
-use crate::{NodeName, Outcome, Phase, Plan, Request};
+use crate::{NodeName, Outcome, Phase, Plan, PlanKind, Request};
 
 /// A release as the log names it: `image 9f2c41d0e8b7`, or for a project with several apps
 /// (whose release id joins its images' ids with `+`) `images 9f2c41d0e8b7+1a2b3c4d5e6f`; each
@@ -27,6 +27,14 @@ fn nodes(count: usize) -> String {
 }
 
 pub(crate) fn introduction(plan: &Plan) -> String {
+    if plan.kind == PlanKind::CatchUp {
+        return format!(
+            "Catching up {} to {} at generation {}, which the environment serves",
+            plan.nodes.join(", "),
+            release(&plan.image),
+            plan.generation,
+        );
+    }
     let replacing = match &plan.previous {
         Some(previous) => format!(
             "replacing {} (generation {})",
@@ -127,8 +135,10 @@ pub(crate) fn hook_outcome(
     }
 }
 
-pub(crate) fn failure(reason: &str, before_close: bool) -> String {
-    if before_close {
+pub(crate) fn failure(plan: &Plan, reason: &str, before_close: bool) -> String {
+    if plan.kind == PlanKind::CatchUp {
+        format!("The catch-up failed: {reason}")
+    } else if before_close {
         format!("Aborting before close: {reason}. The previous release keeps serving")
     } else {
         format!("The deployment failed past close: {reason}")
@@ -161,6 +171,10 @@ pub(crate) fn ending(outcome: &Outcome) -> String {
             summary(reason),
             lost(lost_nodes)
         ),
+        Outcome::NotCaughtUp { reason } => format!(
+            "Catch-up failed: {}; the node stays closed and is tried again later",
+            summary(reason)
+        ),
         Outcome::StayedClosed { reason } => format!(
             "Deployment failed; the environment stays closed until an operator deploys or rolls back: {}",
             summary(reason)
@@ -189,6 +203,16 @@ mod tests {
     #[test]
     fn the_ending_names_the_failure_without_quoting_its_output_again() {
         let reason = "node production-1 failed: the web process exited 3 times; nothing opened. Its last output:\nTraceback\nError: no module";
+        let plan = Plan {
+            deployment: "dep-1".into(),
+            nodes: vec!["production-1".into()],
+            image: "9f2c41d0e8b7".into(),
+            generation: 2,
+            previous: None,
+            on_hook_failure: crate::HookFailurePolicy::Rollback,
+            data: None,
+            kind: PlanKind::Deployment,
+        };
         let ending = ending(&Outcome::RolledBack {
             reason: reason.into(),
             lost_nodes: Vec::new(),
@@ -198,7 +222,7 @@ mod tests {
             "Deployment failed and was rolled back: node production-1 failed: the web process exited 3 times; nothing opened"
         );
         assert!(
-            failure(reason, false).contains("Error: no module"),
+            failure(&plan, reason, false).contains("Error: no module"),
             "said once, with the failure"
         );
     }

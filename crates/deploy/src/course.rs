@@ -6,11 +6,20 @@ use std::collections::BTreeSet;
 
 use crate::progress::{Failure, Progress};
 use crate::work::Work;
-use crate::{HookFailurePolicy, Outcome, Phase, Plan, Release};
+use crate::{HookFailurePolicy, Outcome, Phase, Plan, PlanKind, Release};
 
 /// The phases of a deployment that goes well, in order; replacing its data only when the plan
 /// brings some.
 fn forward(plan: &Plan) -> Vec<Phase> {
+    if plan.kind == PlanKind::CatchUp {
+        return vec![
+            Phase::Stage,
+            Phase::Quiesce,
+            Phase::Close,
+            Phase::Swap,
+            Phase::Open,
+        ];
+    }
     let mut phases = vec![Phase::Stage, Phase::Quiesce, Phase::Close];
     if plan.data.is_some() {
         phases.push(Phase::ReplaceData);
@@ -128,6 +137,14 @@ pub(crate) fn ending(progress: &Progress) -> (Option<Release>, Outcome) {
     }
     let lost_nodes = progress.lost_nodes();
     let failure = progress.failure.as_ref();
+    if plan.kind == PlanKind::CatchUp {
+        let reason = match failure {
+            Some(failure) => failure.reason.clone(),
+            None if progress.remaining_nodes().is_empty() => "the node was lost".to_string(),
+            None => return (Some(new_release), Outcome::Completed { lost_nodes }),
+        };
+        return (None, Outcome::NotCaughtUp { reason });
+    }
     if let Some(failure) = failure.filter(|f| f.before_close()) {
         let reason = failure.reason.clone();
         return (plan.previous.clone(), Outcome::Aborted { reason });

@@ -61,6 +61,20 @@ pub struct Release {
     pub generation: u64,
 }
 
+/// What a plan changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanKind {
+    /// A release for the environment: every phase; the edge follows the nodes' gates.
+    #[default]
+    Deployment,
+    /// A node that missed deployments, or came back closed, brought to the release its
+    /// environment serves, at that release's generation: staged, quiesced, closed, switched
+    /// and opened, without hooks. What the environment serves, its other nodes and the edge
+    /// stay as they are; a failure leaves the node closed, to be tried again later.
+    CatchUp,
+}
+
 /// Everything a deployment needs to know when it starts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
@@ -78,9 +92,16 @@ pub struct Plan {
     /// restored, another environment's data synced), named as the orchestrator understands it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
+    #[serde(default)]
+    pub kind: PlanKind,
 }
 
 impl Plan {
+    /// Whether the plan changes what the environment serves, and with it the edge's gate.
+    pub fn changes_the_environment(&self) -> bool {
+        self.kind == PlanKind::Deployment
+    }
+
     /// The release the deployment puts in place.
     pub fn target(&self) -> Release {
         Release {
@@ -227,6 +248,9 @@ pub enum Outcome {
     },
     /// The environment is closed and waits for an operator.
     StayedClosed { reason: String },
+    /// A catch-up that did not bring its node to the release: the node stays closed, and the
+    /// environment serves on its other nodes.
+    NotCaughtUp { reason: String },
 }
 
 impl Outcome {

@@ -144,7 +144,7 @@ impl Deployment {
             && !self.progress.started(phase)
         {
             self.append(out, Record::PhaseStarted { phase });
-            if phase == Phase::Close {
+            if phase == Phase::Close && self.progress.plan.changes_the_environment() {
                 out.push(Command::Edge(EdgeGate::Closed));
             }
         }
@@ -216,7 +216,11 @@ impl Deployment {
         // phase and follows the failure's course, instead of running the phase again.
         if let Some(reason) = self.failure_of(phase, round) {
             let before_close = matches!(phase, Phase::Stage | Phase::Quiesce | Phase::Close);
-            out.push(Command::Log(activity_log::failure(&reason, before_close)));
+            out.push(Command::Log(activity_log::failure(
+                &self.progress.plan,
+                &reason,
+                before_close,
+            )));
             self.append(out, Record::Failure { reason });
         }
         self.append(out, Record::PhaseEnded { phase });
@@ -306,7 +310,7 @@ impl Deployment {
 
     fn finish(&mut self, out: &mut Vec<Command>) {
         let (release, outcome) = course::ending(&self.progress);
-        if self.progress.serving.is_none() {
+        if self.progress.serving.is_none() && self.progress.plan.changes_the_environment() {
             self.append(out, Record::Serving { release });
         }
         out.push(Command::Log(activity_log::ending(&outcome)));
@@ -335,6 +339,9 @@ impl Deployment {
     /// What the edge should be doing now, from the journal: open at the release the nodes
     /// opened at, closed from the start of close until then; `None` before close.
     fn edge_now(&self) -> Option<EdgeGate> {
+        if !self.progress.plan.changes_the_environment() {
+            return None;
+        }
         let opened = [Phase::Rollback, Phase::Open]
             .into_iter()
             .filter(|phase| self.progress.ended(*phase))
@@ -351,7 +358,9 @@ impl Deployment {
     /// The release the nodes serve once `phase` ended, if it opened them: none when every
     /// node was lost, which leaves the environment closed.
     fn opened_by(&self, phase: Phase) -> Option<Release> {
-        if self.progress.remaining_nodes().is_empty() {
+        if self.progress.remaining_nodes().is_empty()
+            || !self.progress.plan.changes_the_environment()
+        {
             return None;
         }
         match phase {

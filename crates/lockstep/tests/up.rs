@@ -253,6 +253,42 @@ async fn stopping_and_starting_again_brings_every_environment_back_open_at_its_r
         }
         assert_eq!(answer, (200, Some(tree.clone())), "{router}");
     }
+    // Every node came back closed, and each was caught up by an activity of its own that the
+    // deploy state machine ran: every phase but the hooks, on that node alone.
+    let activities = platform.get("/activities?limit=50").await;
+    let catch_ups: Vec<&serde_json::Value> = activities
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["type"] == "catch-up" && a["result"] == "success")
+        .collect();
+    let mut caught_up = Vec::new();
+    for catch_up in &catch_ups {
+        assert_eq!(
+            Platform::phase_names(catch_up),
+            ["stage", "quiesce", "close", "swap", "open"]
+        );
+        let log = text(&platform.cli(&["activity", "log", catch_up["id"].as_str().unwrap()]));
+        let node = log
+            .split("Catching up ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{log}"));
+        caught_up.push(format!(
+            "{}/{node}",
+            catch_up["environment"].as_str().unwrap()
+        ));
+    }
+    caught_up.sort();
+    assert_eq!(
+        caught_up,
+        [
+            "production/production-1",
+            "production/production-2",
+            "production/production-3",
+            "staging/staging-1",
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -119,6 +119,7 @@ fn kind(outcome: &Outcome) -> &'static str {
         Outcome::OpenedDespiteHookFailure { .. } => "opened_despite_hook_failure",
         Outcome::RolledBack { .. } => "rolled_back",
         Outcome::StayedClosed { .. } => "stayed_closed",
+        Outcome::NotCaughtUp { .. } => "not_caught_up",
     }
 }
 

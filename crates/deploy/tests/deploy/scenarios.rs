@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use lockstep_deploy::{
     Command, Deployment, EdgeGate, Event, HookFailurePolicy, HookKind, NodeFailure, Outcome, Phase,
-    Plan, Record, Reply, Request, RequestId,
+    Plan, PlanKind, Record, Reply, Request, RequestId,
 };
 
 use crate::sim::world::{
@@ -269,7 +269,7 @@ fn a_three_node_deployment_runs_every_phase_in_order() {
     driver.run(fine);
     let commands: Vec<String> = driver.commands.iter().map(render).collect();
     let expected = [
-        "append Started { plan: Plan { deployment: \"dep-42\", nodes: [\"production-1\", \"production-2\", \"production-3\"], image: \"9f2c41d0e8b7a6c5d4e3f2a1b0c9d8e7\", generation: 9, previous: Some(Release { image: \"1a2b3c4d5e6f708192a3b4c5d6e7f809\", generation: 6 }), on_hook_failure: Rollback, data: None } }",
+        "append Started { plan: Plan { deployment: \"dep-42\", nodes: [\"production-1\", \"production-2\", \"production-3\"], image: \"9f2c41d0e8b7a6c5d4e3f2a1b0c9d8e7\", generation: 9, previous: Some(Release { image: \"1a2b3c4d5e6f708192a3b4c5d6e7f809\", generation: 6 }), on_hook_failure: Rollback, data: None, kind: Deployment } }",
         "log Deploying image 9f2c41d0e8b7 at generation 9 to 3 nodes (production-1, production-2, production-3); replacing image 1a2b3c4d5e6f (generation 6)",
         "append PhaseStarted { phase: Stage }",
         "log Staging image 9f2c41d0e8b7 on 3 nodes",
@@ -1070,4 +1070,96 @@ fn the_plan_and_lost_nodes_are_visible() {
         _ => fine(node, request),
     });
     assert_eq!(driver.machine.lost_nodes(), [node(2)]);
+}
+
+/// production-2 brought back to the release the environment serves (the previous one of the
+/// scenarios), at its generation.
+fn catch_up() -> Plan {
+    let serving = previous_release();
+    Plan {
+        deployment: "catch-up-7".into(),
+        nodes: vec![node(2)],
+        image: serving.image,
+        generation: serving.generation,
+        previous: None,
+        kind: PlanKind::CatchUp,
+        ..plan(3)
+    }
+}
+
+#[test]
+fn a_catch_up_opens_its_node_at_the_serving_release_without_hooks_and_leaves_the_edge_alone() {
+    let mut driver = Driver::start(catch_up());
+    driver.run(fine);
+    assert_eq!(
+        driver.sends(),
+        [
+            Request::Stage {
+                image: PREVIOUS_IMAGE.into()
+            },
+            Request::Quiesce,
+            Request::Close,
+            Request::Swap {
+                image: PREVIOUS_IMAGE.into(),
+                generation: PREVIOUS_GENERATION
+            },
+            Request::Open {
+                generation: PREVIOUS_GENERATION
+            },
+            Request::StartBackground {
+                generation: PREVIOUS_GENERATION
+            },
+        ]
+        .map(|request| (node(2), request))
+    );
+    assert!(matches!(driver.outcome(), Outcome::Completed { .. }));
+    assert!(
+        !driver
+            .commands
+            .iter()
+            .any(|c| matches!(c, Command::Edge(_))),
+        "the other nodes serve: the edge's gate stays as it is"
+    );
+    assert!(
+        !driver
+            .journal()
+            .iter()
+            .any(|r| matches!(r, Record::Serving { .. })),
+        "what the environment serves does not change"
+    );
+    assert!(driver.logs()[0].starts_with("Catching up production-2 to image "));
+}
+
+#[test]
+fn a_catch_up_whose_swap_fails_leaves_its_node_closed_and_the_environment_as_it_was() {
+    let mut driver = Driver::start(catch_up());
+    driver.run(|node, request| match request {
+        Request::Swap { .. } => Answer::Reply(Err(NodeFailure::Failed("no web process".into()))),
+        _ => fine(node, request),
+    });
+    let Outcome::NotCaughtUp { reason } = driver.outcome() else {
+        panic!("{:?}", driver.outcome());
+    };
+    assert!(reason.contains("no web process"), "{reason}");
+    assert!(
+        !driver
+            .sends()
+            .iter()
+            .any(|(_, r)| matches!(r, Request::Open { .. })),
+        "the node is never opened"
+    );
+    assert!(
+        !driver
+            .commands
+            .iter()
+            .any(|c| matches!(c, Command::Edge(_)))
+    );
+    assert!(
+        !driver
+            .journal()
+            .iter()
+            .any(|r| matches!(r, Record::Serving { .. }))
+    );
+    let resumed = Driver::resume(&driver.journal());
+    assert_eq!(resumed.outcome(), driver.outcome());
 }

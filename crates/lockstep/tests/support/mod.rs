@@ -747,8 +747,17 @@ impl Platform {
             .collect()
     }
 
+    /// The newest activity a user or a push started (catch-ups of returning nodes start by
+    /// themselves, at any time), or null when there is none yet.
     pub async fn latest_activity(&self) -> serde_json::Value {
-        self.get("/activities?limit=1").await[0].clone()
+        self.get("/activities?limit=50")
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|activity| activity["type"] != "catch-up")
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// An environment's part of `lockstep status`.

@@ -146,6 +146,7 @@ pub fn at_the_end(world: &World) {
             None => world.edge.clone(),
         },
         Outcome::StayedClosed { .. } => Some(EdgeGate::Closed),
+        Outcome::NotCaughtUp { .. } => unreachable!("the simulation runs deployments"),
     };
     assert_eq!(
         world.edge, edge_at_the_end,
@@ -181,6 +182,7 @@ pub fn at_the_end(world: &World) {
                 None => expect_all_closed(world, &[]),
             }
         }
+        Outcome::NotCaughtUp { .. } => unreachable!("the simulation runs deployments"),
         Outcome::StayedClosed { .. } => {
             assert_eq!(*serving, None);
             expect_all_closed(world, &lost);

@@ -17,8 +17,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use lockstep_deploy::{
-    Command, Deployment, EdgeGate, Event, HookFailurePolicy, HookKind, NodeFailure, Plan, Record,
-    Release, Reply, Request, RequestId,
+    Command, Deployment, EdgeGate, Event, HookFailurePolicy, HookKind, NodeFailure, Plan, PlanKind,
+    Record, Release, Reply, Request, RequestId,
 };
 
 use super::checks;
@@ -63,6 +63,7 @@ impl Scenario {
             previous: self.with_previous.then(previous_release),
             on_hook_failure: self.policy,
             data: None,
+            kind: PlanKind::Deployment,
         }
     }
 }
