@@ -173,7 +173,7 @@ impl Instance {
             // Kept for the instance's life: the edge routes to it across restarts.
             state.router_port = free_port()?;
         }
-        let listener = TcpListener::bind(("127.0.0.1", state.router_port))
+        let listener = TcpListener::bind((context.router_address, state.router_port))
             .await
             .map_err(AgentError::io(format!(
                 "listen on router port {}",
@@ -1121,6 +1121,7 @@ impl Instance {
                 let instance = instance_name(&state.config.environment, Some(&app.name));
                 let port = self.context.router_port(&instance)?;
                 let endpoint = AppEndpoint {
+                    address: self.context.router_address,
                     port,
                     runtime: app.runtime.clone(),
                 };

@@ -46,11 +46,15 @@ pub struct AgentOptions {
     pub operator: OperatorEnv,
     /// The first process of every long-running process's sandbox.
     pub init: SandboxInit,
+    /// Where the node's routers listen: the address the agent listens on, which the edge
+    /// reaches from its own host.
+    pub router_address: std::net::IpAddr,
 }
 
 /// What every instance of the node shares.
 pub(crate) struct NodeContext {
     pub metrics: Arc<Metrics>,
+    pub router_address: std::net::IpAddr,
     /// Pulls images from the controller with this agent's token.
     pub images: pull::ImagePuller,
     pub operator: OperatorEnv,
@@ -178,6 +182,7 @@ impl Agent {
             token: options.token.clone(),
             context: Arc::new(NodeContext {
                 metrics: Arc::new(Metrics::new()),
+                router_address: options.router_address,
                 images: pull::ImagePuller::new(options.token),
                 operator: options.operator,
                 init: options.init,

@@ -11,7 +11,8 @@ use crate::services::Reachable;
 
 /// Another app of the project, as this node runs it.
 pub struct AppEndpoint {
-    /// Its instance's router port.
+    /// Where its instance's router listens on this node.
+    pub address: std::net::IpAddr,
     pub port: u16,
     /// Its `type`.
     pub runtime: String,
@@ -80,7 +81,7 @@ pub fn platform_relationships(
 /// An `app:http` relationship: plain HTTP to the app's router, which admits requests only while
 /// the environment is open, as the edge's do.
 fn app_entry(app_name: &str, app: &AppEndpoint, cluster: &str) -> Value {
-    let host = "127.0.0.1";
+    let host = app.address.to_string();
     json!([{
         "scheme": "http",
         "host": host,

@@ -388,7 +388,7 @@ async fn app_statuses(
 ) -> Vec<AppStatus> {
     let mut apps = Vec::new();
     for instance in instances {
-        let router = node.router_of(instance.app.as_deref());
+        let router = node.router_url(instance.app.as_deref());
         let (gate, active, error) = if router.is_none() {
             (None, None, Some("no release yet".to_owned()))
         } else {
@@ -403,17 +403,13 @@ async fn app_statuses(
         };
         apps.push(AppStatus {
             app: instance.name.clone(),
-            router: router.map(router_url),
+            router,
             gate,
             active,
             error,
         });
     }
     apps
-}
-
-fn router_url(port: u16) -> String {
-    format!("http://127.0.0.1:{port}")
 }
 
 /// The replicas' state on a node, or nothing when it does not answer in time.
@@ -458,7 +454,7 @@ async fn environment_status(
     let mut nodes = Vec::new();
     for node in controller.store.nodes(&environment.name)? {
         let first = instances.first();
-        let router = first.and_then(|first| node.router_of(first.app.as_deref()));
+        let router = first.and_then(|first| node.router_url(first.app.as_deref()));
         let apps = if instances.len() > 1 {
             app_statuses(controller, &node, &instances).await
         } else {
@@ -466,7 +462,7 @@ async fn environment_status(
         };
         // A node that never received the environment has nothing to say yet.
         let (gate, active, services, replication, error) =
-            if let (Some(first), Some(_)) = (first, router) {
+            if let (Some(first), Some(_)) = (first, &router) {
                 let instance = first.instance.as_str();
                 match controller.agents.status(&node.agent_url, instance).await {
                     Ok(status) => {
@@ -495,7 +491,7 @@ async fn environment_status(
                 )
             };
         nodes.push(NodeStatus {
-            router: router.map(router_url),
+            router,
             apps,
             name: node.name,
             agent: node.agent_url,

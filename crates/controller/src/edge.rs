@@ -188,10 +188,7 @@ impl Controller {
         };
         let nodes = self.store.nodes(&env.name)?;
         let routers = |app: Option<&str>| -> Vec<String> {
-            nodes
-                .iter()
-                .filter_map(|n| n.router_of(app).map(|p| format!("http://127.0.0.1:{p}")))
-                .collect()
+            nodes.iter().filter_map(|n| n.router_url(app)).collect()
         };
         let first_app = instances.first().and_then(|first| first.app.as_deref());
         // The environment's own host stays, so that it is served without a routes file.

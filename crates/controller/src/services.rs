@@ -145,7 +145,7 @@ pub(crate) async fn place(
             if primary_node(&status.name) == node.name && status.port != 0 {
                 placed.primaries.insert(
                     status.name.clone(),
-                    format!("{}:{}", host_of(&node.agent_url), status.port),
+                    format!("{}:{}", node.host(), status.port),
                 );
             }
         }
@@ -164,7 +164,7 @@ pub(crate) async fn place(
                     .iter()
                     .find(|s| s.name == service)?;
                 (status.cluster_port != 0)
-                    .then(|| format!("{}:{}", host_of(&node.agent_url), status.cluster_port))
+                    .then(|| format!("{}:{}", node.host(), status.cluster_port))
             })
             .collect()
     };
@@ -277,14 +277,6 @@ async fn ensure_on(
         )
         .await
         .map_err(ControllerError::agent(node))
-}
-
-/// The host of an agent's URL: where its node's services listen too.
-fn host_of(agent_url: &str) -> String {
-    reqwest::Url::parse(agent_url)
-        .ok()
-        .and_then(|url| url.host_str().map(str::to_owned))
-        .unwrap_or_else(|| "127.0.0.1".into())
 }
 
 /// Which node's replica of `service` to promote, from how far each answering replica has

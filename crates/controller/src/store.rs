@@ -263,6 +263,20 @@ impl Node {
             Some(app) => self.app_routers.get(app).copied(),
         }
     }
+
+    /// The host of its agent's URL: where its routers and services listen too.
+    pub fn host(&self) -> String {
+        reqwest::Url::parse(&self.agent_url)
+            .ok()
+            .and_then(|url| url.host_str().map(str::to_owned))
+            .unwrap_or_else(|| "127.0.0.1".into())
+    }
+
+    /// The URL of `app`'s router on this node, once it has one.
+    pub fn router_url(&self, app: Option<&str>) -> Option<String> {
+        self.router_of(app)
+            .map(|port| format!("http://{}:{port}", self.host()))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -254,14 +254,23 @@ async fn stopping_and_starting_again_brings_every_environment_back_open_at_its_r
         assert_eq!(answer, (200, Some(tree.clone())), "{router}");
     }
     // Every node came back closed, and each was caught up by an activity of its own that the
-    // deploy state machine ran: every phase but the hooks, on that node alone.
-    let activities = platform.get("/activities?limit=50").await;
-    let catch_ups: Vec<&serde_json::Value> = activities
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["type"] == "catch-up" && a["result"] == "success")
-        .collect();
+    // deploy state machine ran: every phase but the hooks, on that node alone. A node serves
+    // once it opened, a moment before its catch-up records its end.
+    let succeeded = || async {
+        let activities = platform.get("/activities?limit=50").await;
+        activities
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["type"] == "catch-up" && a["result"] == "success")
+            .cloned()
+            .collect::<Vec<serde_json::Value>>()
+    };
+    eventually(Duration::from_secs(10), "the catch-ups to end", || async {
+        succeeded().await.len() >= 4
+    })
+    .await;
+    let catch_ups = succeeded().await;
     let mut caught_up = Vec::new();
     for catch_up in &catch_ups {
         assert_eq!(

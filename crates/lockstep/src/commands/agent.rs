@@ -36,6 +36,7 @@ pub fn run(args: AgentArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
             token,
             operator,
             init,
+            router_address: args.listen.ip(),
         })
         .await
         .with_context(|| format!("cannot load the agent's state from {}", data_dir.display()))?;

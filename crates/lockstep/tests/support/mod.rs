@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // Each test file uses its own part of this module.
 
+pub mod netns;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
