@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lockstep_image::{Frame, FrameIndex, ImageId, frame_hash};
+use lockstep_proto::liveness;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::error::AgentError;
@@ -45,7 +46,11 @@ impl ImagePuller {
     pub fn new(token: String) -> ImagePuller {
         ImagePuller {
             http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(3))
+                .connect_timeout(liveness::CONNECT_TIMEOUT)
+                .tcp_keepalive(liveness::KEEPALIVE_IDLE)
+                .tcp_keepalive_interval(liveness::KEEPALIVE_INTERVAL)
+                .tcp_keepalive_retries(liveness::KEEPALIVE_RETRIES)
+                .tcp_user_timeout(liveness::USER_TIMEOUT)
                 .build()
                 .expect("an HTTP client builds"),
             token,

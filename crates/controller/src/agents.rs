@@ -7,6 +7,7 @@ use lockstep_deploy::NodeFailure;
 use lockstep_proto::agent::{
     HookOutcome, HookRequest, InstanceConfig, InstanceStatus, StageRequest, Step, SwapRequest,
 };
+use lockstep_proto::liveness;
 use serde::de::DeserializeOwned;
 
 /// Why a call got no usable answer.
@@ -71,7 +72,11 @@ impl AgentClient {
     pub fn new(token: String, image_source: String) -> AgentClient {
         AgentClient {
             http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(3))
+                .connect_timeout(liveness::CONNECT_TIMEOUT)
+                .tcp_keepalive(liveness::KEEPALIVE_IDLE)
+                .tcp_keepalive_interval(liveness::KEEPALIVE_INTERVAL)
+                .tcp_keepalive_retries(liveness::KEEPALIVE_RETRIES)
+                .tcp_user_timeout(liveness::USER_TIMEOUT)
                 .build()
                 .expect("an HTTP client builds"),
             token,

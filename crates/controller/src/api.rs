@@ -711,14 +711,23 @@ fn redeploy(
             "has no release yet; push a branch first",
         ),
         Redeploy::Previous => (
-            environment.previous,
+            environment.previous.clone(),
             "rollback",
             "Rollback to",
             "has no previous release to roll back to",
         ),
     };
     let Some(release) = release else {
-        return Err(ApiError(StatusCode::CONFLICT, format!("{env} {missing}")));
+        let message = match (which, &environment.previous) {
+            (Redeploy::Current, Some(previous)) => format!(
+                "{env} serves nothing: a deployment failed past close and left it closed; \
+                 `lockstep rollback {env}` brings back {} (generation {}), or push again",
+                lockstep_image::short_release(&previous.image),
+                previous.generation
+            ),
+            _ => format!("{env} {missing}"),
+        };
+        return Err(ApiError(StatusCode::CONFLICT, message));
     };
     start(
         controller,

@@ -132,7 +132,7 @@ impl Cluster {
         push(project.path(), &self.git)
     }
 
-    /// Each production node's router.
+    /// Each production node's router (none while production serves nothing).
     async fn routers(&self) -> Vec<String> {
         let status = self.get("/status").await;
         let production = status["environments"]
@@ -146,7 +146,7 @@ impl Cluster {
             .as_array()
             .unwrap()
             .iter()
-            .map(|n| n["router"].as_str().unwrap().to_owned())
+            .filter_map(|n| n["router"].as_str().map(str::to_owned))
             .collect()
     }
 
@@ -180,6 +180,12 @@ impl Cluster {
     /// took.
     async fn until_every_node_serves(&self, release: &str) -> Duration {
         let started = Instant::now();
+        eventually(
+            Duration::from_secs(120),
+            "production to serve a release",
+            || async { self.routers().await.len() == self.network.hosts.len() },
+        )
+        .await;
         let routers = self.routers().await;
         for (index, router) in routers.iter().enumerate() {
             eventually(
@@ -304,4 +310,203 @@ async fn a_node_partitioned_before_stage_aborts_the_deployment_and_nothing_chang
     cluster.network.heal(2);
     let healed = cluster.until_every_node_serves(&v1).await;
     eprintln!("consistent {healed:?} after the partition healed");
+}
+
+impl Cluster {
+    /// Waits until a push newer than `earlier` (an activity id) has begun `phase`.
+    async fn until_phase_begins(&self, earlier: &str, phase: &str) {
+        eventually(Duration::from_secs(60), "the phase to begin", || async {
+            let push = self.latest_push().await;
+            push["id"] != earlier
+                && push["phases"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p["name"] == phase)
+        })
+        .await;
+    }
+
+    /// Pushes `project` in the background, joined for its output; and the id of the push
+    /// before it.
+    async fn push_in_background(
+        &self,
+        project: &Project,
+    ) -> (std::thread::JoinHandle<std::process::Output>, String) {
+        let earlier = self.latest_push().await["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let (path, remote) = (project.path().to_owned(), self.git.clone());
+        (std::thread::spawn(move || push(&path, &remote)), earlier)
+    }
+
+    /// The log of the newest push.
+    async fn latest_push_log(&self) -> String {
+        let id = self.latest_push().await["id"].as_str().unwrap().to_owned();
+        self.http
+            .get(format!("{}/api/v1/activities/{id}/log", self.api))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    fn agent_pid(&self, index: usize) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self._agents[index].0.id() as i32)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_partitioned_while_it_drains_aborts_the_deployment_and_the_others_reopen() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let project = Project::sample();
+    assert!(cluster.push(&project).status.success());
+    let v1 = tree_of(&project);
+    cluster.until_every_node_serves(&v1).await;
+    let routers = cluster.routers().await;
+
+    // A slow request on production-3 keeps its close draining while the partition comes.
+    let mut slow = cluster
+        .network
+        .command(2, "curl")
+        .args(["-s", "-o", "/dev/null", "--max-time", "30"])
+        .arg(format!("{}/slow?ms=6000", routers[2]))
+        .spawn()
+        .unwrap();
+    project.new_version("v2");
+    let (pusher, earlier) = cluster.push_in_background(&project).await;
+    cluster.until_phase_begins(&earlier, "close").await;
+    cluster.network.partition(2);
+    let pushed = pusher.join().unwrap();
+    let _ = slow.wait();
+    let log = cluster.latest_push_log().await;
+    assert!(!pushed.status.success(), "{log}");
+    assert!(log.contains("Deployment aborted"), "{log}");
+    // I5: the nodes that answered reopened at the old release; production-3, which closed by
+    // itself once its request ended, never served the new one.
+    for (index, router) in routers.iter().enumerate().take(2) {
+        assert_eq!(cluster.release_on_host(index, router), (200, v1.clone()));
+    }
+    assert_ne!(cluster.release_on_host(2, &routers[2]).1, tree_of(&project));
+    cluster.network.heal(2);
+    let healed = cluster.until_every_node_serves(&v1).await;
+    eprintln!("consistent {healed:?} after the partition healed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_partitioned_after_open_serves_the_new_release_and_the_deployment_completes() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let project = Project::sample();
+    assert!(cluster.push(&project).status.success());
+    cluster.until_every_node_serves(&tree_of(&project)).await;
+
+    project.new_version("v2");
+    let v2 = tree_of(&project);
+    let (pusher, earlier) = cluster.push_in_background(&project).await;
+    cluster.until_phase_begins(&earlier, "post_deploy").await;
+    cluster.network.partition(2);
+    let pushed = pusher.join().unwrap();
+    assert!(
+        pushed.status.success(),
+        "{}",
+        cluster.latest_push_log().await
+    );
+    let routers = cluster.routers().await;
+    for (index, router) in routers.iter().enumerate() {
+        assert_eq!(cluster.release_on_host(index, router), (200, v2.clone()));
+    }
+    cluster.network.heal(2);
+    let healed = cluster.until_every_node_serves(&v2).await;
+    eprintln!("consistent {healed:?} after the partition healed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_cut_off_from_every_node_past_close_leaves_them_closed_until_it_returns() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let project = Project::with_slow_deploy_hook(3);
+    assert!(cluster.push(&project).status.success());
+    let v1 = tree_of(&project);
+    cluster.until_every_node_serves(&v1).await;
+    let routers = cluster.routers().await;
+
+    project.new_version("v2");
+    let (pusher, earlier) = cluster.push_in_background(&project).await;
+    cluster.until_phase_begins(&earlier, "deploy_hook").await;
+    for index in 0..3 {
+        cluster.network.partition(index);
+    }
+    let pushed = pusher.join().unwrap();
+    let id = cluster.latest_push().await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // I1: every node closed at the close phase; none opened while cut off.
+    for (index, router) in routers.iter().enumerate() {
+        assert_eq!(cluster.release_on_host(index, router).0, 503, "{router}");
+    }
+    assert!(
+        !pushed.status.success(),
+        "{}",
+        cluster.latest_push_log().await
+    );
+    for index in 0..3 {
+        cluster.network.heal(index);
+    }
+    // Every node was lost past close: the environment stays closed, serving nothing, until an
+    // operator rolls back (a redeploy says so) or pushes again.
+    let operator = |action: &'static str| {
+        cluster
+            .http
+            .post(format!(
+                "{}/api/v1/environments/production/{action}",
+                cluster.api
+            ))
+            .bearer_auth(ADMIN)
+            .send()
+    };
+    let healed = Instant::now();
+    let redeploy = operator("deploy").await.unwrap();
+    assert_eq!(redeploy.status(), 409);
+    let said = redeploy.text().await.unwrap();
+    assert!(said.contains("lockstep rollback production"), "{said}");
+    assert!(operator("rollback").await.unwrap().status().is_success());
+    cluster.until_every_node_serves(&v1).await;
+    eprintln!("consistent {:?} after the rollback", healed.elapsed());
+    assert_eq!(cluster.deploy_hook_runs(&id), 1, "I2: the hook ran once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_paused_longer_than_the_drain_timeout_is_waited_for_and_nothing_serves_twice() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let project = Project::sample();
+    assert!(cluster.push(&project).status.success());
+    cluster.until_every_node_serves(&tree_of(&project)).await;
+
+    project.new_version("v2");
+    let v2 = tree_of(&project);
+    let (pusher, earlier) = cluster.push_in_background(&project).await;
+    cluster.until_phase_begins(&earlier, "quiesce").await;
+    let paused = cluster.agent_pid(2);
+    nix::sys::signal::kill(paused, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // Longer than the drain timeout (10 s): a live host's kernel keeps its connections.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let during = cluster.latest_push().await;
+    assert!(during["result"].is_null(), "it waited: {during}");
+    nix::sys::signal::kill(paused, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let pushed = pusher.join().unwrap();
+    assert!(pushed.status.success(), "{}", text(&pushed));
+    let healed = cluster.until_every_node_serves(&v2).await;
+    eprintln!("consistent {healed:?} after the agent resumed");
 }
