@@ -41,6 +41,12 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> Option<Cluster> {
+        Self::start_with_delay(None).await
+    }
+
+    /// A cluster whose every link between the controller and a node (both ways: the
+    /// controller's requests, the agents' image pulls and calls back) takes `delay` longer.
+    async fn start_with_delay(delay: Option<Duration>) -> Option<Cluster> {
         let network = Network::create(3)?;
         let data = tempfile::tempdir().unwrap();
         let token_file = data.path().join("agent-token");
@@ -79,10 +85,22 @@ impl Cluster {
         let listener = tokio::net::TcpListener::bind((network.gateway(), 0))
             .await
             .unwrap();
-        let api = format!("http://{}", listener.local_addr().unwrap());
+        let mut controller_address = listener.local_addr().unwrap();
+        let mut agent_addresses: Vec<std::net::SocketAddr> = network
+            .hosts
+            .iter()
+            .map(|host| (host.address, AGENT_PORT).into())
+            .collect();
+        if let Some(delay) = delay {
+            controller_address = network.delay_from_gateway(controller_address, delay).await;
+            for (index, address) in agent_addresses.iter_mut().enumerate() {
+                *address = network.delay_to(index, AGENT_PORT, delay);
+            }
+        }
+        let api = format!("http://{controller_address}");
         let node = |index: usize| NodeSpec {
             name: format!("production-{}", index + 1),
-            agent_url: format!("http://{}:{AGENT_PORT}", network.hosts[index].address),
+            agent_url: format!("http://{}", agent_addresses[index]),
         };
         let controller = Controller::open(ControllerOptions {
             data_dir: data.path().join("controller"),
@@ -509,4 +527,40 @@ async fn an_agent_paused_longer_than_the_drain_timeout_is_waited_for_and_nothing
     assert!(pushed.status.success(), "{}", text(&pushed));
     let healed = cluster.until_every_node_serves(&v2).await;
     eprintln!("consistent {healed:?} after the agent resumed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_over_slow_lossy_links_completes_and_nothing_serves_twice() {
+    let delay = Duration::from_millis(200);
+    let Some(cluster) = Cluster::start_with_delay(Some(delay)).await else {
+        return;
+    };
+    let project = Project::sample();
+    assert!(cluster.push(&project).status.success());
+    cluster.until_every_node_serves(&tree_of(&project)).await;
+
+    for index in 0..3 {
+        cluster.network.lose(index, 5);
+    }
+    project.new_version("v2");
+    let v2 = tree_of(&project);
+    let started = Instant::now();
+    let pushed = cluster.push(&project);
+    assert!(
+        pushed.status.success(),
+        "{}",
+        cluster.latest_push_log().await
+    );
+    let deployed = started.elapsed();
+    let deployment = cluster.latest_push().await;
+    let id = deployment["id"].as_str().unwrap();
+    assert_eq!(cluster.deploy_hook_runs(id), 1, "I2: the hook ran once");
+    let routers = cluster.routers().await;
+    for (index, router) in routers.iter().enumerate() {
+        assert_eq!(cluster.release_on_host(index, router), (200, v2.clone()));
+    }
+    eprintln!(
+        "pushed and deployed in {deployed:?} with {delay:?} each way and 5% loss; phases: {}",
+        deployment["phases"]
+    );
 }
