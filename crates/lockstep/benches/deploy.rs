@@ -12,20 +12,9 @@ mod support;
 
 use std::path::PathBuf;
 
-use support::{Platform, Project};
+use support::{Platform, Project, median, millis_between, phase_of};
 
 const DEPLOYS: usize = 5;
-
-fn millis_between(start: &str, end: &str) -> f64 {
-    let start = chrono::DateTime::parse_from_rfc3339(start).expect("RFC 3339");
-    let end = chrono::DateTime::parse_from_rfc3339(end).expect("RFC 3339");
-    (end - start).num_microseconds().expect("short") as f64 / 1000.0
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
 
 /// Median closed window and deploy hook time of `DEPLOYS` redeploys, on a platform run by
 /// `binary`.
@@ -55,15 +44,7 @@ async fn measure(binary: PathBuf) -> (f64, f64) {
         )
         .expect("activity list");
         let activity = &activities[0];
-        let phase = |name: &str| {
-            activity["phases"]
-                .as_array()
-                .expect("phases")
-                .iter()
-                .find(|p| p["name"] == name)
-                .unwrap_or_else(|| panic!("no {name} phase in {activity}"))
-                .clone()
-        };
+        let phase = |name: &str| phase_of(activity, name);
         let window = millis_between(
             phase("close")["started_at"].as_str().expect("close start"),
             phase("open")["ended_at"].as_str().expect("open end"),

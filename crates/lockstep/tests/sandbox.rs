@@ -285,15 +285,7 @@ async fn a_killed_agent_leaves_no_app_process_and_nothing_runs_in_the_next_close
     let deployed = platform.cli(&["deploy", "production"]);
     assert!(deployed.status.success(), "{}", text(&deployed));
     let activity = platform.latest_activity().await;
-    let phase = |name: &str| {
-        activity["phases"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .unwrap()
-            .clone()
-    };
+    let phase = |name: &str| phase_of(&activity, name);
     let closed_from = seconds(&phase("quiesce")["ended_at"]);
     let closed_until = seconds(&phase("open")["started_at"]);
     let inside: Vec<f64> = background_records(&platform, "production")

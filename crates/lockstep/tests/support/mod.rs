@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // Each test file uses its own part of this module.
 
+pub mod hosts;
 pub mod netns;
 
 use std::os::unix::fs::PermissionsExt;
@@ -168,6 +169,29 @@ pub fn build_image(project: &Project, store: &Path) -> BuiltImage {
     }
 }
 
+/// The phase `name` of an activity as the API gives it.
+pub fn phase_of(activity: &serde_json::Value, name: &str) -> serde_json::Value {
+    activity["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} phase in {activity}"))
+        .clone()
+}
+
+/// Milliseconds from one RFC 3339 time to another.
+pub fn millis_between(start: &str, end: &str) -> f64 {
+    let start = chrono::DateTime::parse_from_rfc3339(start).expect("RFC 3339");
+    let end = chrono::DateTime::parse_from_rfc3339(end).expect("RFC 3339");
+    (end - start).num_microseconds().expect("short") as f64 / 1000.0
+}
+
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -208,16 +232,14 @@ impl AgentProcess {
         let token_dir = tempfile::tempdir().unwrap();
         let token_file = token_dir.path().join("token");
         std::fs::write(&token_file, TOKEN).unwrap();
-        let child = Command::new(assert_cmd::cargo::cargo_bin!("lockstep"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["agent", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--token-file")
-            .arg(&token_file)
-            .env("LOCKSTEP_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = agent_command(
+            Command::new(lockstep_binary()),
+            data_dir,
+            &format!("127.0.0.1:{port}"),
+            &token_file,
+        )
+        .spawn()
+        .unwrap();
         let agent = AgentProcess {
             child,
             data_dir: data_dir.to_owned(),
@@ -844,6 +866,25 @@ fn spawn_up(
 }
 
 /// The `lockstep` binary of this tree.
+/// `command` (the `lockstep` binary, or a wrapper that runs it) completed into an agent
+/// listening on `listen` with the token in `token_file`.
+pub fn agent_command(
+    mut command: Command,
+    data_dir: &Path,
+    listen: &str,
+    token_file: &Path,
+) -> Command {
+    command
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["agent", "--listen", listen])
+        .arg("--token-file")
+        .arg(token_file)
+        .env("LOCKSTEP_LOG", "warn")
+        .stdin(Stdio::null());
+    command
+}
+
 pub fn lockstep_binary() -> PathBuf {
     assert_cmd::cargo::cargo_bin!("lockstep").to_owned()
 }
