@@ -1,4 +1,5 @@
-//! The agent's HTTP API. Every route, `/metrics` included, requires the bearer token.
+//! The agent's HTTP API, served over mutual TLS (`lockstep_transport::serve`). Every route,
+//! `/metrics` included, answers the controller only: another node's certificate is refused.
 
 use std::sync::Arc;
 
@@ -13,6 +14,9 @@ use lockstep_proto::agent::{
     Closed, HookKind, HookOutcome, HookRequest, InstanceConfig, InstanceStatus, StageRequest,
     Staged, Step, SwapRequest,
 };
+
+use lockstep_proto::nodes::{RenewalRequest, Renewed};
+use lockstep_transport::Peer;
 
 use crate::Agent;
 use crate::error::AgentError;
@@ -62,6 +66,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
             post(service_start),
         )
         .route("/v1/instances/{env}/exec", post(exec))
+        .route("/v1/certificate-request", post(certificate_request))
+        .route("/v1/certificate", put(install_certificate))
         .layer(axum::middleware::from_fn_with_state(
             agent.clone(),
             authenticate,
@@ -72,23 +78,32 @@ pub fn router(agent: Arc<Agent>) -> Router {
 }
 
 async fn authenticate(State(agent): State<Arc<Agent>>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if presented.is_some_and(|token| agent.token_matches(token)) {
+    let peer = request.extensions().get::<Peer>();
+    if peer == Some(&Peer::Controller) {
         return next.run(request).await;
     }
     agent.context.metrics.command("-", "unauthenticated", false);
+    let caller = peer.map_or_else(|| "an unknown caller".to_owned(), Peer::to_string);
     (
-        StatusCode::UNAUTHORIZED,
-        [(header::WWW_AUTHENTICATE, "Bearer")],
+        StatusCode::FORBIDDEN,
         Json(lockstep_proto::agent::ApiError {
-            error: "this agent requires its bearer token".into(),
+            error: format!("this agent answers the controller only, not {caller}"),
         }),
     )
         .into_response()
+}
+
+/// A fresh key's certificate request, for the controller to renew this node's certificate.
+async fn certificate_request(State(agent): State<Arc<Agent>>) -> Answer<RenewalRequest> {
+    Ok(Json(agent.identity.renewal_request()?))
+}
+
+async fn install_certificate(
+    State(agent): State<Arc<Agent>>,
+    Json(renewed): Json<Renewed>,
+) -> Result<StatusCode, AgentError> {
+    agent.identity.install(renewed.certificate)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn metrics(State(agent): State<Arc<Agent>>) -> impl IntoResponse {

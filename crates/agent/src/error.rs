@@ -27,6 +27,14 @@ pub enum AgentError {
         controller: String,
         reason: String,
     },
+    #[error(
+        "this agent is not enrolled ({0} holds no node certificate): start it with `--join URL --join-token TOKEN`, the token from `lockstep node add NAME --pool POOL`"
+    )]
+    NotEnrolled(std::path::PathBuf),
+    #[error("cannot enrol with the controller at {controller}: {reason}")]
+    Enrol { controller: String, reason: String },
+    #[error(transparent)]
+    Identity(#[from] lockstep_transport::TransportError),
     #[error("cannot {action}")]
     Io {
         action: String,

@@ -6,13 +6,15 @@
 //! and the scratch copies a rehearsal runs against.
 //! Must never: open a gate without a generation from the controller, or at any generation but
 //! the active release's (I1); run a hook twice for one deployment (I2); run a cron or a worker
-//! between quiesce and start of background work (I3); answer a caller without the token; run
-//! pushed code outside its sandbox, as root, or as another environment's user.
+//! between quiesce and start of background work (I3); answer anyone but the controller (mutual
+//! TLS, `identity`); run pushed code outside its sandbox, as root, or as another environment's
+//! user.
 
 mod api;
 mod error;
 mod fastcgi;
 mod hooks;
+mod identity;
 mod instance;
 mod locations;
 mod metrics;
@@ -35,13 +37,14 @@ use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 
 pub use error::AgentError;
+pub use identity::{announce, enrol, identity_dir};
 use instance::Instance;
 use metrics::Metrics;
 use services::Services;
 
 pub struct AgentOptions {
+    /// Holds the node's identity (`tls/`, from `enrol`) and everything else the agent keeps.
     pub data_dir: PathBuf,
-    pub token: String,
     /// The operator's CA and proxy settings, passed to every app process.
     pub operator: OperatorEnv,
     /// The first process of every long-running process's sandbox.
@@ -55,7 +58,7 @@ pub struct AgentOptions {
 pub(crate) struct NodeContext {
     pub metrics: Arc<Metrics>,
     pub router_address: std::net::IpAddr,
-    /// Pulls images from the controller with this agent's token.
+    /// Pulls images from the controller with this node's certificate.
     pub images: pull::ImagePuller,
     pub operator: OperatorEnv,
     pub init: SandboxInit,
@@ -146,7 +149,7 @@ impl NodeContext {
 
 pub struct Agent {
     data_dir: PathBuf,
-    token: String,
+    identity: Arc<identity::NodeIdentity>,
     instances: Mutex<BTreeMap<String, Arc<Instance>>>,
     context: Arc<NodeContext>,
 }
@@ -156,6 +159,7 @@ impl Agent {
     /// found in the data directory. Each comes up closed.
     pub async fn load(options: AgentOptions) -> Result<Arc<Agent>, AgentError> {
         lockstep_supervisor::check_installed()?;
+        let identity = Arc::new(identity::NodeIdentity::load(&options.data_dir)?);
         let instances_dir = options.data_dir.join("instances");
         std::fs::create_dir_all(&instances_dir).map_err(AgentError::io(format!(
             "create {}",
@@ -179,11 +183,11 @@ impl Agent {
         let agent = Arc::new(Agent {
             data_dir: options.data_dir,
             instances: Mutex::new(BTreeMap::new()),
-            token: options.token.clone(),
+            identity: identity.clone(),
             context: Arc::new(NodeContext {
                 metrics: Arc::new(Metrics::new()),
                 router_address: options.router_address,
-                images: pull::ImagePuller::new(options.token),
+                images: pull::ImagePuller::new(identity),
                 operator: options.operator,
                 init: options.init,
                 sandbox_owner,
@@ -218,23 +222,17 @@ impl Agent {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(listener, api::router(self.clone()))
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        lockstep_transport::serve(
+            listener,
+            self.identity.server(),
+            api::router(self.clone()),
+            shutdown,
+        )
+        .await?;
         for instance in self.instances.lock().await.values() {
             instance.shutdown().await;
         }
         Ok(())
-    }
-
-    fn token_matches(&self, presented: &str) -> bool {
-        // Compare every byte so the time taken does not tell how much of a guess was right.
-        presented.len() == self.token.len()
-            && presented
-                .bytes()
-                .zip(self.token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
     }
 
     async fn instance_names(&self) -> Vec<String> {

@@ -7,14 +7,15 @@
 use std::collections::HashMap;
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use lockstep_image::{Frame, FrameIndex, ImageId, frame_hash};
-use lockstep_proto::liveness;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::error::AgentError;
+use crate::identity::NodeIdentity;
 
 /// Largest image pulled.
 const MAX_IMAGE_BYTES: u64 = 20 * 1024 * 1024 * 1024;
@@ -36,25 +37,14 @@ pub struct Pulled {
     pub reused: u64,
 }
 
-/// Pulls images with this agent's token, which the controller's image routes take.
+/// Pulls images with this node's certificate, which the controller's image routes take.
 pub struct ImagePuller {
-    http: reqwest::Client,
-    token: String,
+    identity: Arc<NodeIdentity>,
 }
 
 impl ImagePuller {
-    pub fn new(token: String) -> ImagePuller {
-        ImagePuller {
-            http: reqwest::Client::builder()
-                .connect_timeout(liveness::CONNECT_TIMEOUT)
-                .tcp_keepalive(liveness::KEEPALIVE_IDLE)
-                .tcp_keepalive_interval(liveness::KEEPALIVE_INTERVAL)
-                .tcp_keepalive_retries(liveness::KEEPALIVE_RETRIES)
-                .tcp_user_timeout(liveness::USER_TIMEOUT)
-                .build()
-                .expect("an HTTP client builds"),
-            token,
-        }
+    pub fn new(identity: Arc<NodeIdentity>) -> ImagePuller {
+        ImagePuller { identity }
     }
 
     /// Brings image `id` from the controller at `source` into `part`, keeping what a broken
@@ -124,9 +114,9 @@ impl ImagePuller {
 
     async fn frames(&self, url: &str) -> Result<FrameIndex, String> {
         let response = self
-            .http
+            .identity
+            .client()
             .get(format!("{url}/frames"))
-            .bearer_auth(&self.token)
             .timeout(Duration::from_secs(60))
             .send()
             .await
@@ -170,9 +160,9 @@ impl ImagePuller {
             .map(|(offset, frame)| offset + frame.length - 1)
             .expect("a run has a frame");
         let response = self
-            .http
+            .identity
+            .client()
             .get(url)
-            .bearer_auth(&self.token)
             .header(reqwest::header::RANGE, format!("bytes={first}-{last}"))
             .send()
             .await

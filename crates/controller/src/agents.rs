@@ -7,7 +7,10 @@ use lockstep_deploy::NodeFailure;
 use lockstep_proto::agent::{
     HookOutcome, HookRequest, InstanceConfig, InstanceStatus, StageRequest, Step, SwapRequest,
 };
-use lockstep_proto::liveness;
+use std::sync::{Arc, RwLock};
+
+use lockstep_proto::nodes::{RenewalRequest, Renewed};
+use lockstep_transport::{Identity, TransportError};
 use serde::de::DeserializeOwned;
 
 /// Why a call got no usable answer.
@@ -39,9 +42,9 @@ const STREAM_CHUNK: usize = 1 << 20;
 
 #[derive(Clone)]
 pub struct AgentClient {
-    http: reqwest::Client,
-    token: String,
-    /// The controller's URL, where agents pull images from.
+    /// Calls with the controller's certificate; replaced when it is renewed.
+    http: Arc<RwLock<reqwest::Client>>,
+    /// The controller's cluster URL, where agents pull images from.
     image_source: String,
 }
 
@@ -69,19 +72,51 @@ pub enum Call<'a> {
 }
 
 impl AgentClient {
-    pub fn new(token: String, image_source: String) -> AgentClient {
-        AgentClient {
-            http: reqwest::Client::builder()
-                .connect_timeout(liveness::CONNECT_TIMEOUT)
-                .tcp_keepalive(liveness::KEEPALIVE_IDLE)
-                .tcp_keepalive_interval(liveness::KEEPALIVE_INTERVAL)
-                .tcp_keepalive_retries(liveness::KEEPALIVE_RETRIES)
-                .tcp_user_timeout(liveness::USER_TIMEOUT)
-                .build()
-                .expect("an HTTP client builds"),
-            token,
+    pub fn new(identity: &Identity, image_source: String) -> Result<AgentClient, TransportError> {
+        Ok(AgentClient {
+            http: Arc::new(RwLock::new(lockstep_transport::http_client(identity)?)),
             image_source,
-        }
+        })
+    }
+
+    /// Calls with `identity` from now on (the controller's renewed certificate).
+    pub fn replace_identity(&self, identity: &Identity) -> Result<(), TransportError> {
+        let client = lockstep_transport::http_client(identity)?;
+        *self.http.write().expect("client lock") = client;
+        Ok(())
+    }
+
+    pub fn http(&self) -> reqwest::Client {
+        self.http.read().expect("client lock").clone()
+    }
+
+    /// A fresh certificate request from the agent at `agent`, to renew its certificate.
+    pub async fn certificate_request(&self, agent: &str) -> Result<RenewalRequest, CallError> {
+        let response = self
+            .http()
+            .post(agent_url(agent, &["v1", "certificate-request"])?)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(transport_error)?;
+        decoded(response).await
+    }
+
+    /// Gives the agent at `agent` the certificate issued for its last request.
+    pub async fn install_certificate(
+        &self,
+        agent: &str,
+        certificate: String,
+    ) -> Result<(), CallError> {
+        let response = self
+            .http()
+            .put(agent_url(agent, &["v1", "certificate"])?)
+            .json(&Renewed { certificate })
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(transport_error)?;
+        successful(response).await.map(drop)
     }
 
     pub async fn status(&self, agent: &str, env: &str) -> Result<InstanceStatus, CallError> {
@@ -109,30 +144,35 @@ impl AgentClient {
     ) -> Result<T, CallError> {
         let url = |rest: &[&str]| instance_url(agent, env, rest);
         let request = match call {
-            Call::Configure(config) => self.http.put(url(&[])?).json(config),
-            Call::Status => self.http.get(url(&[])?),
-            Call::Stage(image) => self.http.put(url(&["images", image])?).json(&StageRequest {
-                source: self.image_source.clone(),
-            }),
-            Call::Quiesce(step) => self.http.post(url(&["quiesce"])?).json(step),
-            Call::Close(step) => self.http.post(url(&["close"])?).json(step),
-            Call::Swap(request) => self.http.post(url(&["swap"])?).json(request),
-            Call::Hook(request) => self.http.post(url(&["hooks"])?).json(request),
-            Call::Rehearse(request) => self.http.post(url(&["rehearsal"])?).json(request),
-            Call::Open(step) => self.http.post(url(&["open"])?).json(step),
-            Call::Background(step) => self.http.post(url(&["background"])?).json(step),
-            Call::Users(users) => self.http.put(url(&["users"])?).json(users),
-            Call::Exec(request) => self.http.post(url(&["exec"])?).json(request),
-            Call::Services(specs) => self.http.put(url(&["services"])?).json(specs),
-            Call::ServiceClient(request) => {
-                self.http.post(url(&["services", "client"])?).json(request)
+            Call::Configure(config) => self.http().put(url(&[])?).json(config),
+            Call::Status => self.http().get(url(&[])?),
+            Call::Stage(image) => self
+                .http()
+                .put(url(&["images", image])?)
+                .json(&StageRequest {
+                    source: self.image_source.clone(),
+                }),
+            Call::Quiesce(step) => self.http().post(url(&["quiesce"])?).json(step),
+            Call::Close(step) => self.http().post(url(&["close"])?).json(step),
+            Call::Swap(request) => self.http().post(url(&["swap"])?).json(request),
+            Call::Hook(request) => self.http().post(url(&["hooks"])?).json(request),
+            Call::Rehearse(request) => self.http().post(url(&["rehearsal"])?).json(request),
+            Call::Open(step) => self.http().post(url(&["open"])?).json(step),
+            Call::Background(step) => self.http().post(url(&["background"])?).json(step),
+            Call::Users(users) => self.http().put(url(&["users"])?).json(users),
+            Call::Exec(request) => self.http().post(url(&["exec"])?).json(request),
+            Call::Services(specs) => self.http().put(url(&["services"])?).json(specs),
+            Call::ServiceClient(request) => self
+                .http()
+                .post(url(&["services", "client"])?)
+                .json(request),
+            Call::ServiceReplication => self.http().get(url(&["services", "replication"])?),
+            Call::DiscardReplica(service) => {
+                self.http().delete(url(&["services", service, "data"])?)
             }
-            Call::ServiceReplication => self.http.get(url(&["services", "replication"])?),
-            Call::DiscardReplica(service) => self.http.delete(url(&["services", service, "data"])?),
-            Call::StartService(service) => self.http.post(url(&["services", service, "start"])?),
+            Call::StartService(service) => self.http().post(url(&["services", service, "start"])?),
         };
         let response = request
-            .bearer_auth(&self.token)
             .timeout(timeout)
             .send()
             .await
@@ -149,13 +189,12 @@ impl AgentClient {
         timeout: Duration,
     ) -> Result<reqwest::Response, CallError> {
         let snapshot = self
-            .http
+            .http()
             .post(instance_url(
                 at.0,
                 at.1,
                 &["services", service, "snapshot"],
             )?)
-            .bearer_auth(&self.token)
             .timeout(timeout)
             .send()
             .await
@@ -228,9 +267,8 @@ impl AgentClient {
         timeout: Duration,
     ) -> Result<(), CallError> {
         let restored = self
-            .http
+            .http()
             .put(instance_url(to.0, to.1, &["services", service, "data"])?)
-            .bearer_auth(&self.token)
             .timeout(timeout)
             .body(body)
             .send()
@@ -247,9 +285,8 @@ impl AgentClient {
     ) -> Result<Vec<String>, CallError> {
         let url = agent_url(agent, &["v1", "environments", environment])?;
         let response = self
-            .http
+            .http()
             .delete(url)
-            .bearer_auth(&self.token)
             .timeout(Duration::from_secs(120))
             .send()
             .await
@@ -288,9 +325,8 @@ impl AgentClient {
             other => NodeFailure::Failed(other.to_string()),
         })?;
         let response = self
-            .http
+            .http()
             .get(url)
-            .bearer_auth(&self.token)
             .timeout(Duration::from_secs(10))
             .send()
             .await

@@ -61,6 +61,8 @@ pub fn router(controller: Arc<Controller>) -> Router {
             post(add_user).patch(update_user).delete(delete_user),
         )
         .route("/api/v1/users/{email}/token", post(new_token))
+        .route("/api/v1/nodes", get(list_nodes).post(add_node))
+        .route("/api/v1/nodes/{name}", axum::routing::delete(remove_node))
         .route("/api/v1/activities", get(activities))
         .route("/api/v1/activities/{id}", get(activity))
         .route("/api/v1/activities/{id}/log", get(activity_log))
@@ -70,17 +72,16 @@ pub fn router(controller: Arc<Controller>) -> Router {
             controller.clone(),
             identify,
         ));
-    let images = crate::images::routes(
-        controller.images.clone(),
-        controller.options.agent_token.clone(),
-    );
     Router::new()
         .route("/git/{*path}", any(git))
         .route("/internal/hooks/{hook}", post(hook))
+        // A host enrolling has no token but its join token, and checks what it is given
+        // against the authority's fingerprint in it.
+        .route("/v1/join", post(join))
+        .route("/v1/cluster", get(cluster_contact))
         .merge(api)
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(controller)
-        .merge(images)
 }
 
 pub struct ApiError(StatusCode, String);
@@ -102,6 +103,7 @@ impl From<ControllerError> for ApiError {
                 StatusCode::NOT_FOUND
             }
             ControllerError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ControllerError::Node(_) => StatusCode::CONFLICT,
             ControllerError::BranchName(_) | ControllerError::Environment(_) => {
                 StatusCode::CONFLICT
             }
@@ -1135,6 +1137,57 @@ async fn delete_variable(
         &name,
         query.no_redeploy,
     )?))
+}
+
+/// Nodes are the operator's: the admin token manages them, no user role does.
+fn check_owner(principal: &Principal) -> Result<(), ApiError> {
+    match principal {
+        Principal::Owner => Ok(()),
+        Principal::User { .. } => Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "managing nodes needs the admin token".into(),
+        )),
+    }
+}
+
+async fn list_nodes(
+    State(controller): State<Arc<Controller>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Vec<lockstep_proto::nodes::NodeEntry>>, ApiError> {
+    check_owner(&principal)?;
+    Ok(Json(controller.list_nodes()?))
+}
+
+async fn add_node(
+    State(controller): State<Arc<Controller>>,
+    Extension(principal): Extension<Principal>,
+    Json(node): Json<lockstep_proto::nodes::NewNode>,
+) -> Result<Json<lockstep_proto::nodes::NodeAdded>, ApiError> {
+    check_owner(&principal)?;
+    Ok(Json(controller.add_node(&node.name, node.pool)?))
+}
+
+async fn remove_node(
+    State(controller): State<Arc<Controller>>,
+    Path(name): Path<String>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_owner(&principal)?;
+    controller.remove_node(&name).await?;
+    Ok(Json(serde_json::json!({ "removed": name })))
+}
+
+async fn join(
+    State(controller): State<Arc<Controller>>,
+    Json(request): Json<lockstep_proto::nodes::JoinRequest>,
+) -> Result<Json<lockstep_proto::nodes::Enrolled>, ApiError> {
+    Ok(Json(controller.join(&request)?))
+}
+
+async fn cluster_contact(
+    State(controller): State<Arc<Controller>>,
+) -> Json<lockstep_proto::nodes::ClusterContact> {
+    Json(controller.cluster_contact())
 }
 
 async fn list_users(

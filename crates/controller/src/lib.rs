@@ -13,11 +13,13 @@ mod api;
 mod apps;
 mod backups;
 mod builds;
+mod cluster;
 mod data;
 mod edge;
 mod git;
 mod images;
 mod lifecycle;
+mod nodes;
 mod orchestrator;
 mod push;
 mod rehearsal;
@@ -46,34 +48,19 @@ pub use store::{Activity, EnvSettings, Environment, Node, PhaseTiming, StoreErro
 pub use users::{User, UserChange, UserError, UserWithToken};
 pub use variables::{SetVariable, Variable, VariableChange, VariableError, Visibility};
 
-/// A node of an environment, and the agent that hosts it.
-#[derive(Debug, Clone)]
-pub struct NodeSpec {
-    pub name: String,
-    pub agent_url: String,
-}
-
-/// Which nodes host which environments.
-#[derive(Debug, Clone)]
-pub struct Topology {
-    pub production: Vec<NodeSpec>,
-    pub staging: Vec<NodeSpec>,
-    /// Hosts every development environment.
-    pub development: NodeSpec,
-}
-
 pub struct ControllerOptions {
     pub data_dir: PathBuf,
     pub project: String,
     /// `<env>.<domain>` is environment `<env>`; `<domain>` is production.
     pub domain: String,
     pub admin_token: String,
-    pub agent_token: String,
     /// The controller's own base URL, as git hooks and users reach it.
     pub public_url: String,
+    /// The cluster port's URL (`https://HOST:PORT`), as nodes reach it: its host is in the
+    /// controller's certificate.
+    pub cluster_url: String,
     /// The `lockstep` binary, which git hooks run to reach the controller.
     pub lockstep_binary: PathBuf,
-    pub topology: Topology,
     /// The caching edge in front of the environments, if there is one.
     pub edge: Option<EdgeContact>,
     /// The operator's CA and proxy settings, passed to builds.
@@ -126,6 +113,11 @@ pub enum ControllerError {
         app: String,
         apps: String,
     },
+    /// A node that cannot be added, removed or enrolled as asked, and why.
+    #[error("{0}")]
+    Node(String),
+    #[error("cannot set up the cluster's certificates: {0}")]
+    Transport(#[from] lockstep_transport::TransportError),
     #[error("cannot {action}")]
     Io {
         action: String,
@@ -154,6 +146,11 @@ impl ControllerError {
 
 pub struct Controller {
     options: ControllerOptions,
+    /// The project's certificate authority, which every role's certificate comes from.
+    authority: lockstep_transport::Authority,
+    /// The certificate the cluster port serves, renewed by the controller itself.
+    cluster_identity: Arc<lockstep_transport::ServerIdentity>,
+    own_certificate_expires: Mutex<std::time::SystemTime>,
     store: store::Store,
     agents: agents::AgentClient,
     images: lockstep_image::ImageStore,
@@ -192,13 +189,18 @@ impl Controller {
         let hook_token = random_token();
         let secrets = secrets::Secrets::open(&dir.join("secret.key"))
             .map_err(|e| ControllerError::Secret(e.to_string()))?;
+        let authority = lockstep_transport::Authority::load_or_create(
+            &dir.join("authority"),
+            &options.project,
+        )?;
+        let identity = own_identity(&authority, &options.cluster_url)?;
         let controller = Controller {
             secrets,
             edge: options.edge.clone().map(edge::EdgeClient::new),
-            agents: agents::AgentClient::new(
-                options.agent_token.clone(),
-                options.public_url.clone(),
-            ),
+            agents: agents::AgentClient::new(&identity, options.cluster_url.clone())?,
+            cluster_identity: lockstep_transport::ServerIdentity::new(&identity)?,
+            own_certificate_expires: Mutex::new(identity.expires_at()?),
+            authority,
             store,
             images,
             builder,
@@ -210,39 +212,82 @@ impl Controller {
         };
         git::ensure_repository(&controller.repository(), &controller.hook_contact())
             .map_err(ControllerError::io("create the project's git repository"))?;
-        controller.follow_moved_agents()?;
         controller.ensure_cluster("production", EnvironmentType::Production)?;
         controller.ensure_cluster("staging", EnvironmentType::Staging)?;
         Ok(Arc::new(controller))
     }
 
-    /// Serves the API and git until `shutdown`; resumes unfinished deployments and keeps nodes
-    /// caught up meanwhile.
+    /// Serves the API and git on `api`, and what nodes call on `cluster`, until `shutdown`.
+    /// Once `nodes_started` (the agents this process started answer), resumes unfinished
+    /// deployments, and then keeps nodes placed, caught up and their certificates fresh.
     pub async fn serve(
         self: Arc<Self>,
-        listener: tokio::net::TcpListener,
+        api: tokio::net::TcpListener,
+        cluster: tokio::net::TcpListener,
+        nodes_started: impl std::future::Future<Output = ()> + Send + 'static,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let controller = self.clone();
         let background = tokio::spawn(async move {
+            nodes_started.await;
             if let Err(error) = controller.resume_unfinished().await {
                 tracing::error!(%error, "cannot resume unfinished deployments");
             }
             loop {
+                if let Err(error) = controller.place_nodes() {
+                    tracing::warn!(%error, "cannot place nodes");
+                }
                 if let Err(error) = controller.catch_up().await {
                     tracing::warn!(%error, "catch-up failed");
                 }
                 if let Err(error) = controller.sync_edge().await {
                     tracing::warn!(%error, "the edge is not up to date");
                 }
+                if let Err(error) = controller.renew_certificates().await {
+                    tracing::warn!(%error, "a certificate is not renewed yet");
+                }
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
         });
-        let result = axum::serve(listener, api::router(self.clone()))
+        let (stop_cluster, cluster_stopped) = tokio::sync::oneshot::channel::<()>();
+        let cluster_port = tokio::spawn(lockstep_transport::serve(
+            cluster,
+            self.cluster_identity.clone(),
+            cluster::router(self.clone()),
+            async move {
+                let _ = cluster_stopped.await;
+            },
+        ));
+        let result = axum::serve(api, api::router(self.clone()))
             .with_graceful_shutdown(shutdown)
             .await;
+        let _ = stop_cluster.send(());
+        let _ = cluster_port.await;
         background.abort();
         result
+    }
+
+    /// A new certificate for the controller once a third of its lifetime is left.
+    fn renew_own_certificate(&self) -> Result<(), ControllerError> {
+        let mut expires = self.own_certificate_expires.lock().expect("expiry lock");
+        let left = expires
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        if left > lockstep_transport::CERTIFICATE_LIFETIME / 3 {
+            return Ok(());
+        }
+        let identity = own_identity(&self.authority, &self.options.cluster_url)?;
+        self.cluster_identity.replace(&identity)?;
+        self.agents.replace_identity(&identity)?;
+        *expires = identity.expires_at()?;
+        tracing::info!("the controller's certificate is renewed");
+        Ok(())
+    }
+
+    /// A client with the controller's certificate, for `up` to ask the agents it runs whether
+    /// they serve.
+    pub fn http_client(&self) -> reqwest::Client {
+        self.agents.http()
     }
 
     pub fn git_remote(&self) -> String {
@@ -267,31 +312,8 @@ impl Controller {
         }
     }
 
-    /// A node's agent may listen elsewhere than when its environments were created: the
-    /// topology given now is where it is.
-    fn follow_moved_agents(&self) -> Result<(), ControllerError> {
-        let topology = &self.options.topology;
-        let specs = topology
-            .production
-            .iter()
-            .chain(&topology.staging)
-            .chain([&topology.development]);
-        for spec in specs {
-            let moved = self.store.move_agent(&spec.name, &spec.agent_url)?;
-            if moved > 0 {
-                tracing::info!(node = %spec.name, agent = %spec.agent_url, environments = moved, "node's agent moved");
-            }
-        }
-        Ok(())
-    }
-
     fn ensure_cluster(&self, name: &str, kind: EnvironmentType) -> Result<(), ControllerError> {
-        let specs = match kind {
-            EnvironmentType::Production => &self.options.topology.production,
-            EnvironmentType::Staging => &self.options.topology.staging,
-            EnvironmentType::Development => unreachable!("clusters are production and staging"),
-        };
-        self.ensure_environment(name, name, kind, None, specs)
+        self.ensure_environment(name, name, kind, None)
     }
 
     fn ensure_environment(
@@ -300,7 +322,6 @@ impl Controller {
         branch: &str,
         kind: EnvironmentType,
         parent: Option<&str>,
-        specs: &[NodeSpec],
     ) -> Result<(), ControllerError> {
         if self.store.environment_for_branch(branch)?.is_some() {
             return Ok(());
@@ -320,14 +341,15 @@ impl Controller {
             // A development environment exists once a push of its branch is accepted.
             pending: kind == EnvironmentType::Development,
         };
-        let nodes: Vec<Node> = specs
-            .iter()
+        let nodes: Vec<Node> = self
+            .nodes_for_new_environment(name, kind)?
+            .into_iter()
             .enumerate()
-            .map(|(position, spec)| Node {
+            .map(|(position, (node, agent_url))| Node {
                 environment: name.to_owned(),
-                name: spec.name.clone(),
+                name: node,
                 position: position as u32,
-                agent_url: spec.agent_url.clone(),
+                agent_url,
                 router_port: None,
                 app_routers: Default::default(),
             })
@@ -357,14 +379,7 @@ impl Controller {
                 owner.branch
             )));
         }
-        let development = [self.options.topology.development.clone()];
-        self.ensure_environment(
-            &name,
-            branch,
-            EnvironmentType::Development,
-            Some(parent),
-            &development,
-        )?;
+        self.ensure_environment(&name, branch, EnvironmentType::Development, Some(parent))?;
         Ok(self.store.environment(&name)?)
     }
 
@@ -525,6 +540,23 @@ fn environment_name(branch: &str) -> Result<String, String> {
         ));
     }
     Ok(name)
+}
+
+/// The controller's certificate, for the host of its cluster URL.
+fn own_identity(
+    authority: &lockstep_transport::Authority,
+    cluster_url: &str,
+) -> Result<lockstep_transport::Identity, ControllerError> {
+    let host = reqwest::Url::parse(cluster_url)
+        .ok()
+        .and_then(|url| {
+            url.host_str()
+                .map(|h| h.trim_matches(['[', ']']).to_owned())
+        })
+        .ok_or_else(|| {
+            ControllerError::Node(format!("the cluster URL `{cluster_url}` names no host"))
+        })?;
+    Ok(authority.identity_for(&lockstep_transport::Peer::Controller, &[host])?)
 }
 
 pub(crate) fn random_token() -> String {

@@ -88,7 +88,7 @@ impl From<DeployJob> for Job {
 }
 
 /// An environment's queue held by [`Controller::claim_idle`].
-struct QueueClaim {
+pub(crate) struct QueueClaim {
     controller: Arc<Controller>,
     environment: String,
 }
@@ -210,7 +210,7 @@ impl Controller {
 
     async fn deploy(&self, job: &DeployJob) -> Result<(), ControllerError> {
         let env = self.store.environment(&job.environment)?;
-        let nodes = self.store.nodes(&env.name)?;
+        let nodes = self.nodes_of(&env)?;
         self.store
             .set_activity_state(&job.activity, "in_progress")?;
         let image = match (&job.rebuild_from, &job.data) {
@@ -515,7 +515,7 @@ impl Controller {
 
     /// Holds the queue of environment `name` if nothing runs there, for work outside any
     /// activity: jobs that arrive meanwhile wait, and start once the claim is dropped.
-    fn claim_idle(self: &Arc<Self>, name: &str) -> Option<QueueClaim> {
+    pub(crate) fn claim_idle(self: &Arc<Self>, name: &str) -> Option<QueueClaim> {
         let mut running = self.queues.running.lock().expect("queue lock");
         if running.contains_key(name) {
             return None;
@@ -1174,25 +1174,16 @@ mod failpoint {
 mod tests {
     use super::*;
 
-    /// A controller on a data folder of its own, with nodes nobody answers on.
+    /// A controller on a data folder of its own, with no nodes.
     fn controller(dir: &std::path::Path) -> Arc<Controller> {
-        let node = |name: &str| crate::NodeSpec {
-            name: name.into(),
-            agent_url: "http://127.0.0.1:9".into(),
-        };
         Controller::open(crate::ControllerOptions {
             data_dir: dir.to_owned(),
             project: "test".into(),
             domain: "localhost".into(),
             admin_token: "admin".into(),
-            agent_token: "agent".into(),
             public_url: "http://127.0.0.1:9".into(),
+            cluster_url: "https://127.0.0.1:9".into(),
             lockstep_binary: "/bin/false".into(),
-            topology: crate::Topology {
-                production: vec![node("production-1")],
-                staging: vec![node("staging-1")],
-                development: node("development-1"),
-            },
             edge: None,
             operator: Default::default(),
         })

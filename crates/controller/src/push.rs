@@ -138,7 +138,10 @@ impl Controller {
         git_env: &BTreeMap<String, String>,
         out: &HookOutput,
     ) -> bool {
-        let environment = match self.environment_for_branch(branch) {
+        let environment = match self
+            .environment_for_branch(branch)
+            .and_then(|env| self.nodes_of(&env).map(|_| env))
+        {
             Ok(env) => env,
             Err(error) => {
                 say(out, format!("error: {error}"));

@@ -4,6 +4,8 @@
 //! Calls are short and synchronous behind one connection; the journal append is a committed
 //! transaction before it returns, which is what makes a deployment resumable (I4).
 
+mod registry;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
@@ -11,6 +13,8 @@ use std::sync::Mutex;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
+
+pub use registry::RegisteredNode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -145,6 +149,19 @@ CREATE TABLE retired_uids (uid INTEGER PRIMARY KEY);
     // known before its journal starts.
     r#"
 ALTER TABLE activities ADD COLUMN data TEXT;
+"#,
+    // The node registry (`registry.rs`): nodes placed in pools, enrolled with a join token.
+    r#"
+CREATE TABLE cluster_nodes (
+    name TEXT PRIMARY KEY,
+    pool TEXT NOT NULL,
+    added_at TEXT NOT NULL,
+    join_secret_hash TEXT UNIQUE,
+    join_expires_at TEXT,
+    agent_url TEXT,
+    certificate_fingerprint TEXT,
+    certificate_expires_at TEXT
+);
 "#,
 ];
 

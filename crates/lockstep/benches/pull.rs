@@ -17,38 +17,18 @@ use support::{Platform, Project};
 const DEPENDENCIES: usize = 20_000;
 const GOAL_PERCENT: f64 = 5.0;
 
-/// A counter of an agent's `/metrics`.
-async fn agent_counter(port: u64, token: &str, name: &str) -> u64 {
-    let text = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Bytes fetched by each production node's agent so far.
 async fn fetched_by_production_nodes(platform: &Platform) -> Vec<u64> {
-    let layout: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(platform.data_dir.join("up.json")).unwrap())
-            .unwrap();
-    let token = layout["agent_token"].as_str().unwrap();
+    let layout = platform.layout();
     let mut fetched = Vec::new();
     for port in &layout["agent_ports"].as_array().unwrap()[..3] {
         fetched.push(
-            agent_counter(
-                port.as_u64().unwrap(),
-                token,
-                "lockstep_agent_image_bytes_fetched_total",
-            )
-            .await,
+            platform
+                .agent_counter(
+                    port.as_u64().unwrap(),
+                    "lockstep_agent_image_bytes_fetched_total",
+                )
+                .await,
         );
     }
     fetched

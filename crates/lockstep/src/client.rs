@@ -45,6 +45,11 @@ impl ApiClient {
         })
     }
 
+    /// The controller's API URL, as hosts and users reach it.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.send(self.http.get(self.url(path))).await
     }

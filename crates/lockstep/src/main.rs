@@ -112,6 +112,13 @@ enum Command {
         #[command(subcommand)]
         command: commands::ops::VarCommand,
     },
+    /// The nodes that host environments, in pools; enrolling and removing them.
+    Node {
+        #[command(flatten)]
+        connection: commands::ops::Connection,
+        #[command(subcommand)]
+        command: commands::node::NodeCommand,
+    },
     /// The project's users, their roles, tokens and SSH keys.
     User {
         #[command(flatten)]
@@ -249,6 +256,12 @@ fn main() -> ExitCode {
             command,
         } => remote(connection, &data_dir, |client| async move {
             commands::ops::var(&client, command).await
+        }),
+        Command::Node {
+            connection,
+            command,
+        } => remote(connection, &data_dir, |client| async move {
+            commands::node::run(&client, command).await
         }),
         Command::User {
             connection,

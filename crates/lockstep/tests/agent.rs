@@ -497,10 +497,9 @@ fn blake3_hex(data: &[u8]) -> String {
 }
 
 #[tokio::test]
-async fn every_endpoint_refuses_requests_without_the_token() {
+async fn every_endpoint_answers_the_controller_alone() {
     let setup = setup().await;
     let client = setup.agent.client();
-    let http = reqwest::Client::new();
     let endpoints: &[(&str, &str)] = &[
         ("GET", "/metrics"),
         ("GET", "/v1/instances"),
@@ -521,17 +520,50 @@ async fn every_endpoint_refuses_requests_without_the_token() {
         ("GET", "/v1/instances/production/logs/web"),
         ("PUT", "/v1/instances/production/users"),
         ("POST", "/v1/instances/production/exec"),
+        ("POST", "/v1/certificate-request"),
+        ("PUT", "/v1/certificate"),
         ("GET", "/no/such/route"),
     ];
+    let authority = test_authority();
+    // Another node, or the edge: the same authority's certificates, for other roles.
+    let other_roles = [
+        client_as(authority, lockstep_transport::Peer::Node("other".into())),
+        client_as(authority, lockstep_transport::Peer::Edge),
+    ];
+    let stranger_dir = tempfile::tempdir().unwrap();
+    let stranger = client_as(
+        &lockstep_transport::Authority::load_or_create(stranger_dir.path(), "other").unwrap(),
+        lockstep_transport::Peer::Controller,
+    );
+    let anonymous = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(authority.ca_pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
     for (method, path) in endpoints {
-        for token in [None, Some("wrong-token-0123456789abcdef")] {
-            let mut request = http.request(method.parse().unwrap(), client.url(path));
-            if let Some(token) = token {
-                request = request.bearer_auth(token);
-            }
-            let status = request.send().await.unwrap().status().as_u16();
-            assert_eq!(status, 401, "{method} {path} with {token:?}");
+        let method: reqwest::Method = method.parse().unwrap();
+        for http in &other_roles {
+            let answer = http.request(method.clone(), client.url(path)).send().await;
+            assert_eq!(
+                answer.unwrap().status(),
+                403,
+                "{method} {path} as another role"
+            );
         }
+        for (who, http) in [
+            ("another project's controller", &stranger),
+            ("no certificate", &anonymous),
+        ] {
+            let answer = http.request(method.clone(), client.url(path)).send().await;
+            assert!(answer.is_err(), "{method} {path} with {who} got an answer");
+        }
+        let plain = reqwest::Client::new()
+            .request(
+                method.clone(),
+                client.url(path).replacen("https://", "http://", 1),
+            )
+            .send()
+            .await;
+        assert!(plain.is_err(), "{method} {path} answered plain HTTP");
     }
     let metrics = client.send(client.http.get(client.url("/metrics"))).await;
     assert_eq!(metrics.status, 200);

@@ -20,7 +20,7 @@ while read -r path; do
   if ls "$path" >/dev/null 2>&1; then echo "FOUND $label: $path"; fi
   if (echo hostile > "$path/hostile-$label") 2>/dev/null; then echo "WROTE $label: $path"; fi
 done < hunt/targets
-for name in up.json endpoints.json agent-token lockstep.db secret.key authorized_keys state.json; do
+for name in up.json endpoints.json edge-token lockstep.db secret.key ca.key key.pem authorized_keys state.json; do
   find / -path /proc -prune -o -path /sys -prune -o -path /usr -prune -o -name "$name" -print 2>/dev/null |
     sed "s/^/FOUND $label: /"
 done
@@ -112,10 +112,19 @@ async fn a_development_contributors_code_finds_no_secret_and_no_other_environmen
     ]);
     let production_entropy = String::from_utf8_lossy(&entropy.stdout).trim().to_owned();
     assert!(production_entropy.len() >= 32, "{}", text(&entropy));
+    // A line from the middle of the authority's key and of a production node's: each is
+    // found nowhere else.
+    let key_line = |path: &str| {
+        let key = std::fs::read_to_string(platform.data_dir.join(path)).unwrap();
+        key.lines().nth(1).unwrap().to_owned()
+    };
+    let authority_key = key_line("controller/authority/ca.key");
+    let node_key = key_line("agents/production-1/tls/key.pem");
     let secrets = [
         platform.token.as_str(),
-        layout["agent_token"].as_str().unwrap(),
         layout["edge_token"].as_str().unwrap(),
+        &authority_key,
+        &node_key,
         sensitive,
         &production_entropy,
     ];
@@ -151,8 +160,10 @@ async fn a_development_contributors_code_finds_no_secret_and_no_other_environmen
     for secret_file in [
         "up.json",
         "endpoints.json",
-        "agent-token",
+        "edge-token",
         "controller/lockstep.db",
+        "controller/authority/ca.key",
+        "agents/production-1/tls/key.pem",
     ] {
         let mode = std::fs::metadata(platform.data_dir.join(secret_file))
             .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)

@@ -341,31 +341,70 @@ async fn deleting_a_branch_reading_variables_logs_and_hooks_need_the_right_role_
         assert_eq!(response.status(), 401, "{body}");
     }
 
-    // Images go to the nodes' agents alone: not to a caller without a token, nor to a user's.
+    // Images go to enrolled nodes alone, on the cluster port: not to a caller without a
+    // certificate, nor to another role's, nor to a node the project never enrolled; and the
+    // API's port serves none, whatever the token.
     let image = platform.get("/environments/staging").await["serving"]["image"]
         .as_str()
         .unwrap()
         .to_owned();
-    let layout: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(platform.data_dir.join("up.json")).unwrap())
-            .unwrap();
-    let agents = layout["agent_token"].as_str().unwrap();
+    let cluster = format!("https://127.0.0.1:{}", platform.layout()["cluster_port"]);
+    let authority = platform.authority();
+    let staging_node = lockstep_transport::http_client(
+        &lockstep_transport::Identity::load(&platform.data_dir.join("agents/staging-1/tls"))
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
     for path in [
         format!("/v1/images/{image}"),
         format!("/v1/images/{image}/frames"),
     ] {
-        for (token, expected) in [
-            (None, 401),
-            (Some(platform.token.as_str()), 401),
-            (Some(dev.as_str()), 401),
-            (Some(agents), 200),
+        let status = |client: reqwest::Client| {
+            let url = format!("{cluster}{path}");
+            async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
+        };
+        assert_eq!(status(staging_node.clone()).await.unwrap(), 200, "{path}");
+        for (who, peer) in [
+            (
+                "the controller's role",
+                lockstep_transport::Peer::Controller,
+            ),
+            ("the edge's role", lockstep_transport::Peer::Edge),
+            (
+                "a node never enrolled",
+                lockstep_transport::Peer::Node("intruder".into()),
+            ),
+            (
+                "a node's name with a certificate it was not issued",
+                lockstep_transport::Peer::Node("staging-1".into()),
+            ),
         ] {
-            let mut request = reqwest::Client::new().get(format!("{}{path}", platform.api));
-            if let Some(token) = token {
-                request = request.bearer_auth(token);
-            }
-            let status = request.send().await.unwrap().status();
-            assert_eq!(status, expected, "{path} with {token:?}");
+            assert_eq!(
+                status(client_as(&authority, peer)).await.unwrap(),
+                403,
+                "{path} as {who}"
+            );
+        }
+        let anonymous = reqwest::Client::builder()
+            .tls_certs_only([
+                reqwest::Certificate::from_pem(authority.ca_pem().as_bytes()).unwrap(),
+            ])
+            .build()
+            .unwrap();
+        assert!(
+            status(anonymous).await.is_err(),
+            "{path} without a certificate"
+        );
+        for token in [platform.token.as_str(), dev.as_str()] {
+            let on_api = reqwest::Client::new()
+                .get(format!("{}{path}", platform.api))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(on_api, 404, "{path} on the API's port");
         }
     }
 }

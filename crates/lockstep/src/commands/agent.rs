@@ -1,21 +1,37 @@
-//! `lockstep agent`: the node daemon.
+//! `lockstep agent`: the node daemon. A host enrols once, with `--join` and the token
+//! `lockstep node add` printed; later starts find the node's identity in the data directory.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Args;
 use lockstep_agent::{Agent, AgentOptions, OperatorEnv, SandboxInit};
+use lockstep_proto::nodes::JoinToken;
 
 #[derive(Args)]
 pub struct AgentArgs {
-    /// Address of the API the controller talks to.
+    /// Address of the API the controller calls (mutual TLS): this host's address, which the
+    /// node's certificate names.
     #[arg(long, default_value = "127.0.0.1:7701")]
     listen: SocketAddr,
-    /// File holding the bearer token callers must present.
-    #[arg(long)]
-    token_file: PathBuf,
+    /// Where the controller reaches the agent, when not at `--listen` (a proxy or a NAT in
+    /// between); the node's certificate names this address.
+    #[arg(long, value_name = "ADDRESS:PORT")]
+    advertise: Option<SocketAddr>,
+    /// The controller's API URL: where the host enrols, and tells where the agent listens at
+    /// each start.
+    #[arg(long, value_name = "URL")]
+    join: Option<String>,
+    /// The join token of `lockstep node add`, needed the first time only.
+    #[arg(
+        long,
+        env = "LOCKSTEP_JOIN_TOKEN",
+        hide_env_values = true,
+        requires = "join"
+    )]
+    join_token: Option<String>,
     /// Pass this variable of the agent's environment to every app process too (CA and proxy
     /// settings are passed already).
     #[arg(long = "pass-env", value_name = "NAME")]
@@ -23,7 +39,13 @@ pub struct AgentArgs {
 }
 
 pub fn run(args: AgentArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
-    let token = super::read_token_file(&args.token_file)?;
+    let reached_at = args.advertise.unwrap_or(args.listen);
+    if reached_at.ip().is_unspecified() {
+        bail!(
+            "{reached_at} does not say where the controller reaches this agent: listen on the host's own address, or give it with --advertise"
+        );
+    }
+    let agent_url = format!("https://{reached_at}");
     let operator = OperatorEnv::from_process(&args.pass_env);
     let init = SandboxInit {
         program: std::env::current_exe().context("cannot find the lockstep binary")?,
@@ -31,15 +53,28 @@ pub fn run(args: AgentArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create {}", data_dir.display()))?;
+        let enrolled = lockstep_agent::identity_dir(data_dir)
+            .join("key.pem")
+            .exists();
+        match (&args.join, &args.join_token) {
+            (Some(join), Some(token)) if !enrolled => {
+                let token: JoinToken = token.parse().map_err(anyhow::Error::msg)?;
+                let node = lockstep_agent::enrol(data_dir, join, &token, &agent_url).await?;
+                tracing::info!(node = %node.node, pool = %node.pool, "enrolled");
+            }
+            (_, Some(_)) => tracing::info!("already enrolled; the join token is not needed"),
+            _ => {}
+        }
         let agent = Agent::load(AgentOptions {
             data_dir: data_dir.to_owned(),
-            token,
             operator,
             init,
             router_address: args.listen.ip(),
         })
         .await
-        .with_context(|| format!("cannot load the agent's state from {}", data_dir.display()))?;
+        .with_context(|| format!("cannot start the agent in {}", data_dir.display()))?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -48,10 +83,14 @@ pub fn run(args: AgentArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
         std::fs::write(&pid_file, std::process::id().to_string())
             .with_context(|| format!("cannot write {}", pid_file.display()))?;
         tracing::info!(address = %args.listen, data_dir = %data_dir.display(), "agent listening");
-        agent
-            .serve(listener, crate::shutdown_signal())
-            .await
-            .context("the agent's API failed")?;
+        let announcing = tokio::spawn(lockstep_agent::announce(
+            PathBuf::from(data_dir),
+            args.join.clone(),
+            agent_url,
+        ));
+        let served = agent.serve(listener, crate::shutdown_signal()).await;
+        announcing.abort();
+        served.context("the agent's API failed")?;
         tracing::info!("agent stopped");
         Ok(ExitCode::SUCCESS)
     })

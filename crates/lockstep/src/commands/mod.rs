@@ -4,6 +4,7 @@ pub mod config;
 pub mod credential;
 pub mod edge;
 pub mod git_hook;
+pub mod node;
 pub mod ops;
 pub mod up;
 

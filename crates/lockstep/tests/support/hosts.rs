@@ -8,10 +8,11 @@ use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lockstep_controller::{Controller, ControllerOptions, NodeSpec, Topology};
+use lockstep_controller::{Controller, ControllerOptions};
+use lockstep_proto::nodes::Pool;
 
 use super::netns::Network;
-use super::{Project, TOKEN, agent_command, eventually, lockstep_binary};
+use super::{Project, agent_command, eventually, lockstep_binary};
 
 const ADMIN: &str = "admin-token-0123456789abcdef";
 const AGENT_PORT: u16 = 7000;
@@ -44,82 +45,109 @@ impl Cluster {
     pub async fn start(nodes: usize, delay: Option<Duration>) -> Option<Cluster> {
         let network = Network::create(nodes)?;
         let data = tempfile::tempdir().unwrap();
-        let token_file = data.path().join("agent-token");
-        std::fs::write(&token_file, TOKEN).unwrap();
-        let mut agents = Vec::new();
-        for (index, host) in network.hosts.iter().enumerate() {
-            let child = agent_command(
-                network.command(index, lockstep_binary().to_str().unwrap()),
-                &data.path().join(format!("agent-{index}")),
-                &format!("{}:{AGENT_PORT}", host.address),
-                &token_file,
-            )
-            .spawn()
-            .unwrap();
-            agents.push(HostAgent(child));
-        }
-        let http = reqwest::Client::new();
-        for host in &network.hosts {
-            let url = format!("http://{}:{AGENT_PORT}/v1/instances", host.address);
-            eventually(Duration::from_secs(30), "the agent to answer", || async {
-                http.get(&url)
-                    .bearer_auth(TOKEN)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            })
-            .await;
-        }
-        let listener = tokio::net::TcpListener::bind((network.gateway(), 0))
-            .await
-            .unwrap();
-        let mut controller_address = listener.local_addr().unwrap();
+        let listen = || async {
+            tokio::net::TcpListener::bind((network.gateway(), 0))
+                .await
+                .unwrap()
+        };
+        let (api_listener, cluster_listener) = (listen().await, listen().await);
+        let mut api_address = api_listener.local_addr().unwrap();
+        let mut cluster_address = cluster_listener.local_addr().unwrap();
         let mut agent_addresses: Vec<std::net::SocketAddr> = network
             .hosts
             .iter()
             .map(|host| (host.address, AGENT_PORT).into())
             .collect();
         if let Some(delay) = delay {
-            controller_address = network.delay_from_gateway(controller_address, delay).await;
+            api_address = network.delay_from_gateway(api_address, delay).await;
+            cluster_address = network.delay_from_gateway(cluster_address, delay).await;
             for (index, address) in agent_addresses.iter_mut().enumerate() {
                 *address = network.delay_to(index, AGENT_PORT, delay);
             }
         }
-        let api = format!("http://{controller_address}");
-        let node = |index: usize| NodeSpec {
-            name: format!("production-{}", index + 1),
-            agent_url: format!("http://{}", agent_addresses[index]),
-        };
+        let api = format!("http://{api_address}");
         let controller = Controller::open(ControllerOptions {
             data_dir: data.path().join("controller"),
             project: "shop".into(),
             domain: "localhost".into(),
             admin_token: ADMIN.into(),
-            agent_token: TOKEN.into(),
             public_url: api.clone(),
+            cluster_url: format!("https://{cluster_address}"),
             lockstep_binary: lockstep_binary(),
-            topology: Topology {
-                production: (0..nodes).map(node).collect(),
-                staging: vec![],
-                development: node(0),
-            },
             edge: None,
             operator: Default::default(),
         })
         .unwrap();
-        tokio::spawn(Arc::clone(&controller).serve(listener, std::future::pending()));
+        tokio::spawn(Arc::clone(&controller).serve(
+            api_listener,
+            cluster_listener,
+            std::future::ready(()),
+            std::future::pending(),
+        ));
+        // Each host enrols as an operator's would: a join token from `node add`, given to
+        // `lockstep agent --join` on the host.
+        let mut agents = Vec::new();
+        for (index, host) in network.hosts.iter().enumerate() {
+            let token = controller
+                .add_node(&format!("production-{}", index + 1), Pool::Production)
+                .unwrap()
+                .join_token;
+            let child = agent_command(
+                network.command(index, lockstep_binary().to_str().unwrap()),
+                &data.path().join(format!("agent-{index}")),
+                &format!("{}:{AGENT_PORT}", host.address),
+            )
+            .args([
+                "--join",
+                &api,
+                "--advertise",
+                &agent_addresses[index].to_string(),
+            ])
+            .env("LOCKSTEP_JOIN_TOKEN", token)
+            .spawn()
+            .unwrap();
+            agents.push(HostAgent(child));
+        }
+        let http = reqwest::Client::new();
+        let as_controller = controller.http_client();
+        for address in &agent_addresses {
+            let url = format!("https://{address}/v1/instances");
+            eventually(
+                Duration::from_secs(30),
+                "the agent to enrol and answer",
+                || async {
+                    as_controller
+                        .get(&url)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                },
+            )
+            .await;
+        }
         let git = format!(
             "{}/git/shop.git",
             api.replacen("http://", &format!("http://u:{ADMIN}@"), 1)
         );
-        Some(Cluster {
+        let cluster = Cluster {
             _agents: agents,
             api,
             git,
             http,
             data,
             network,
-        })
+        };
+        eventually(
+            Duration::from_secs(30),
+            "production to have its nodes",
+            || async {
+                cluster.get("/environments/production").await["nodes"]
+                    .as_array()
+                    .is_some_and(|placed| placed.len() == nodes)
+            },
+        )
+        .await;
+        Some(cluster)
     }
 
     pub async fn get(&self, path: &str) -> serde_json::Value {
@@ -138,7 +166,8 @@ impl Cluster {
         push(project.path(), &self.git)
     }
 
-    /// Each production node's router (none while production serves nothing).
+    /// Each production node's router, in the order of their hosts (nodes are placed in the
+    /// order they enrolled); none while production serves nothing.
     pub async fn routers(&self) -> Vec<String> {
         let status = self.get("/status").await;
         let production = status["environments"]
@@ -148,12 +177,20 @@ impl Cluster {
             .find(|e| e["name"] == "production")
             .unwrap()
             .clone();
-        production["nodes"]
+        let mut routers: Vec<String> = production["nodes"]
             .as_array()
             .unwrap()
             .iter()
             .filter_map(|n| n["router"].as_str().map(str::to_owned))
-            .collect()
+            .collect();
+        let host_index = |router: &String| {
+            self.network
+                .hosts
+                .iter()
+                .position(|host| router.contains(&format!("//{}:", host.address)))
+        };
+        routers.sort_by_key(host_index);
+        routers
     }
 
     /// `GET /` on node `index`'s router from its own host (reachable during a partition):

@@ -130,14 +130,49 @@ impl BuiltImage {
     }
 }
 
-/// Serves the image store at `store` as the controller serves its own, to agents with
-/// [`TOKEN`]; its URL.
+/// The certificate authority of the tests' standalone agents, made once per test process.
+pub fn test_authority() -> &'static lockstep_transport::Authority {
+    static AUTHORITY: std::sync::OnceLock<(tempfile::TempDir, lockstep_transport::Authority)> =
+        std::sync::OnceLock::new();
+    &AUTHORITY
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let authority =
+                lockstep_transport::Authority::load_or_create(dir.path(), "test").unwrap();
+            (dir, authority)
+        })
+        .1
+}
+
+/// A client with a certificate of `authority` for `peer`: what the agents and the cluster port
+/// take from the controller, or from a node.
+pub fn client_as(
+    authority: &lockstep_transport::Authority,
+    peer: lockstep_transport::Peer,
+) -> reqwest::Client {
+    let identity = authority
+        .identity_for(&peer, &["127.0.0.1".into()])
+        .unwrap();
+    lockstep_transport::http_client(&identity).unwrap()
+}
+
+/// Serves the image store at `store` on loopback as the controller's cluster port serves its
+/// own, with a certificate of [`test_authority`]; its URL.
 pub async fn serve_images(store: &Path) -> String {
     let store = lockstep_image::ImageStore::open(store).unwrap();
-    let routes = lockstep_controller::image_routes(store, TOKEN.into());
+    let routes = lockstep_controller::image_routes(store);
+    let identity = test_authority()
+        .identity_for(&lockstep_transport::Peer::Controller, &["127.0.0.1".into()])
+        .unwrap();
+    let server = lockstep_transport::ServerIdentity::new(&identity).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, routes).await });
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    tokio::spawn(lockstep_transport::serve(
+        listener,
+        server,
+        routes,
+        std::future::pending(),
+    ));
     url
 }
 
@@ -215,12 +250,11 @@ where
 
 pub const TOKEN: &str = "test-token-0123456789abcdef";
 
-/// A real `lockstep agent` process.
+/// A real `lockstep agent` process, enrolled with [`test_authority`] as node `test-node`.
 pub struct AgentProcess {
     child: Child,
     pub data_dir: PathBuf,
     pub port: u16,
-    _token_dir: tempfile::TempDir,
 }
 
 impl AgentProcess {
@@ -229,14 +263,24 @@ impl AgentProcess {
     }
 
     pub async fn start_on(data_dir: &Path, port: u16) -> AgentProcess {
-        let token_dir = tempfile::tempdir().unwrap();
-        let token_file = token_dir.path().join("token");
-        std::fs::write(&token_file, TOKEN).unwrap();
+        let identity_dir = lockstep_agent::identity_dir(data_dir);
+        if lockstep_transport::Identity::load(&identity_dir)
+            .unwrap()
+            .is_none()
+        {
+            test_authority()
+                .identity_for(
+                    &lockstep_transport::Peer::Node("test-node".into()),
+                    &["127.0.0.1".into()],
+                )
+                .unwrap()
+                .save(&identity_dir)
+                .unwrap();
+        }
         let child = agent_command(
             Command::new(lockstep_binary()),
             data_dir,
             &format!("127.0.0.1:{port}"),
-            &token_file,
         )
         .spawn()
         .unwrap();
@@ -244,14 +288,12 @@ impl AgentProcess {
             child,
             data_dir: data_dir.to_owned(),
             port,
-            _token_dir: token_dir,
         };
         let client = agent.client();
         eventually(Duration::from_secs(30), "the agent to answer", || async {
             client
                 .http
                 .get(client.url("/v1/instances"))
-                .bearer_auth(TOKEN)
                 .send()
                 .await
                 .is_ok()
@@ -260,10 +302,11 @@ impl AgentProcess {
         agent
     }
 
+    /// A client calling as the controller.
     pub fn client(&self) -> AgentClient {
         AgentClient {
-            http: reqwest::Client::new(),
-            base: format!("http://127.0.0.1:{}", self.port),
+            http: client_as(test_authority(), lockstep_transport::Peer::Controller),
+            base: format!("https://127.0.0.1:{}", self.port),
         }
     }
 
@@ -321,7 +364,7 @@ impl AgentClient {
     }
 
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
-        let response = request.bearer_auth(TOKEN).send().await.unwrap();
+        let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
         let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
@@ -744,6 +787,37 @@ impl Platform {
             .to_owned()
     }
 
+    /// The project's certificate authority, as the controller keeps it.
+    pub fn authority(&self) -> lockstep_transport::Authority {
+        lockstep_transport::Authority::load_or_create(
+            &self.data_dir.join("controller/authority"),
+            "unused: it exists",
+        )
+        .unwrap()
+    }
+
+    /// What `up.json` records: ports and tokens.
+    pub fn layout(&self) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(self.data_dir.join("up.json")).unwrap())
+            .unwrap()
+    }
+
+    /// A counter of the `/metrics` of the agent listening on `port`, read as the controller.
+    pub async fn agent_counter(&self, port: u64, name: &str) -> u64 {
+        let text = client_as(&self.authority(), lockstep_transport::Peer::Controller)
+            .get(format!("https://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// `GET` on the API, as JSON.
     pub async fn get(&self, path: &str) -> serde_json::Value {
         reqwest::Client::new()
@@ -867,19 +941,12 @@ fn spawn_up(
 
 /// The `lockstep` binary of this tree.
 /// `command` (the `lockstep` binary, or a wrapper that runs it) completed into an agent
-/// listening on `listen` with the token in `token_file`.
-pub fn agent_command(
-    mut command: Command,
-    data_dir: &Path,
-    listen: &str,
-    token_file: &Path,
-) -> Command {
+/// listening on `listen`; enrolled already, or given `--join` by the caller.
+pub fn agent_command(mut command: Command, data_dir: &Path, listen: &str) -> Command {
     command
         .arg("--data-dir")
         .arg(data_dir)
         .args(["agent", "--listen", listen])
-        .arg("--token-file")
-        .arg(token_file)
         .env("LOCKSTEP_LOG", "warn")
         .stdin(Stdio::null());
     command

@@ -29,12 +29,20 @@ impl Kind {
     }
 
     /// A route of its API that answers once it serves.
-    fn ready_path(self) -> &'static str {
+    pub fn ready_path(self) -> &'static str {
         match self {
             Kind::Agent => "/v1/instances",
             Kind::Edge => "/v1/environments",
         }
     }
+}
+
+/// How `up` asks a daemon whether it serves: a client that may call it (the controller's
+/// certificate for an agent, the edge's token for the edge) and the URL of its ready route.
+#[derive(Clone)]
+pub(super) struct Probe {
+    pub http: reqwest::Client,
+    pub url: String,
 }
 
 pub(super) struct Daemon {
@@ -47,8 +55,9 @@ pub(super) struct Daemon {
     pub dir: PathBuf,
     /// Its arguments after the subcommand.
     pub args: Vec<OsString>,
-    /// The bearer token its API takes.
-    pub token: String,
+    /// Variables of its environment at start, beside `up`'s own.
+    pub env: Vec<(String, String)>,
+    probe: Probe,
     child: Option<Child>,
 }
 
@@ -59,7 +68,8 @@ impl Daemon {
         port: u16,
         dir: PathBuf,
         args: Vec<OsString>,
-        token: &str,
+        env: Vec<(String, String)>,
+        probe: Probe,
     ) -> Daemon {
         Daemon {
             name: name.to_owned(),
@@ -67,7 +77,8 @@ impl Daemon {
             port,
             dir,
             args,
-            token: token.to_owned(),
+            env,
+            probe,
             child: None,
         }
     }
@@ -118,6 +129,7 @@ impl Daemon {
             .arg(&self.dir)
             .arg(self.kind.command())
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -157,7 +169,7 @@ impl Daemon {
 
     /// Waits until it answers, as long as it shows progress: a node loading many releases takes
     /// its time, and writes its log meanwhile.
-    async fn wait_until_answering(&mut self, http: &reqwest::Client) -> anyhow::Result<()> {
+    async fn wait_until_answering(&mut self) -> anyhow::Result<()> {
         const PATIENCE: Duration = Duration::from_secs(30);
         let log = self.log_path();
         let log_size = || std::fs::metadata(&log).map_or(0, |m| m.len());
@@ -187,15 +199,7 @@ impl Daemon {
                     log.display()
                 );
             }
-            let answer = http
-                .get(format!(
-                    "http://127.0.0.1:{}{}",
-                    self.port,
-                    self.kind.ready_path()
-                ))
-                .bearer_auth(&self.token)
-                .send()
-                .await;
+            let answer = self.probe.http.get(&self.probe.url).send().await;
             match answer {
                 Ok(response) if response.status().is_success() => return Ok(()),
                 Ok(response) => bail!(
@@ -296,9 +300,8 @@ impl Daemons {
     }
 
     pub async fn wait_until_answering(&mut self) -> anyhow::Result<()> {
-        let http = reqwest::Client::new();
         for daemon in &mut self.daemons {
-            daemon.wait_until_answering(&http).await?;
+            daemon.wait_until_answering().await?;
         }
         Ok(())
     }

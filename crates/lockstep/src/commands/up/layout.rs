@@ -1,4 +1,5 @@
 //! What `up` keeps between runs so that it comes back the same: tokens and ports, in `up.json`.
+//! (The nodes' certificates are in their own folders, issued by the controller's authority.)
 
 use std::path::Path;
 
@@ -10,13 +11,15 @@ use super::NODES;
 #[derive(Serialize, Deserialize)]
 pub(super) struct Layout {
     pub admin_token: String,
-    pub agent_token: String,
     pub edge_token: String,
     /// One per node of `NODES`, in that order.
     pub agent_ports: Vec<u16>,
     /// The edge's admin API; 0 in layouts from before the edge ran as a process of its own.
     #[serde(default)]
     pub edge_admin_port: u16,
+    /// The controller's cluster port, which agents call; 0 in layouts from before it.
+    #[serde(default)]
+    pub cluster_port: u16,
 }
 
 impl Layout {
@@ -32,11 +35,11 @@ impl Layout {
             }
             return Ok(layout);
         }
-        let mut ports = free_ports(NODES.len() + 1, &[])?;
+        let mut ports = free_ports(NODES.len() + 2, &[])?;
         let layout = Layout {
             admin_token: random_token()?,
-            agent_token: random_token()?,
             edge_token: random_token()?,
+            cluster_port: ports.pop().expect("one port for the cluster"),
             edge_admin_port: ports.pop().expect("one port for the edge"),
             agent_ports: ports,
         };
@@ -47,9 +50,9 @@ impl Layout {
     /// Gives `daemon` (a node's name, or `edge`) another free port, and saves the layout.
     pub fn move_to_free_port(&mut self, data_dir: &Path, daemon: &str) -> anyhow::Result<()> {
         let mut taken = self.agent_ports.clone();
-        taken.push(self.edge_admin_port);
+        taken.extend([self.edge_admin_port, self.cluster_port]);
         let port = free_ports(1, &taken)?[0];
-        match NODES.iter().position(|node| *node == daemon) {
+        match NODES.iter().position(|(node, _)| *node == daemon) {
             Some(index) => self.agent_ports[index] = port,
             None => self.edge_admin_port = port,
         }
@@ -60,12 +63,14 @@ impl Layout {
         )
     }
 
-    /// Gives every node and the edge a port of its own. Whether it changed anything.
+    /// Gives every node, the edge and the cluster port a port of its own. Whether it changed
+    /// anything.
     fn repair_ports(&mut self) -> anyhow::Result<bool> {
         let mut ports = self.agent_ports.clone();
         ports.resize(NODES.len(), 0);
-        ports.push(self.edge_admin_port);
+        ports.extend([self.edge_admin_port, self.cluster_port]);
         let changed = give_each_its_own_port(&mut ports)? || self.agent_ports.len() != NODES.len();
+        self.cluster_port = ports.pop().expect("the cluster's port");
         self.edge_admin_port = ports.pop().expect("the edge's port");
         self.agent_ports = ports;
         Ok(changed)
@@ -116,10 +121,10 @@ mod tests {
     fn layout(agent_ports: Vec<u16>, edge_admin_port: u16) -> Layout {
         Layout {
             admin_token: String::new(),
-            agent_token: String::new(),
             edge_token: String::new(),
             agent_ports,
             edge_admin_port,
+            cluster_port: 9,
         }
     }
 
@@ -134,10 +139,10 @@ mod tests {
             "sound ports stay"
         );
         let mut every = broken.agent_ports.clone();
-        every.push(broken.edge_admin_port);
+        every.extend([broken.edge_admin_port, broken.cluster_port]);
         every.sort_unstable();
         every.dedup();
-        assert_eq!(every.len(), NODES.len() + 1, "{every:?}");
+        assert_eq!(every.len(), NODES.len() + 2, "{every:?}");
         assert!(!every.contains(&0), "{every:?}");
     }
 

@@ -1,6 +1,8 @@
 //! `lockstep up`: the embedded default on one machine. The controller in this process; five
 //! agents and the caching edge each an OS process of its own with its own data folder and port:
-//! three production nodes, one staging node, one development node.
+//! three production nodes, one staging node, one development node. The nodes enrol as nodes on
+//! other hosts do (SPEC section 11): `up` places each in its pool and gives its agent the join
+//! token, and the agent joins through the controller's API.
 //!
 //! Code map: `layout` (tokens and ports kept between runs), `daemons` (the agents' and the
 //! edge's processes).
@@ -15,10 +17,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use lockstep_controller::{Controller, ControllerOptions, EdgeContact, NodeSpec, Topology};
+use lockstep_controller::{Controller, ControllerOptions, EdgeContact};
+use lockstep_proto::nodes::Pool;
 use serde::{Deserialize, Serialize};
 
-use daemons::{Daemon, Daemons, Kind, PortTaken};
+use daemons::{Daemon, Daemons, Kind, PortTaken, Probe};
 use layout::{Layout, write_private};
 
 #[derive(Args)]
@@ -41,12 +44,12 @@ pub struct UpArgs {
     pass_env: Vec<String>,
 }
 
-const NODES: [&str; 5] = [
-    "production-1",
-    "production-2",
-    "production-3",
-    "staging-1",
-    "development-1",
+const NODES: [(&str, Pool); 5] = [
+    ("production-1", Pool::Production),
+    ("production-2", Pool::Production),
+    ("production-3", Pool::Production),
+    ("staging-1", Pool::Staging),
+    ("development-1", Pool::Development),
 ];
 
 /// What users and tools read to find the running platform (SPEC section 7).
@@ -71,42 +74,60 @@ pub fn run(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
     let operator = lockstep_supervisor::OperatorEnv::from_process(&args.pass_env);
     let mut layout = Layout::load(data_dir)?;
     let binary = std::env::current_exe().context("cannot find the lockstep binary")?;
+    let public_url = format!("http://{}", args.listen);
+    let controller = Controller::open(ControllerOptions {
+        data_dir: data_dir.join("controller"),
+        project: args.project.clone(),
+        domain: "localhost".into(),
+        admin_token: layout.admin_token.clone(),
+        public_url: public_url.clone(),
+        cluster_url: format!("https://127.0.0.1:{}", layout.cluster_port),
+        lockstep_binary: binary.clone(),
+        edge: Some(EdgeContact {
+            admin_url: format!("http://127.0.0.1:{}", layout.edge_admin_port),
+            token: layout.edge_token.clone(),
+        }),
+        operator,
+    })
+    .context("cannot start the controller")?;
+    // A node whose host has not joined yet gets a join token, as `lockstep node add` gives.
+    let mut join_tokens = Vec::new();
+    for (node, pool) in NODES {
+        let enrolled = lockstep_agent::identity_dir(&agent_dir(data_dir, node))
+            .join("key.pem")
+            .exists();
+        join_tokens.push(if enrolled {
+            None
+        } else {
+            Some(controller.add_node(node, pool)?.join_token)
+        });
+    }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let mut daemons = runtime.block_on(start_daemons_answering(
-        &args,
-        data_dir,
-        &binary,
-        &mut layout,
-    ))?;
     let result = runtime.block_on(async {
-        let node = |i: usize| NodeSpec {
-            name: NODES[i].into(),
-            agent_url: format!("http://127.0.0.1:{}", layout.agent_ports[i]),
+        let listen = |address: SocketAddr| async move {
+            tokio::net::TcpListener::bind(address).await.with_context(|| {
+                format!("cannot listen on {address}; is another Lockstep running? (--listen picks another address)")
+            })
         };
-        let public_url = format!("http://{}", args.listen);
-        let controller = Controller::open(ControllerOptions {
-            data_dir: data_dir.join("controller"),
-            project: args.project.clone(),
-            domain: "localhost".into(),
-            admin_token: layout.admin_token.clone(),
-            agent_token: layout.agent_token.clone(),
-            public_url: public_url.clone(),
-            lockstep_binary: binary.clone(),
-            topology: Topology {
-                production: vec![node(0), node(1), node(2)],
-                staging: vec![node(3)],
-                development: node(4),
+        let api = listen(args.listen).await?;
+        let cluster = listen(SocketAddr::from(([127, 0, 0, 1], layout.cluster_port))).await?;
+        let (nodes_started, started) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(controller.clone().serve(
+            api,
+            cluster,
+            async move {
+                let _ = started.await;
             },
-            edge: Some(EdgeContact {
-                admin_url: format!("http://127.0.0.1:{}", layout.edge_admin_port),
-                token: layout.edge_token.clone(),
-            }),
-            operator,
-        })
-        .context("cannot start the controller")?;
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}; is another Lockstep running? (--listen picks another address)", args.listen))?;
+            crate::shutdown_signal(),
+        ));
+        let probes = Probes {
+            agents: controller.http_client(),
+            edge: edge_probe(&layout.edge_token)?,
+        };
+        let mut daemons =
+            start_daemons_answering(&args, data_dir, &binary, &mut layout, &join_tokens, &probes)
+                .await?;
+        let _ = nodes_started.send(());
         let endpoints = Endpoints {
             api: public_url.clone(),
             git: controller.git_remote(),
@@ -115,16 +136,38 @@ pub fn run(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
         };
         write_private(&data_dir.join("endpoints.json"), &serde_json::to_string_pretty(&endpoints)?)?;
         print_banner(&endpoints, data_dir, &binary, args.edge_listen);
-        tokio::select! {
-            result = controller.serve(listener, crate::shutdown_signal()) => result.context("the controller failed"),
+        let result = tokio::select! {
+            result = serving => result.context("the controller stopped")?.context("the controller failed"),
             () = daemons.keep_alive(&binary) => unreachable!("keep_alive never ends"),
-        }
+        };
+        println!("Stopping the nodes and the edge...");
+        daemons.stop();
+        result
     });
-    println!("Stopping the nodes and the edge...");
-    daemons.stop();
     result?;
     println!("Lockstep stopped. `lockstep up` with the same data directory brings it back.");
     Ok(ExitCode::SUCCESS)
+}
+
+fn agent_dir(data_dir: &Path, node: &str) -> std::path::PathBuf {
+    data_dir.join("agents").join(node)
+}
+
+/// The clients `up` asks its daemons with whether they serve.
+struct Probes {
+    agents: reqwest::Client,
+    edge: reqwest::Client,
+}
+
+fn edge_probe(token: &str) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse()?,
+    );
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?)
 }
 
 /// Starts (or adopts) the five agents and the edge, and waits until each answers; one whose
@@ -134,10 +177,12 @@ async fn start_daemons_answering(
     data_dir: &Path,
     binary: &Path,
     layout: &mut Layout,
+    join_tokens: &[Option<String>],
+    probes: &Probes,
 ) -> anyhow::Result<Daemons> {
     const TRIES: usize = 3;
     let mut daemons = Daemons::default();
-    for daemon in daemons_of(args, data_dir, layout)? {
+    for daemon in daemons_of(args, data_dir, layout, join_tokens, probes)? {
         daemons.start(binary, daemon)?;
     }
     let mut tries = 1;
@@ -148,7 +193,7 @@ async fn start_daemons_answering(
         match error.downcast_ref::<PortTaken>() {
             Some(taken) if tries < TRIES => {
                 layout.move_to_free_port(data_dir, &taken.daemon)?;
-                let moved = daemons_of(args, data_dir, layout)?
+                let moved = daemons_of(args, data_dir, layout, join_tokens, probes)?
                     .into_iter()
                     .find(|daemon| daemon.name == taken.daemon)
                     .expect("the daemon that moved is in the layout");
@@ -164,9 +209,13 @@ async fn start_daemons_answering(
 }
 
 /// The five agents and the edge, as the layout places them.
-fn daemons_of(args: &UpArgs, data_dir: &Path, layout: &Layout) -> anyhow::Result<Vec<Daemon>> {
-    let agent_token_file = data_dir.join("agent-token");
-    write_private(&agent_token_file, &layout.agent_token)?;
+fn daemons_of(
+    args: &UpArgs,
+    data_dir: &Path,
+    layout: &Layout,
+    join_tokens: &[Option<String>],
+    probes: &Probes,
+) -> anyhow::Result<Vec<Daemon>> {
     let edge_token_file = data_dir.join("edge-token");
     write_private(&edge_token_file, &layout.edge_token)?;
     let pass_env = args
@@ -174,21 +223,31 @@ fn daemons_of(args: &UpArgs, data_dir: &Path, layout: &Layout) -> anyhow::Result
         .iter()
         .flat_map(|name| [OsString::from("--pass-env"), name.into()]);
     let mut daemons = Vec::new();
-    for (node, port) in NODES.iter().zip(&layout.agent_ports) {
+    for (((node, _), port), token) in NODES.iter().zip(&layout.agent_ports).zip(join_tokens) {
         let mut agent_args = vec![
             OsString::from("--listen"),
             format!("127.0.0.1:{port}").into(),
-            "--token-file".into(),
-            agent_token_file.clone().into(),
+            "--join".into(),
+            format!("http://{}", args.listen).into(),
         ];
         agent_args.extend(pass_env.clone());
+        // In its environment, not its arguments: the token is a secret, and the arguments
+        // say whether a running agent can be adopted.
+        let env = token
+            .iter()
+            .map(|token| ("LOCKSTEP_JOIN_TOKEN".to_owned(), token.clone()))
+            .collect();
         daemons.push(Daemon::new(
             Kind::Agent,
             node,
             *port,
-            data_dir.join("agents").join(node),
+            agent_dir(data_dir, node),
             agent_args,
-            &layout.agent_token,
+            env,
+            Probe {
+                http: probes.agents.clone(),
+                url: format!("https://127.0.0.1:{port}{}", Kind::Agent.ready_path()),
+            },
         ));
     }
     let edge_args = vec![
@@ -207,7 +266,15 @@ fn daemons_of(args: &UpArgs, data_dir: &Path, layout: &Layout) -> anyhow::Result
         layout.edge_admin_port,
         data_dir.join("edge"),
         edge_args,
-        &layout.edge_token,
+        Vec::new(),
+        Probe {
+            http: probes.edge.clone(),
+            url: format!(
+                "http://127.0.0.1:{}{}",
+                layout.edge_admin_port,
+                Kind::Edge.ready_path()
+            ),
+        },
     ));
     Ok(daemons)
 }

@@ -1,0 +1,251 @@
+//! The node registry end to end, through `lockstep up`: a host enrolling with the token
+//! `lockstep node add` printed, joining production and catching up to its release; the token
+//! spent; a removed node's certificate refused; the refusals that keep environments served.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+/// A `lockstep agent` started by hand on a host, as an operator would; stopped when dropped.
+struct HostAgent {
+    child: Child,
+    data_dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl HostAgent {
+    fn start(platform: &Platform, join_token: &str) -> HostAgent {
+        let data_dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = agent_command(
+            Command::new(lockstep_binary()),
+            data_dir.path(),
+            &format!("127.0.0.1:{port}"),
+        )
+        .args(["--join", &platform.api])
+        .env("LOCKSTEP_JOIN_TOKEN", join_token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+        HostAgent {
+            child,
+            data_dir,
+            port,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    fn identity(&self) -> lockstep_transport::Identity {
+        lockstep_transport::Identity::load(&lockstep_agent::identity_dir(self.data_dir.path()))
+            .unwrap()
+            .expect("the host enrolled")
+    }
+}
+
+impl Drop for HostAgent {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+fn node_list(platform: &Platform) -> Vec<serde_json::Value> {
+    let output = platform.cli(&["node", "list", "--json"]);
+    assert!(output.status.success(), "{}", text(&output));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn listed<'a>(nodes: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
+    nodes
+        .iter()
+        .find(|n| n["name"] == name)
+        .unwrap_or_else(|| panic!("{name} is not listed: {nodes:?}"))
+}
+
+/// `lockstep node add`'s join token, from the command it prints.
+fn join_token(platform: &Platform, name: &str, pool: &str) -> String {
+    let output = platform.cli(&["node", "add", name, "--pool", pool]);
+    assert!(output.status.success(), "{}", text(&output));
+    text(&output)
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("LOCKSTEP_JOIN_TOKEN="))
+        .expect("the join command is printed")
+        .to_owned()
+}
+
+async fn production_nodes(platform: &Platform) -> Vec<String> {
+    platform.environment_status("production").await["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_enrols_once_with_its_token_joins_production_and_is_refused_once_removed() {
+    let platform = Platform::start().await;
+    let project = Project::sample();
+    assert!(platform.push(&project, "HEAD:production").status.success());
+    let tree = tree_of(&project);
+
+    // `up`'s five nodes enrolled as any host does, each in its pool.
+    let nodes = node_list(&platform);
+    assert_eq!(nodes.len(), 5, "{nodes:?}");
+    for (name, pool) in [
+        ("production-1", "production"),
+        ("staging-1", "staging"),
+        ("development-1", "development"),
+    ] {
+        let node = listed(&nodes, name);
+        assert_eq!(node["pool"], pool);
+        assert!(node["agent_url"].as_str().unwrap().starts_with("https://"));
+        assert!(node["certificate_expires"].is_string(), "{node}");
+    }
+    assert_eq!(
+        listed(&nodes, "production-1")["environments"],
+        serde_json::json!(["production"])
+    );
+
+    // Nodes are the operator's: a project admin's token manages none.
+    let admin = platform.add_user("lead@example.com", &["--project-admin"]);
+    let refused = reqwest::Client::new()
+        .get(format!("{}/api/v1/nodes", platform.api))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+
+    // A new host joins production with its token, and catches up to what production serves.
+    let token = join_token(&platform, "production-4", "production");
+    let host = HostAgent::start(&platform, &token);
+    eventually(
+        Duration::from_secs(60),
+        "production-4 to join production",
+        || async {
+            production_nodes(&platform)
+                .await
+                .contains(&"production-4".to_owned())
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(120),
+        "production-4 to serve production's release",
+        || async {
+            let production = platform.environment_status("production").await;
+            let router = production["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["name"] == "production-4")
+                .and_then(|n| n["router"].as_str().map(str::to_owned));
+            match router {
+                Some(router) => release_of(&router).await == (200, Some(tree.clone())),
+                None => false,
+            }
+        },
+    )
+    .await;
+
+    // The token is spent: a second host with it is refused, and says why.
+    let mut second = HostAgent::start(&platform, &token);
+    let status = second.child.wait().unwrap();
+    let mut said = String::new();
+    std::io::Read::read_to_string(second.child.stderr.as_mut().unwrap(), &mut said).unwrap();
+    assert!(!status.success());
+    assert!(said.contains("unknown, spent or expired"), "{said}");
+
+    // A token whose authority is not the controller's: the host refuses what it is given.
+    let token = join_token(&platform, "production-5", "production");
+    let forged = format!(
+        "lsjoin-{}-{}",
+        "0".repeat(64),
+        token.rsplit('-').next().unwrap()
+    );
+    let mut misled = HostAgent::start(&platform, &forged);
+    assert!(!misled.child.wait().unwrap().success());
+    let mut said = String::new();
+    std::io::Read::read_to_string(misled.child.stderr.as_mut().unwrap(), &mut said).unwrap();
+    assert!(said.contains("not the one the join token names"), "{said}");
+    assert!(
+        platform
+            .cli(&["node", "remove", "production-5"])
+            .status
+            .success()
+    );
+
+    // Removed: out of production, its agent told to drop production, its certificate refused.
+    let image = platform.get("/environments/production").await["serving"]["image"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cluster = format!("https://127.0.0.1:{}", platform.layout()["cluster_port"]);
+    let pull_frames = |identity: lockstep_transport::Identity| {
+        let url = format!("{cluster}/v1/images/{image}/frames");
+        async move {
+            lockstep_transport::http_client(&identity)
+                .unwrap()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(pull_frames(host.identity()).await, 200);
+    let removed = platform.cli(&["node", "remove", "production-4"]);
+    assert!(removed.status.success(), "{}", text(&removed));
+    assert_eq!(
+        production_nodes(&platform).await,
+        ["production-1", "production-2", "production-3"]
+    );
+    assert_eq!(pull_frames(host.identity()).await, 403);
+    let held: Vec<String> = client_as(&platform.authority(), lockstep_transport::Peer::Controller)
+        .get(format!("{}/v1/instances", host.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(held.is_empty(), "the removed node still holds {held:?}");
+
+    // An environment that serves keeps a node; one with none refuses pushes, saying how.
+    for node in ["production-2", "production-3"] {
+        assert!(platform.cli(&["node", "remove", node]).status.success());
+    }
+    assert_refused(
+        &platform.cli(&["node", "remove", "production-1"]),
+        "last node of production, which serves",
+    );
+    assert_eq!(
+        release_of(&platform.routers("production").await[0]).await,
+        (200, Some(tree))
+    );
+    assert!(
+        platform
+            .cli(&["node", "remove", "development-1"])
+            .status
+            .success()
+    );
+    let pushed = platform.push(&project, "HEAD:feature");
+    assert!(!pushed.status.success());
+    assert!(
+        text(&pushed).contains("feature has no node yet")
+            && text(&pushed).contains("lockstep node add"),
+        "{}",
+        text(&pushed)
+    );
+}
