@@ -144,9 +144,6 @@ impl Deployment {
             && !self.progress.started(phase)
         {
             self.append(out, Record::PhaseStarted { phase });
-            if phase == Phase::Close && self.progress.plan.changes_the_environment() {
-                out.push(Command::Edge(EdgeGate::Closed));
-            }
         }
         if work == Work::Phase(Phase::DeployHook) && self.progress.hook_node.is_none() {
             // Journaled before the hook is asked for: a restart asks this node again, and never
@@ -202,12 +199,8 @@ impl Deployment {
     /// Journals what a finished round decided.
     fn conclude(&mut self, round: &Round, out: &mut Vec<Command>) {
         let Work::Phase(phase) = round.work() else {
-            // The restore after an abort: the previous release serves again everywhere.
-            if let Some(previous) = self.progress.plan.previous.clone()
-                && self.progress.started(Phase::Close)
-            {
-                out.push(Command::Edge(EdgeGate::Open(previous)));
-            }
+            // The restore after an abort: the previous release serves again everywhere, and
+            // the `Serving` record that says so opens the edge again.
             self.finish(out);
             return;
         };
@@ -318,55 +311,49 @@ impl Deployment {
         self.round = None;
     }
 
-    /// Journals a record and applies it to the state in the same step; the edge follows the
-    /// nodes once they opened.
+    /// Journals a record and applies it to the state in the same step. The edge is told as soon
+    /// as a record changes what it should do: decided from the journal state alone, the gate is
+    /// the same for a machine resumed after any record.
     fn append(&mut self, out: &mut Vec<Command>, record: Record) {
+        let edge_before = self.edge_now();
         let applied = self.progress.apply(&record);
         debug_assert!(
             applied.is_ok(),
             "the machine wrote a bad record: {applied:?}"
         );
-        let opened = match &record {
-            Record::PhaseEnded { phase } => self.opened_by(*phase),
-            _ => None,
-        };
         out.push(Command::Append(record));
-        if let Some(release) = opened {
-            out.push(Command::Edge(EdgeGate::Open(release)));
-        }
-    }
-
-    /// What the edge should be doing now, from the journal: open at the release the nodes
-    /// opened at, closed from the start of close until then; `None` before close.
-    fn edge_now(&self) -> Option<EdgeGate> {
-        if !self.progress.plan.changes_the_environment() {
-            return None;
-        }
-        let opened = [Phase::Rollback, Phase::Open]
-            .into_iter()
-            .filter(|phase| self.progress.ended(*phase))
-            .find_map(|phase| self.opened_by(phase));
-        match opened {
-            Some(release) => Some(EdgeGate::Open(release)),
-            None => self
-                .progress
-                .started(Phase::Close)
-                .then_some(EdgeGate::Closed),
-        }
-    }
-
-    /// The release the nodes serve once `phase` ended, if it opened them: none when every
-    /// node was lost, which leaves the environment closed.
-    fn opened_by(&self, phase: Phase) -> Option<Release> {
-        if self.progress.remaining_nodes().is_empty()
-            || !self.progress.plan.changes_the_environment()
+        if let Some(edge) = self
+            .edge_now()
+            .filter(|edge| edge_before.as_ref() != Some(edge))
         {
+            out.push(Command::Edge(edge));
+        }
+    }
+
+    /// What the edge should be doing now, from the journal: closed from the start of close,
+    /// then open at the release the nodes opened at once they did; `None` before close.
+    fn edge_now(&self) -> Option<EdgeGate> {
+        let progress = &self.progress;
+        if !progress.plan.changes_the_environment() || !progress.started(Phase::Close) {
             return None;
         }
-        match phase {
-            Phase::Open => Some(self.progress.plan.target()),
-            Phase::Rollback => self.progress.plan.previous.clone(),
-            _ => None,
+        Some(self.reopened_at().map_or(EdgeGate::Closed, EdgeGate::Open))
+    }
+
+    /// The release the nodes opened at since they closed, if they did: none while every node
+    /// is lost, which leaves the environment closed.
+    fn reopened_at(&self) -> Option<Release> {
+        let progress = &self.progress;
+        if progress.remaining_nodes().is_empty() {
+            None
+        } else if progress.ended(Phase::Rollback) {
+            progress.plan.previous.clone()
+        } else if progress.ended(Phase::Open) {
+            Some(progress.plan.target())
+        } else {
+            // The restore after an abort in close is no phase: the `Serving` record written
+            // once it reopened the nodes is all the journal keeps of its end.
+            progress.serving.clone().flatten()
         }
     }
 }

@@ -162,6 +162,32 @@ proptest! {
     }
 }
 
+/// Found by `the_invariants_hold_under_any_fault_schedule`: a node lost in close aborts the
+/// deployment, and the controller crashes once the restore reopened the others at the previous
+/// release. The resumed machine must leave the edge open at that release.
+#[test]
+fn a_controller_crash_after_the_restore_of_an_abort_in_close_leaves_the_edge_open() {
+    let scenario = Scenario {
+        nodes: 2,
+        with_previous: true,
+        policy: HookFailurePolicy::Rollback,
+        faults: vec![NodeFaults::default(); 2],
+    };
+    let chaos = Chaos {
+        seed: 3348486444843066473,
+        drop_percent: 0,
+        duplicate_percent: 0,
+        node_crashes: 1,
+        controller_crashes: 1,
+        crash_weight: 2,
+        early_timeout_weight: 2,
+        controller_crash_before: Vec::new(),
+    };
+    let world = run(&scenario, chaos);
+    assert!(matches!(world.outcome(), Some(Outcome::Aborted { .. })));
+    assert_eq!(world.controller_restarts, 1);
+}
+
 /// The fault schedules are worth something only if they reach every outcome and every kind of
 /// trouble: this samples the same strategies and counts.
 #[test]

@@ -188,6 +188,17 @@ fn is_failure(record: &Record) -> bool {
     matches!(record, Record::Failure { .. })
 }
 
+fn edge_gates(driver: &Driver) -> Vec<EdgeGate> {
+    driver
+        .commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Edge(gate) => Some(gate.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn requests_to(driver: &Driver, wanted: impl Fn(&Request) -> bool) -> Vec<String> {
     driver
         .sends()
@@ -425,16 +436,41 @@ fn a_node_that_never_confirms_close_aborts_and_the_others_reopen() {
     );
     assert!(requests_to(&driver, |r| matches!(r, Request::Swap { .. })).is_empty());
     // The edge closed with the nodes, and opens again once they did, at what they serve.
-    let edge: Vec<EdgeGate> = driver
-        .commands
+    assert_eq!(
+        edge_gates(&driver),
+        [EdgeGate::Closed, EdgeGate::Open(previous_release())]
+    );
+}
+
+#[test]
+fn every_node_lost_in_close_aborts_and_leaves_the_edge_closed() {
+    let mut driver = Driver::start(plan(2));
+    driver.run(|node, request| match request {
+        Request::Close => Answer::Timeout,
+        _ => fine(node, request),
+    });
+    assert!(matches!(driver.outcome(), Outcome::Aborted { .. }));
+    assert!(requests_to(&driver, |r| matches!(r, Request::Open { .. })).is_empty());
+    assert_eq!(edge_gates(&driver), [EdgeGate::Closed]);
+}
+
+#[test]
+fn resuming_an_abort_in_close_after_its_restore_keeps_the_edge_open() {
+    let mut first = Driver::start(plan(2));
+    first.run(|node, request| match request {
+        Request::Close if node == "production-2" => Answer::Timeout,
+        _ => fine(node, request),
+    });
+    let whole = first.journal();
+    let serving = whole
         .iter()
-        .filter_map(|c| match c {
-            Command::Edge(gate) => Some(gate.clone()),
-            _ => None,
-        })
-        .collect();
-    let previous = driver.machine.plan().previous.clone().unwrap();
-    assert_eq!(edge, [EdgeGate::Closed, EdgeGate::Open(previous)]);
+        .position(|r| matches!(r, Record::Serving { .. }))
+        .expect("a serving record");
+    // The controller crashed after the restore reopened production-1, before `Finished`.
+    let resumed = Driver::resume(&whole[..=serving]);
+    assert_eq!(resumed.outcome(), first.outcome());
+    assert!(resumed.sends().is_empty());
+    assert_eq!(edge_gates(&resumed), [EdgeGate::Open(previous_release())]);
 }
 
 #[test]

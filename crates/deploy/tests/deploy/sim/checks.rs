@@ -141,6 +141,12 @@ pub fn at_the_end(world: &World) {
             Some(EdgeGate::Open(new_release()))
         }
         Outcome::RolledBack { .. } => previous.clone().map(EdgeGate::Open),
+        // Every node lost in close leaves nothing reopened to send visitors to.
+        Outcome::Aborted { .. }
+            if lost.len() == world.nodes.len() && failure_phase(journal) == Some(Phase::Close) =>
+        {
+            Some(EdgeGate::Closed)
+        }
         Outcome::Aborted { .. } => match &previous {
             Some(previous) => Some(EdgeGate::Open(previous.clone())),
             None => world.edge.clone(),
