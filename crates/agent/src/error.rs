@@ -56,6 +56,8 @@ impl AgentError {
             AgentError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AgentError::Refused(_) | AgentError::Runtime(_) => StatusCode::CONFLICT,
             AgentError::Pull { .. } => StatusCode::BAD_GATEWAY,
+            // Only a certificate given to install reaches an answer: it does not fit the key.
+            AgentError::Identity(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AgentError::Image(
                 Image::HashMismatch { .. }
                 | Image::UnsafeEntry { .. }

@@ -65,24 +65,29 @@ impl NodeIdentity {
     /// refused unless it is for that key and names this node again.
     pub fn install(&self, certificate: String) -> Result<(), AgentError> {
         let mut pending = self.pending.lock().expect("pending lock");
-        let Some(request) = pending.take() else {
+        let Some(request) = pending.as_ref() else {
             return Err(AgentError::Refused(
                 "no certificate was asked for: POST /v1/certificate-request first".into(),
             ));
         };
         let mut current = self.current.write().expect("identity lock");
-        let renewed = request.into_identity(current.0.ca_pem.clone(), certificate);
+        let renewed = Identity {
+            ca_pem: current.0.ca_pem.clone(),
+            certificate_pem: certificate,
+            key_pem: request.key_pem.clone(),
+        };
         if renewed.peer()? != current.0.peer()? {
             return Err(AgentError::Refused(
                 "the certificate names another node".into(),
             ));
         }
-        // Checks that the certificate is for the pending key.
+        // Refused unless the certificate is for the pending key.
         self.server.replace(&renewed)?;
         let client = lockstep_transport::http_client(&renewed)?;
         renewed.save(&self.dir)?;
         tracing::info!(expires = ?renewed.expires_at()?, "certificate renewed");
         *current = (renewed, client);
+        *pending = None;
         Ok(())
     }
 }

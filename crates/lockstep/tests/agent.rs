@@ -803,3 +803,54 @@ async fn a_pull_that_broke_off_resumes_and_a_one_file_change_fetches_a_small_par
             .ends_with("added = 1\n")
     );
 }
+
+#[tokio::test]
+async fn a_renewed_certificate_is_installed_only_for_the_key_the_agent_made() {
+    let setup = setup().await;
+    let client = setup.agent.client();
+    let authority = test_authority();
+    let node = lockstep_transport::Peer::Node("test-node".into());
+    let loopback = ["127.0.0.1".to_owned()];
+    let install = |certificate: String| {
+        client.send(
+            client
+                .http
+                .put(client.url("/v1/certificate"))
+                .json(&serde_json::json!({ "certificate": certificate })),
+        )
+    };
+    // Nothing asked for yet.
+    let unasked = authority.identity_for(&node, &loopback).unwrap();
+    assert_eq!(install(unasked.certificate_pem).await.status, 409);
+
+    let request = client
+        .send(client.http.post(client.url("/v1/certificate-request")))
+        .await
+        .ok();
+    let csr = request["csr"].as_str().unwrap();
+    // A certificate for another key, or naming another node, is refused; the request stays.
+    let other_key = authority.identity_for(&node, &loopback).unwrap();
+    assert_eq!(install(other_key.certificate_pem).await.status, 422);
+    let elsewhere = authority
+        .issue(
+            csr,
+            &lockstep_transport::Peer::Node("other".into()),
+            &loopback,
+        )
+        .unwrap();
+    assert_eq!(install(elsewhere).await.status, 409);
+    let renewed = authority.issue(csr, &node, &loopback).unwrap();
+    assert_eq!(install(renewed.clone()).await.status, 204);
+    let kept =
+        lockstep_transport::Identity::load(&lockstep_agent::identity_dir(&setup.agent.data_dir))
+            .unwrap()
+            .unwrap();
+    assert_eq!(
+        kept.certificate_pem, renewed,
+        "the renewed certificate is kept"
+    );
+    // Served from the next connection on, with no restart.
+    let fresh = setup.agent.client();
+    let instances = fresh.send(fresh.http.get(fresh.url("/v1/instances"))).await;
+    assert_eq!(instances.status, 200);
+}

@@ -1,7 +1,7 @@
 //! Nodes on hosts of their own (`support::hosts`): each test is a row of the fault matrix in
 //! docs/RELIABILITY.md: a fault injected at a point of a deployment, then I1 (no two releases
 //! served), I2 (the hook once), I5 where the deployment aborts, and a consistent end once the
-//! fault is gone, with the time it took. Root only.
+//! fault is gone, with the time it took; and services replicating between the hosts. Root only.
 
 mod support;
 
@@ -263,4 +263,128 @@ async fn a_deployment_over_slow_lossy_links_completes_and_nothing_serves_twice()
         "pushed and deployed in {deployed:?} with {delay:?} each way and 5% loss; phases: {}",
         deployment["phases"]
     );
+}
+
+/// Runs `program` against a server on another host; its output, or its error output.
+fn client_of(program: &str, args: &[&str], password: (&str, &str)) -> Result<String, String> {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .env(password.0, password.1)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    if output.status.success() {
+        Ok(said)
+    } else {
+        Err(format!("{said}{}", String::from_utf8_lossy(&output.stderr)))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_replicate_between_hosts_and_every_node_writes_to_the_one_primary() {
+    let Some(cluster) = Cluster::start(3, None).await else {
+        return;
+    };
+    let project = Project::example("services-app");
+    let pushed = cluster.push(&project);
+    let said = text(&pushed);
+    assert!(pushed.status.success(), "{said}");
+    // Replicas follow the primary at its host's address.
+    let primary_host = cluster.network.hosts[0].address;
+    for line in [
+        "Service db on production-1: primary, ready".to_owned(),
+        format!("Service db on production-2: replica of {primary_host}:"),
+        format!("Service carts on production-3: replica of {primary_host}:"),
+        format!("Service counter on production-2: replica of {primary_host}:"),
+    ] {
+        assert!(said.contains(&line), "{line} in {said}");
+    }
+
+    // An app on each host writes through its relationships, to the one primary.
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, url: String| {
+        let http = http.clone();
+        async move {
+            let response = http.request(method, &url).send().await.unwrap();
+            assert!(
+                response.status().is_success(),
+                "{url}: {}",
+                response.status()
+            );
+            response.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let routers = cluster.routers().await;
+    assert_eq!(routers.len(), 3);
+    let mut counter = serde_json::Value::Null;
+    for (i, router) in routers.iter().enumerate() {
+        call(
+            reqwest::Method::POST,
+            format!("{router}/notes?body=note%20{i}"),
+        )
+        .await;
+        call(reqwest::Method::POST, format!("{router}/carts?id={i}")).await;
+        counter = call(reqwest::Method::POST, format!("{router}/counter")).await["counter"].clone();
+    }
+    assert_eq!(counter, 3, "one Redis counts for every host");
+    for router in &routers {
+        let notes = call(reqwest::Method::GET, format!("{router}/notes")).await;
+        assert_eq!(
+            notes["notes"],
+            serde_json::json!(["note 0", "note 1", "note 2"])
+        );
+    }
+
+    // Each other host keeps a copy with the engine's own replication.
+    for index in [1, 2] {
+        let host = cluster.network.hosts[index].address.to_string();
+        let kept = cluster.kept_services(index);
+        let server = |name: &str| {
+            let service = &kept["services"][name];
+            (
+                service["port"].as_u64().unwrap().to_string(),
+                service["spec"]["password"].as_str().unwrap().to_owned(),
+            )
+        };
+        let (port, password) = server("db");
+        let psql = |sql: &str| {
+            client_of(
+                "psql",
+                &[
+                    "-h", &host, "-p", &port, "-U", "main", "-d", "main", "-qtAc", sql,
+                ],
+                ("PGPASSWORD", &password),
+            )
+        };
+        assert_eq!(psql("SELECT pg_is_in_recovery()").unwrap(), "t");
+        eventually(
+            Duration::from_secs(10),
+            "the notes on a replica host",
+            || async { psql("SELECT count(*) FROM notes").is_ok_and(|count| count == "3") },
+        )
+        .await;
+        let (port, password) = server("carts");
+        let mariadb = |sql: &str| {
+            client_of(
+                "mariadb",
+                &[
+                    "--no-defaults",
+                    "-h",
+                    &host,
+                    "-P",
+                    &port,
+                    "-u",
+                    "user",
+                    "main",
+                    "-N",
+                    "-e",
+                    sql,
+                ],
+                ("MYSQL_PWD", &password),
+            )
+        };
+        let size = mariadb("SHOW STATUS LIKE 'wsrep_cluster_size'").unwrap();
+        assert_eq!(size.split_whitespace().last(), Some("3"), "{size}");
+        assert_eq!(mariadb("SELECT count(*) FROM carts").unwrap(), "3");
+    }
 }

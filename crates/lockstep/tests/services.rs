@@ -1102,10 +1102,15 @@ async fn a_backup_restored_into_production_reaches_every_engine_and_every_replic
     for node in ["production-2", "production-3"] {
         let kept = kept_on(&platform, node);
         let (port, password) = server_of(&kept, "db");
-        assert_eq!(
-            psql_as(port, &password, "SELECT pg_is_in_recovery()").unwrap(),
-            "t"
-        );
+        // The replica copies the restored data again after the restore; it may still start.
+        eventually(
+            Duration::from_secs(30),
+            "the replica to serve as one",
+            || async {
+                psql_as(port, &password, "SELECT pg_is_in_recovery()").is_ok_and(|r| r == "t")
+            },
+        )
+        .await;
         eventually(
             Duration::from_secs(10),
             "the restored and the new note on a replica",

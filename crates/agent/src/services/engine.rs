@@ -20,7 +20,7 @@ pub(super) trait Engine: Sync {
     /// `$SERVICE_PASSWORD`); does nothing when it is made already.
     fn init_script(&self, programs: &Programs, role: &ServiceRole) -> Option<String>;
     /// The server, in the foreground, listening on loopback at `port`.
-    fn start_script(&self, programs: &Programs, port: u16, role: &ServiceRole) -> String;
+    fn start_script(&self, programs: &Programs, server: &Server<'_>) -> String;
     /// Whether the engine forms a cluster of its own when it has replicas (Galera), and so
     /// needs [`Server::cluster_ports`].
     fn clusters(&self) -> bool {
@@ -78,6 +78,20 @@ pub(super) struct Server<'a> {
     pub password: &'a str,
     pub persistent: bool,
     pub role: &'a ServiceRole,
+    /// The node's own address, where the other nodes' replicas, cluster members and
+    /// endpoints reach the server; it listens on loopback too, for this node's endpoints.
+    pub address: std::net::IpAddr,
+}
+
+impl Server<'_> {
+    /// Every address the server listens on, separated by `separator`.
+    fn listen(&self, separator: &str) -> String {
+        if self.address.is_loopback() {
+            "127.0.0.1".into()
+        } else {
+            format!("127.0.0.1{separator}{}", self.address)
+        }
+    }
 }
 
 /// The engine's part of a relationship.
@@ -151,10 +165,10 @@ impl Engine for Postgresql {
         })
     }
 
-    fn start_script(&self, programs: &Programs, port: u16, role: &ServiceRole) -> String {
+    fn start_script(&self, programs: &Programs, server: &Server<'_>) -> String {
         // A replica follows whichever primary its role names now, not the one it was copied
         // from, with the password from a file rather than on the command line.
-        let follow = match role {
+        let follow = match server.role {
             ServiceRole::Replica { primary, .. } => {
                 let (host, port) = host_and_port(primary, "5432");
                 format!(
@@ -166,9 +180,12 @@ impl Engine for Postgresql {
         // The superuser comes in only through the socket in the sandbox's own /run. A stop
         // is PostgreSQL's fast shutdown (SIGINT): its own SIGTERM waits for every session to
         // end, and its sessions are beyond the reach of a stop (each leads a process group).
+        // Other nodes log in by password: replicas, and endpoints to the primary.
         format!(
-            "{postgres} -D /app/pg -c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories=/run -c logging_collector=off{follow} &\nserver=$!\ntrap 'kill -INT $server' TERM\nwait $server; code=$?\nif kill -0 $server 2>/dev/null; then wait $server; code=$?; fi\nexit $code",
-            postgres = program(programs, "postgres")
+            "grep -q '^host all all 0.0.0.0/0' /app/pg/pg_hba.conf || printf 'host all all 0.0.0.0/0 scram-sha-256\\nhost replication all 0.0.0.0/0 scram-sha-256\\n' >> /app/pg/pg_hba.conf\n{postgres} -D /app/pg -c listen_addresses={listen} -c port={port} -c unix_socket_directories=/run -c logging_collector=off{follow} &\nserver=$!\ntrap 'kill -INT $server' TERM\nwait $server; code=$?\nif kill -0 $server 2>/dev/null; then wait $server; code=$?; fi\nexit $code",
+            postgres = program(programs, "postgres"),
+            listen = server.listen(","),
+            port = server.port,
         )
     }
 
@@ -335,12 +352,12 @@ impl Engine for Mariadb {
         ))
     }
 
-    fn start_script(&self, programs: &Programs, _port: u16, role: &ServiceRole) -> String {
+    fn start_script(&self, programs: &Programs, server: &Server<'_>) -> String {
         // A new cluster starts on its primary; a cluster that was stopped whole starts again
         // on the member Galera marked safe to start it, the last one to leave. Every other
         // member joins, retried until a member is there (after a crash of every member,
         // Galera's `pc.recovery` forms the cluster again once they are all back).
-        let first = matches!(role, ServiceRole::Primary { .. });
+        let first = matches!(server.role, ServiceRole::Primary { .. });
         format!(
             "bootstrap=\nif {{ [ {first} = true ] && [ ! -f /app/mysql/grastate.dat ]; }} || grep -q '^safe_to_bootstrap: 1' /app/mysql/grastate.dat 2>/dev/null; then bootstrap=--wsrep-new-cluster; fi\nexec {mariadbd} --defaults-file=/app/lockstep.cnf $bootstrap",
             mariadbd = program(programs, "mariadbd")
@@ -353,8 +370,9 @@ impl Engine for Mariadb {
 
     fn config_files(&self, server: &Server<'_>) -> Vec<(&'static str, String)> {
         let mut config = format!(
-            "[mysqld]\ndatadir=/app/mysql\nsocket=/run/mysqld.sock\nport={port}\nbind-address=127.0.0.1\npid-file=/run/mariadbd.pid\nskip-name-resolve\ntmpdir=/tmp\ninnodb-buffer-pool-size=64M\ninnodb-log-file-size=16M\n",
-            port = server.port
+            "[mysqld]\ndatadir=/app/mysql\nsocket=/run/mysqld.sock\nport={port}\nbind-address={listen}\npid-file=/run/mariadbd.pid\nskip-name-resolve\ntmpdir=/tmp\ninnodb-buffer-pool-size=64M\ninnodb-log-file-size=16M\n",
+            port = server.port,
+            listen = server.listen(","),
         );
         let members = match server.role {
             ServiceRole::Primary { replicas, cluster } if *replicas > 0 => Some(cluster.clone()),
@@ -365,12 +383,13 @@ impl Engine for Mariadb {
             _ => None,
         };
         if let (Some(members), [member, ist, sst]) = (members, server.cluster_ports) {
-            let own = format!("127.0.0.1:{member}");
+            let own = format!("{}:{member}", server.address);
             let others: Vec<String> = members.into_iter().filter(|m| *m != own).collect();
             config.push_str(&format!(
-                "binlog-format=ROW\ninnodb-autoinc-lock-mode=2\nwsrep-on=ON\nwsrep-provider={GALERA}\nwsrep-cluster-name={name}\nwsrep-node-name={member}\nwsrep-node-address=127.0.0.1\nwsrep-provider-options=\"gmcast.listen_addr=tcp://127.0.0.1:{member};ist.recv_addr=127.0.0.1:{ist};pc.recovery=TRUE\"\nwsrep-sst-method=rsync\nwsrep-sst-receive-address=127.0.0.1:{sst}\nwsrep-cluster-address=gcomm://{others}\n",
+                "binlog-format=ROW\ninnodb-autoinc-lock-mode=2\nwsrep-on=ON\nwsrep-provider={GALERA}\nwsrep-cluster-name={name}\nwsrep-node-name={member}\nwsrep-node-address={address}\nwsrep-provider-options=\"gmcast.listen_addr=tcp://{address}:{member};ist.recv_addr={address}:{ist};pc.recovery=TRUE\"\nwsrep-sst-method=rsync\nwsrep-sst-receive-address={address}:{sst}\nwsrep-cluster-address=gcomm://{others}\n",
                 name = server.name,
                 others = others.join(","),
+                address = server.address,
             ));
         }
         vec![("lockstep.cnf", config)]
@@ -468,7 +487,7 @@ impl Engine for Redis {
         None
     }
 
-    fn start_script(&self, programs: &Programs, _port: u16, _role: &ServiceRole) -> String {
+    fn start_script(&self, programs: &Programs, _server: &Server<'_>) -> String {
         format!(
             "exec {server} /app/redis.conf",
             server = program(programs, "redis-server")
@@ -495,11 +514,12 @@ impl Engine for Redis {
             }
             _ => String::new(),
         };
+        let listen = server.listen(" ");
         // In a file, not on the command line, where any local user could read the password.
         vec![(
             "redis.conf",
             format!(
-                "bind 127.0.0.1\nport {port}\nprotected-mode yes\ndir /app\ndaemonize no\nlogfile \"\"\nrequirepass {password}\nmasterauth {password}\nappendonly {appendonly}\nsave \"{save}\"\nrepl-diskless-sync-delay 0\n{follow}"
+                "bind {listen}\nport {port}\nprotected-mode yes\ndir /app\ndaemonize no\nlogfile \"\"\nrequirepass {password}\nmasterauth {password}\nappendonly {appendonly}\nsave \"{save}\"\nrepl-diskless-sync-delay 0\n{follow}"
             ),
         )]
     }

@@ -601,6 +601,7 @@ impl Services {
             password: &spec.password,
             persistent: spec.persistent,
             role: &spec.role,
+            address: self.context.router_address,
         };
         for (name, text) in engine.config_files(&server) {
             lockstep_durable::replace_private(
@@ -708,7 +709,7 @@ impl Services {
             self.supervisor
                 .start(ProcessSpec {
                     name: process_name(&spec.name),
-                    command: engine.start_script(&programs, port, &spec.role),
+                    command: engine.start_script(&programs, &server),
                     sandbox: sandbox.clone(),
                     env: env.clone(),
                     log_dir: self.log_dir.clone(),

@@ -241,6 +241,14 @@ impl Cluster {
         started.elapsed()
     }
 
+    /// What the agent on host `index` keeps of production's services (`services.json`).
+    pub fn kept_services(&self, index: usize) -> serde_json::Value {
+        let path = self.data.path().join(format!(
+            "agent-{index}/instances/production/services/services.json"
+        ));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
     pub fn deploy_hook_runs(&self, deployment: &str) -> usize {
         self.hook_records()
             .iter()
