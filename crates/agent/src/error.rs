@@ -31,8 +31,6 @@ pub enum AgentError {
         "this agent is not enrolled ({0} holds no node certificate): start it with `--join URL --join-token TOKEN`, the token from `lockstep node add NAME --pool POOL`"
     )]
     NotEnrolled(std::path::PathBuf),
-    #[error("cannot enrol with the controller at {controller}: {reason}")]
-    Enrol { controller: String, reason: String },
     #[error(transparent)]
     Identity(#[from] lockstep_transport::TransportError),
     #[error("cannot {action}")]
@@ -56,7 +54,10 @@ impl AgentError {
             AgentError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AgentError::Refused(_) | AgentError::Runtime(_) => StatusCode::CONFLICT,
             AgentError::Pull { .. } => StatusCode::BAD_GATEWAY,
-            // Only a certificate given to install reaches an answer: it does not fit the key.
+            // Only a certificate given to install reaches an answer.
+            AgentError::Identity(lockstep_transport::TransportError::Refused(_)) => {
+                StatusCode::CONFLICT
+            }
             AgentError::Identity(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AgentError::Image(
                 Image::HashMismatch { .. }

@@ -7,14 +7,13 @@
 //! Must never: open a gate without a generation from the controller, or at any generation but
 //! the active release's (I1); run a hook twice for one deployment (I2); run a cron or a worker
 //! between quiesce and start of background work (I3); answer anyone but the controller (mutual
-//! TLS, `identity`); run pushed code outside its sandbox, as root, or as another environment's
+//! TLS); run pushed code outside its sandbox, as root, or as another environment's
 //! user.
 
 mod api;
 mod error;
 mod fastcgi;
 mod hooks;
-mod identity;
 mod instance;
 mod locations;
 mod metrics;
@@ -37,7 +36,10 @@ use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 
 pub use error::AgentError;
-pub use identity::{announce, enrol, identity_dir};
+/// The folder of the node's identity (`lockstep_transport::enrol`), in the agent's data folder.
+pub fn identity_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("tls")
+}
 use instance::Instance;
 use metrics::Metrics;
 use services::Services;
@@ -149,7 +151,7 @@ impl NodeContext {
 
 pub struct Agent {
     data_dir: PathBuf,
-    identity: Arc<identity::NodeIdentity>,
+    identity: Arc<lockstep_transport::RenewableIdentity>,
     instances: Mutex<BTreeMap<String, Arc<Instance>>>,
     context: Arc<NodeContext>,
 }
@@ -159,7 +161,11 @@ impl Agent {
     /// found in the data directory. Each comes up closed.
     pub async fn load(options: AgentOptions) -> Result<Arc<Agent>, AgentError> {
         lockstep_supervisor::check_installed()?;
-        let identity = Arc::new(identity::NodeIdentity::load(&options.data_dir)?);
+        let dir = identity_dir(&options.data_dir);
+        let identity = lockstep_transport::RenewableIdentity::load(dir.clone())?
+            .filter(|identity| matches!(identity.peer(), Ok(lockstep_transport::Peer::Node(_))))
+            .ok_or(AgentError::NotEnrolled(dir))?;
+        let identity = Arc::new(identity);
         let instances_dir = options.data_dir.join("instances");
         std::fs::create_dir_all(&instances_dir).map_err(AgentError::io(format!(
             "create {}",

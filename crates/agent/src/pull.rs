@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lockstep_image::{Frame, FrameIndex, ImageId, frame_hash};
+use lockstep_transport::RenewableIdentity;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::error::AgentError;
-use crate::identity::NodeIdentity;
 
 /// Largest image pulled.
 const MAX_IMAGE_BYTES: u64 = 20 * 1024 * 1024 * 1024;
@@ -39,11 +39,11 @@ pub struct Pulled {
 
 /// Pulls images with this node's certificate, which the controller's image routes take.
 pub struct ImagePuller {
-    identity: Arc<NodeIdentity>,
+    identity: Arc<RenewableIdentity>,
 }
 
 impl ImagePuller {
-    pub fn new(identity: Arc<NodeIdentity>) -> ImagePuller {
+    pub fn new(identity: Arc<RenewableIdentity>) -> ImagePuller {
         ImagePuller { identity }
     }
 

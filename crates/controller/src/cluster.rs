@@ -1,7 +1,7 @@
-//! The cluster port: what enrolled nodes call, over mutual TLS (`lockstep_transport::serve`):
-//! the images they pull during stage, and where their agent listens now. A caller is let in
-//! only with the certificate its node was last issued: a removed node's, an old one, or
-//! another role's are refused.
+//! The cluster port: what enrolled nodes and edges call, over mutual TLS
+//! (`lockstep_transport::serve`): the images nodes pull during stage, and where each listens
+//! now. A caller is let in only with the certificate it was last issued: a removed node's, an
+//! old one, or another role's are refused.
 
 use std::sync::Arc;
 
@@ -17,7 +17,7 @@ use lockstep_transport::{Peer, PeerCertificate};
 use crate::Controller;
 use crate::api::ApiError;
 
-/// A caller the cluster port let in: an enrolled node, by name.
+/// A caller the cluster port let in: an enrolled node or edge, by name.
 #[derive(Clone)]
 struct EnrolledNode(String);
 
@@ -37,16 +37,16 @@ async fn enrolled_only(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let node = match (
-        request.extensions().get::<Peer>(),
-        request.extensions().get::<PeerCertificate>(),
-    ) {
-        (Some(Peer::Node(name)), Some(PeerCertificate(fingerprint)))
-            if controller.holds_current_certificate(name, fingerprint) =>
-        {
-            name.clone()
+    let peer = request.extensions().get::<Peer>();
+    let enrolled = match (peer, request.extensions().get::<PeerCertificate>()) {
+        (Some(peer), Some(PeerCertificate(fingerprint))) => {
+            controller.enrolled_as(peer, fingerprint)
         }
-        (peer, _) => {
+        _ => None,
+    };
+    let node = match enrolled {
+        Some(name) => name,
+        None => {
             let caller = peer.map_or_else(|| "an unknown caller".to_owned(), Peer::to_string);
             tracing::warn!(%caller, "refused on the cluster port");
             return (

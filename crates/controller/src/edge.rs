@@ -2,9 +2,12 @@
 //! its gate, and its cache rules. The gate goes closed before the nodes close and open after they opened;
 //! the full route is sent whenever it may have changed, and only when it did.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use futures_util::future::join_all;
+use lockstep_proto::nodes::Pool;
 
 use lockstep_edge::wire::{
     CacheRules, ClosedMode, DEFAULT_REDIRECT_CODE, EnvironmentRoute, GateCommand, GateState,
@@ -15,42 +18,30 @@ use lockstep_deploy::Release;
 
 use crate::{Controller, ControllerError, Environment};
 
-/// How the controller reaches the edge's admin API.
-#[derive(Debug, Clone)]
-pub struct EdgeContact {
-    pub admin_url: String,
-    pub token: String,
-}
-
+/// One enrolled edge, reached at its admin API with the controller's certificate.
 pub(crate) struct EdgeClient {
-    contact: EdgeContact,
-    http: reqwest::Client,
+    admin_url: String,
     /// The last route sent per environment, so unchanged routes are not sent again.
     sent: Mutex<HashMap<String, EnvironmentRoute>>,
 }
 
+/// How long a call to an edge may take.
+const EDGE_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl EdgeClient {
-    pub fn new(contact: EdgeContact) -> EdgeClient {
+    fn new(admin_url: String) -> EdgeClient {
         EdgeClient {
-            contact,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .expect("an HTTP client builds"),
+            admin_url,
             sent: Mutex::new(HashMap::new()),
         }
     }
 
-    async fn gate(&self, environment: &str, command: GateCommand) {
-        let url = format!(
-            "{}/v1/environments/{environment}/gate",
-            self.contact.admin_url
-        );
-        let answer = self
-            .http
+    async fn gate(&self, http: &reqwest::Client, environment: &str, command: GateCommand) {
+        let url = format!("{}/v1/environments/{environment}/gate", self.admin_url);
+        let answer = http
             .post(url)
-            .bearer_auth(&self.contact.token)
             .json(&command)
+            .timeout(EDGE_TIMEOUT)
             .send()
             .await;
         let mut sent = self.sent.lock().expect("edge lock");
@@ -61,7 +52,7 @@ impl EdgeClient {
                 }
             }
             Err(error) => {
-                tracing::warn!(environment, %error, "the edge did not take the gate change");
+                tracing::warn!(environment, edge = %self.admin_url, %error, "the edge did not take the gate change");
                 // The next sync sends the whole route again, with the gate as it is by then.
                 sent.remove(environment);
             }
@@ -69,107 +60,140 @@ impl EdgeClient {
     }
 
     /// The edge forgets a deleted environment.
-    pub(crate) async fn delete(&self, environment: &str) {
-        let url = format!("{}/v1/environments/{environment}", self.contact.admin_url);
-        let answer = self
-            .http
-            .delete(url)
-            .bearer_auth(&self.contact.token)
-            .send()
-            .await;
+    async fn delete(&self, http: &reqwest::Client, environment: &str) {
+        let url = format!("{}/v1/environments/{environment}", self.admin_url);
+        let answer = http.delete(url).timeout(EDGE_TIMEOUT).send().await;
         self.sent.lock().expect("edge lock").remove(environment);
         if let Err(error) = answer.and_then(|r| r.error_for_status()) {
-            tracing::warn!(environment, %error, "the edge did not forget the environment");
+            tracing::warn!(environment, edge = %self.admin_url, %error, "the edge did not forget the environment");
         }
     }
 
     /// Sends a route unless the edge has it already; `left_out` names the routes of the
     /// configuration the edge would refuse, told once per change.
-    async fn put(&self, environment: &str, edge_route: EdgeRoute) {
+    async fn put(&self, http: &reqwest::Client, environment: &str, edge_route: &EdgeRoute) {
         let EdgeRoute { route, left_out } = edge_route;
-        if self.sent.lock().expect("edge lock").get(environment) == Some(&route) {
+        if self.sent.lock().expect("edge lock").get(environment) == Some(route) {
             return;
         }
-        for problem in &left_out {
+        for problem in left_out {
             tracing::warn!(environment, %problem, "a route is not served by the edge");
         }
-        let url = format!("{}/v1/environments/{environment}", self.contact.admin_url);
-        let answer = self
-            .http
-            .put(url)
-            .bearer_auth(&self.contact.token)
-            .json(&route)
-            .send()
-            .await;
+        let url = format!("{}/v1/environments/{environment}", self.admin_url);
+        let answer = http.put(url).json(route).timeout(EDGE_TIMEOUT).send().await;
         match answer.and_then(|r| r.error_for_status()) {
             Ok(_) => {
                 self.sent
                     .lock()
                     .expect("edge lock")
-                    .insert(environment.to_owned(), route);
+                    .insert(environment.to_owned(), route.clone());
             }
-            Err(error) => tracing::warn!(environment, %error, "the edge did not take the route"),
+            Err(error) => {
+                tracing::warn!(environment, edge = %self.admin_url, %error, "the edge did not take the route")
+            }
         }
     }
 }
 
+/// The enrolled edges, each with what it was sent.
+#[derive(Default)]
+pub(crate) struct Edges(Mutex<BTreeMap<String, Arc<EdgeClient>>>);
+
 impl Controller {
-    /// Before the nodes close: the edge starts serving from cache and holding requests. The
-    /// route goes first, closed: on a first deployment the edge does not know the environment
-    /// yet.
-    pub(crate) async fn edge_closing(&self, environment: &str) {
-        if let Some(edge) = &self.edge {
-            if let Ok(env) = self.store.environment(environment)
-                && let Ok(mut route) = self.edge_route(&env, None)
-            {
-                route.route.gate = GateState::Closed;
-                edge.put(environment, route).await;
+    /// The enrolled edges, as the registry has them now.
+    fn edges(&self) -> Vec<Arc<EdgeClient>> {
+        let registered = match self.store.registered_nodes() {
+            Ok(registered) => registered,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the edges");
+                return Vec::new();
             }
-            edge.gate(
-                environment,
-                GateCommand {
-                    state: GateState::Closed,
-                    generation: None,
-                },
-            )
-            .await;
+        };
+        let mut edges = self.edges.0.lock().expect("edges lock");
+        let enrolled: BTreeMap<String, String> = registered
+            .into_iter()
+            .filter(|node| node.pool == Pool::Edge && node.enrolled())
+            .filter_map(|node| Some((node.name, node.agent_url?)))
+            .collect();
+        edges.retain(|name, edge| enrolled.get(name) == Some(&edge.admin_url));
+        for (name, admin_url) in enrolled {
+            edges
+                .entry(name)
+                .or_insert_with(|| Arc::new(EdgeClient::new(admin_url)));
         }
+        edges.values().cloned().collect()
     }
 
-    /// After the nodes opened `release`. The route goes first: on a first deployment the edge
+    /// Before the nodes close: every edge starts serving from cache and holding requests. The
+    /// route goes first, closed: on a first deployment an edge does not know the environment
+    /// yet.
+    pub(crate) async fn edge_closing(&self, environment: &str) {
+        let closed = GateCommand {
+            state: GateState::Closed,
+            generation: None,
+        };
+        self.tell_edges(environment, None, closed).await;
+    }
+
+    /// After the nodes opened `release`. The route goes first: on a first deployment an edge
     /// does not know the environment yet, and the release's routes may be new.
     pub(crate) async fn edge_opened(&self, environment: &str, release: &Release) {
-        let generation = release.generation;
-        let Some(edge) = &self.edge else { return };
-        if let Ok(env) = self.store.environment(environment)
-            && let Ok(mut route) = self.edge_route(&env, Some(&release.image))
-        {
-            route.route.gate = GateState::Open;
-            edge.put(environment, route).await;
-        }
-        edge.gate(
-            environment,
-            GateCommand {
-                state: GateState::Open,
-                generation: Some(generation),
-            },
+        let open = GateCommand {
+            state: GateState::Open,
+            generation: Some(release.generation),
+        };
+        self.tell_edges(environment, Some(&release.image), open)
+            .await;
+    }
+
+    /// Every edge, at once: the environment's route with `release`'s routers and routes at
+    /// the gate's state, then the gate.
+    async fn tell_edges(&self, environment: &str, release: Option<&str>, gate: GateCommand) {
+        let route = self
+            .store
+            .environment(environment)
+            .ok()
+            .and_then(|env| self.edge_route(&env, release).ok())
+            .map(|mut route| {
+                route.route.gate = gate.state;
+                route
+            });
+        let http = self.agents.http();
+        join_all(self.edges().iter().map(|edge| async {
+            if let Some(route) = &route {
+                edge.put(&http, environment, route).await;
+            }
+            edge.gate(&http, environment, gate).await;
+        }))
+        .await;
+    }
+
+    /// Every edge forgets a deleted environment.
+    pub(crate) async fn edge_forget(&self, environment: &str) {
+        let http = self.agents.http();
+        join_all(
+            self.edges()
+                .iter()
+                .map(|edge| edge.delete(&http, environment)),
         )
         .await;
     }
 
-    /// Sends every environment's route to the edge, where it changed.
+    /// Sends every environment's route to every edge, where it changed.
     pub(crate) async fn sync_edge(&self) -> Result<(), ControllerError> {
-        let Some(edge) = &self.edge else {
+        let edges = self.edges();
+        if edges.is_empty() {
             return Ok(());
-        };
+        }
         let busy: Vec<String> = self.busy_environments();
+        let http = self.agents.http();
         for env in self.store.environments()? {
             // A deployment in progress owns its environment's gate.
             if busy.contains(&env.name) {
                 continue;
             }
             let route = self.edge_route(&env, None)?;
-            edge.put(&env.name, route).await;
+            join_all(edges.iter().map(|edge| edge.put(&http, &env.name, &route))).await;
         }
         Ok(())
     }

@@ -41,7 +41,6 @@ use secrets::EntropyScope;
 pub use access::{Role, Roles};
 pub use backups::{BackedUpService, Backup};
 pub use builds::CancelError;
-pub use edge::EdgeContact;
 pub use images::routes as image_routes;
 pub use orchestrator::DeployJob;
 pub use store::{Activity, EnvSettings, Environment, Node, PhaseTiming, StoreError};
@@ -61,8 +60,6 @@ pub struct ControllerOptions {
     pub cluster_url: String,
     /// The `lockstep` binary, which git hooks run to reach the controller.
     pub lockstep_binary: PathBuf,
-    /// The caching edge in front of the environments, if there is one.
-    pub edge: Option<EdgeContact>,
     /// The operator's CA and proxy settings, passed to builds.
     pub operator: OperatorEnv,
 }
@@ -156,7 +153,8 @@ pub struct Controller {
     images: lockstep_image::ImageStore,
     builder: lockstep_image::Builder,
     secrets: secrets::Secrets,
-    edge: Option<edge::EdgeClient>,
+    /// The caching edges in front of the environments: the registry's `edge` pool.
+    edges: edge::Edges,
     queues: orchestrator::Queues,
     /// Lets git hooks, and only them, call the controller's internal routes.
     hook_token: String,
@@ -196,7 +194,7 @@ impl Controller {
         let identity = own_identity(&authority, &options.cluster_url)?;
         let controller = Controller {
             secrets,
-            edge: options.edge.clone().map(edge::EdgeClient::new),
+            edges: Default::default(),
             agents: agents::AgentClient::new(&identity, options.cluster_url.clone())?,
             cluster_identity: lockstep_transport::ServerIdentity::new(&identity)?,
             own_certificate_expires: Mutex::new(identity.expires_at()?),

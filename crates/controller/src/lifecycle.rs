@@ -332,9 +332,7 @@ impl Controller {
                 ),
             )?;
         }
-        if let Some(edge) = &self.edge {
-            edge.delete(&env.name).await;
-        }
+        self.edge_forget(&env.name).await;
         let data = &self.options.data_dir;
         for folder in [
             data.join("storage").join(&env.name),

@@ -11,7 +11,7 @@ use lockstep_proto::agent::EnvironmentType;
 use lockstep_proto::nodes::{
     ClusterContact, Enrolled, JoinRequest, JoinToken, NodeAdded, NodeEntry, Pool,
 };
-use lockstep_transport::{Peer, fingerprint_of};
+use lockstep_transport::{Peer, fingerprint_of, peer_of_pool};
 
 use crate::store::{self, RegisteredNode};
 use crate::{Controller, ControllerError, Environment, Node, random_token};
@@ -19,7 +19,7 @@ use crate::{Controller, ControllerError, Environment, Node, random_token};
 /// How long a join token may wait for its host.
 const JOIN_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
-/// The pool whose nodes host environments of `kind`.
+/// The pool whose nodes host environments of `kind` (no environment is on an edge).
 pub(crate) fn pool_of(kind: EnvironmentType) -> Pool {
     match kind {
         EnvironmentType::Production => Pool::Production,
@@ -96,7 +96,11 @@ fn check_node_name(name: &str) -> Result<(), ControllerError> {
 }
 
 fn agent_url_of(registered: &[RegisteredNode], node: &str) -> Option<String> {
-    registered.iter().find(|r| r.name == node)?.agent_url.clone()
+    registered
+        .iter()
+        .find(|r| r.name == node)?
+        .agent_url
+        .clone()
 }
 
 fn hash_secret(secret: &str) -> String {
@@ -191,7 +195,7 @@ impl Controller {
             .to_owned();
         let certificate = self
             .authority
-            .issue(&request.csr, &Peer::Node(node.name.clone()), &[host])
+            .issue(&request.csr, &peer_of_pool(node.pool, &node.name), &[host])
             .map_err(|e| ControllerError::Node(e.to_string()))?;
         self.record_certificate(&node.name, &request.agent_url, &certificate)?;
         // A host that joins again (its identity lost) may listen elsewhere.
@@ -262,14 +266,16 @@ impl Controller {
         Ok(())
     }
 
-    /// Whether `fingerprint` is the certificate node `name` was last issued.
-    pub(crate) fn holds_current_certificate(&self, name: &str, fingerprint: &str) -> bool {
-        self.store
-            .registered_node(name)
-            .ok()
-            .flatten()
-            .and_then(|node| node.certificate_fingerprint)
-            .is_some_and(|current| current == fingerprint)
+    /// The registered node or edge that `peer` is, if `fingerprint` is the certificate it was
+    /// last issued.
+    pub(crate) fn enrolled_as(&self, peer: &Peer, fingerprint: &str) -> Option<String> {
+        let (Peer::Node(name) | Peer::Edge(name)) = peer else {
+            return None;
+        };
+        let node = self.store.registered_node(name).ok().flatten()?;
+        (peer_of_pool(node.pool, &node.name) == *peer
+            && node.certificate_fingerprint.as_deref() == Some(fingerprint))
+        .then_some(node.name)
     }
 
     /// The nodes of `env`; refused while it has none, saying how to give it one.
@@ -430,7 +436,7 @@ impl Controller {
                 .unwrap_or_default();
             let certificate = self
                 .authority
-                .issue(&request.csr, &Peer::Node(node.name.clone()), &[host])
+                .issue(&request.csr, &peer_of_pool(node.pool, &node.name), &[host])
                 .map_err(|e| failed(&e))?;
             self.agents
                 .install_certificate(agent_url, certificate.clone())

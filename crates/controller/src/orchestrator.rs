@@ -1184,7 +1184,6 @@ mod tests {
             public_url: "http://127.0.0.1:9".into(),
             cluster_url: "https://127.0.0.1:9".into(),
             lockstep_binary: "/bin/false".into(),
-            edge: None,
             operator: Default::default(),
         })
         .unwrap()

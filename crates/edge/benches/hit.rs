@@ -322,7 +322,6 @@ fn main() {
     let edge_port = runtime.block_on(async {
         let edge = Edge::new(EdgeOptions {
             domain: "localhost".into(),
-            admin_token: "bench-token".into(),
             cache_bytes: 256 << 20,
             ..EdgeOptions::default()
         });
@@ -342,11 +341,8 @@ fn main() {
         let public = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("edge port");
-        let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("edge admin port");
         let port = public.local_addr().expect("edge address").port();
-        tokio::spawn(edge.serve(public, admin, async move {
+        tokio::spawn(edge.serve(public, None, async move {
             let _ = stopped.await;
         }));
         port

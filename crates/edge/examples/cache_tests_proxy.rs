@@ -3,7 +3,7 @@
 //!
 //! Run: `cargo run -p lockstep-edge --example cache_tests_proxy -- [PORT] [ORIGIN_URL]`
 //! (defaults: 8080 and http://127.0.0.1:8000). Serves until killed (Ctrl-C or SIGTERM).
-//! The admin API listens on an ephemeral port, with no token (so it refuses every request).
+//! No admin API: the route is given here.
 
 use std::time::Duration;
 
@@ -44,9 +44,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     edge.put_environment("cache-tests", route)?;
 
     let public = TcpListener::bind(("127.0.0.1", port)).await?;
-    let admin = TcpListener::bind("127.0.0.1:0").await?;
     eprintln!("cache_tests_proxy: http://localhost:{port}/ -> {origin}");
-    edge.serve(public, admin, shutdown()).await?;
+    edge.serve(public, None, shutdown()).await?;
     Ok(())
 }
 

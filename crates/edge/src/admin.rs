@@ -1,21 +1,28 @@
-//! The admin API, for the controller: environments, gates, and `/metrics`. Every route
-//! requires the bearer token.
+//! The admin API, for the controller alone (mutual TLS): environments, gates, `/metrics`, and
+//! the renewal of the edge's certificate.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+
+use lockstep_proto::nodes::Renewed;
+use lockstep_transport::{Peer, RenewableIdentity, TransportError};
 
 use crate::Edge;
 use crate::error::RouteError;
 use crate::wire::{EnvironmentRoute, ErrorBody, GateCommand};
 
-pub(crate) fn router(edge: Arc<Edge>) -> axum::Router {
+pub(crate) fn router(edge: Arc<Edge>, identity: Arc<RenewableIdentity>) -> axum::Router {
+    let renewal = axum::Router::new()
+        .route("/v1/certificate-request", post(certificate_request))
+        .route("/v1/certificate", put(install_certificate))
+        .with_state(identity);
     axum::Router::new()
         .route("/v1/environments", get(list))
         .route(
@@ -26,8 +33,9 @@ pub(crate) fn router(edge: Arc<Edge>) -> axum::Router {
         )
         .route("/v1/environments/{env}/gate", post(set_gate))
         .route("/metrics", get(metrics))
-        .layer(middleware::from_fn_with_state(edge.clone(), authenticate))
         .with_state(edge)
+        .merge(renewal)
+        .layer(middleware::from_fn(controller_only))
 }
 
 fn error(status: StatusCode, message: String) -> Response {
@@ -40,31 +48,35 @@ impl IntoResponse for RouteError {
     }
 }
 
-async fn authenticate(State(edge): State<Arc<Edge>>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let expected = edge.options.admin_token.as_bytes();
-    let allowed = presented.is_some_and(|token| {
-        !expected.is_empty() && constant_time_eq(token.trim().as_bytes(), expected)
-    });
-    if !allowed {
-        let mut response = error(
-            StatusCode::UNAUTHORIZED,
-            "this edge's admin API requires its bearer token".into(),
-        );
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return response;
+async fn controller_only(request: Request, next: Next) -> Response {
+    match request.extensions().get::<Peer>() {
+        Some(Peer::Controller) => next.run(request).await,
+        peer => {
+            let caller = peer.map_or_else(|| "an unknown caller".to_owned(), Peer::to_string);
+            error(
+                StatusCode::FORBIDDEN,
+                format!("this edge's admin API answers the controller only, not {caller}"),
+            )
+        }
     }
-    next.run(request).await
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+async fn certificate_request(State(identity): State<Arc<RenewableIdentity>>) -> Response {
+    match identity.renewal_request() {
+        Ok(request) => Json(request).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn install_certificate(
+    State(identity): State<Arc<RenewableIdentity>>,
+    Json(renewed): Json<Renewed>,
+) -> Response {
+    match identity.install(renewed.certificate) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e @ TransportError::Refused(_)) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    }
 }
 
 async fn list(State(edge): State<Arc<Edge>>) -> Response {

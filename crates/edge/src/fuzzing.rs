@@ -281,7 +281,6 @@ impl World {
         let edge = runtime.block_on(async {
             let origin = start_origin(origin_seen.clone()).await;
             let edge = Edge::new(EdgeOptions {
-                admin_token: "fuzz".into(),
                 cache_bytes: 8 << 20,
                 origin_timeout: Duration::from_secs(2),
                 ..EdgeOptions::default()

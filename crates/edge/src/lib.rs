@@ -87,8 +87,6 @@ pub struct EdgeOptions {
     /// `<env>.<domain>` is an environment's host when its route names none. `localhost` in the
     /// embedded default.
     pub domain: String,
-    /// The bearer token of the admin API. Empty refuses every admin request.
-    pub admin_token: String,
     /// The cache's memory bound. One response may take at most a quarter of it (and 64 MiB).
     pub cache_bytes: u64,
     /// How long a node may take to send a response's head.
@@ -106,7 +104,6 @@ impl Default for EdgeOptions {
     fn default() -> Self {
         EdgeOptions {
             domain: "localhost".into(),
-            admin_token: String::new(),
             cache_bytes: 256 << 20,
             origin_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(2),
@@ -150,12 +147,13 @@ impl Edge {
         &self.options
     }
 
-    /// Serves public traffic on `public` and the admin API on `admin` until `shutdown`, then
-    /// lets open connections finish (for at most 10 s). Starts with the saved routes, if any.
+    /// Serves public traffic on `public`, and the admin API (when given: a listener and the
+    /// edge's identity) to the controller alone, over mutual TLS, until `shutdown`; then lets
+    /// open connections finish (for at most 10 s). Starts with the saved routes, if any.
     pub async fn serve(
         self: Arc<Self>,
         public: TcpListener,
-        admin: TcpListener,
+        admin: Option<(TcpListener, Arc<lockstep_transport::RenewableIdentity>)>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         self.restore_routes();
@@ -164,26 +162,25 @@ impl Edge {
             shutdown.await;
             let _ = stop.send(true);
         });
-        tracing::info!(
-            public = %public.local_addr()?,
-            admin = %admin.local_addr()?,
-            "edge listening"
-        );
-        let admin_server = {
+        tracing::info!(public = %public.local_addr()?, "edge listening");
+        let admin_server = admin.map(|(admin, identity)| {
             let mut stopped = stopped.clone();
-            let app = admin::router(self.clone());
-            tokio::spawn(async move {
-                axum::serve(admin, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = stopped.wait_for(|s| *s).await;
-                    })
-                    .await
-            })
-        };
+            let app = admin::router(self.clone(), identity.clone());
+            tokio::spawn(lockstep_transport::serve(
+                admin,
+                identity.server(),
+                app,
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            ))
+        });
         let public_result = self.clone().serve_public(public, stopped).await;
-        let admin_result = match admin_server.await {
-            Ok(result) => result,
-            Err(error) => Err(std::io::Error::other(error)),
+        let admin_result = match admin_server {
+            Some(server) => server
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            None => Ok(()),
         };
         public_result.and(admin_result)
     }

@@ -528,7 +528,7 @@ async fn every_endpoint_answers_the_controller_alone() {
     // Another node, or the edge: the same authority's certificates, for other roles.
     let other_roles = [
         client_as(authority, lockstep_transport::Peer::Node("other".into())),
-        client_as(authority, lockstep_transport::Peer::Edge),
+        client_as(authority, lockstep_transport::Peer::Edge("edge".into())),
     ];
     let stranger_dir = tempfile::tempdir().unwrap();
     let stranger = client_as(

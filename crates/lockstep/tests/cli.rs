@@ -3,7 +3,7 @@
 mod support;
 
 use assert_cmd::cargo::cargo_bin_cmd;
-use support::{Project, TOKEN, sample_app};
+use support::{Project, sample_app};
 
 fn stdout_of(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -122,40 +122,48 @@ fn a_failing_build_exits_non_zero_and_shows_the_hook_output() {
 }
 
 #[tokio::test]
-async fn lockstep_edge_serves_its_admin_api_behind_its_token_and_refuses_unknown_hosts() {
+async fn lockstep_edge_answers_the_controller_alone_refuses_unknown_hosts_and_needs_enrolling() {
     let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, TOKEN).unwrap();
     let (public, admin) = (support::free_port(), support::free_port());
-    let mut edge = std::process::Command::new(assert_cmd::cargo::cargo_bin!("lockstep"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["edge", "--listen", &format!("127.0.0.1:{public}")])
-        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-        .arg("--token-file")
-        .arg(&token_file)
-        .spawn()
+    let edge_command = || {
+        let mut command = std::process::Command::new(assert_cmd::cargo::cargo_bin!("lockstep"));
+        command
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["edge", "--listen", &format!("127.0.0.1:{public}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")]);
+        command
+    };
+    let unenrolled = edge_command().output().unwrap();
+    support::assert_refused(&unenrolled, "lockstep node add NAME --pool edge");
+
+    let authority = support::test_authority();
+    authority
+        .identity_for(
+            &lockstep_transport::Peer::Edge("edge-1".into()),
+            &["127.0.0.1".into()],
+        )
+        .unwrap()
+        .save(&dir.path().join("tls"))
         .unwrap();
-    let http = reqwest::Client::new();
-    let admin_url = format!("http://127.0.0.1:{admin}/v1/environments");
+    let mut edge = edge_command().spawn().unwrap();
+    let controller = support::client_as(authority, lockstep_transport::Peer::Controller);
+    let admin_url = format!("https://127.0.0.1:{admin}/v1/environments");
     support::eventually(
         std::time::Duration::from_secs(30),
         "the edge to answer",
-        || async { http.get(&admin_url).bearer_auth(TOKEN).send().await.is_ok() },
+        || async { controller.get(&admin_url).send().await.is_ok() },
     )
     .await;
-    let listed = http
-        .get(&admin_url)
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let listed = controller.get(&admin_url).send().await.unwrap();
     assert_eq!(listed.status(), 200);
     assert_eq!(
         listed.json::<serde_json::Value>().await.unwrap(),
         serde_json::json!([])
     );
-    assert_eq!(http.get(&admin_url).send().await.unwrap().status(), 401);
+    let node = support::client_as(authority, lockstep_transport::Peer::Node("n1".into()));
+    assert_eq!(node.get(&admin_url).send().await.unwrap().status(), 403);
+    let http = reqwest::Client::new();
     let unknown = http
         .get(format!("http://127.0.0.1:{public}/"))
         .header("host", "nowhere.example")

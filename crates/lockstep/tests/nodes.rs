@@ -1,6 +1,7 @@
 //! The node registry end to end, through `lockstep up`: a host enrolling with the token
 //! `lockstep node add` printed, joining production and catching up to its release; the token
-//! spent; a removed node's certificate refused; the refusals that keep environments served.
+//! spent; a removed node's certificate refused; the refusals that keep environments served; a
+//! second edge fed by the controller as the first.
 
 mod support;
 
@@ -51,12 +52,17 @@ impl HostAgent {
 
 impl Drop for HostAgent {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
+        stop(&mut self.child);
     }
+}
+
+/// SIGTERM, and waits for the process to end.
+fn stop(child: &mut Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
 }
 
 fn node_list(platform: &Platform) -> Vec<serde_json::Value> {
@@ -99,13 +105,14 @@ async fn a_host_enrols_once_with_its_token_joins_production_and_is_refused_once_
     assert!(platform.push(&project, "HEAD:production").status.success());
     let tree = tree_of(&project);
 
-    // `up`'s five nodes enrolled as any host does, each in its pool.
+    // `up`'s five nodes and its edge enrolled as any host does, each in its pool.
     let nodes = node_list(&platform);
-    assert_eq!(nodes.len(), 5, "{nodes:?}");
+    assert_eq!(nodes.len(), 6, "{nodes:?}");
     for (name, pool) in [
         ("production-1", "production"),
         ("staging-1", "staging"),
         ("development-1", "development"),
+        ("edge", "edge"),
     ] {
         let node = listed(&nodes, name);
         assert_eq!(node["pool"], pool);
@@ -248,4 +255,80 @@ async fn a_host_enrols_once_with_its_token_joins_production_and_is_refused_once_
         "{}",
         text(&pushed)
     );
+}
+
+/// A `lockstep edge` started by hand on a host; stopped when dropped.
+struct HostEdge {
+    child: Child,
+    public: u16,
+    _data_dir: tempfile::TempDir,
+}
+
+impl Drop for HostEdge {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_edge_enrols_and_serves_every_environment_and_a_deploy_closes_it_too() {
+    let platform = Platform::start().await;
+    let project = Project::sample();
+    assert!(platform.push(&project, "HEAD:production").status.success());
+    let first = tree_of(&project);
+
+    let token = join_token(&platform, "edge-2", "edge");
+    let data_dir = tempfile::tempdir().unwrap();
+    let (public, admin) = (free_port(), free_port());
+    let child = Command::new(lockstep_binary())
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .args(["edge", "--listen", &format!("127.0.0.1:{public}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .args(["--controller", &platform.api])
+        .env("LOCKSTEP_JOIN_TOKEN", &token)
+        .env("LOCKSTEP_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let edge = HostEdge {
+        child,
+        public,
+        _data_dir: data_dir,
+    };
+    let release_at = |port: u16| async move {
+        let answer = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/"))
+            .header("host", "localhost")
+            .send()
+            .await;
+        match answer {
+            Ok(response) => response
+                .headers()
+                .get("x-release")
+                .map(|v| v.to_str().unwrap().to_owned()),
+            Err(_) => None,
+        }
+    };
+    eventually(
+        Duration::from_secs(60),
+        "the second edge to serve production",
+        || async { release_at(edge.public).await == Some(first.clone()) },
+    )
+    .await;
+    assert_eq!(listed(&node_list(&platform), "edge-2")["pool"], "edge");
+
+    // A deployment goes through both edges: each serves the new release once it opened.
+    std::fs::write(project.path().join("second.txt"), "2").unwrap();
+    project.commit("second");
+    assert!(platform.push(&project, "HEAD:production").status.success());
+    let second = tree_of(&project);
+    for port in [platform.edge, edge.public] {
+        eventually(
+            Duration::from_secs(30),
+            "each edge to serve the new release",
+            || async { release_at(port).await == Some(second.clone()) },
+        )
+        .await;
+    }
 }

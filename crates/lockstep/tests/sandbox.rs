@@ -20,7 +20,7 @@ while read -r path; do
   if ls "$path" >/dev/null 2>&1; then echo "FOUND $label: $path"; fi
   if (echo hostile > "$path/hostile-$label") 2>/dev/null; then echo "WROTE $label: $path"; fi
 done < hunt/targets
-for name in up.json endpoints.json edge-token lockstep.db secret.key ca.key key.pem authorized_keys state.json; do
+for name in up.json endpoints.json lockstep.db secret.key ca.key key.pem authorized_keys state.json; do
   find / -path /proc -prune -o -path /sys -prune -o -path /usr -prune -o -name "$name" -print 2>/dev/null |
     sed "s/^/FOUND $label: /"
 done
@@ -99,9 +99,6 @@ async fn a_development_contributors_code_finds_no_secret_and_no_other_environmen
     assert!(set.status.success(), "{}", text(&set));
 
     let dev = platform.add_user("dev@example.com", &["--role", "development:contributor"]);
-    let layout: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(platform.data_dir.join("up.json")).unwrap())
-            .unwrap();
     // What production's apps derive their secrets from (Django's `SECRET_KEY`).
     let entropy = platform.cli(&[
         "ssh",
@@ -120,9 +117,10 @@ async fn a_development_contributors_code_finds_no_secret_and_no_other_environmen
     };
     let authority_key = key_line("controller/authority/ca.key");
     let node_key = key_line("agents/production-1/tls/key.pem");
+    let edge_key = key_line("edge/tls/key.pem");
     let secrets = [
         platform.token.as_str(),
-        layout["edge_token"].as_str().unwrap(),
+        &edge_key,
         &authority_key,
         &node_key,
         sensitive,
@@ -160,7 +158,7 @@ async fn a_development_contributors_code_finds_no_secret_and_no_other_environmen
     for secret_file in [
         "up.json",
         "endpoints.json",
-        "edge-token",
+        "edge/tls/key.pem",
         "controller/lockstep.db",
         "controller/authority/ca.key",
         "agents/production-1/tls/key.pem",

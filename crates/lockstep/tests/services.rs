@@ -289,7 +289,6 @@ async fn a_snapshot_of_each_engine_gives_another_environment_its_rows_with_its_o
         let snapshot = client
             .http
             .post(client.url(&format!("/v1/instances/{ENV}/services/{service}/snapshot")))
-            .bearer_auth(TOKEN)
             .send()
             .await
             .unwrap();
@@ -333,7 +332,6 @@ async fn a_snapshot_of_each_engine_gives_another_environment_its_rows_with_its_o
     let snapshot = client
         .http
         .post(client.url(&format!("/v1/instances/{ENV}/services/db/snapshot")))
-        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap()
@@ -349,7 +347,6 @@ async fn a_snapshot_of_each_engine_gives_another_environment_its_rows_with_its_o
     let answer = client
         .http
         .put(client.url(&path))
-        .bearer_auth(TOKEN)
         .body(reqwest::Body::wrap_stream(broken))
         .send()
         .await;

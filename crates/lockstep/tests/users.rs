@@ -370,7 +370,10 @@ async fn deleting_a_branch_reading_variables_logs_and_hooks_need_the_right_role_
                 "the controller's role",
                 lockstep_transport::Peer::Controller,
             ),
-            ("the edge's role", lockstep_transport::Peer::Edge),
+            (
+                "an edge's role",
+                lockstep_transport::Peer::Edge("edge".into()),
+            ),
             (
                 "a node never enrolled",
                 lockstep_transport::Peer::Node("intruder".into()),

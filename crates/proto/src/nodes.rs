@@ -3,24 +3,31 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Which environments a node hosts: the production or staging cluster, or development
-/// environments.
+/// What a registered host is for: a node of the production or staging cluster, a node of
+/// development environments, or a caching edge in front of them all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Pool {
     Production,
     Staging,
     Development,
+    Edge,
 }
 
 impl Pool {
-    pub const ALL: [Pool; 3] = [Pool::Production, Pool::Staging, Pool::Development];
+    pub const ALL: [Pool; 4] = [
+        Pool::Production,
+        Pool::Staging,
+        Pool::Development,
+        Pool::Edge,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Pool::Production => "production",
             Pool::Staging => "staging",
             Pool::Development => "development",
+            Pool::Edge => "edge",
         }
     }
 }
@@ -38,7 +45,7 @@ impl std::str::FromStr for Pool {
         Pool::ALL
             .into_iter()
             .find(|pool| pool.as_str() == s)
-            .ok_or_else(|| format!("`{s}` is no pool: production, staging or development"))
+            .ok_or_else(|| format!("`{s}` is no pool: production, staging, development or edge"))
     }
 }
 
@@ -57,12 +64,12 @@ pub struct NodeAdded {
     pub join_token: String,
 }
 
-/// A node as `GET /v1/nodes` lists it.
+/// A node (or edge) as `GET /v1/nodes` lists it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeEntry {
     pub name: String,
     pub pool: Pool,
-    /// Where its agent listens; `None` until it enrolled.
+    /// Where its agent (an edge: its admin API) listens; `None` until it enrolled.
     pub agent_url: Option<String>,
     /// When its certificate expires (RFC 3339); `None` until it enrolled.
     pub certificate_expires: Option<String>,
@@ -70,8 +77,8 @@ pub struct NodeEntry {
     pub environments: Vec<String>,
 }
 
-/// `POST /v1/join`: a host enrolling as a node, with the key it made (in a certificate request)
-/// and where its agent listens.
+/// `POST /v1/join`: a host enrolling as a node or an edge, with the key it made (in a
+/// certificate request) and where its agent (an edge: its admin API) listens.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinRequest {
     /// The secret part of the join token.

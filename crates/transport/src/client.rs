@@ -4,15 +4,21 @@ use std::sync::Arc;
 
 use crate::{Identity, TransportError, liveness};
 
-/// A client that presents `identity`'s certificate, trusts only servers whose certificate the
-/// same authority issued for the address called, and never speaks plain HTTP.
+/// TLS that presents `identity`'s certificate and trusts only servers whose certificate the
+/// same authority issued for the address called.
+pub fn client_config(identity: &Identity) -> Result<rustls::ClientConfig, TransportError> {
+    Ok(
+        rustls::ClientConfig::builder_with_provider(crate::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(Arc::new(identity.roots()?))
+            .with_client_auth_cert(vec![identity.certificate_der()?], identity.key_der()?)?,
+    )
+}
+
+/// A client with `identity`'s TLS (`client_config`) that never speaks plain HTTP.
 pub fn http_client(identity: &Identity) -> Result<reqwest::Client, TransportError> {
-    let tls = rustls::ClientConfig::builder_with_provider(crate::provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(Arc::new(identity.roots()?))
-        .with_client_auth_cert(vec![identity.certificate_der()?], identity.key_der()?)?;
     Ok(reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
+        .tls_backend_preconfigured(client_config(identity)?)
         .https_only(true)
         .connect_timeout(liveness::CONNECT_TIMEOUT)
         .tcp_keepalive(liveness::KEEPALIVE_IDLE)

@@ -4,51 +4,58 @@
 //! the certificate the authority issued it, `Identity`), the server side that serves an axum
 //! router only to peers holding such a certificate and tells the handlers who they are (`Peer`),
 //! and the one HTTP client every call between hosts makes (mutual TLS, HTTPS only, the
-//! `liveness` settings).
+//! `liveness` settings); a host's enrolment with a join token, and the renewal of a role's
+//! certificate while it serves.
 //! Must never: accept a peer whose certificate the project's authority did not issue, let the
 //! subject or names a certificate request asks for into a certificate (the authority decides
 //! them), or leave a private key readable by anyone but its owner.
 
 mod authority;
 mod client;
+mod enrolment;
 mod identity;
 pub mod liveness;
+mod renewal;
 mod server;
 
 pub use authority::{Authority, CERTIFICATE_LIFETIME, fingerprint_of};
-pub use client::http_client;
+pub use client::{client_config, http_client};
+pub use enrolment::{announce, enrol, peer_of_pool};
 pub use identity::{CertificateRequest, Identity};
+pub use renewal::RenewableIdentity;
 pub use server::{PeerCertificate, ServerIdentity, serve};
 
 /// Who is at the other end of a connection: the role its certificate names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Peer {
     Controller,
-    Edge,
+    /// An enrolled edge, by name.
+    Edge(String),
     /// An enrolled node's agent, by node name.
     Node(String),
 }
 
 impl Peer {
-    const NODE_PREFIX: &str = "node:";
-
     /// The certificate's common name that says this role.
     pub fn common_name(&self) -> String {
         match self {
             Peer::Controller => "controller".into(),
-            Peer::Edge => "edge".into(),
-            Peer::Node(name) => format!("{}{name}", Self::NODE_PREFIX),
+            Peer::Edge(name) => format!("edge:{name}"),
+            Peer::Node(name) => format!("node:{name}"),
         }
     }
 
     pub fn from_common_name(name: &str) -> Option<Peer> {
-        match name {
-            "controller" => Some(Peer::Controller),
-            "edge" => Some(Peer::Edge),
-            _ => name
-                .strip_prefix(Self::NODE_PREFIX)
-                .filter(|node| !node.is_empty())
-                .map(|node| Peer::Node(node.to_owned())),
+        if name == "controller" {
+            return Some(Peer::Controller);
+        }
+        let (role, named) = name
+            .split_once(':')
+            .filter(|(_, named)| !named.is_empty())?;
+        match role {
+            "edge" => Some(Peer::Edge(named.to_owned())),
+            "node" => Some(Peer::Node(named.to_owned())),
+            _ => None,
         }
     }
 }
@@ -76,6 +83,11 @@ pub enum TransportError {
     Verifier(#[from] rustls::server::VerifierBuilderError),
     #[error("cannot make the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    #[error("cannot enrol with the controller at {controller}: {reason}")]
+    Enrol { controller: String, reason: String },
+    /// A request refused as it stands; nothing changed.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl TransportError {
@@ -100,10 +112,15 @@ mod tests {
 
     #[test]
     fn a_role_reads_back_from_its_common_name() {
-        for peer in [Peer::Controller, Peer::Edge, Peer::Node("db-2".into())] {
+        for peer in [
+            Peer::Controller,
+            Peer::Edge("edge-1".into()),
+            Peer::Node("db-2".into()),
+        ] {
             assert_eq!(Peer::from_common_name(&peer.common_name()), Some(peer));
         }
         assert_eq!(Peer::from_common_name("node:"), None);
+        assert_eq!(Peer::from_common_name("edge"), None);
         assert_eq!(Peer::from_common_name("admin"), None);
     }
 }

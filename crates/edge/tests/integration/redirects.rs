@@ -7,7 +7,7 @@ use lockstep_edge::{EnvironmentRoute, GateState, HostRoute, NodeState, RouteActi
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::support::{Fetched, Origin, TOKEN, TestEdge, metric};
+use crate::support::{Fetched, Origin, TestEdge, metric};
 
 fn upstream(host: &str, path: &str) -> HostRoute {
     HostRoute {
@@ -197,9 +197,8 @@ async fn hostile_routes_are_refused_and_the_previous_route_stays() {
     let edge = TestEdge::start().await;
     edge.put("t-nextjs", &www_site(&origin)).await;
     let put = |route: &EnvironmentRoute| {
-        edge.http
+        edge.admin_http
             .put(edge.admin_url("/v1/environments/t-nextjs"))
-            .bearer_auth(TOKEN)
             .json(route)
             .send()
     };

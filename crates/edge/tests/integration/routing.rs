@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{Fetched, Origin, TOKEN, TestEdge, eventually, options, route};
+use crate::support::{Fetched, Origin, TestEdge, client_as, eventually, options, route};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_picks_the_environment_and_unknown_hosts_get_404() {
@@ -284,25 +284,31 @@ async fn connections_to_nodes_are_kept_alive() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_admin_api_requires_its_token_and_checks_routes() {
+async fn the_admin_api_answers_the_controller_alone_and_checks_routes() {
     let origin = Origin::start().await;
     let edge = TestEdge::start().await;
-    let http = &edge.http;
     for path in ["/v1/environments", "/metrics"] {
-        let anonymous = http.get(edge.admin_url(path)).send().await.unwrap();
-        assert_eq!(anonymous.status(), 401);
-        assert_eq!(anonymous.headers()["www-authenticate"], "Bearer");
-        let wrong = http
-            .get(edge.admin_url(path))
-            .bearer_auth("wrong")
+        for peer in [
+            lockstep_transport::Peer::Node("n1".into()),
+            lockstep_transport::Peer::Edge("other".into()),
+        ] {
+            let refused = client_as(peer.clone())
+                .get(edge.admin_url(path))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(refused.status(), 403, "{path} as {peer}");
+        }
+        let plain = edge
+            .http
+            .get(edge.admin_url(path).replacen("https", "http", 1))
             .send()
-            .await
-            .unwrap();
-        assert_eq!(wrong.status(), 401);
+            .await;
+        assert!(plain.is_err(), "{path} answered plain HTTP");
     }
+    let http = &edge.admin_http;
     let put = |env: &str, route: &EnvironmentRoute| {
         http.put(edge.admin_url(&format!("/v1/environments/{env}")))
-            .bearer_auth(TOKEN)
             .json(route)
             .send()
     };
@@ -334,7 +340,6 @@ async fn the_admin_api_requires_its_token_and_checks_routes() {
 
     let gate = http
         .post(edge.admin_url("/v1/environments/nope/gate"))
-        .bearer_auth(TOKEN)
         .json(&serde_json::json!({"state": "closed"}))
         .send()
         .await
@@ -344,7 +349,6 @@ async fn the_admin_api_requires_its_token_and_checks_routes() {
     edge.wait_nodes("main", NodeState::Open).await;
     let all: Vec<EnvironmentView> = http
         .get(edge.admin_url("/v1/environments"))
-        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap()
@@ -358,7 +362,6 @@ async fn the_admin_api_requires_its_token_and_checks_routes() {
 
     let deleted = http
         .delete(edge.admin_url("/v1/environments/main"))
-        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap();
@@ -383,9 +386,13 @@ async fn serve_returns_after_shutdown_and_held_requests_are_answered() {
     )
     .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(edge.clone().serve(public, admin, async move {
-        let _ = stopped.await;
-    }));
+    let (_identity_dir, identity) = crate::support::edge_identity();
+    let server = tokio::spawn(
+        edge.clone()
+            .serve(public, Some((admin, identity)), async move {
+                let _ = stopped.await;
+            }),
+    );
     let held = tokio::spawn(
         reqwest::Client::new()
             .post(format!("http://{address}/held"))

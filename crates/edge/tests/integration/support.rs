@@ -16,7 +16,44 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-pub const TOKEN: &str = "test-admin-token";
+/// The certificate authority of these tests' edges and of the controller calling them.
+pub fn authority() -> &'static lockstep_transport::Authority {
+    static AUTHORITY: std::sync::OnceLock<(tempfile::TempDir, lockstep_transport::Authority)> =
+        std::sync::OnceLock::new();
+    &AUTHORITY
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let authority =
+                lockstep_transport::Authority::load_or_create(dir.path(), "edge tests").unwrap();
+            (dir, authority)
+        })
+        .1
+}
+
+/// An edge's identity from [`authority`], with the folder it is kept in once renewed.
+pub fn edge_identity() -> (
+    tempfile::TempDir,
+    Arc<lockstep_transport::RenewableIdentity>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = authority()
+        .identity_for(
+            &lockstep_transport::Peer::Edge("test".into()),
+            &["127.0.0.1".into()],
+        )
+        .unwrap();
+    let identity =
+        lockstep_transport::RenewableIdentity::new(identity, dir.path().to_owned()).unwrap();
+    (dir, Arc::new(identity))
+}
+
+/// A client with a certificate of [`authority`] for `peer`.
+pub fn client_as(peer: lockstep_transport::Peer) -> reqwest::Client {
+    let identity = authority()
+        .identity_for(&peer, &["127.0.0.1".into()])
+        .unwrap();
+    lockstep_transport::http_client(&identity).unwrap()
+}
 
 /// A node router stand-in, in its own process.
 pub struct Origin {
@@ -140,14 +177,17 @@ impl Origin {
 pub struct TestEdge {
     pub public: SocketAddr,
     pub admin: SocketAddr,
+    /// For public requests.
     pub http: reqwest::Client,
+    /// For the admin API, as the controller.
+    pub admin_http: reqwest::Client,
+    _identity_dir: tempfile::TempDir,
     _stop: oneshot::Sender<()>,
 }
 
 pub fn options() -> EdgeOptions {
     EdgeOptions {
         domain: "localhost".into(),
-        admin_token: TOKEN.into(),
         cache_bytes: 8 << 20,
         origin_timeout: Duration::from_secs(1),
         connect_timeout: Duration::from_secs(1),
@@ -178,8 +218,9 @@ impl TestEdge {
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (public_addr, admin_addr) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
         let edge: Arc<Edge> = Edge::new(options);
+        let (identity_dir, identity) = edge_identity();
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(edge.serve(public, admin, async move {
+        tokio::spawn(edge.serve(public, Some((admin, identity)), async move {
             let _ = stopped.await;
         }));
         TestEdge {
@@ -189,6 +230,8 @@ impl TestEdge {
                 .pool_max_idle_per_host(8)
                 .build()
                 .unwrap(),
+            admin_http: client_as(lockstep_transport::Peer::Controller),
+            _identity_dir: identity_dir,
             _stop: stop,
         }
     }
@@ -205,14 +248,13 @@ impl TestEdge {
     }
 
     pub fn admin_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.admin)
+        format!("https://{}{path}", self.admin)
     }
 
     pub async fn put(&self, env: &str, route: &EnvironmentRoute) -> EnvironmentView {
         let response = self
-            .http
+            .admin_http
             .put(self.admin_url(&format!("/v1/environments/{env}")))
-            .bearer_auth(TOKEN)
             .json(route)
             .send()
             .await
@@ -227,9 +269,8 @@ impl TestEdge {
 
     pub async fn gate(&self, env: &str, state: GateState, generation: Option<u64>) {
         let response = self
-            .http
+            .admin_http
             .post(self.admin_url(&format!("/v1/environments/{env}/gate")))
-            .bearer_auth(TOKEN)
             .json(&GateCommand { state, generation })
             .send()
             .await
@@ -238,9 +279,8 @@ impl TestEdge {
     }
 
     pub async fn view(&self, env: &str) -> EnvironmentView {
-        self.http
+        self.admin_http
             .get(self.admin_url(&format!("/v1/environments/{env}")))
-            .bearer_auth(TOKEN)
             .send()
             .await
             .unwrap()
@@ -266,9 +306,8 @@ impl TestEdge {
     }
 
     pub async fn metrics(&self) -> String {
-        self.http
+        self.admin_http
             .get(self.admin_url("/metrics"))
-            .bearer_auth(TOKEN)
             .send()
             .await
             .unwrap()

@@ -2,13 +2,12 @@
 //! `lockstep node add` printed; later starts find the node's identity in the data directory.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
 use lockstep_agent::{Agent, AgentOptions, OperatorEnv, SandboxInit};
-use lockstep_proto::nodes::JoinToken;
 
 #[derive(Args)]
 pub struct AgentArgs {
@@ -39,13 +38,7 @@ pub struct AgentArgs {
 }
 
 pub fn run(args: AgentArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
-    let reached_at = args.advertise.unwrap_or(args.listen);
-    if reached_at.ip().is_unspecified() {
-        bail!(
-            "{reached_at} does not say where the controller reaches this agent: listen on the host's own address, or give it with --advertise"
-        );
-    }
-    let agent_url = format!("https://{reached_at}");
+    let agent_url = super::reached_at(args.listen, args.advertise, "agent")?;
     let operator = OperatorEnv::from_process(&args.pass_env);
     let init = SandboxInit {
         program: std::env::current_exe().context("cannot find the lockstep binary")?,
@@ -55,18 +48,13 @@ pub fn run(args: AgentArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create {}", data_dir.display()))?;
-        let enrolled = lockstep_agent::identity_dir(data_dir)
-            .join("key.pem")
-            .exists();
-        match (&args.join, &args.join_token) {
-            (Some(join), Some(token)) if !enrolled => {
-                let token: JoinToken = token.parse().map_err(anyhow::Error::msg)?;
-                let node = lockstep_agent::enrol(data_dir, join, &token, &agent_url).await?;
-                tracing::info!(node = %node.node, pool = %node.pool, "enrolled");
-            }
-            (_, Some(_)) => tracing::info!("already enrolled; the join token is not needed"),
-            _ => {}
-        }
+        super::enrol_once(
+            &lockstep_agent::identity_dir(data_dir),
+            args.join.as_deref(),
+            args.join_token.as_deref(),
+            &agent_url,
+        )
+        .await?;
         let agent = Agent::load(AgentOptions {
             data_dir: data_dir.to_owned(),
             operator,
@@ -83,8 +71,8 @@ pub fn run(args: AgentArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
         std::fs::write(&pid_file, std::process::id().to_string())
             .with_context(|| format!("cannot write {}", pid_file.display()))?;
         tracing::info!(address = %args.listen, data_dir = %data_dir.display(), "agent listening");
-        let announcing = tokio::spawn(lockstep_agent::announce(
-            PathBuf::from(data_dir),
+        let announcing = tokio::spawn(lockstep_transport::announce(
+            lockstep_agent::identity_dir(data_dir),
             args.join.clone(),
             agent_url,
         ));

@@ -74,7 +74,6 @@ impl Cluster {
             public_url: api.clone(),
             cluster_url: format!("https://{cluster_address}"),
             lockstep_binary: lockstep_binary(),
-            edge: None,
             operator: Default::default(),
         })
         .unwrap();

@@ -248,8 +248,6 @@ where
     }
 }
 
-pub const TOKEN: &str = "test-token-0123456789abcdef";
-
 /// A real `lockstep agent` process, enrolled with [`test_authority`] as node `test-node`.
 pub struct AgentProcess {
     child: Child,

@@ -11,7 +11,6 @@ use super::NODES;
 #[derive(Serialize, Deserialize)]
 pub(super) struct Layout {
     pub admin_token: String,
-    pub edge_token: String,
     /// One per node of `NODES`, in that order.
     pub agent_ports: Vec<u16>,
     /// The edge's admin API; 0 in layouts from before the edge ran as a process of its own.
@@ -38,7 +37,6 @@ impl Layout {
         let mut ports = free_ports(NODES.len() + 2, &[])?;
         let layout = Layout {
             admin_token: random_token()?,
-            edge_token: random_token()?,
             cluster_port: ports.pop().expect("one port for the cluster"),
             edge_admin_port: ports.pop().expect("one port for the edge"),
             agent_ports: ports,
@@ -121,7 +119,6 @@ mod tests {
     fn layout(agent_ports: Vec<u16>, edge_admin_port: u16) -> Layout {
         Layout {
             admin_token: String::new(),
-            edge_token: String::new(),
             agent_ports,
             edge_admin_port,
             cluster_port: 9,

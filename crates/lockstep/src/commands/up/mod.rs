@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use lockstep_controller::{Controller, ControllerOptions, EdgeContact};
+use lockstep_controller::{Controller, ControllerOptions};
 use lockstep_proto::nodes::Pool;
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +51,8 @@ const NODES: [(&str, Pool); 5] = [
     ("staging-1", Pool::Staging),
     ("development-1", Pool::Development),
 ];
+/// The edge's name in the registry.
+const EDGE: &str = "edge";
 
 /// What users and tools read to find the running platform (SPEC section 7).
 #[derive(Serialize, Deserialize)]
@@ -83,25 +85,23 @@ pub fn run(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
         public_url: public_url.clone(),
         cluster_url: format!("https://127.0.0.1:{}", layout.cluster_port),
         lockstep_binary: binary.clone(),
-        edge: Some(EdgeContact {
-            admin_url: format!("http://127.0.0.1:{}", layout.edge_admin_port),
-            token: layout.edge_token.clone(),
-        }),
         operator,
     })
     .context("cannot start the controller")?;
-    // A node whose host has not joined yet gets a join token, as `lockstep node add` gives.
+    // A node or edge whose host has not joined yet gets a join token, as `lockstep node add`
+    // gives.
+    let join_token = |name: &str, pool: Pool, identity_dir: &Path| -> anyhow::Result<_> {
+        Ok(match identity_dir.join("key.pem").exists() {
+            true => None,
+            false => Some(controller.add_node(name, pool)?.join_token),
+        })
+    };
     let mut join_tokens = Vec::new();
     for (node, pool) in NODES {
-        let enrolled = lockstep_agent::identity_dir(&agent_dir(data_dir, node))
-            .join("key.pem")
-            .exists();
-        join_tokens.push(if enrolled {
-            None
-        } else {
-            Some(controller.add_node(node, pool)?.join_token)
-        });
+        let identity_dir = lockstep_agent::identity_dir(&agent_dir(data_dir, node));
+        join_tokens.push(join_token(node, pool, &identity_dir)?);
     }
+    join_tokens.push(join_token(EDGE, Pool::Edge, &data_dir.join("edge/tls"))?);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let result = runtime.block_on(async {
         let listen = |address: SocketAddr| async move {
@@ -120,12 +120,9 @@ pub fn run(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
             },
             crate::shutdown_signal(),
         ));
-        let probes = Probes {
-            agents: controller.http_client(),
-            edge: edge_probe(&layout.edge_token)?,
-        };
+        let probe = controller.http_client();
         let mut daemons =
-            start_daemons_answering(&args, data_dir, &binary, &mut layout, &join_tokens, &probes)
+            start_daemons_answering(&args, data_dir, &binary, &mut layout, &join_tokens, &probe)
                 .await?;
         let _ = nodes_started.send(());
         let endpoints = Endpoints {
@@ -149,25 +146,17 @@ pub fn run(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A daemon's join token, in its environment rather than its arguments: the token is a secret,
+/// and the arguments say whether a running daemon can be adopted.
+fn join_env(token: &Option<String>) -> Vec<(String, String)> {
+    token
+        .iter()
+        .map(|token| ("LOCKSTEP_JOIN_TOKEN".to_owned(), token.clone()))
+        .collect()
+}
+
 fn agent_dir(data_dir: &Path, node: &str) -> std::path::PathBuf {
     data_dir.join("agents").join(node)
-}
-
-/// The clients `up` asks its daemons with whether they serve.
-struct Probes {
-    agents: reqwest::Client,
-    edge: reqwest::Client,
-}
-
-fn edge_probe(token: &str) -> anyhow::Result<reqwest::Client> {
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {token}").parse()?,
-    );
-    Ok(reqwest::Client::builder()
-        .default_headers(headers)
-        .build()?)
 }
 
 /// Starts (or adopts) the five agents and the edge, and waits until each answers; one whose
@@ -178,11 +167,11 @@ async fn start_daemons_answering(
     binary: &Path,
     layout: &mut Layout,
     join_tokens: &[Option<String>],
-    probes: &Probes,
+    probe: &reqwest::Client,
 ) -> anyhow::Result<Daemons> {
     const TRIES: usize = 3;
     let mut daemons = Daemons::default();
-    for daemon in daemons_of(args, data_dir, layout, join_tokens, probes)? {
+    for daemon in daemons_of(args, data_dir, layout, join_tokens, probe)? {
         daemons.start(binary, daemon)?;
     }
     let mut tries = 1;
@@ -193,7 +182,7 @@ async fn start_daemons_answering(
         match error.downcast_ref::<PortTaken>() {
             Some(taken) if tries < TRIES => {
                 layout.move_to_free_port(data_dir, &taken.daemon)?;
-                let moved = daemons_of(args, data_dir, layout, join_tokens, probes)?
+                let moved = daemons_of(args, data_dir, layout, join_tokens, probe)?
                     .into_iter()
                     .find(|daemon| daemon.name == taken.daemon)
                     .expect("the daemon that moved is in the layout");
@@ -214,10 +203,8 @@ fn daemons_of(
     data_dir: &Path,
     layout: &Layout,
     join_tokens: &[Option<String>],
-    probes: &Probes,
+    probe: &reqwest::Client,
 ) -> anyhow::Result<Vec<Daemon>> {
-    let edge_token_file = data_dir.join("edge-token");
-    write_private(&edge_token_file, &layout.edge_token)?;
     let pass_env = args
         .pass_env
         .iter()
@@ -231,21 +218,15 @@ fn daemons_of(
             format!("http://{}", args.listen).into(),
         ];
         agent_args.extend(pass_env.clone());
-        // In its environment, not its arguments: the token is a secret, and the arguments
-        // say whether a running agent can be adopted.
-        let env = token
-            .iter()
-            .map(|token| ("LOCKSTEP_JOIN_TOKEN".to_owned(), token.clone()))
-            .collect();
         daemons.push(Daemon::new(
             Kind::Agent,
             node,
             *port,
             agent_dir(data_dir, node),
             agent_args,
-            env,
+            join_env(token),
             Probe {
-                http: probes.agents.clone(),
+                http: probe.clone(),
                 url: format!("https://127.0.0.1:{port}{}", Kind::Agent.ready_path()),
             },
         ));
@@ -255,8 +236,8 @@ fn daemons_of(
         args.edge_listen.to_string().into(),
         "--admin-listen".into(),
         format!("127.0.0.1:{}", layout.edge_admin_port).into(),
-        "--token-file".into(),
-        edge_token_file.into(),
+        "--controller".into(),
+        format!("http://{}", args.listen).into(),
         "--cache-mb".into(),
         args.edge_cache_mb.to_string().into(),
     ];
@@ -266,11 +247,11 @@ fn daemons_of(
         layout.edge_admin_port,
         data_dir.join("edge"),
         edge_args,
-        Vec::new(),
+        join_env(&join_tokens[NODES.len()]),
         Probe {
-            http: probes.edge.clone(),
+            http: probe.clone(),
             url: format!(
-                "http://127.0.0.1:{}{}",
+                "https://127.0.0.1:{}{}",
                 layout.edge_admin_port,
                 Kind::Edge.ready_path()
             ),
