@@ -79,7 +79,11 @@ impl IntoResponse for AgentError {
             text.push_str(&format!(": {cause}"));
             source = cause.source();
         }
-        tracing::warn!(error = %text, "command failed");
+        match self {
+            // What the controller asks to learn whether it must configure an instance first.
+            AgentError::UnknownInstance(_) => tracing::debug!(error = %text, "command failed"),
+            _ => tracing::warn!(error = %text, "command failed"),
+        }
         (self.status(), axum::Json(ApiError { error: text })).into_response()
     }
 }

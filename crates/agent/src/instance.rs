@@ -70,7 +70,12 @@ struct Active {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Persisted {
     config: InstanceConfig,
+    /// Where edges reach the router (mutual TLS, on the node's address).
     router_port: u16,
+    /// Where the other apps of this node reach the router (plain HTTP, on loopback); 0 in
+    /// states from before it.
+    #[serde(default)]
+    local_port: u16,
     active: Option<Active>,
     /// Staged images, oldest first.
     releases: Vec<String>,
@@ -153,6 +158,7 @@ impl Instance {
             (Some(state), None) => state,
             (None, Some(config)) => Persisted {
                 router_port: config.router_port,
+                local_port: 0,
                 config,
                 active: None,
                 releases: Vec::new(),
@@ -183,24 +189,39 @@ impl Instance {
             .local_addr()
             .map_err(AgentError::io("read the router address"))?
             .port();
+        if state.local_port == 0 {
+            state.local_port = free_port()?;
+        }
+        let local_listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, state.local_port))
+            .await
+            .map_err(AgentError::io(format!(
+                "listen on local router port {}",
+                state.local_port
+            )))?;
         // Nothing runs in the background after a restart until the controller says so.
         state.background_stopped = true;
         lockstep_durable::write_json(&state_path, &state)
             .map_err(AgentError::io(format!("write {}", state_path.display())))?;
 
+        let context_tls = context.router_tls.clone();
         let gate = GateControl::new(state.config.gate.clone());
         let router = NodeRouter::new(
             gate.clone(),
             state.config.environment.clone(),
             context.metrics.clone(),
         );
-        let router_task = tokio::spawn(router.serve(listener));
+        let router_task = tokio::spawn(async move {
+            tokio::join!(
+                router.clone().serve(listener, Some(context_tls)),
+                router.serve(local_listener, None)
+            );
+        });
         let log_dir = dir.join("logs");
         let environment_dir = dir.with_file_name(&state.config.environment);
         let services = context.environment_services(&state.config.environment, &environment_dir)?;
-        context.set_router_port(
+        context.set_local_router_port(
             &instance_name(&state.config.environment, state.config.app.as_deref()),
-            state.router_port,
+            state.local_port,
         );
         let instance = Arc::new(Instance {
             supervisor: Supervisor::new(LogLimits::default(), context.init.clone()),
@@ -1107,7 +1128,8 @@ impl Instance {
         Ok((sandbox, env))
     }
 
-    /// Where the project's other apps answer on this node: their instances' routers.
+    /// Where the project's other apps answer on this node: their instances' routers, on
+    /// loopback.
     fn other_apps(
         &self,
         state: &Persisted,
@@ -1119,9 +1141,9 @@ impl Instance {
             .filter(|app| app.name != info.app().name)
             .filter_map(|app| {
                 let instance = instance_name(&state.config.environment, Some(&app.name));
-                let port = self.context.router_port(&instance)?;
+                let port = self.context.local_router_port(&instance)?;
                 let endpoint = AppEndpoint {
-                    address: self.context.router_address,
+                    address: std::net::Ipv4Addr::LOCALHOST.into(),
                     port,
                     runtime: app.runtime.clone(),
                 };

@@ -62,6 +62,8 @@ pub(crate) struct NodeContext {
     pub router_address: std::net::IpAddr,
     /// Pulls images from the controller with this node's certificate.
     pub images: pull::ImagePuller,
+    /// The node's certificate for its routers, which serve edges alone on the node's address.
+    pub router_tls: tokio_rustls::TlsAcceptor,
     pub operator: OperatorEnv,
     pub init: SandboxInit,
     /// Names this agent's sandboxes, so that the next run of it finds what this one left.
@@ -71,9 +73,9 @@ pub(crate) struct NodeContext {
     runtimes: std::sync::Mutex<BTreeMap<(String, bool), lockstep_supervisor::Runtime>>,
     /// Each environment's services, shared by the instances of its apps.
     services: std::sync::Mutex<BTreeMap<String, Arc<Services>>>,
-    /// Each instance's router port, by instance name: where another app of its environment
-    /// reaches it (an `app:http` relationship).
-    router_ports: std::sync::Mutex<BTreeMap<String, u16>>,
+    /// Each instance's local router port (plain HTTP on loopback), by instance name: where
+    /// another app of its environment reaches it (an `app:http` relationship).
+    local_router_ports: std::sync::Mutex<BTreeMap<String, u16>>,
 }
 
 impl NodeContext {
@@ -106,21 +108,21 @@ impl NodeContext {
             .lock()
             .expect("services lock")
             .remove(environment);
-        let mut ports = self.router_ports.lock().expect("router ports lock");
+        let mut ports = self.local_router_ports.lock().expect("router ports lock");
         for instance in instances {
             ports.remove(instance);
         }
     }
 
-    pub fn set_router_port(&self, instance: &str, port: u16) {
-        self.router_ports
+    pub fn set_local_router_port(&self, instance: &str, port: u16) {
+        self.local_router_ports
             .lock()
             .expect("router ports lock")
             .insert(instance.to_owned(), port);
     }
 
-    pub fn router_port(&self, instance: &str) -> Option<u16> {
-        self.router_ports
+    pub fn local_router_port(&self, instance: &str) -> Option<u16> {
+        self.local_router_ports
             .lock()
             .expect("router ports lock")
             .get(instance)
@@ -193,13 +195,14 @@ impl Agent {
             context: Arc::new(NodeContext {
                 metrics: Arc::new(Metrics::new()),
                 router_address: options.router_address,
+                router_tls: identity.server().acceptor()?,
                 images: pull::ImagePuller::new(identity),
                 operator: options.operator,
                 init: options.init,
                 sandbox_owner,
                 runtimes: Default::default(),
                 services: Default::default(),
-                router_ports: Default::default(),
+                local_router_ports: Default::default(),
             }),
         });
         let entries = std::fs::read_dir(&instances_dir)

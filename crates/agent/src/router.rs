@@ -21,6 +21,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use lockstep_proto::agent::{GATE_HEADER, GATE_PATH, GENERATION_HEADER, Gate, GateSettings};
+use lockstep_transport::Peer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -182,27 +183,49 @@ impl NodeRouter {
         }
     }
 
-    /// Serves the router port until the task is dropped.
-    pub async fn serve(self, listener: TcpListener) {
+    /// Serves the router port until the task is dropped: over mutual TLS to edges alone
+    /// (`tls`), or in plain HTTP to the apps of this node (on loopback).
+    pub async fn serve(self, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
         loop {
-            let (stream, _) = match listener.accept().await {
+            let (tcp, address) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(error) => {
                     tracing::warn!(%error, "router accept failed");
                     continue;
                 }
             };
-            let router = self.clone();
+            let (router, tls) = (self.clone(), tls.clone());
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request| {
-                    let router = router.clone();
-                    async move { Ok::<_, Infallible>(router.handle(request).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                match tls {
+                    Some(tls) => {
+                        let Some((stream, peer, _)) =
+                            lockstep_transport::handshake(&tls, tcp, address).await
+                        else {
+                            return;
+                        };
+                        if matches!(peer, Peer::Edge(_)) {
+                            router.serve_connection(TokioIo::new(stream)).await;
+                        } else {
+                            tracing::info!(%address, %peer, "the router serves edges alone");
+                        }
+                    }
+                    None => router.serve_connection(TokioIo::new(tcp)).await,
+                }
             });
         }
+    }
+
+    async fn serve_connection<S>(self, stream: TokioIo<S>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = hyper::service::service_fn(move |request| {
+            let router = self.clone();
+            async move { Ok::<_, Infallible>(router.handle(request).await) }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(stream, service)
+            .await;
     }
 
     async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {

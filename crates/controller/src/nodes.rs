@@ -138,7 +138,7 @@ impl Controller {
             ca_fingerprint: self.authority.fingerprint(),
             secret,
         };
-        tracing::info!(node = name, %pool, "node added; waiting for its host to join");
+        tracing::debug!(node = name, %pool, "node added; waiting for its host to join");
         Ok(NodeAdded {
             name: name.to_owned(),
             pool,
@@ -200,7 +200,7 @@ impl Controller {
         self.record_certificate(&node.name, &request.agent_url, &certificate)?;
         // A host that joins again (its identity lost) may listen elsewhere.
         self.store.move_agent(&node.name, &request.agent_url)?;
-        tracing::info!(node = %node.name, pool = %node.pool, agent = %request.agent_url, "node enrolled");
+        tracing::debug!(node = %node.name, pool = %node.pool, agent = %request.agent_url, "node enrolled");
         if let Err(error) = self.place_nodes() {
             tracing::warn!(%error, "the new node is placed at the next round");
         }
@@ -342,7 +342,7 @@ impl Controller {
             };
             self.store
                 .add_environment_node(&environment, &node, &agent_url)?;
-            tracing::info!(%environment, %node, "node placed; it catches up to what the environment serves");
+            tracing::debug!(%environment, %node, "node placed; it catches up to what the environment serves");
         }
         Ok(())
     }

@@ -292,7 +292,7 @@ impl Node {
     /// The URL of `app`'s router on this node, once it has one.
     pub fn router_url(&self, app: Option<&str>) -> Option<String> {
         self.router_of(app)
-            .map(|port| format!("http://{}:{port}", self.host()))
+            .map(|port| format!("https://{}:{port}", self.host()))
     }
 }
 

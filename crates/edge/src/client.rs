@@ -11,6 +11,7 @@ use http::{Method, Request, Response, request};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -47,20 +48,29 @@ pub(crate) struct Dispatch {
 }
 
 pub(crate) struct Origin {
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
     timeout: Duration,
     metrics: Arc<Metrics>,
 }
 
 impl Origin {
+    /// A client of the nodes' routers: over mutual TLS with `tls` (the edge's certificate) for
+    /// `https://` routers, in plain HTTP for others.
     pub(crate) fn new(
         timeout: Duration,
         connect_timeout: Duration,
         metrics: Arc<Metrics>,
+        tls: rustls::ClientConfig,
     ) -> Origin {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(64)

@@ -115,6 +115,8 @@ impl Default for EdgeOptions {
 
 pub struct Edge {
     options: EdgeOptions,
+    /// The edge's certificate, when enrolled: for the admin API and the nodes' routers.
+    identity: Option<Arc<lockstep_transport::RenewableIdentity>>,
     router: Router,
     store: Arc<Store>,
     flights: Arc<Flights>,
@@ -125,14 +127,42 @@ pub struct Edge {
 }
 
 impl Edge {
+    /// An edge with no identity: no admin API, and plain HTTP to the nodes (tests, tools).
     pub fn new(options: EdgeOptions) -> Arc<Edge> {
+        let no_certificate = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("the provider's protocol versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        Edge::build(options, no_certificate, None)
+    }
+
+    /// An enrolled edge: its admin API for the controller and its calls to the nodes' routers
+    /// over mutual TLS, with `identity` (renewed when the controller asks).
+    pub fn with_identity(
+        options: EdgeOptions,
+        identity: Arc<lockstep_transport::RenewableIdentity>,
+    ) -> Result<Arc<Edge>, lockstep_transport::TransportError> {
+        let tls = identity.server().client_config()?;
+        Ok(Edge::build(options, tls, Some(identity)))
+    }
+
+    fn build(
+        options: EdgeOptions,
+        tls: rustls::ClientConfig,
+        identity: Option<Arc<lockstep_transport::RenewableIdentity>>,
+    ) -> Arc<Edge> {
         let metrics = Arc::new(Metrics::new());
         let origin = Arc::new(Origin::new(
             options.origin_timeout,
             options.connect_timeout,
             metrics.clone(),
+            tls,
         ));
         Arc::new(Edge {
+            identity,
             store: Arc::new(Store::new(options.cache_bytes)),
             options,
             router: Router::default(),
@@ -147,15 +177,24 @@ impl Edge {
         &self.options
     }
 
-    /// Serves public traffic on `public`, and the admin API (when given: a listener and the
-    /// edge's identity) to the controller alone, over mutual TLS, until `shutdown`; then lets
-    /// open connections finish (for at most 10 s). Starts with the saved routes, if any.
+    /// Serves public traffic on `public`, and the admin API on `admin` (an enrolled edge's) to
+    /// the controller alone, over mutual TLS, until `shutdown`; then lets open connections
+    /// finish (for at most 10 s). Starts with the saved routes, if any.
     pub async fn serve(
         self: Arc<Self>,
         public: TcpListener,
-        admin: Option<(TcpListener, Arc<lockstep_transport::RenewableIdentity>)>,
+        admin: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let admin = match (admin, &self.identity) {
+            (Some(admin), Some(identity)) => Some((admin, identity.clone())),
+            (Some(_), None) => {
+                return Err(std::io::Error::other(
+                    "an admin API needs the edge's identity (Edge::with_identity)",
+                ));
+            }
+            (None, _) => None,
+        };
         self.restore_routes();
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(async move {

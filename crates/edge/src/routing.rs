@@ -272,18 +272,20 @@ fn valid_host(host: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b':')
 }
 
-/// A node's base URL as `http://authority`.
+/// A node's base URL as `https://authority` (a router over mutual TLS), or `http://authority`
+/// (a plain one: tests, tools).
 fn normalise_node(node: &str) -> Result<String, RouteError> {
     let bad = || RouteError::BadNode(node.to_owned());
     let uri: Uri = node.trim().parse().map_err(|_| bad())?;
-    if uri.scheme_str() != Some("http") {
-        return Err(bad());
-    }
+    let scheme = match uri.scheme_str() {
+        Some(scheme @ ("http" | "https")) => scheme,
+        _ => return Err(bad()),
+    };
     let authority = uri.authority().ok_or_else(bad)?;
     if authority.port_u16().is_none() || !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(bad());
     }
-    Ok(format!("http://{authority}"))
+    Ok(format!("{scheme}://{authority}"))
 }
 
 #[cfg(test)]
@@ -382,18 +384,19 @@ mod tests {
             RouteError::BadApp(_)
         ));
         assert!(matches!(
-            with_app("web", "https://h:1"),
+            with_app("web", "ftp://h:1"),
             RouteError::BadNode(_)
         ));
     }
 
     #[test]
-    fn nodes_must_be_http_base_urls() {
+    fn nodes_must_be_http_or_https_base_urls() {
         assert_eq!(
             normalise_node("http://127.0.0.1:5000/").unwrap(),
             "http://127.0.0.1:5000"
         );
-        for bad in ["https://h:1", "http://h", "http://h:1/path", "nope"] {
+        assert_eq!(normalise_node("https://h:1").unwrap(), "https://h:1");
+        for bad in ["ftp://h:1", "http://h", "http://h:1/path", "nope"] {
             assert!(normalise_node(bad).is_err(), "{bad}");
         }
     }

@@ -250,15 +250,12 @@ struct Write {
 /// PostgreSQL.
 fn write_loop(router: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<Write>> {
     tokio::spawn(async move {
-        let http = reqwest::Client::builder()
-            .timeout(WRITE_TIMEOUT)
-            .build()
-            .expect("an HTTP client");
+        let http = support::router_client();
         let url = format!("{router}/notes?body=x");
         let mut writes = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             let started = Instant::now();
-            let ok = match http.post(&url).send().await {
+            let ok = match http.post(&url).timeout(WRITE_TIMEOUT).send().await {
                 Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
                 Err(_) => false,
             };

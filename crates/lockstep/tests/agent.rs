@@ -144,7 +144,9 @@ async fn a_killed_agent_comes_back_closed_and_opens_only_at_the_active_generatio
     assert_eq!(refused.status, 409, "{}", refused.body);
     assert_eq!(get_router(port, "/").await.0, 503);
     let gate = |port: u16| async move {
-        reqwest::get(format!("http://127.0.0.1:{port}/.lockstep/gate"))
+        router_client()
+            .get(format!("https://127.0.0.1:{port}/.lockstep/gate"))
+            .send()
             .await
             .unwrap()
             .json::<serde_json::Value>()
@@ -588,7 +590,9 @@ async fn the_app_sees_platform_variables_and_runs_unprivileged() {
         serde_json::json!({"https://shop.localhost/": {"type": "upstream", "upstream": "app"}});
     client.deploy(ENV, &setup.v1, "d1", 1, inputs.clone()).await;
     let port = client.status(ENV).await.router_port;
-    let report: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/env"))
+    let report: serde_json::Value = router_client()
+        .get(format!("https://127.0.0.1:{port}/env"))
+        .send()
         .await
         .unwrap()
         .json()
@@ -607,7 +611,9 @@ async fn the_app_sees_platform_variables_and_runs_unprivileged() {
     assert_eq!(env["LOCKSTEP_NODE"], "production-1");
     assert_eq!(env["SAMPLE_ENVIRONMENT_FILE"], "sourced in production");
     // The deploy hook ran with `.environment` too, and knew where the web process listens.
-    let hooks: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/hooks"))
+    let hooks: serde_json::Value = router_client()
+        .get(format!("https://127.0.0.1:{port}/hooks"))
+        .send()
         .await
         .unwrap()
         .json()
@@ -662,12 +668,21 @@ async fn the_app_sees_platform_variables_and_runs_unprivileged() {
     }
 }
 
-/// `GET path` sent as written, `..` and all (clients normalise it away): the status code.
+/// `GET path` sent as written, `..` and all (clients normalise it away), as an edge: the status
+/// code.
 async fn get_raw(port: u16, path: &str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    let identity = test_authority()
+        .identity_for(&lockstep_transport::Peer::Edge("tests".into()), &[])
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        lockstep_transport::client_config(&identity).unwrap(),
+    ));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
+    let loopback = tokio_rustls::rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut stream = tls.connect(loopback, tcp).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut answer = String::new();
@@ -698,7 +713,9 @@ async fn the_router_serves_static_locations_itself_and_passes_the_rest_to_the_ap
     client.deploy(ENV, &image, "d1", 1, runtime(&[])).await;
     let port = client.status(ENV).await.router_port;
 
-    let response = reqwest::get(format!("http://127.0.0.1:{port}/static/hello.txt"))
+    let response = router_client()
+        .get(format!("https://127.0.0.1:{port}/static/hello.txt"))
+        .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
@@ -853,4 +870,27 @@ async fn a_renewed_certificate_is_installed_only_for_the_key_the_agent_made() {
     let fresh = setup.agent.client();
     let instances = fresh.send(fresh.http.get(fresh.url("/v1/instances"))).await;
     assert_eq!(instances.status, 200);
+}
+
+#[tokio::test]
+async fn the_router_serves_edges_alone() {
+    let setup = setup().await;
+    let client = setup.agent.client();
+    client.deploy(ENV, &setup.v1, "d1", 1, runtime(&[])).await;
+    let port = client.status(ENV).await.router_port;
+    let url = format!("https://127.0.0.1:{port}/");
+    assert_eq!(
+        router_client().get(&url).send().await.unwrap().status(),
+        200
+    );
+    let authority = test_authority();
+    for peer in [
+        lockstep_transport::Peer::Controller,
+        lockstep_transport::Peer::Node("other".into()),
+    ] {
+        let answer = client_as(authority, peer.clone()).get(&url).send().await;
+        assert!(answer.is_err(), "the router answered {peer}");
+    }
+    let plain = reqwest::get(url.replacen("https", "http", 1)).await;
+    assert!(plain.is_err(), "the router answered plain HTTP");
 }

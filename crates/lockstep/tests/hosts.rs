@@ -101,8 +101,7 @@ async fn a_node_partitioned_while_it_drains_aborts_the_deployment_and_the_others
 
     // A slow request on production-3 keeps its close draining while the partition comes.
     let mut slow = cluster
-        .network
-        .command(2, "curl")
+        .curl(2)
         .args(["-s", "-o", "/dev/null", "--max-time", "30"])
         .arg(format!("{}/slow?ms=6000", routers[2]))
         .spawn()
@@ -301,7 +300,7 @@ async fn services_replicate_between_hosts_and_every_node_writes_to_the_one_prima
     }
 
     // An app on each host writes through its relationships, to the one primary.
-    let http = reqwest::Client::new();
+    let http = router_client();
     let call = |method: reqwest::Method, url: String| {
         let http = http.clone();
         async move {

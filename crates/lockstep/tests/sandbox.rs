@@ -373,7 +373,9 @@ async fn a_virtualenv_built_into_the_home_runs_and_serves_on_a_unix_socket() {
     let pushed = platform.push(&project, "HEAD:feature");
     assert!(pushed.status.success(), "{}", text(&pushed));
     let routers = platform.routers("feature").await;
-    let body = reqwest::get(format!("{}/", routers[0]))
+    let body = router_client()
+        .get(format!("{}/", routers[0]))
+        .send()
         .await
         .unwrap()
         .text()

@@ -463,7 +463,7 @@ async fn services_in_production() -> (Platform, Project) {
 }
 
 async fn call(method: reqwest::Method, router: &str, path: &str) -> serde_json::Value {
-    let response = reqwest::Client::new()
+    let response = router_client()
         .request(method, format!("{router}{path}"))
         .send()
         .await
@@ -944,7 +944,11 @@ async fn env_branch_and_env_delete_make_and_remove_development_environments_with
     assert!(!on_node.exists(), "the node keeps {}", on_node.display());
     assert!(!platform.data_dir.join("controller/backups/hotfix").exists());
     assert!(
-        reqwest::get(format!("{hotfix}/notes")).await.is_err(),
+        router_client()
+            .get(format!("{hotfix}/notes"))
+            .send()
+            .await
+            .is_err(),
         "its router still answers"
     );
     let listed = text(&platform.cli(&["env", "list"]));
@@ -1342,7 +1346,7 @@ async fn services_come_back_with_their_data_when_lockstep_starts_again() {
                 let answer = |path: &'static str| {
                     let url = format!("{router}{path}");
                     async move {
-                        let response = reqwest::get(url).await.ok()?;
+                        let response = router_client().get(url).send().await.ok()?;
                         response.status().is_success().then_some(())?;
                         response.json::<serde_json::Value>().await.ok()
                     }
@@ -1675,16 +1679,13 @@ async fn when_the_primarys_node_is_gone_a_promoted_replica_keeps_every_confirmed
         let router = routers[1].clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let http = reqwest::Client::builder()
-                .timeout(Duration::from_secs(3))
-                .build()
-                .unwrap();
+            let http = router_client();
             let mut attempted = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let body = format!("write {attempted}");
                 attempted += 1;
                 let url = format!("{router}/notes?body={}", body.replace(' ', "%20"));
-                let added = http.post(url).send().await;
+                let added = http.post(url).timeout(Duration::from_secs(3)).send().await;
                 if added.is_ok_and(|response| response.status().is_success()) {
                     confirmed_tx.send(body).unwrap();
                 }

@@ -6,7 +6,9 @@ mod support;
 use support::*;
 
 async fn body_of(router: &str, path: &str) -> String {
-    reqwest::get(format!("{router}{path}"))
+    router_client()
+        .get(format!("{router}{path}"))
+        .send()
         .await
         .unwrap()
         .text()

@@ -23,7 +23,7 @@ pub use client::{client_config, http_client};
 pub use enrolment::{announce, enrol, peer_of_pool};
 pub use identity::{CertificateRequest, Identity};
 pub use renewal::RenewableIdentity;
-pub use server::{PeerCertificate, ServerIdentity, serve};
+pub use server::{PeerCertificate, ServerIdentity, handshake, serve};
 
 /// Who is at the other end of a connection: the role its certificate names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

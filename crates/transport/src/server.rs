@@ -44,6 +44,22 @@ impl ServerIdentity {
         Ok(())
     }
 
+    /// TLS for accepting connections with this identity (`handshake`).
+    pub fn acceptor(self: &Arc<Self>) -> Result<tokio_rustls::TlsAcceptor, TransportError> {
+        Ok(tokio_rustls::TlsAcceptor::from(self.config()?))
+    }
+
+    /// TLS for connecting with this identity's certificate, the renewed one once replaced, to
+    /// servers whose certificate the same authority issued for the address called.
+    pub fn client_config(self: &Arc<Self>) -> Result<rustls::ClientConfig, TransportError> {
+        Ok(
+            rustls::ClientConfig::builder_with_provider(crate::provider())
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(self.roots.clone())
+                .with_client_cert_resolver(self.clone()),
+        )
+    }
+
     fn config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, TransportError> {
         let verifier =
             WebPkiClientVerifier::builder_with_provider(self.roots.clone(), crate::provider())
@@ -59,6 +75,20 @@ impl ServerIdentity {
 impl ResolvesServerCert for ServerIdentity {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current.read().expect("identity lock").clone())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for ServerIdentity {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().expect("identity lock").clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -80,8 +110,7 @@ pub async fn serve(
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let config = identity.config().map_err(std::io::Error::other)?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let acceptor = identity.acceptor().map_err(std::io::Error::other)?;
     let connections = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -99,26 +128,7 @@ pub async fn serve(
         };
         let (acceptor, router, watcher) = (acceptor.clone(), router.clone(), connections.watcher());
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => {
-                    tracing::info!(%address, %error, "TLS handshake refused");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let presented = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first());
-            let Some((peer, certificate)) = presented.and_then(|certificate| {
-                Some((
-                    peer_of(certificate)?,
-                    PeerCertificate(fingerprint_of_der(certificate)),
-                ))
-            }) else {
-                tracing::info!(%address, "a certificate that names no Lockstep role");
+            let Some((stream, peer, certificate)) = handshake(&acceptor, tcp, address).await else {
                 return;
             };
             let service =
@@ -137,4 +147,33 @@ pub async fn serve(
     drop(listener);
     connections.shutdown().await;
     Ok(())
+}
+
+/// The TLS handshake of an accepted connection, within a time limit: the stream, and the role
+/// and certificate its peer proved; `None` (said in the log) for a peer without a certificate
+/// of the project's authority, or one that names no role.
+pub async fn handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    address: std::net::SocketAddr,
+) -> Option<(
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    crate::Peer,
+    PeerCertificate,
+)> {
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::info!(%address, %error, "TLS handshake refused");
+            return None;
+        }
+        Err(_) => return None,
+    };
+    let presented = stream.get_ref().1.peer_certificates()?.first()?;
+    let Some(peer) = peer_of(presented) else {
+        tracing::info!(%address, "a certificate that names no Lockstep role");
+        return None;
+    };
+    let certificate = PeerCertificate(fingerprint_of_der(presented));
+    Some((stream, peer, certificate))
 }

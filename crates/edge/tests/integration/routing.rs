@@ -375,7 +375,8 @@ async fn serve_returns_after_shutdown_and_held_requests_are_answered() {
     let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = public.local_addr().unwrap();
-    let edge = lockstep_edge::Edge::new(crate::support::options());
+    let (_identity_dir, identity) = crate::support::edge_identity();
+    let edge = lockstep_edge::Edge::with_identity(crate::support::options(), identity).unwrap();
     edge.put_environment("main", route(&[&origin])).unwrap();
     edge.set_gate(
         "main",
@@ -386,13 +387,9 @@ async fn serve_returns_after_shutdown_and_held_requests_are_answered() {
     )
     .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (_identity_dir, identity) = crate::support::edge_identity();
-    let server = tokio::spawn(
-        edge.clone()
-            .serve(public, Some((admin, identity)), async move {
-                let _ = stopped.await;
-            }),
-    );
+    let server = tokio::spawn(edge.clone().serve(public, Some(admin), async move {
+        let _ = stopped.await;
+    }));
     let held = tokio::spawn(
         reqwest::Client::new()
             .post(format!("http://{address}/held"))

@@ -217,10 +217,10 @@ impl TestEdge {
         let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (public_addr, admin_addr) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
-        let edge: Arc<Edge> = Edge::new(options);
         let (identity_dir, identity) = edge_identity();
+        let edge: Arc<Edge> = Edge::with_identity(options, identity).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(edge.serve(public, Some((admin, identity)), async move {
+        tokio::spawn(edge.serve(public, Some(admin), async move {
             let _ = stopped.await;
         }));
         TestEdge {

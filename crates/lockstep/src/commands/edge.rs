@@ -75,12 +75,13 @@ pub fn run(args: EdgeArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
         let admin = tokio::net::TcpListener::bind(args.admin_listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.admin_listen))?;
-        let edge = Edge::new(EdgeOptions {
+        let options = EdgeOptions {
             domain: args.domain,
             cache_bytes: args.cache_mb * 1024 * 1024,
             saved_routes: Some(data_dir.join("routes.json")),
             ..EdgeOptions::default()
-        });
+        };
+        let edge = Edge::with_identity(options, Arc::new(identity))?;
         // `lockstep up` finds an edge it did not start (after its own crash) through this file.
         let pid_file = data_dir.join("edge.pid");
         std::fs::write(&pid_file, std::process::id().to_string())
@@ -91,7 +92,7 @@ pub fn run(args: EdgeArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
             admin_url,
         ));
         let served = edge
-            .serve(public, Some((admin, Arc::new(identity))), crate::shutdown_signal())
+            .serve(public, Some(admin), crate::shutdown_signal())
             .await;
         announcing.abort();
         served.context("the edge failed")?;

@@ -36,7 +36,7 @@ pub async fn run(client: &ApiClient, command: NodeCommand) -> anyhow::Result<Exi
                 return Ok(ExitCode::SUCCESS);
             }
             println!(
-                "{:<16} {:<12} {:<28} {:<12} ENVIRONMENTS",
+                "{:<16} {:<12} {:<28} {:<17} ENVIRONMENTS",
                 "NODE", "POOL", "AGENT", "CERTIFICATE"
             );
             for node in nodes {
@@ -45,7 +45,7 @@ pub async fn run(client: &ApiClient, command: NodeCommand) -> anyhow::Result<Exi
                     |at| format!("until {}", &at[..10.min(at.len())]),
                 );
                 println!(
-                    "{:<16} {:<12} {:<28} {:<12} {}",
+                    "{:<16} {:<12} {:<28} {:<17} {}",
                     node.name,
                     node.pool.as_str(),
                     node.agent_url.as_deref().unwrap_or("-"),

@@ -66,6 +66,7 @@ impl Cluster {
             }
         }
         let api = format!("http://{api_address}");
+        super::seed_test_authority(&data.path().join("controller"));
         let controller = Controller::open(ControllerOptions {
             data_dir: data.path().join("controller"),
             project: "shop".into(),
@@ -196,8 +197,7 @@ impl Cluster {
     /// the status and the release that answered.
     pub fn release_on_host(&self, index: usize, router: &str) -> (u16, String) {
         let output = self
-            .network
-            .command(index, "curl")
+            .curl(index)
             .args(["-s", "-o", "/dev/null", "-D", "-", "--max-time", "5"])
             .arg(format!("{router}/"))
             .output()
@@ -216,6 +216,16 @@ impl Cluster {
             .trim()
             .to_owned();
         (status, release)
+    }
+
+    /// `curl` on host `index`, as an edge: the only caller a router serves.
+    pub fn curl(&self, index: usize) -> std::process::Command {
+        let mut curl = self.network.command(index, "curl");
+        curl.args([
+            "--cert", "cert.pem", "--key", "key.pem", "--cacert", "ca.pem",
+        ])
+        .current_dir(super::router_identity_files());
+        curl
     }
 
     /// Waits until every node serves `release`, asked from each node's own host; how long it

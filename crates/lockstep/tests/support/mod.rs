@@ -130,18 +130,60 @@ impl BuiltImage {
     }
 }
 
-/// The certificate authority of the tests' standalone agents, made once per test process.
+static TEST_AUTHORITY: std::sync::OnceLock<(tempfile::TempDir, lockstep_transport::Authority)> =
+    std::sync::OnceLock::new();
+
+/// The certificate authority of the tests' agents and platforms, made once per test process.
 pub fn test_authority() -> &'static lockstep_transport::Authority {
-    static AUTHORITY: std::sync::OnceLock<(tempfile::TempDir, lockstep_transport::Authority)> =
-        std::sync::OnceLock::new();
-    &AUTHORITY
+    &test_authority_kept().1
+}
+
+fn test_authority_kept() -> &'static (tempfile::TempDir, lockstep_transport::Authority) {
+    TEST_AUTHORITY.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let authority = lockstep_transport::Authority::load_or_create(dir.path(), "test").unwrap();
+        (dir, authority)
+    })
+}
+
+/// Makes [`test_authority`] the project's authority of the controller that will keep its state
+/// in `controller_dir`, so that [`router_client`] reaches its nodes' routers.
+pub fn seed_test_authority(controller_dir: &Path) {
+    let to = controller_dir.join("authority");
+    std::fs::create_dir_all(&to).unwrap();
+    for file in ["ca.pem", "ca.key"] {
+        std::fs::copy(test_authority_kept().0.path().join(file), to.join(file)).unwrap();
+    }
+}
+
+/// A client of node routers, as an edge of [`test_authority`].
+pub fn router_client() -> reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            client_as(
+                test_authority(),
+                lockstep_transport::Peer::Edge("tests".into()),
+            )
+        })
+        .clone()
+}
+
+/// The router client's certificate, key and authority as files (`cert.pem`, `key.pem`,
+/// `ca.pem`), for `curl` in a namespace.
+pub fn router_identity_files() -> &'static Path {
+    static FILES: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    FILES
         .get_or_init(|| {
             let dir = tempfile::tempdir().unwrap();
-            let authority =
-                lockstep_transport::Authority::load_or_create(dir.path(), "test").unwrap();
-            (dir, authority)
+            test_authority()
+                .identity_for(&lockstep_transport::Peer::Edge("tests".into()), &[])
+                .unwrap()
+                .save(dir.path())
+                .unwrap();
+            dir
         })
-        .1
+        .path()
 }
 
 /// A client with a certificate of `authority` for `peer`: what the agents and the cluster port
@@ -515,8 +557,8 @@ pub async fn get_router(
     port: u16,
     path: &str,
 ) -> (u16, Option<String>, reqwest::header::HeaderMap) {
-    let response = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{port}{path}"))
+    let response = router_client()
+        .get(format!("https://127.0.0.1:{port}{path}"))
         .send()
         .await
         .unwrap();
@@ -580,6 +622,7 @@ impl Platform {
             };
             let listen = free_port();
             let edge = free_port();
+            seed_test_authority(&data_dir.join("controller"));
             let mut platform = Platform {
                 child: spawn_up(&binary, &data_dir, home.as_deref(), listen, edge, None),
                 binary: binary.clone(),
@@ -982,7 +1025,7 @@ pub fn tree_of(project: &Project) -> String {
 
 /// `GET /` on a node router: status (0 when nothing answers) and the release that answered.
 pub async fn release_of(router: &str) -> (u16, Option<String>) {
-    match reqwest::get(format!("{router}/")).await {
+    match router_client().get(format!("{router}/")).send().await {
         Ok(response) => (
             response.status().as_u16(),
             response
