@@ -104,6 +104,7 @@ impl From<ControllerError> for ApiError {
             }
             ControllerError::Forbidden(_) => StatusCode::FORBIDDEN,
             ControllerError::Node(_) => StatusCode::CONFLICT,
+            ControllerError::UnknownNode(_) => StatusCode::NOT_FOUND,
             ControllerError::BranchName(_) | ControllerError::Environment(_) => {
                 StatusCode::CONFLICT
             }

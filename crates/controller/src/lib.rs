@@ -113,6 +113,8 @@ pub enum ControllerError {
     /// A node that cannot be added, removed or enrolled as asked, and why.
     #[error("{0}")]
     Node(String),
+    #[error("no node {0}: `lockstep node list` shows them")]
+    UnknownNode(String),
     #[error("cannot set up the cluster's certificates: {0}")]
     Transport(#[from] lockstep_transport::TransportError),
     #[error("cannot {action}")]

@@ -221,13 +221,7 @@ impl Controller {
     ) -> Result<(), ControllerError> {
         let invalid = |e: lockstep_transport::TransportError| ControllerError::Node(e.to_string());
         let fingerprint = fingerprint_of(certificate).map_err(invalid)?;
-        let expires = lockstep_transport::Identity {
-            ca_pem: String::new(),
-            certificate_pem: certificate.to_owned(),
-            key_pem: String::new(),
-        }
-        .expires_at()
-        .map_err(invalid)?;
+        let expires = lockstep_transport::certificate_expiry(certificate).map_err(invalid)?;
         self.store
             .record_certificate(node, agent_url, &fingerprint, &rfc3339(expires))?;
         Ok(())
@@ -352,9 +346,7 @@ impl Controller {
     /// an environment's last node and that environment serves, or holds a service's primary.
     pub async fn remove_node(self: &Arc<Self>, name: &str) -> Result<(), ControllerError> {
         if self.store.registered_node(name)?.is_none() {
-            return Err(ControllerError::Node(format!(
-                "no node {name}: `lockstep node list` shows them"
-            )));
+            return Err(ControllerError::UnknownNode(name.to_owned()));
         }
         let mut hosted: Vec<(String, Node)> = Vec::new();
         let mut claims = Vec::new();

@@ -241,6 +241,10 @@ async fn a_host_enrols_once_with_its_token_joins_production_and_is_refused_once_
         release_of(&platform.routers("production").await[0]).await,
         (200, Some(tree))
     );
+    assert_refused(
+        &platform.cli(&["node", "remove", "nowhere"]),
+        "no node nowhere",
+    );
     assert!(
         platform
             .cli(&["node", "remove", "development-1"])

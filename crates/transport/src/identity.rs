@@ -101,23 +101,7 @@ impl Identity {
 
     /// When the certificate stops being valid.
     pub fn expires_at(&self) -> Result<SystemTime, TransportError> {
-        let der = self.certificate_der()?;
-        let (_, certificate) =
-            x509_parser::parse_x509_certificate(&der).map_err(|e| TransportError::Certificate {
-                what: "the certificate".into(),
-                detail: e.to_string(),
-            })?;
-        let seconds = certificate.validity().not_after.timestamp();
-        Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds.max(0) as u64))
-    }
-
-    /// Whether less than a third of a certificate's lifetime is left: time to ask for a new one.
-    pub fn needs_renewal(&self, now: SystemTime) -> Result<bool, TransportError> {
-        let left = self
-            .expires_at()?
-            .duration_since(now)
-            .unwrap_or(Duration::ZERO);
-        Ok(left < crate::CERTIFICATE_LIFETIME / 3)
+        certificate_expiry(&self.certificate_pem)
     }
 
     pub(crate) fn certificate_der(&self) -> Result<CertificateDer<'static>, TransportError> {
@@ -153,6 +137,20 @@ impl Identity {
         roots.add(self.ca_der()?)?;
         Ok(roots)
     }
+}
+
+/// When the certificate in `certificate_pem` stops being valid.
+pub fn certificate_expiry(certificate_pem: &str) -> Result<SystemTime, TransportError> {
+    let unreadable = |detail: String| TransportError::Certificate {
+        what: "the certificate".into(),
+        detail,
+    };
+    let der = CertificateDer::from_pem_slice(certificate_pem.as_bytes())
+        .map_err(|e| unreadable(e.to_string()))?;
+    let (_, certificate) =
+        x509_parser::parse_x509_certificate(&der).map_err(|e| unreadable(e.to_string()))?;
+    let seconds = certificate.validity().not_after.timestamp();
+    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds.max(0) as u64))
 }
 
 /// Writes `dir/name` with `mode`, renamed into place whole so that a crash leaves the old file

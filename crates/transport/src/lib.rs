@@ -21,7 +21,7 @@ mod server;
 pub use authority::{Authority, CERTIFICATE_LIFETIME, fingerprint_of};
 pub use client::{client_config, http_client};
 pub use enrolment::{announce, enrol, peer_of_pool};
-pub use identity::{CertificateRequest, Identity};
+pub use identity::{CertificateRequest, Identity, certificate_expiry};
 pub use renewal::RenewableIdentity;
 pub use server::{PeerCertificate, ServerIdentity, handshake, serve};
 
