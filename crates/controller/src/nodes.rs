@@ -243,12 +243,6 @@ impl Controller {
             )));
         };
         if registered.agent_url.as_deref() != Some(agent_url) {
-            let (fingerprint, expires) = (
-                registered.certificate_fingerprint.unwrap_or_default(),
-                registered.certificate_expires_at.unwrap_or_default(),
-            );
-            self.store
-                .record_certificate(node, agent_url, &fingerprint, &expires)?;
             let moved = self.store.move_agent(node, agent_url)?;
             tracing::info!(
                 node,

@@ -590,9 +590,14 @@ impl Store {
         })
     }
 
-    /// Points every environment's node `node` at `agent_url`; how many it moved.
+    /// Points node `node`, in the registry and in every environment, at `agent_url`; how many
+    /// environments it moved.
     pub fn move_agent(&self, node: &str, agent_url: &str) -> Result<usize, StoreError> {
         self.with(|c| {
+            c.execute(
+                "UPDATE cluster_nodes SET agent_url = ?2 WHERE name = ?1",
+                params![node, agent_url],
+            )?;
             Ok(c.execute(
                 "UPDATE nodes SET agent_url = ?2 WHERE name = ?1 AND agent_url != ?2",
                 params![node, agent_url],
