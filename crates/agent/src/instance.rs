@@ -355,6 +355,7 @@ impl Instance {
         let info = self.releases.info(&id)?;
         self.context
             .runtime(&info.app().runtime, state.config.strict_runtimes)?;
+        self.mount_roots(&state).check_shared(&info.app().mounts)?;
         if !state.releases.contains(&id.to_string()) {
             state.releases.push(id.to_string());
             self.prune(&mut state);
@@ -1174,6 +1175,7 @@ impl Instance {
             local: self.dir.join("mounts/local"),
             tmp: self.dir.join("mounts/tmp"),
             storage: state.config.storage_dir.clone(),
+            shared_storage: state.config.shared_storage.clone(),
         }
     }
 

@@ -168,6 +168,8 @@ pub struct MountRoots {
     pub local: PathBuf,
     pub tmp: PathBuf,
     pub storage: PathBuf,
+    /// The folder shared by the pool's nodes that `storage` lies in, never made here.
+    pub shared_storage: Option<PathBuf>,
 }
 
 /// A mount of the app, ready: its path in the app, and the host folder shown there.
@@ -188,6 +190,7 @@ impl MountRoots {
         mounts: &std::collections::BTreeMap<String, Mount>,
         user: RunAs,
     ) -> Result<Vec<ReadyMount>, AgentError> {
+        self.check_shared(mounts)?;
         let mut ready = Vec::new();
         for (path, mount) in mounts {
             let path = PathBuf::from(path.trim_start_matches('/'));
@@ -208,6 +211,27 @@ impl MountRoots {
             ready.push(ReadyMount { path, host });
         }
         Ok(ready)
+    }
+
+    /// Refuses `storage` mounts while the pool's shared folder is not on this node: made here,
+    /// the folder would hold this node's files alone.
+    pub fn check_shared(
+        &self,
+        mounts: &std::collections::BTreeMap<String, Mount>,
+    ) -> Result<(), AgentError> {
+        let Some(shared) = &self.shared_storage else {
+            return Ok(());
+        };
+        let wants_storage = mounts
+            .values()
+            .any(|mount| mount.source == MountSource::Storage);
+        if wants_storage && !shared.is_dir() {
+            return Err(AgentError::Refused(format!(
+                "the shared storage folder {} is not on this node, and the release has `source: storage` mounts: mount the pool's shared folder there (NFS or similar), as the controller's `--shared-storage` names it",
+                shared.display()
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -150,7 +150,7 @@ impl Controller {
                 bytes,
             });
         }
-        let storage = self.options.data_dir.join("storage").join(environment);
+        let storage = self.storage.of(&self.store.environment(environment)?);
         let mut storage_bytes = 0;
         if storage.exists() {
             let copy = dir.join("storage");

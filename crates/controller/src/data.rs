@@ -29,8 +29,10 @@ impl Controller {
         activity: &str,
     ) -> Result<(), ControllerError> {
         let environment = env.name.as_str();
-        let storage = self.options.data_dir.join("storage");
-        let (from, to) = (storage.join(parent), storage.join(environment));
+        let (from, to) = (
+            self.storage.of(&self.store.environment(parent)?),
+            self.storage.of(env),
+        );
         if !from.exists() || to.exists() {
             return Ok(());
         }
@@ -282,7 +284,6 @@ impl Controller {
                 .collect()
         };
         let mut services = Vec::new();
-        let storage_root = self.options.data_dir.join("storage");
         let storage_from = match source {
             DataSource::Backup(id) => {
                 let dir = self
@@ -317,7 +318,7 @@ impl Controller {
             }
             DataSource::Environment { name: other, .. } => {
                 let other_env = self.store.environment(other)?;
-                let Some(serving) = other_env.serving else {
+                let Some(serving) = other_env.serving.clone() else {
                     return Err(ControllerError::NothingDeployed(other.clone()));
                 };
                 let other_instance = self.services_instance(other, &serving.image)?;
@@ -340,12 +341,12 @@ impl Controller {
                         },
                     });
                 }
-                storage_root.join(other)
+                self.storage.of(&other_env)
             }
         };
         let storage = storage_from.exists().then(|| StorageCopy {
             from: storage_from,
-            to: storage_root.join(environment),
+            to: self.storage.of(&env),
             user: builds::app_user(&env),
         });
         let sanitize = match source {

@@ -25,16 +25,18 @@ mod push;
 mod rehearsal;
 mod secrets;
 mod services;
+mod shared_storage;
 mod store;
 mod users;
 mod variables;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lockstep_proto::agent::{AppUser, EnvironmentType, GateSettings, InstanceConfig};
+use lockstep_proto::nodes::Pool;
 use lockstep_supervisor::{Cancel, OperatorEnv};
 use secrets::EntropyScope;
 
@@ -62,6 +64,9 @@ pub struct ControllerOptions {
     pub lockstep_binary: PathBuf,
     /// The operator's CA and proxy settings, passed to builds.
     pub operator: OperatorEnv,
+    /// The folder each pool's nodes share for `storage` mounts, where the operator mounted
+    /// one; other pools use `storage` in `data_dir`.
+    pub shared_storage: BTreeMap<Pool, PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +156,8 @@ pub struct Controller {
     cluster_identity: Arc<lockstep_transport::ServerIdentity>,
     own_certificate_expires: Mutex<std::time::SystemTime>,
     store: store::Store,
+    /// Where environments' `storage` mounts live, per pool.
+    storage: shared_storage::SharedStorage,
     agents: agents::AgentClient,
     images: lockstep_image::ImageStore,
     builder: lockstep_image::Builder,
@@ -171,10 +178,10 @@ impl Controller {
     /// Opens (or creates) the controller's state, its repository and its clusters.
     pub fn open(options: ControllerOptions) -> Result<Arc<Controller>, ControllerError> {
         let dir = &options.data_dir;
-        for sub in ["repos", "storage"] {
-            std::fs::create_dir_all(dir.join(sub))
-                .map_err(ControllerError::io(format!("create {}", dir.display())))?;
-        }
+        std::fs::create_dir_all(dir.join("repos"))
+            .map_err(ControllerError::io(format!("create {}", dir.display())))?;
+        let storage =
+            shared_storage::SharedStorage::open(dir.join("storage"), &options.shared_storage)?;
         // Nothing in here is for anyone but Lockstep: sandboxes see their own folders through
         // their binds, whatever the modes above them.
         std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
@@ -202,6 +209,7 @@ impl Controller {
             own_certificate_expires: Mutex::new(identity.expires_at()?),
             authority,
             store,
+            storage,
             images,
             builder,
             queues: Default::default(),
@@ -454,14 +462,10 @@ impl Controller {
             router_port: node.router_of(app).unwrap_or(0),
             // Each app's `storage` mounts are its own, as on Platform.sh.
             storage_dir: match app {
-                None => self.options.data_dir.join("storage").join(&env.name),
-                Some(app) => self
-                    .options
-                    .data_dir
-                    .join("storage")
-                    .join(&env.name)
-                    .join(app),
+                None => self.storage.of(env),
+                Some(app) => self.storage.of(env).join(app),
             },
+            shared_storage: Some(self.storage.root(nodes::pool_of(env.kind)).to_owned()),
             cron_node: node.position == 0,
             gate: GateSettings {
                 closed_status: env.settings.closed_status,

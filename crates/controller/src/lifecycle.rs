@@ -335,7 +335,7 @@ impl Controller {
         self.edge_forget(&env.name).await;
         let data = &self.options.data_dir;
         for folder in [
-            data.join("storage").join(&env.name),
+            self.storage.of(env),
             data.join("backups").join(&env.name),
             data.join("build/cache")
                 .join(&self.options.project)

@@ -143,6 +143,10 @@ impl Controller {
             name: name.to_owned(),
             pool,
             join_token: token.to_string(),
+            shared_storage: self
+                .storage
+                .named(pool)
+                .map(|folder| folder.display().to_string()),
         })
     }
 

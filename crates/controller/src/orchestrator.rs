@@ -1185,6 +1185,7 @@ mod tests {
             cluster_url: "https://127.0.0.1:9".into(),
             lockstep_binary: "/bin/false".into(),
             operator: Default::default(),
+            shared_storage: Default::default(),
         })
         .unwrap()
     }

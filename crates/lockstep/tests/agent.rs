@@ -894,3 +894,26 @@ async fn the_router_serves_edges_alone() {
     let plain = reqwest::get(url.replacen("https", "http", 1)).await;
     assert!(plain.is_err(), "the router answered plain HTTP");
 }
+
+#[tokio::test]
+async fn a_node_without_its_pools_shared_folder_refuses_releases_with_storage_mounts() {
+    let setup = setup().await;
+    let client = setup.agent.client();
+    let shared = setup.storage.path().join("nfs");
+    let mut config = instance_config(ENV, &shared.join(ENV));
+    config.shared_storage = Some(shared.clone());
+    client.configure(&config).await;
+
+    let refused = client.stage(ENV, &setup.v1).await;
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    let said = refused.body.to_string();
+    assert!(said.contains(&shared.display().to_string()), "{said}");
+    assert!(said.contains("--shared-storage"), "{said}");
+    assert!(
+        !shared.exists(),
+        "the agent never makes the shared folder itself"
+    );
+
+    std::fs::create_dir(&shared).unwrap();
+    client.stage(ENV, &setup.v1).await.ok();
+}

@@ -121,6 +121,31 @@ fn a_failing_build_exits_non_zero_and_shows_the_hook_output() {
     assert!(!stdout.contains("image       "), "{stdout}");
 }
 
+#[test]
+fn up_refuses_a_shared_storage_folder_that_is_not_mounted() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = |pool_folder: &str| {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin!("lockstep"))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args([
+                "up",
+                "--listen",
+                &format!("127.0.0.1:{}", support::free_port()),
+            ])
+            .args(["--shared-storage", pool_folder])
+            .output()
+            .unwrap()
+    };
+    let missing = dir.path().join("nfs");
+    support::assert_refused(
+        &up(&format!("production={}", missing.display())),
+        &format!("the production pool's shared storage {}", missing.display()),
+    );
+    assert!(!missing.exists());
+    support::assert_refused(&up("prod=/mnt"), "`prod` is no pool");
+}
+
 #[tokio::test]
 async fn lockstep_edge_answers_the_controller_alone_refuses_unknown_hosts_and_needs_enrolling() {
     let dir = tempfile::tempdir().unwrap();

@@ -387,3 +387,44 @@ async fn services_replicate_between_hosts_and_every_node_writes_to_the_one_prima
         assert_eq!(mariadb("SELECT count(*) FROM carts").unwrap(), "3");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_mounts_live_in_the_pools_shared_folder_and_every_host_reads_what_one_wrote() {
+    let Some(cluster) = Cluster::start(3, None).await else {
+        return;
+    };
+    let project = Project::sample();
+    let pushed = cluster.push(&project);
+    assert!(pushed.status.success(), "{}", text(&pushed));
+    cluster.until_every_node_serves(&tree_of(&project)).await;
+
+    // The deploy hook ran on one host and wrote to storage; every host's app reads it there.
+    let http = router_client();
+    let routers = cluster.routers().await;
+    for router in &routers {
+        let hooks: serde_json::Value = http
+            .get(format!("{router}/hooks"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(hooks["deploy_count"], 1, "{router}: {hooks}");
+    }
+    // Each host's worker writes its heartbeat into the one shared folder.
+    let storage = cluster.shared_storage().join("production/storage");
+    for node in ["production-1", "production-2", "production-3"] {
+        let heartbeat = storage.join(format!("worker-{node}.log"));
+        eventually(
+            Duration::from_secs(10),
+            "every host's worker to write to the shared folder",
+            || async { heartbeat.exists() },
+        )
+        .await;
+    }
+    assert!(
+        !cluster.controller_storage().join("production").exists(),
+        "nothing of production lands in the controller's own folder"
+    );
+}

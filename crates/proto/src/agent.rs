@@ -54,6 +54,11 @@ pub struct InstanceConfig {
     pub router_port: u16,
     /// Where `source: storage` mounts live: shared by every node of the environment.
     pub storage_dir: PathBuf,
+    /// The pool's shared folder that `storage_dir` lies in, which the operator mounts on every
+    /// node of the pool: a node where it is missing refuses releases with `storage` mounts
+    /// rather than keep their files to itself.
+    #[serde(default)]
+    pub shared_storage: Option<PathBuf>,
     /// Whether crons run on this node (exactly one node of an environment).
     pub cron_node: bool,
     #[serde(default)]

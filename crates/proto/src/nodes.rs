@@ -62,6 +62,10 @@ pub struct NodeAdded {
     pub name: String,
     pub pool: Pool,
     pub join_token: String,
+    /// The pool's shared folder, which the host must have mounted at this path before it
+    /// serves releases with `storage` mounts; `None` where the pool shares the controller's.
+    #[serde(default)]
+    pub shared_storage: Option<String>,
 }
 
 /// A node (or edge) as `GET /v1/nodes` lists it.

@@ -157,6 +157,7 @@ impl Scratch {
             local: self.dir.join("mounts/local"),
             tmp: self.dir.join("mounts/tmp"),
             storage: self.dir.join("mounts/storage"),
+            shared_storage: None,
         };
         copy_tree(&real.storage, &copies.storage)?;
         copy_tree(&real.local, &copies.local)?;

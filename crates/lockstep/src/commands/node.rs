@@ -69,6 +69,12 @@ pub async fn run(client: &ApiClient, command: NodeCommand) -> anyhow::Result<Exi
                 client.base()
             );
             println!();
+            if let Some(folder) = &added.shared_storage {
+                println!(
+                    "after mounting the {} pool's shared storage at {folder} on it (NFS or similar)",
+                    added.pool
+                );
+            }
             println!("(the token enrols one host, once, within a day)");
         }
         NodeCommand::Remove { name } => {

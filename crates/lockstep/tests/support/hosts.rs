@@ -67,6 +67,10 @@ impl Cluster {
         }
         let api = format!("http://{api_address}");
         super::seed_test_authority(&data.path().join("controller"));
+        // The production pool's shared folder, as an operator's NFS mount would be: the same
+        // path on every host, since the namespaces share one filesystem.
+        let shared_storage = data.path().join("shared-production");
+        std::fs::create_dir(&shared_storage).unwrap();
         let controller = Controller::open(ControllerOptions {
             data_dir: data.path().join("controller"),
             project: "shop".into(),
@@ -76,6 +80,7 @@ impl Cluster {
             cluster_url: format!("https://{cluster_address}"),
             lockstep_binary: lockstep_binary(),
             operator: Default::default(),
+            shared_storage: [(Pool::Production, shared_storage)].into(),
         })
         .unwrap();
         tokio::spawn(Arc::clone(&controller).serve(
@@ -250,6 +255,16 @@ impl Cluster {
         started.elapsed()
     }
 
+    /// The production pool's shared folder (`--shared-storage production=`).
+    pub fn shared_storage(&self) -> std::path::PathBuf {
+        self.data.path().join("shared-production")
+    }
+
+    /// The controller's own storage folder, which pools without a shared folder use.
+    pub fn controller_storage(&self) -> std::path::PathBuf {
+        self.data.path().join("controller/storage")
+    }
+
     /// What the agent on host `index` keeps of production's services (`services.json`).
     pub fn kept_services(&self, index: usize) -> serde_json::Value {
         let path = self.data.path().join(format!(
@@ -288,15 +303,11 @@ impl Cluster {
     }
 
     fn hook_records(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(
-            self.data
-                .path()
-                .join("controller/storage/production/storage/hooks.log"),
-        )
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+        std::fs::read_to_string(self.shared_storage().join("production/storage/hooks.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// The newest push.

@@ -534,6 +534,7 @@ pub fn instance_config(env: &str, storage: &Path) -> InstanceConfig {
         cluster: None,
         router_port: 0,
         storage_dir: storage.to_owned(),
+        shared_storage: None,
         cron_node: true,
         gate: GateSettings {
             start_timeout_ms: 20_000,

@@ -12,7 +12,7 @@ mod layout;
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -42,6 +42,18 @@ pub struct UpArgs {
     /// settings are passed already).
     #[arg(long = "pass-env", value_name = "NAME")]
     pass_env: Vec<String>,
+    /// The folder a pool's nodes share for `source: storage` mounts (NFS or similar), mounted at
+    /// this path on each of its nodes and on this host; pools without one use a folder in the
+    /// data folder, which only nodes on this host share.
+    #[arg(long = "shared-storage", value_name = "POOL=PATH", value_parser = pool_folder)]
+    shared_storage: Vec<(Pool, PathBuf)>,
+}
+
+fn pool_folder(given: &str) -> Result<(Pool, PathBuf), String> {
+    let (pool, path) = given
+        .split_once('=')
+        .ok_or_else(|| format!("`{given}` is not POOL=PATH, as in production=/mnt/production"))?;
+    Ok((pool.parse()?, PathBuf::from(path)))
 }
 
 const NODES: [(&str, Pool); 5] = [
@@ -86,6 +98,7 @@ pub fn run(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
         cluster_url: format!("https://127.0.0.1:{}", layout.cluster_port),
         lockstep_binary: binary.clone(),
         operator,
+        shared_storage: args.shared_storage.iter().cloned().collect(),
     })
     .context("cannot start the controller")?;
     // A node or edge whose host has not joined yet gets a join token, as `lockstep node add`
