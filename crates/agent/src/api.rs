@@ -15,7 +15,7 @@ use lockstep_proto::agent::{
     Staged, Step, SwapRequest,
 };
 
-use lockstep_proto::nodes::{RenewalRequest, Renewed};
+use lockstep_proto::nodes::{RenewalRequest, Renewed, RevokedCertificates};
 use lockstep_transport::Peer;
 
 use crate::Agent;
@@ -68,6 +68,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/instances/{env}/exec", post(exec))
         .route("/v1/certificate-request", post(certificate_request))
         .route("/v1/certificate", put(install_certificate))
+        .route("/v1/revoked-certificates", put(revoke_certificates))
         .layer(axum::middleware::from_fn_with_state(
             agent.clone(),
             authenticate,
@@ -103,6 +104,15 @@ async fn install_certificate(
     Json(renewed): Json<Renewed>,
 ) -> Result<StatusCode, AgentError> {
     agent.identity.install(renewed.certificate)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The certificates of hosts removed from the project: the router and this API refuse them.
+async fn revoke_certificates(
+    State(agent): State<Arc<Agent>>,
+    Json(revoked): Json<RevokedCertificates>,
+) -> Result<StatusCode, AgentError> {
+    agent.identity.revoke(revoked)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -63,7 +63,7 @@ pub(crate) struct NodeContext {
     /// Pulls images from the controller with this node's certificate.
     pub images: pull::ImagePuller,
     /// The node's certificate for its routers, which serve edges alone on the node's address.
-    pub router_tls: tokio_rustls::TlsAcceptor,
+    pub router_tls: router::EdgeTls,
     pub operator: OperatorEnv,
     pub init: SandboxInit,
     /// Names this agent's sandboxes, so that the next run of it finds what this one left.
@@ -195,7 +195,10 @@ impl Agent {
             context: Arc::new(NodeContext {
                 metrics: Arc::new(Metrics::new()),
                 router_address: options.router_address,
-                router_tls: identity.server().acceptor()?,
+                router_tls: router::EdgeTls {
+                    acceptor: identity.server().acceptor()?,
+                    identity: identity.server(),
+                },
                 images: pull::ImagePuller::new(identity),
                 operator: options.operator,
                 init: options.init,

@@ -21,7 +21,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use lockstep_proto::agent::{GATE_HEADER, GATE_PATH, GENERATION_HEADER, Gate, GateSettings};
-use lockstep_transport::Peer;
+use lockstep_transport::{Peer, PeerCertificate, ServerIdentity};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -30,6 +30,25 @@ use crate::metrics::Metrics;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// The router port on the node's address: mutual TLS with the node's certificate, serving
+/// edges whose certificate is not revoked.
+#[derive(Clone)]
+pub struct EdgeTls {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub identity: Arc<ServerIdentity>,
+}
+
+/// The answer on a connection whose edge was removed since it connected; the connection ends.
+fn revoked_edge() -> Response<ProxyBody> {
+    let mut response = Response::new(full("this edge's certificate is revoked\n"));
+    *response.status_mut() = StatusCode::FORBIDDEN;
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
+}
 
 /// Where the web process listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,7 +204,7 @@ impl NodeRouter {
 
     /// Serves the router port until the task is dropped: over mutual TLS to edges alone
     /// (`tls`), or in plain HTTP to the apps of this node (on loopback).
-    pub async fn serve(self, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+    pub async fn serve(self, listener: TcpListener, tls: Option<EdgeTls>) {
         loop {
             let (tcp, address) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -198,30 +217,46 @@ impl NodeRouter {
             tokio::spawn(async move {
                 match tls {
                     Some(tls) => {
-                        let Some((stream, peer, _)) =
-                            lockstep_transport::handshake(&tls, tcp, address).await
+                        let Some((stream, peer, certificate)) =
+                            lockstep_transport::handshake(&tls.acceptor, tcp, address).await
                         else {
                             return;
                         };
                         if matches!(peer, Peer::Edge(_)) {
-                            router.serve_connection(TokioIo::new(stream)).await;
+                            let presented = Some((tls.identity, certificate));
+                            router
+                                .serve_connection(TokioIo::new(stream), presented)
+                                .await;
                         } else {
                             tracing::info!(%address, %peer, "the router serves edges alone");
                         }
                     }
-                    None => router.serve_connection(TokioIo::new(tcp)).await,
+                    None => router.serve_connection(TokioIo::new(tcp), None).await,
                 }
             });
         }
     }
 
-    async fn serve_connection<S>(self, stream: TokioIo<S>)
-    where
+    /// Serves one connection; one over TLS (`presented`: the identity that accepted it, and the
+    /// edge's certificate) ends at its next request once that certificate is revoked.
+    async fn serve_connection<S>(
+        self,
+        stream: TokioIo<S>,
+        presented: Option<(Arc<ServerIdentity>, PeerCertificate)>,
+    ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let service = hyper::service::service_fn(move |request| {
             let router = self.clone();
-            async move { Ok::<_, Infallible>(router.handle(request).await) }
+            let revoked = presented
+                .as_ref()
+                .is_some_and(|(identity, certificate)| identity.refuses(certificate));
+            async move {
+                if revoked {
+                    return Ok::<_, Infallible>(revoked_edge());
+                }
+                Ok(router.handle(request).await)
+            }
         });
         let _ = hyper::server::conn::http1::Builder::new()
             .serve_connection(stream, service)

@@ -9,7 +9,7 @@ use lockstep_proto::agent::{
 };
 use std::sync::{Arc, RwLock};
 
-use lockstep_proto::nodes::{RenewalRequest, Renewed};
+use lockstep_proto::nodes::{RenewalRequest, Renewed, RevokedCertificates};
 use lockstep_transport::{Identity, TransportError};
 use serde::de::DeserializeOwned;
 
@@ -108,10 +108,31 @@ impl AgentClient {
         agent: &str,
         certificate: String,
     ) -> Result<(), CallError> {
+        self.put_to_agent(agent, "certificate", &Renewed { certificate })
+            .await
+    }
+
+    /// Tells the agent at `agent` which certificates to refuse from now on.
+    pub async fn revoke_certificates(
+        &self,
+        agent: &str,
+        revoked: &RevokedCertificates,
+    ) -> Result<(), CallError> {
+        self.put_to_agent(agent, "revoked-certificates", revoked)
+            .await
+    }
+
+    /// `PUT /v1/{path}` on the agent itself, outside any instance.
+    async fn put_to_agent(
+        &self,
+        agent: &str,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<(), CallError> {
         let response = self
             .http()
-            .put(agent_url(agent, &["v1", "certificate"])?)
-            .json(&Renewed { certificate })
+            .put(agent_url(agent, &["v1", path])?)
+            .json(body)
             .timeout(Duration::from_secs(30))
             .send()
             .await

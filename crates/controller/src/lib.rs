@@ -30,7 +30,7 @@ mod store;
 mod users;
 mod variables;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -155,6 +155,8 @@ pub struct Controller {
     /// The certificate the cluster port serves, renewed by the controller itself.
     cluster_identity: Arc<lockstep_transport::ServerIdentity>,
     own_certificate_expires: Mutex<std::time::SystemTime>,
+    /// The revoked certificates each node was told, by node and the certificate it holds.
+    revocations_told: Mutex<HashMap<(String, String), BTreeSet<String>>>,
     store: store::Store,
     /// Where environments' `storage` mounts live, per pool.
     storage: shared_storage::SharedStorage,
@@ -204,6 +206,7 @@ impl Controller {
         let controller = Controller {
             secrets,
             edges: Default::default(),
+            revocations_told: Default::default(),
             agents: agents::AgentClient::new(&identity, options.cluster_url.clone())?,
             cluster_identity: lockstep_transport::ServerIdentity::new(&identity)?,
             own_certificate_expires: Mutex::new(identity.expires_at()?),
@@ -253,6 +256,9 @@ impl Controller {
                 }
                 if let Err(error) = controller.renew_certificates().await {
                     tracing::warn!(%error, "a certificate is not renewed yet");
+                }
+                if let Err(error) = controller.tell_revocations().await {
+                    tracing::warn!(%error, "the nodes are not told the revoked certificates");
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use lockstep_proto::agent::EnvironmentType;
 use lockstep_proto::nodes::{
     ClusterContact, Enrolled, JoinRequest, JoinToken, NodeAdded, NodeEntry, Pool,
+    RevokedCertificates,
 };
 use lockstep_transport::{Peer, fingerprint_of, peer_of_pool};
 
@@ -436,6 +437,54 @@ impl Controller {
             tracing::info!(node = %node.name, "certificate renewed");
         }
         self.renew_own_certificate()
+    }
+
+    /// Tells every enrolled node which certificates to refuse (removed hosts', until they
+    /// expire): a removed edge's at its routers above all. Told again to a node whose
+    /// certificate changed (a host that joined again has an empty list) and after a restart.
+    pub(crate) async fn tell_revocations(&self) -> Result<(), ControllerError> {
+        let revoked = RevokedCertificates {
+            fingerprints: self
+                .store
+                .revoked_certificates(&rfc3339(SystemTime::now()))?,
+        };
+        let nodes: Vec<(String, String, String)> = self
+            .store
+            .registered_nodes()?
+            .into_iter()
+            .filter(|node| node.pool != Pool::Edge)
+            .filter_map(|node| Some((node.name, node.agent_url?, node.certificate_fingerprint?)))
+            .collect();
+        self.revocations_told
+            .lock()
+            .expect("revocations lock")
+            .retain(|(name, certificate), _| {
+                nodes.iter().any(|(n, _, c)| n == name && c == certificate)
+            });
+        for (name, agent_url, certificate) in nodes {
+            let key = (name, certificate);
+            let told = self
+                .revocations_told
+                .lock()
+                .expect("revocations lock")
+                .get(&key)
+                == Some(&revoked.fingerprints);
+            if told {
+                continue;
+            }
+            match self.agents.revoke_certificates(&agent_url, &revoked).await {
+                Ok(()) => {
+                    self.revocations_told
+                        .lock()
+                        .expect("revocations lock")
+                        .insert(key, revoked.fingerprints.clone());
+                }
+                Err(error) => {
+                    tracing::debug!(node = %key.0, %error, "revoked certificates not told yet");
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -163,6 +163,13 @@ CREATE TABLE cluster_nodes (
     certificate_expires_at TEXT
 );
 "#,
+    // The certificates of removed nodes and edges, refused until they expire.
+    r#"
+CREATE TABLE revoked_certificates (
+    fingerprint TEXT PRIMARY KEY,
+    expires_at TEXT NOT NULL
+);
+"#,
 ];
 
 /// A service of an environment as first declared: its engine and version never change, since

@@ -1,7 +1,7 @@
 //! The node registry end to end, through `lockstep up`: a host enrolling with the token
 //! `lockstep node add` printed, joining production and catching up to its release; the token
 //! spent; a removed node's certificate refused; the refusals that keep environments served; a
-//! second edge fed by the controller as the first.
+//! second edge fed by the controller as the first, refused by the routers once removed.
 
 mod support;
 
@@ -275,7 +275,7 @@ impl Drop for HostEdge {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_edge_enrols_and_serves_every_environment_and_a_deploy_closes_it_too() {
+async fn a_second_edge_serves_and_closes_with_the_first_and_once_removed_every_router_refuses_it() {
     let platform = Platform::start().await;
     let project = Project::sample();
     assert!(platform.push(&project, "HEAD:production").status.success());
@@ -335,4 +335,32 @@ async fn a_second_edge_enrols_and_serves_every_environment_and_a_deploy_closes_i
         )
         .await;
     }
+
+    // Removed, the edge is refused by every router although its certificate has not expired:
+    // on the connection it holds open, and in the handshake of a new one.
+    let identity = lockstep_transport::Identity::load(&edge._data_dir.path().join("tls"))
+        .unwrap()
+        .expect("the edge enrolled");
+    let router = platform.routers("production").await[0].clone();
+    let held = lockstep_transport::http_client(&identity).unwrap();
+    let status_for = |client: reqwest::Client| {
+        let url = format!("{router}/");
+        async move { client.get(&url).send().await.map(|r| r.status().as_u16()) }
+    };
+    assert_eq!(status_for(held.clone()).await.unwrap(), 200);
+    assert!(platform.cli(&["node", "remove", "edge-2"]).status.success());
+    eventually(
+        Duration::from_secs(30),
+        "the routers to refuse the removed edge",
+        || async {
+            status_for(held.clone())
+                .await
+                .is_ok_and(|status| status == 403)
+        },
+    )
+    .await;
+    let fresh = lockstep_transport::http_client(&identity).unwrap();
+    assert!(status_for(fresh).await.is_err(), "refused in the handshake");
+    assert_eq!(status_for(router_client()).await.unwrap(), 200);
+    assert_eq!(release_at(platform.edge).await, Some(second));
 }

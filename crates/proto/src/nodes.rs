@@ -194,3 +194,11 @@ mod tests {
         assert!("prod".parse::<Pool>().is_err());
     }
 }
+
+/// `PUT /v1/revoked-certificates` on an agent: the certificates of hosts removed from the
+/// project, refused from now on although they have not expired; the whole list each time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedCertificates {
+    /// Fingerprints (blake3 of the DER), as `lockstep_transport::fingerprint_of` gives them.
+    pub fingerprints: std::collections::BTreeSet<String>,
+}

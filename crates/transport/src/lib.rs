@@ -4,8 +4,8 @@
 //! the certificate the authority issued it, `Identity`), the server side that serves an axum
 //! router only to peers holding such a certificate and tells the handlers who they are (`Peer`),
 //! and the one HTTP client every call between hosts makes (mutual TLS, HTTPS only, the
-//! `liveness` settings); a host's enrolment with a join token, and the renewal of a role's
-//! certificate while it serves.
+//! `liveness` settings); a host's enrolment with a join token, the renewal of a role's
+//! certificate while it serves, and the refusal of revoked ones (removed hosts').
 //! Must never: accept a peer whose certificate the project's authority did not issue, let the
 //! subject or names a certificate request asks for into a certificate (the authority decides
 //! them), or leave a private key readable by anyone but its owner.
@@ -16,6 +16,7 @@ mod enrolment;
 mod identity;
 pub mod liveness;
 mod renewal;
+mod revocation;
 mod server;
 
 pub use authority::{Authority, CERTIFICATE_LIFETIME, fingerprint_of};

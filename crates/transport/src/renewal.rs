@@ -5,9 +5,12 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
-use lockstep_proto::nodes::RenewalRequest;
+use lockstep_proto::nodes::{RenewalRequest, RevokedCertificates};
 
 use crate::{CertificateRequest, Identity, Peer, ServerIdentity, TransportError, http_client};
+
+/// The certificates refused last, kept beside the identity.
+const REVOKED: &str = "revoked.json";
 
 pub struct RenewableIdentity {
     dir: PathBuf,
@@ -19,11 +22,32 @@ pub struct RenewableIdentity {
 
 impl RenewableIdentity {
     /// The identity kept in `dir`; `None` when there is none yet.
+    /// The certificates it refused last (`revoke`) are refused again.
     pub fn load(dir: PathBuf) -> Result<Option<RenewableIdentity>, TransportError> {
-        match Identity::load(&dir)? {
-            Some(identity) => Ok(Some(RenewableIdentity::new(identity, dir)?)),
-            None => Ok(None),
+        let Some(identity) = Identity::load(&dir)? else {
+            return Ok(None);
+        };
+        let renewable = RenewableIdentity::new(identity, dir)?;
+        let path = renewable.dir.join(REVOKED);
+        match std::fs::read(&path) {
+            Ok(kept) => {
+                let revoked: RevokedCertificates =
+                    serde_json::from_slice(&kept).map_err(|error| TransportError::Certificate {
+                        what: format!("the revoked certificates in {}", path.display()),
+                        detail: error.to_string(),
+                    })?;
+                renewable.server.refuse(revoked.fingerprints);
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(TransportError::Io {
+                    action: "read",
+                    path,
+                    source,
+                });
+            }
         }
+        Ok(Some(renewable))
     }
 
     /// `identity`, kept in `dir` once renewed.
@@ -48,6 +72,14 @@ impl RenewableIdentity {
     /// The client of calls to other roles, with the current certificate.
     pub fn client(&self) -> reqwest::Client {
         self.current.read().expect("identity lock").1.clone()
+    }
+
+    /// Refuses `revoked` from now on, and again after a restart.
+    pub fn revoke(&self, revoked: RevokedCertificates) -> Result<(), TransportError> {
+        let json = serde_json::to_string(&revoked).expect("fingerprints serialize");
+        crate::identity::write_whole(&self.dir, REVOKED, &json, 0o600)?;
+        self.server.refuse(revoked.fingerprints);
+        Ok(())
     }
 
     /// A fresh key and its certificate request; the key waits for its certificate.

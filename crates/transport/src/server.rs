@@ -1,6 +1,7 @@
 //! The server side: an axum router served over TLS to peers whose certificate the project's
 //! authority issued, each request carrying the `Peer` its connection proved to be.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use tower::ServiceExt;
 
 use crate::authority::fingerprint_of_der;
 use crate::identity::peer_of;
+use crate::revocation::{RevocationCheck, Revoked};
 use crate::{Identity, TransportError};
 
 /// How long a connection may take to finish its handshake.
@@ -27,6 +29,7 @@ pub struct PeerCertificate(pub String);
 pub struct ServerIdentity {
     current: RwLock<Arc<CertifiedKey>>,
     roots: Arc<rustls::RootCertStore>,
+    revoked: Arc<Revoked>,
 }
 
 impl ServerIdentity {
@@ -34,7 +37,20 @@ impl ServerIdentity {
         Ok(Arc::new(ServerIdentity {
             current: RwLock::new(Arc::new(certified_key(identity)?)),
             roots: Arc::new(identity.roots()?),
+            revoked: Default::default(),
         }))
+    }
+
+    /// Refuses the certificates with these fingerprints (`fingerprint_of`) in every handshake
+    /// from now on, in place of those refused before.
+    pub fn refuse(&self, fingerprints: BTreeSet<String>) {
+        self.revoked.replace(fingerprints);
+    }
+
+    /// Whether `certificate` is refused now: a connection made before its revocation may
+    /// still be open.
+    pub fn refuses(&self, certificate: &PeerCertificate) -> bool {
+        self.revoked.contains(&certificate.0)
     }
 
     /// Presents `identity` from the next handshake on.
@@ -61,9 +77,14 @@ impl ServerIdentity {
     }
 
     fn config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, TransportError> {
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), crate::provider())
-                .build()?;
+        let verifier = Arc::new(RevocationCheck {
+            issued: WebPkiClientVerifier::builder_with_provider(
+                self.roots.clone(),
+                crate::provider(),
+            )
+            .build()?,
+            revoked: self.revoked.clone(),
+        });
         let config = rustls::ServerConfig::builder_with_provider(crate::provider())
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier)

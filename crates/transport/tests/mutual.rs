@@ -4,7 +4,11 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::routing::get;
-use lockstep_transport::{Authority, Identity, Peer, ServerIdentity, http_client, serve};
+use lockstep_proto::nodes::RevokedCertificates;
+use lockstep_transport::{
+    Authority, Identity, Peer, RenewableIdentity, ServerIdentity, fingerprint_of, http_client,
+    serve,
+};
 
 struct Server {
     url: String,
@@ -12,13 +16,16 @@ struct Server {
 }
 
 async fn server(identity: &Identity) -> (Server, Arc<ServerIdentity>) {
+    serving(ServerIdentity::new(identity).unwrap()).await
+}
+
+async fn serving(server_identity: Arc<ServerIdentity>) -> (Server, Arc<ServerIdentity>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());
     let router = axum::Router::new().route(
         "/who",
         get(|Extension(peer): Extension<Peer>| async move { peer.to_string() }),
     );
-    let server_identity = ServerIdentity::new(identity).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(serve(
         listener,
@@ -132,4 +139,44 @@ async fn a_renewed_certificate_is_presented_without_a_restart() {
         .await
         .unwrap();
     assert_eq!(answer.text().await.unwrap(), "controller");
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_is_refused_in_the_handshake_and_after_a_restart() {
+    let (_dir, authority) = authority();
+    let node_dir = tempfile::tempdir().unwrap();
+    authority
+        .identity_for(&Peer::Node("n1".into()), &loopback())
+        .unwrap()
+        .save(node_dir.path())
+        .unwrap();
+    let removed = authority
+        .identity_for(&Peer::Edge("removed".into()), &[])
+        .unwrap();
+    let kept = authority
+        .identity_for(&Peer::Edge("kept".into()), &[])
+        .unwrap();
+    let answers = |url: String, caller: &Identity| {
+        let client = http_client(caller).unwrap();
+        async move { client.get(format!("{url}/who")).send().await.is_ok() }
+    };
+
+    let node = RenewableIdentity::load(node_dir.path().to_owned())
+        .unwrap()
+        .unwrap();
+    let (server, _) = serving(node.server()).await;
+    assert!(answers(server.url.clone(), &removed).await);
+    node.revoke(RevokedCertificates {
+        fingerprints: [fingerprint_of(&removed.certificate_pem).unwrap()].into(),
+    })
+    .unwrap();
+    assert!(!answers(server.url.clone(), &removed).await);
+    assert!(answers(server.url.clone(), &kept).await);
+
+    let restarted = RenewableIdentity::load(node_dir.path().to_owned())
+        .unwrap()
+        .unwrap();
+    let (server, _) = serving(restarted.server()).await;
+    assert!(!answers(server.url.clone(), &removed).await);
+    assert!(answers(server.url.clone(), &kept).await);
 }

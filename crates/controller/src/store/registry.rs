@@ -1,6 +1,8 @@
 //! The node registry: every node placed in a pool, the join token it enrols with (once), where
 //! its agent listens, and the one certificate it holds.
 
+use std::collections::BTreeSet;
+
 use lockstep_proto::nodes::Pool;
 use rusqlite::{OptionalExtension, params};
 
@@ -129,10 +131,33 @@ impl Store {
         })
     }
 
+    /// Removes node `name`; the certificate it holds is revoked until it expires.
     pub fn unregister_node(&self, name: &str) -> Result<(), StoreError> {
+        let mut connection = self.connection.lock().expect("store lock");
+        let tx = connection.transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO revoked_certificates (fingerprint, expires_at)
+             SELECT certificate_fingerprint, certificate_expires_at FROM cluster_nodes
+             WHERE name = ?1 AND certificate_fingerprint IS NOT NULL",
+            [name],
+        )?;
+        tx.execute("DELETE FROM cluster_nodes WHERE name = ?1", [name])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The revoked certificates that have not expired at `now`; the expired ones are forgotten.
+    pub fn revoked_certificates(&self, now: &str) -> Result<BTreeSet<String>, StoreError> {
         self.with(|c| {
-            c.execute("DELETE FROM cluster_nodes WHERE name = ?1", [name])?;
-            Ok(())
+            c.execute(
+                "DELETE FROM revoked_certificates WHERE expires_at <= ?1",
+                [now],
+            )?;
+            let mut statement = c.prepare("SELECT fingerprint FROM revoked_certificates")?;
+            let revoked = statement
+                .query_map([], |row| row.get(0))?
+                .collect::<Result<BTreeSet<String>, _>>()?;
+            Ok(revoked)
         })
     }
 
