@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use lockstep_proto::nodes::Pool;
 
-use lockstep_edge::wire::{
+use lockstep_proto::edge::{
     CacheRules, ClosedMode, DEFAULT_REDIRECT_CODE, EnvironmentRoute, GateCommand, GateState,
     RouteAction,
 };
@@ -260,7 +260,7 @@ impl Controller {
                 };
             }
             if let Ok(platform_routes) = self.platform_routes(&env.name, release) {
-                (route.routes, left_out) = lockstep_edge::routes_from_urls(resolved_routes(
+                (route.routes, left_out) = lockstep_routes::routes_from_urls(resolved_routes(
                     &platform_routes,
                     several_apps,
                 ));

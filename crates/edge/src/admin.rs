@@ -16,7 +16,7 @@ use lockstep_transport::{Peer, RenewableIdentity, TransportError};
 
 use crate::Edge;
 use crate::error::RouteError;
-use crate::wire::{EnvironmentRoute, ErrorBody, GateCommand};
+use lockstep_proto::edge::{EnvironmentRoute, ErrorBody, GateCommand};
 
 pub(crate) fn router(edge: Arc<Edge>, identity: Arc<RenewableIdentity>) -> axum::Router {
     let renewal = axum::Router::new()

@@ -25,10 +25,8 @@ pub enum RouteError {
     ForbiddenHeader(String),
     #[error("cache.headers entry {0:?} is not a header name")]
     BadHeader(String),
-    #[error("an environment has at most {max} routes; this one has {count}")]
-    TooManyRoutes { count: usize, max: usize },
-    #[error("route {route:?} is refused: {reason}")]
-    BadRoute { route: String, reason: String },
+    #[error(transparent)]
+    Routes(#[from] lockstep_routes::RouteError),
     #[error("no environment {0:?} on this edge")]
     UnknownEnvironment(String),
 }

@@ -18,8 +18,8 @@ use tokio::sync::watch;
 
 use crate::cache::rules::{Classified, KeyRules};
 use crate::routing::normalise_host;
-use crate::wire::{CacheRules, EnvironmentRoute};
 use crate::{Edge, EdgeOptions};
+use lockstep_proto::edge::{CacheRules, EnvironmentRoute};
 
 /// The hosts the fuzzed edge serves; every other host must get no further than the edge.
 const HOSTS: [&str; 2] = ["localhost", "www.example.test"];

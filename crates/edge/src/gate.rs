@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-use crate::wire::{EffectiveState, EnvironmentRoute, GateState, NodeState, NodeView};
+use lockstep_proto::edge::{EffectiveState, EnvironmentRoute, GateState, NodeState, NodeView};
 
 /// The `Retry-After` a closed environment's clients get when no node said otherwise.
 pub(crate) const DEFAULT_RETRY_AFTER_SECS: u64 = 5;

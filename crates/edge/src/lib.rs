@@ -23,13 +23,13 @@
 //! - send a request with a body twice, or retry a non-idempotent request;
 //! - decide the gate: it only follows the controller and the nodes.
 //!
-//! Code map: `routing` (environments and hosts), `routes` (an environment's routes: checks,
-//! longest-prefix match, redirect locations), `proxy` (the request pipeline; `cached` the
+//! Code map: `routing` (environments and hosts; an environment's routes are the
+//! `lockstep_routes` crate's), `proxy` (the request pipeline; `cached` the
 //! cacheable path, `answers` the edge's own responses), `client` (node connections, choice of
 //! node, retries), `gate` (the gate, each router's state and each app's), `hold` (held
 //! requests), `health` (active checks), `cache` (`rules` and keys, `policy`, `store`, `flight`
-//! coalescing, `tee`), `admin` (the API), `metrics`, `wire` (the API's types), `headers`,
-//! `error`; `fuzzing` (entry points of the fuzz targets, with `--cfg fuzzing` only).
+//! coalescing, `tee`), `admin` (the API, whose types are `lockstep_proto::edge`), `metrics`,
+//! `headers`, `error`; `fuzzing` (entry points of the fuzz targets, with `--cfg fuzzing` only).
 //!
 //! The integration tests (`tests/integration`) run the edge against real origin processes,
 //! `tests/origin.py`, which speak the node routers' gate protocol.
@@ -46,9 +46,7 @@ mod health;
 mod hold;
 mod metrics;
 mod proxy;
-mod routes;
 mod routing;
-pub mod wire;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -66,8 +64,7 @@ use tokio::sync::{mpsc, watch};
 pub use cache::CacheResult;
 pub use error::{OriginError, RouteError};
 pub use headers::CACHE_HEADER;
-pub use routes::{MAX_ROUTES, check_routes, routes_from_urls};
-pub use wire::{
+pub use lockstep_proto::edge::{
     CacheRules, ClosedMode, EffectiveState, EnvironmentRoute, EnvironmentView, ErrorBody,
     GateCommand, GateState, HostRoute, NodeState, NodeView, RouteAction,
 };

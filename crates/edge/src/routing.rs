@@ -14,8 +14,8 @@ use crate::cache::rules::KeyRules;
 use crate::error::RouteError;
 use crate::gate::Gate;
 use crate::hold::HoldQueue;
-use crate::routes::{Routes, check_apps, valid_app};
-use crate::wire::{ClosedMode, EnvironmentRoute, EnvironmentView};
+use lockstep_proto::edge::{ClosedMode, EnvironmentRoute, EnvironmentView};
+use lockstep_routes::{Routes, check_apps, valid_app};
 
 /// An environment's settings, replaced as a whole by each `PUT`.
 #[derive(Debug)]
@@ -326,10 +326,10 @@ mod tests {
         assert!(router.by_host("localhost").is_none());
         // A route's host is the environment's too.
         let mut routed = route(&[]);
-        routed.routes = vec![crate::wire::HostRoute {
+        routed.routes = vec![lockstep_proto::edge::HostRoute {
             host: "WWW.localhost".into(),
             path: "/".into(),
-            action: crate::wire::RouteAction::Upstream { app: None },
+            action: lockstep_proto::edge::RouteAction::Upstream { app: None },
         }];
         let taken = router.put("staging", routed, "localhost");
         assert!(matches!(taken, Err(RouteError::HostTaken { .. })));
@@ -346,10 +346,10 @@ mod tests {
             ("app".to_owned(), vec!["http://127.0.0.1:1/".to_owned()]),
             ("api".to_owned(), vec!["http://127.0.0.1:2".to_owned()]),
         ]);
-        let of_app = |path: &str, app: &str| crate::wire::HostRoute {
+        let of_app = |path: &str, app: &str| lockstep_proto::edge::HostRoute {
             host: "main.localhost".into(),
             path: path.into(),
-            action: crate::wire::RouteAction::Upstream {
+            action: lockstep_proto::edge::RouteAction::Upstream {
                 app: Some(app.into()),
             },
         };

@@ -4,4 +4,5 @@
 //! a type here is a promise to the other side of a connection, so a change is a protocol change.
 
 pub mod agent;
+pub mod edge;
 pub mod nodes;

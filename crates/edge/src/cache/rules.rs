@@ -15,7 +15,7 @@ use regex::Regex;
 
 use crate::error::RouteError;
 use crate::headers;
-use crate::wire::CacheRules;
+use lockstep_proto::edge::CacheRules;
 
 /// A route's cache rules, ready to classify requests.
 #[derive(Debug)]

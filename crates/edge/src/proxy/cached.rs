@@ -19,7 +19,7 @@ use crate::client::{Body, empty};
 use crate::error::OriginError;
 use crate::headers;
 use crate::hold::Turn;
-use crate::wire::{ClosedMode, EffectiveState};
+use lockstep_proto::edge::{ClosedMode, EffectiveState};
 
 /// How many times a cacheable request goes round (hold, wait for another fetch) before it
 /// fetches on its own.

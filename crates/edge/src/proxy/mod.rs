@@ -26,9 +26,9 @@ use crate::client::{Body, Dispatch, Reply};
 use crate::error::OriginError;
 use crate::headers::{self, CACHE_HEADER};
 use crate::hold::{Held, Turn};
-use crate::routes::{Matched, host_port};
 use crate::routing::{EnvConfig, Environment, normalise_host};
-use crate::wire::{ClosedMode, EffectiveState};
+use lockstep_proto::edge::{ClosedMode, EffectiveState};
+use lockstep_routes::{Matched, host_port};
 
 /// One request's environment, and the app whose routers take it (`None`: the first app's).
 #[derive(Clone)]

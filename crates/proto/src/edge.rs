@@ -1,4 +1,5 @@
-//! The admin API's wire types. The controller imports these to tell the edge what to serve.
+//! The edge's admin API: what the controller tells each edge to serve, and what the edge
+//! answers of it.
 
 use std::collections::BTreeMap;
 

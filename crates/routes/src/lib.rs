@@ -1,7 +1,12 @@
-//! An environment's routes (`.platform/routes.yaml` as the controller resolved them): checked
-//! when they are put, since they come from pushed configuration; matched per request by host
-//! and longest path prefix, an upstream route naming the app whose routers take it; and a
-//! redirect route's `Location`.
+//! An environment's routes (`.platform/routes.yaml` as the controller resolved them), as every
+//! edge serves them: checked when they are put, since they come from pushed configuration;
+//! matched per request by host and longest path prefix, an upstream route naming the app whose
+//! routers take it; and a redirect route's `Location`. The controller makes them from route
+//! URLs with the same checks (`routes_from_urls`), so that it knows what an edge would refuse.
+//!
+//! Owns: the rules a route must follow (host names, paths, redirect targets and codes, no
+//! redirect loop, at most `MAX_ROUTES`). Must never: do I/O, or let a route through that sends
+//! a header or a visitor anywhere the route does not name.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -9,8 +14,16 @@ use std::fmt::Write as _;
 
 use http::StatusCode;
 
-use crate::error::RouteError;
-use crate::wire::{HostRoute, RouteAction};
+use lockstep_proto::edge::{HostRoute, RouteAction};
+
+/// Why routes are refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("an environment has at most {max} routes; this one has {count}")]
+    TooManyRoutes { count: usize, max: usize },
+    #[error("route {route:?} is refused: {reason}")]
+    BadRoute { route: String, reason: String },
+}
 
 /// The most routes an environment may have.
 pub const MAX_ROUTES: usize = 256;
@@ -22,7 +35,7 @@ const MAX_PATH: usize = 2048;
 
 /// A redirect route's target, parsed when the route was put.
 #[derive(Debug)]
-pub(crate) struct Redirect {
+pub struct Redirect {
     pub code: StatusCode,
     /// As written: `http` or `https`.
     scheme: &'static str,
@@ -48,7 +61,7 @@ struct Compiled {
 
 /// What a request's host and path pick.
 #[derive(Debug)]
-pub(crate) enum Matched<'a> {
+pub enum Matched<'a> {
     /// To the routers of an app (`None`: the first app's): an upstream route, or a host no
     /// route names.
     Upstream(Option<&'a str>),
@@ -63,13 +76,13 @@ pub(crate) enum Matched<'a> {
 
 /// An environment's routes by host, each host's longest prefix first.
 #[derive(Debug, Default)]
-pub(crate) struct Routes {
+pub struct Routes {
     by_host: HashMap<String, Vec<Compiled>>,
 }
 
 impl Routes {
     /// Checks routes and writes their hosts as they are compared (lower case, no final dot).
-    pub(crate) fn compile(routes: &mut [HostRoute]) -> Result<Routes, RouteError> {
+    pub fn compile(routes: &mut [HostRoute]) -> Result<Routes, RouteError> {
         if routes.len() > MAX_ROUTES {
             return Err(RouteError::TooManyRoutes {
                 count: routes.len(),
@@ -120,7 +133,7 @@ impl Routes {
     }
 
     /// The route of a (normalised) host and a request's path.
-    pub(crate) fn find<'a>(&'a self, host: &str, path: &'a str) -> Matched<'a> {
+    pub fn find<'a>(&'a self, host: &str, path: &'a str) -> Matched<'a> {
         let Some(same_host) = self.by_host.get(host) else {
             return Matched::Upstream(None);
         };
@@ -155,7 +168,7 @@ impl Redirect {
     /// the route wrote: `https://` would send browsers to a port nothing listens on) and the
     /// port the client reached the edge on (`client_port`, from its `Host`). A target
     /// elsewhere keeps its scheme and port as written.
-    pub(crate) fn location(
+    pub fn location(
         &self,
         rest: &str,
         query: Option<&str>,
@@ -198,7 +211,7 @@ pub fn check_routes(routes: &[HostRoute]) -> Result<(), RouteError> {
 
 /// Refuses an upstream route naming an app that `app_nodes` does not: its requests would have
 /// no routers (or, sent to the first app's, reach the wrong app).
-pub(crate) fn check_apps(
+pub fn check_apps(
     routes: &[HostRoute],
     app_nodes: &BTreeMap<String, Vec<String>>,
 ) -> Result<(), RouteError> {
@@ -222,7 +235,7 @@ pub(crate) fn check_apps(
 }
 
 /// An app's name: 1 to 64 ASCII letters, digits, `-` or `_`.
-pub(crate) fn valid_app(name: &str) -> bool {
+pub fn valid_app(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
@@ -446,7 +459,7 @@ fn valid_name(host: &str) -> bool {
 }
 
 /// The port of a `Host` header (`name:port`, `[v6]:port`), if it names a valid one.
-pub(crate) fn host_port(raw_host: &str) -> Option<u16> {
+pub fn host_port(raw_host: &str) -> Option<u16> {
     let raw_host = raw_host.trim();
     let port = if let Some(rest) = raw_host.strip_prefix('[') {
         rest.split_once("]:")?.1
