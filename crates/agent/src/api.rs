@@ -10,6 +10,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use lockstep_proto::ImageId;
 use lockstep_proto::agent::{
     Closed, HookKind, HookOutcome, HookRequest, InstanceConfig, InstanceStatus, StageRequest,
     Staged, Step, SwapRequest,
@@ -151,7 +152,10 @@ async fn stage(
     Json(request): Json<StageRequest>,
 ) -> Answer<Staged> {
     let instance = agent.instance(&env).await?;
-    let result = instance.stage(&image, &request).await;
+    let result = match image.parse::<ImageId>() {
+        Ok(image) => instance.stage(&image, &request).await,
+        Err(invalid) => Err(invalid.into()),
+    };
     agent.context.metrics.command(&env, "stage", result.is_ok());
     result.map(Json)
 }

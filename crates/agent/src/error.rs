@@ -13,6 +13,8 @@ pub enum AgentError {
     Refused(String),
     #[error(transparent)]
     Image(#[from] lockstep_image::ImageError),
+    #[error(transparent)]
+    InvalidImageId(#[from] lockstep_proto::InvalidImageId),
     #[error("the web process {reason}; nothing opened. Its last output:\n{output}")]
     WebDidNotStart { reason: String, output: String },
     #[error(transparent)]
@@ -59,12 +61,12 @@ impl AgentError {
                 StatusCode::CONFLICT
             }
             AgentError::Identity(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            AgentError::Image(
+            AgentError::InvalidImageId(_)
+            | AgentError::Image(
                 Image::HashMismatch { .. }
                 | Image::UnsafeEntry { .. }
                 | Image::Corrupt(_)
-                | Image::TooLarge(_)
-                | Image::InvalidId(_),
+                | Image::TooLarge(_),
             ) => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }

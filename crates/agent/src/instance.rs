@@ -78,7 +78,7 @@ struct Persisted {
     local_port: u16,
     active: Option<Active>,
     /// Staged images, oldest first.
-    releases: Vec<String>,
+    releases: Vec<ImageId>,
     background_stopped: bool,
 }
 
@@ -343,21 +343,20 @@ impl Instance {
         Ok(self.status().await)
     }
 
-    pub async fn stage(&self, image: &str, request: &StageRequest) -> Result<Staged, AgentError> {
-        let id: ImageId = image.parse()?;
+    pub async fn stage(&self, id: &ImageId, request: &StageRequest) -> Result<Staged, AgentError> {
         let pulled = self
             .releases
-            .stage(&id, &self.context.images, &request.source)
+            .stage(id, &self.context.images, &request.source)
             .await?;
         let mut state = self.state.lock().await;
         // A release whose runtime this node cannot run is refused now, while the old one still
         // serves, rather than in the closed window.
-        let info = self.releases.info(&id)?;
+        let info = self.releases.info(id)?;
         self.context
             .runtime(&info.app().runtime, state.config.strict_runtimes)?;
         self.mount_roots(&state).check_shared(&info.app().mounts)?;
-        if !state.releases.contains(&id.to_string()) {
-            state.releases.push(id.to_string());
+        if !state.releases.contains(id) {
+            state.releases.push(id.clone());
             self.prune(&mut state);
             self.persist(&state)?;
         }
@@ -365,7 +364,7 @@ impl Instance {
             self.context.metrics.image_pulled(pulled);
         }
         Ok(Staged {
-            image: id.to_string(),
+            image: id.clone(),
             already_staged: pulled.is_none(),
             fetched_bytes: pulled.map_or(0, |p| p.fetched),
             reused_bytes: pulled.map_or(0, |p| p.reused),
@@ -393,7 +392,7 @@ impl Instance {
                 "the instance is open at generation {generation}; close it before a swap"
             )));
         }
-        let id: ImageId = request.image.parse()?;
+        let id = &request.image;
         // A generation names one release, whichever deployment asks for it (a catch-up asks
         // for the one a node runs already when it only came back closed).
         let already = state.active.as_ref().is_some_and(|a| {
@@ -403,7 +402,7 @@ impl Instance {
             drop(state);
             return Ok(self.status().await);
         }
-        if !self.releases.is_staged(&id) {
+        if !self.releases.is_staged(id) {
             return Err(AgentError::Refused(format!(
                 "image {} is not staged on this node; stage it first",
                 id.short()
@@ -414,12 +413,12 @@ impl Instance {
         self.supervisor.stop(WEB).await;
         self.stop_background(&state).await;
         state.background_stopped = true;
-        let info = self.releases.info(&id)?;
+        let info = self.releases.info(id)?;
         // Checked before anything changes: a release that cannot run here leaves the old one.
         self.context
             .runtime(&info.app().runtime, state.config.strict_runtimes)?;
-        self.ready_mounts(&state, &id, &info)?;
-        self.releases.switch_current(&id)?;
+        self.ready_mounts(&state, id, &info)?;
+        self.releases.switch_current(id)?;
         let active = Active {
             release: ActiveRelease {
                 image: request.image.clone(),
@@ -483,8 +482,7 @@ impl Instance {
                 "no release is active on this node".into(),
             ));
         };
-        let id: ImageId = active.release.image.parse()?;
-        let info = self.releases.info(&id)?;
+        let info = self.releases.info(&active.release.image)?;
         let script = match request.hook {
             HookKind::Deploy => info.app().hooks.deploy.clone(),
             HookKind::PostDeploy => info.app().hooks.post_deploy.clone(),
@@ -603,8 +601,7 @@ impl Instance {
         let least = state
             .active
             .as_ref()
-            .and_then(|a| a.release.image.parse::<ImageId>().ok())
-            .and_then(|id| self.releases.info(&id).ok())
+            .and_then(|a| self.releases.info(&a.release.image).ok())
             .map_or(lockstep_config::Role::Contributor, |info| {
                 info.app().access.ssh
             });
@@ -665,8 +662,7 @@ impl Instance {
                 "no release is active on this node".into(),
             ));
         };
-        let id: ImageId = active.release.image.parse()?;
-        let info = self.releases.info(&id)?;
+        let info = self.releases.info(&active.release.image)?;
         let (script, extra) = make(&info)?;
         let (sandbox, mut env) = self.runtime(&state, &active, &info)?;
         env.extend(extra);
@@ -755,8 +751,7 @@ impl Instance {
         if !state.background_stopped {
             return Ok(());
         }
-        let id: ImageId = active.release.image.parse()?;
-        let info = self.releases.info(&id)?;
+        let info = self.releases.info(&active.release.image)?;
         let (sandbox, env) = self.runtime(&state, &active, &info)?;
         for (name, worker) in &info.app().workers {
             self.supervisor
@@ -880,10 +875,10 @@ impl Instance {
     }
 
     async fn start_web(&self, state: &Persisted, active: &Active) -> Result<(), AgentError> {
-        let id: ImageId = active.release.image.parse()?;
-        let info = self.releases.info(&id)?;
-        let app_dir = self.releases.app_dir(&id);
-        let mounts = self.ready_mounts(state, &id, &info)?;
+        let id = &active.release.image;
+        let info = self.releases.info(id)?;
+        let app_dir = self.releases.app_dir(id);
+        let mounts = self.ready_mounts(state, id, &info)?;
         let served = Served::new(app_dir, mounts, &info.app().web);
         // A PHP app without a start command is served by PHP-FPM, as on Platform.sh.
         let php_fpm = info.app().web.start.is_none() && info.app().language() == "php";
@@ -1051,11 +1046,10 @@ impl Instance {
         active: &Active,
         info: &ImageInfo,
     ) -> Result<(Sandbox, std::collections::BTreeMap<String, String>), AgentError> {
-        let id: ImageId = active.release.image.parse()?;
         self.runtime_of(
             state,
             &RuntimeParts {
-                id: &id,
+                id: &active.release.image,
                 info,
                 inputs: &active.runtime,
                 mounts: self.mount_roots(state),
@@ -1182,7 +1176,7 @@ impl Instance {
     /// Keeps the active release and the newest others, up to `KEPT_RELEASES`.
     fn prune(&self, state: &mut Persisted) {
         let active = state.active.as_ref().map(|a| a.release.image.clone());
-        let mut others: Vec<String> = state
+        let mut others: Vec<ImageId> = state
             .releases
             .iter()
             .filter(|r| Some(*r) != active.as_ref())

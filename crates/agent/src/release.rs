@@ -140,11 +140,11 @@ impl Releases {
     }
 
     /// Removes every release not in `keep`, and its kept image file.
-    pub fn prune(&self, keep: &[String]) {
+    pub fn prune(&self, keep: &[ImageId]) {
         if let Ok(entries) = std::fs::read_dir(self.root.join("releases")) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if !keep.contains(&name)
+                if !keep.iter().any(|k| k.as_str() == name)
                     && let Err(error) = std::fs::remove_dir_all(entry.path())
                 {
                     tracing::warn!(release = %name, %error, "cannot remove an old release");
@@ -155,7 +155,7 @@ impl Releases {
             for entry in entries.flatten() {
                 let path = entry.path();
                 let image = path.file_stem().map(|stem| stem.to_string_lossy());
-                if !image.is_some_and(|image| keep.iter().any(|k| *k == image)) {
+                if !image.is_some_and(|image| keep.iter().any(|k| k.as_str() == image)) {
                     let _ = std::fs::remove_file(&path);
                 }
             }

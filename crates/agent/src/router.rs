@@ -20,6 +20,7 @@ use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use lockstep_proto::Generation;
 use lockstep_proto::agent::{GATE_HEADER, GATE_PATH, GENERATION_HEADER, Gate, GateSettings};
 use lockstep_transport::{Peer, PeerCertificate, ServerIdentity};
 use tokio::net::TcpListener;
@@ -62,7 +63,7 @@ pub enum Upstream {
 }
 
 struct GateInner {
-    open_at: Option<u64>,
+    open_at: Option<Generation>,
     in_flight: u64,
     upstream: Option<Upstream>,
     /// What the active release serves: its app folder and `web.locations`.
@@ -73,7 +74,7 @@ struct GateInner {
 /// An admitted request: counted until dropped, with what it may reach.
 struct Admitted {
     guard: InFlight,
-    generation: u64,
+    generation: Generation,
     upstream: Option<Upstream>,
     served: Option<Arc<Served>>,
 }
@@ -144,7 +145,7 @@ impl GateControl {
         }
     }
 
-    pub fn open(&self, generation: u64) {
+    pub fn open(&self, generation: Generation) {
         self.inner.lock().expect("gate lock").open_at = Some(generation);
     }
 
@@ -353,7 +354,7 @@ impl NodeRouter {
         &self,
         answer: Result<Response<ProxyBody>, BoxError>,
         guard: InFlight,
-        generation: u64,
+        generation: Generation,
     ) -> Response<ProxyBody> {
         match answer {
             Ok(response) => {
@@ -419,7 +420,7 @@ impl NodeRouter {
         headers: &std::collections::BTreeMap<String, String>,
         head: bool,
         guard: InFlight,
-        generation: u64,
+        generation: Generation,
     ) -> Response<ProxyBody> {
         let length = match opened.file.metadata() {
             Ok(metadata) => metadata.len(),
@@ -492,9 +493,9 @@ fn gate_response(gate: &Gate) -> Response<ProxyBody> {
     response
 }
 
-fn insert_gate_headers(headers: &mut header::HeaderMap, generation: u64) {
+fn insert_gate_headers(headers: &mut header::HeaderMap, generation: Generation) {
     headers.insert(GATE_HEADER, header::HeaderValue::from_static("open"));
-    headers.insert(GENERATION_HEADER, generation.into());
+    headers.insert(GENERATION_HEADER, generation.0.into());
 }
 
 fn closed_response(settings: &GateSettings) -> Response<ProxyBody> {
@@ -512,7 +513,11 @@ fn closed_response(settings: &GateSettings) -> Response<ProxyBody> {
         .expect("a fixed response builds")
 }
 
-fn text_response(status: StatusCode, text: &'static str, generation: u64) -> Response<ProxyBody> {
+fn text_response(
+    status: StatusCode,
+    text: &'static str,
+    generation: Generation,
+) -> Response<ProxyBody> {
     let mut response = Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
@@ -536,9 +541,9 @@ mod tests {
     async fn a_closed_gate_admits_nothing_and_close_waits_for_admitted_requests() {
         let gate = GateControl::new(GateSettings::default());
         assert!(gate.admit().is_err(), "a new gate is closed");
-        gate.open(7);
+        gate.open(Generation(7));
         let admitted = gate.admit().expect("open gate admits");
-        assert_eq!(admitted.generation, 7);
+        assert_eq!(admitted.generation, Generation(7));
         let request = admitted.guard;
         let closing = {
             let gate = gate.clone();
@@ -600,7 +605,7 @@ mod tests {
             ..GateSettings::default()
         };
         let gate = GateControl::new(settings);
-        gate.open(1);
+        gate.open(Generation(1));
         let _stuck = gate.admit().expect("admitted");
         assert_eq!(gate.close().await, 1);
     }

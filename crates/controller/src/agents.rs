@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use lockstep_deploy::NodeFailure;
+use lockstep_proto::ImageId;
 use lockstep_proto::agent::{
     HookOutcome, HookRequest, InstanceConfig, InstanceStatus, StageRequest, Step, SwapRequest,
 };
@@ -52,7 +53,7 @@ pub enum Call<'a> {
     Configure(&'a InstanceConfig),
     Status,
     /// Pull the image and unpack it beside the running release.
-    Stage(&'a str),
+    Stage(&'a ImageId),
     Quiesce(&'a Step),
     Close(&'a Step),
     Swap(&'a SwapRequest),
@@ -167,12 +168,13 @@ impl AgentClient {
         let request = match call {
             Call::Configure(config) => self.http().put(url(&[])?).json(config),
             Call::Status => self.http().get(url(&[])?),
-            Call::Stage(image) => self
-                .http()
-                .put(url(&["images", image])?)
-                .json(&StageRequest {
-                    source: self.image_source.clone(),
-                }),
+            Call::Stage(image) => {
+                self.http()
+                    .put(url(&["images", image.as_str()])?)
+                    .json(&StageRequest {
+                        source: self.image_source.clone(),
+                    })
+            }
             Call::Quiesce(step) => self.http().post(url(&["quiesce"])?).json(step),
             Call::Close(step) => self.http().post(url(&["close"])?).json(step),
             Call::Swap(request) => self.http().post(url(&["swap"])?).json(request),

@@ -25,8 +25,7 @@ impl Controller {
         &self,
         release: &str,
     ) -> Result<Vec<Manifest>, ControllerError> {
-        release_images(release)
-            .map_err(ControllerError::image)?
+        release_images(release)?
             .iter()
             .map(|id| Ok(self.images.manifest(id)?))
             .collect()
@@ -37,8 +36,7 @@ impl Controller {
         &self,
         release: &str,
     ) -> Result<lockstep_config::Project, ControllerError> {
-        let first = release_images(release)
-            .map_err(ControllerError::image)?
+        let first = release_images(release)?
             .into_iter()
             .next()
             .expect("a release has an image");

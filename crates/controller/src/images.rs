@@ -12,7 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use lockstep_image::{FrameIndex, ImageError, ImageId, ImageStore};
+use lockstep_image::{FrameIndex, ImageError, ImageId, ImageStore, InvalidImageId};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 #[derive(Clone)]
@@ -50,10 +50,15 @@ impl From<ImageError> for Refusal {
     fn from(error: ImageError) -> Refusal {
         let status = match error {
             ImageError::NotFound(_) => StatusCode::NOT_FOUND,
-            ImageError::InvalidId(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Refusal::new(status, error.to_string())
+    }
+}
+
+impl From<InvalidImageId> for Refusal {
+    fn from(error: InvalidImageId) -> Refusal {
+        Refusal::new(StatusCode::BAD_REQUEST, error.to_string())
     }
 }
 

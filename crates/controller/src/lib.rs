@@ -79,6 +79,9 @@ pub enum ControllerError {
     Journal(String),
     #[error(transparent)]
     Image(#[from] lockstep_image::ImageError),
+    /// A release id that is not image ids joined with `+`.
+    #[error(transparent)]
+    ImageId(#[from] lockstep_proto::InvalidImageId),
     #[error(transparent)]
     Build(#[from] lockstep_image::BuildError),
     #[error("{0}")]
@@ -136,10 +139,6 @@ impl ControllerError {
             node: node.name.clone(),
             message: error.to_string(),
         }
-    }
-
-    fn image(error: lockstep_image::ImageError) -> ControllerError {
-        ControllerError::Image(error)
     }
 
     fn io(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> ControllerError {
@@ -345,7 +344,7 @@ impl Controller {
             kind,
             branch: branch.to_owned(),
             parent: parent.map(str::to_owned),
-            generation: 0,
+            generation: lockstep_proto::Generation(0),
             serving: None,
             previous: None,
             settings: EnvSettings::default(),

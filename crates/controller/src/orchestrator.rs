@@ -14,6 +14,7 @@ use lockstep_deploy::{
     Command, Deployment, EdgeGate, Event, HookKind, NodeFailure, Outcome, Plan, PlanKind, Record,
     Release, Reply, Request,
 };
+use lockstep_proto::Generation;
 use lockstep_proto::agent::{
     HookRequest, HookState, InstanceStatus, ProcessState, RuntimeInputs, ServiceReplication,
     ServiceRole, Step, SwapRequest,
@@ -877,13 +878,13 @@ impl Controller {
 
 struct SendContext {
     deployment: String,
-    generation: u64,
+    generation: Generation,
     runtime: RuntimeInputs,
     /// The instances of the release being deployed.
     target: Vec<AppInstance>,
     /// The release served before, at its generation, with its instances: a rollback swaps
     /// and opens them.
-    previous: Option<(String, u64, Vec<AppInstance>)>,
+    previous: Option<(String, Generation, Vec<AppInstance>)>,
     target_release: String,
     /// What a data replacement copies, when the plan has one.
     data: Option<Arc<DataCopy>>,
@@ -902,7 +903,7 @@ impl SendContext {
         }
     }
 
-    fn at_generation(&self, generation: u64) -> &[AppInstance] {
+    fn at_generation(&self, generation: Generation) -> &[AppInstance] {
         match &self.previous {
             Some((_, previous, instances)) if *previous == generation => instances,
             _ => &self.target,
@@ -979,7 +980,7 @@ async fn send(
                 agents.call::<serde_json::Value>(
                     agent,
                     &instance.instance,
-                    Call::Stage(instance.image.as_str()),
+                    Call::Stage(&instance.image),
                     timeout,
                 )
             })
@@ -1019,7 +1020,7 @@ async fn send(
             each(instances, |instance| {
                 let swap = SwapRequest {
                     step: step(generation),
-                    image: instance.image.to_string(),
+                    image: instance.image.clone(),
                     runtime: context.runtime.clone(),
                 };
                 async move {

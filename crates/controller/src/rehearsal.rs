@@ -61,20 +61,19 @@ impl Controller {
         )?;
         let runtime = self.runtime_inputs(&env.name, release)?;
         for instance in &hooked {
-            let image = instance.image.as_str();
             let _: serde_json::Value = self
                 .agents
                 .call(
                     &node.agent_url,
                     &instance.instance,
-                    Call::Stage(image),
+                    Call::Stage(&instance.image),
                     REHEARSAL_TIMEOUT,
                 )
                 .await
                 .map_err(ControllerError::agent(node))?;
             let request = RehearsalRequest {
                 deployment: activity.to_owned(),
-                image: image.to_owned(),
+                image: instance.image.clone(),
                 runtime: runtime.clone(),
             };
             let outcome: HookOutcome = self

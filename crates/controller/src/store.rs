@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use lockstep_proto::Generation;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
@@ -251,7 +252,7 @@ pub struct Environment {
     pub branch: String,
     pub parent: Option<String>,
     /// The last generation used by a deployment of this environment.
-    pub generation: u64,
+    pub generation: Generation,
     pub serving: Option<lockstep_deploy::Release>,
     /// What served before `serving`: the target of `lockstep rollback`.
     pub previous: Option<lockstep_deploy::Release>,
@@ -378,7 +379,7 @@ impl Store {
                 env.kind.as_str(),
                 env.branch,
                 env.parent,
-                env.generation,
+                env.generation.0,
                 serde_json::to_string(&env.serving)?,
                 serde_json::to_string(&env.previous)?,
                 serde_json::to_string(&env.settings)?,
@@ -507,7 +508,7 @@ impl Store {
     }
 
     /// Takes the next generation of an environment: every deployment opens at a new one.
-    pub fn next_generation(&self, environment: &str) -> Result<u64, StoreError> {
+    pub fn next_generation(&self, environment: &str) -> Result<Generation, StoreError> {
         self.with(|c| {
             let updated = c.execute(
                 "UPDATE environments SET generation = generation + 1 WHERE name = ?1",
@@ -516,11 +517,11 @@ impl Store {
             if updated == 0 {
                 return Err(StoreError::UnknownEnvironment(environment.to_owned()));
             }
-            Ok(c.query_row(
+            Ok(Generation(c.query_row(
                 "SELECT generation FROM environments WHERE name = ?1",
                 [environment],
                 |row| row.get::<_, u64>(0),
-            )?)
+            )?))
         })
     }
 
@@ -1131,7 +1132,7 @@ fn read_environment(row: &rusqlite::Row<'_>) -> rusqlite::Result<Row<Environment
             kind: serde_json::from_value(serde_json::Value::String(kind))?,
             branch: row.get(2)?,
             parent: row.get(3)?,
-            generation: row.get(4)?,
+            generation: Generation(row.get(4)?),
             serving: serde_json::from_str(serving.as_deref().unwrap_or("null"))?,
             previous: serde_json::from_str(previous.as_deref().unwrap_or("null"))?,
             settings: serde_json::from_str(&settings)?,

@@ -207,7 +207,7 @@ mod tests {
             deployment: "dep-1".into(),
             nodes: vec!["production-1".into()],
             image: "9f2c41d0e8b7".into(),
-            generation: 2,
+            generation: lockstep_proto::Generation(2),
             previous: None,
             on_hook_failure: crate::HookFailurePolicy::Rollback,
             data: None,

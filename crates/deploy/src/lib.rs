@@ -28,6 +28,7 @@
 //! - A rollback reopens the previous release at its own generation: a generation always names
 //!   one release, so a lost node still holding the new release can never open beside it.
 
+use lockstep_proto::Generation;
 use serde::{Deserialize, Serialize};
 
 mod activity_log;
@@ -58,7 +59,7 @@ pub enum HookFailurePolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Release {
     pub image: String,
-    pub generation: u64,
+    pub generation: Generation,
 }
 
 /// What a plan changes.
@@ -84,7 +85,7 @@ pub struct Plan {
     pub nodes: Vec<NodeName>,
     pub image: String,
     /// The generation the new release opens at: greater than every generation used before.
-    pub generation: u64,
+    pub generation: Generation,
     /// What the environment serves now; `None` for its first deployment.
     pub previous: Option<Release>,
     pub on_hook_failure: HookFailurePolicy,
@@ -146,7 +147,7 @@ pub enum Request {
     Close,
     Swap {
         image: String,
-        generation: u64,
+        generation: Generation,
     },
     /// Puts `source` (`Plan::data`) in place of the environment's data; asked of one node.
     ReplaceData {
@@ -157,10 +158,10 @@ pub enum Request {
         hook: HookKind,
     },
     Open {
-        generation: u64,
+        generation: Generation,
     },
     StartBackground {
-        generation: u64,
+        generation: Generation,
     },
 }
 

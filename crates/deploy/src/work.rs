@@ -1,5 +1,7 @@
 //! What each piece of work asks of a node, and what each answer means in it.
 
+use lockstep_proto::Generation;
+
 use crate::activity_log::release;
 use crate::progress::Progress;
 use crate::timing::TRIES;
@@ -167,7 +169,7 @@ impl Work {
     }
 }
 
-fn open_at(generation: u64) -> Vec<Request> {
+fn open_at(generation: Generation) -> Vec<Request> {
     vec![
         Request::Open { generation },
         Request::StartBackground { generation },

@@ -15,6 +15,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use lockstep_proto::Generation;
 use lockstep_proto::agent::{GATE_HEADER, GATE_PATH, GENERATION_HEADER};
 
 use crate::error::OriginError;
@@ -32,7 +33,7 @@ pub(crate) fn empty() -> Body {
 /// A node's answer, with what it said of its gate.
 pub(crate) struct Reply {
     pub response: Response<Incoming>,
-    pub generation: Option<u64>,
+    pub generation: Option<Generation>,
 }
 
 /// How to send one request.
@@ -248,7 +249,8 @@ fn gate_answer(headers: &http::HeaderMap) -> Answer {
             headers
                 .get(GENERATION_HEADER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse().ok()),
+                .and_then(|v| v.trim().parse().ok())
+                .map(Generation),
         ),
         Some(v) if v.eq_ignore_ascii_case("closed") => Answer::Closed {
             retry_after: headers

@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
+use lockstep_proto::Generation;
 use lockstep_proto::edge::{EffectiveState, EnvironmentRoute, GateState, NodeState, NodeView};
 
 /// The `Retry-After` a closed environment's clients get when no node said otherwise.
@@ -30,7 +31,7 @@ pub(crate) const DEFAULT_RETRY_AFTER_SECS: u64 = 5;
 /// What a node told the edge, by a health check or by an answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Answer {
-    Open(Option<u64>),
+    Open(Option<Generation>),
     Closed {
         retry_after: Option<u64>,
     },
@@ -43,7 +44,7 @@ pub(crate) enum Answer {
 struct Node {
     url: String,
     state: NodeState,
-    generation: Option<u64>,
+    generation: Option<Generation>,
     checked_at: Option<Instant>,
     /// When an answer or a check last changed what is known of the node.
     learned_at: Option<Instant>,
@@ -68,14 +69,14 @@ struct Inner {
     controller: GateState,
     /// While the controller says closed: the newest generation seen before, which a node must
     /// exceed to open the environment on its own word.
-    closed_mark: Option<u64>,
+    closed_mark: Option<Generation>,
     /// Every router of every app, once each.
     nodes: Vec<Node>,
     /// The first app's routers (the route's `nodes`).
     first: Vec<String>,
     /// Every app's routers by name (the route's `app_nodes`).
     apps: BTreeMap<String, Vec<String>>,
-    generation: Option<u64>,
+    generation: Option<Generation>,
     retry_after: Option<u64>,
     /// `overall()`, kept current by `Gate::update`.
     effective: EffectiveState,
@@ -143,7 +144,7 @@ impl Inner {
 }
 
 /// The newest generation one of `routers` is open at.
-fn newest_open<'a>(routers: impl Iterator<Item = &'a Node>) -> Option<u64> {
+fn newest_open<'a>(routers: impl Iterator<Item = &'a Node>) -> Option<Generation> {
     routers
         .filter(|n| n.state == NodeState::Open)
         .filter_map(|n| n.generation)
@@ -152,7 +153,7 @@ fn newest_open<'a>(routers: impl Iterator<Item = &'a Node>) -> Option<u64> {
 
 /// Whether a router may be sent requests, `newest` being the newest generation open among its
 /// app's routers.
-fn eligible(node: &Node, newest: Option<u64>) -> bool {
+fn eligible(node: &Node, newest: Option<Generation>) -> bool {
     match node.state {
         NodeState::Unknown => true,
         NodeState::Open => match (node.generation, newest) {
@@ -225,7 +226,7 @@ impl Gate {
     }
 
     /// The controller's word.
-    pub(crate) fn command(&self, state: GateState, generation: Option<u64>) {
+    pub(crate) fn command(&self, state: GateState, generation: Option<Generation>) {
         self.update(|inner| {
             if let Some(generation) = generation {
                 inner.generation = inner.generation.max(Some(generation));
@@ -275,7 +276,7 @@ impl Gate {
                     match inner.closed_mark {
                         Some(mark) if generation > mark => {
                             tracing::warn!(
-                                environment = %self.environment, node = url, generation,
+                                environment = %self.environment, node = url, generation = generation.0,
                                 "a node is open at a newer generation: opening without word from the controller"
                             );
                             inner.controller = GateState::Open;
@@ -344,7 +345,7 @@ impl Gate {
     }
 
     /// The newest generation a node was seen (or said to be) open at.
-    pub(crate) fn generation(&self) -> Option<u64> {
+    pub(crate) fn generation(&self) -> Option<Generation> {
         self.inner.lock().expect("gate lock").generation
     }
 
@@ -447,15 +448,15 @@ mod tests {
         assert_eq!(g.effective(), EffectiveState::Closed);
         assert!(g.pick(None, &[], false).is_none());
         assert_eq!(g.retry_after(), 3);
-        g.learn("a", Answer::Open(Some(1)), Some(Instant::now()));
+        g.learn("a", Answer::Open(Some(Generation(1))), Some(Instant::now()));
         assert_eq!(g.effective(), EffectiveState::Open);
     }
 
     #[test]
     fn only_the_newest_generation_serves() {
         let g = gate(&["a", "b"]);
-        g.learn("a", Answer::Open(Some(1)), Some(Instant::now()));
-        g.learn("b", Answer::Open(Some(2)), Some(Instant::now()));
+        g.learn("a", Answer::Open(Some(Generation(1))), Some(Instant::now()));
+        g.learn("b", Answer::Open(Some(Generation(2))), Some(Instant::now()));
         for _ in 0..4 {
             assert_eq!(g.pick(None, &[], false).unwrap().url, "b");
         }
@@ -514,7 +515,11 @@ mod tests {
         assert!(g.pick(Some("api"), &["p1".into()], true).is_none());
 
         // The app's routers closed: closed for its requests alone.
-        g.learn("p1", Answer::Open(Some(1)), Some(Instant::now()));
+        g.learn(
+            "p1",
+            Answer::Open(Some(Generation(1))),
+            Some(Instant::now()),
+        );
         for url in ["a1", "a2"] {
             g.learn(url, Answer::Closed { retry_after: None }, None);
         }
@@ -525,7 +530,11 @@ mod tests {
         assert!(g.pick(Some("app"), &[], false).is_none());
 
         // The newest generation is each app's own: api's older one still serves it.
-        g.learn("a1", Answer::Open(Some(2)), Some(Instant::now()));
+        g.learn(
+            "a1",
+            Answer::Open(Some(Generation(2))),
+            Some(Instant::now()),
+        );
         assert_eq!(g.pick(Some("app"), &[], false).unwrap().url, "a1");
         assert_eq!(g.pick(Some("api"), &[], false).unwrap().url, "p1");
         g.command(GateState::Closed, None);
@@ -535,13 +544,13 @@ mod tests {
     #[test]
     fn the_controller_closes_and_a_newer_generation_opens() {
         let g = gate(&["a"]);
-        g.learn("a", Answer::Open(Some(4)), Some(Instant::now()));
+        g.learn("a", Answer::Open(Some(Generation(4))), Some(Instant::now()));
         g.command(GateState::Closed, None);
         assert_eq!(g.effective(), EffectiveState::Closed);
-        g.learn("a", Answer::Open(Some(4)), Some(Instant::now()));
+        g.learn("a", Answer::Open(Some(Generation(4))), Some(Instant::now()));
         assert_eq!(g.effective(), EffectiveState::Closed);
-        g.learn("a", Answer::Open(Some(5)), Some(Instant::now()));
+        g.learn("a", Answer::Open(Some(Generation(5))), Some(Instant::now()));
         assert_eq!(g.effective(), EffectiveState::Open);
-        assert_eq!(g.generation(), Some(5));
+        assert_eq!(g.generation(), Some(Generation(5)));
     }
 }

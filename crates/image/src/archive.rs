@@ -80,7 +80,7 @@ pub fn pack(
         out.flush().map_err(ImageError::io("write archive"))?;
         stats.size = size;
         Ok(Packed {
-            id: ImageId::from_hash(hash),
+            id: ImageId::from_digest(hash.as_bytes()),
             stats,
             frames,
         })
@@ -234,7 +234,7 @@ pub fn hash_file(path: &Path) -> Result<ImageId, ImageError> {
     hasher
         .update_reader(fs::File::open(path).map_err(ImageError::io_at("read", path))?)
         .map_err(ImageError::io_at("read", path))?;
-    Ok(ImageId::from_hash(hasher.finalize()))
+    Ok(ImageId::from_digest(hasher.finalize().as_bytes()))
 }
 
 /// Checks that the archive at `path` is the image `expected`, then unpacks it into `dest`,

@@ -14,10 +14,10 @@ mod frames;
 mod store;
 mod variables;
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+// An image is named with the wire type every role reads it as.
+pub use lockstep_proto::{ImageId, InvalidImageId};
 
 pub use archive::{
     ArchiveStats, ExtraFile, Packed, UnpackLimits, hash_file, pack, unpack, unpack_verified,
@@ -29,56 +29,6 @@ pub use checkout::{GitEnv, checkout, resolve_tree};
 pub use frames::{Frame, FrameIndex, frame_hash};
 pub use store::{ImageInfo, ImageStore, Manifest};
 pub use variables::{base64_json, variables_env};
-
-/// The blake3 hash of an image file, in hex: the image's name everywhere in Lockstep.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct ImageId(String);
-
-impl ImageId {
-    fn from_hash(hash: blake3::Hash) -> Self {
-        ImageId(hash.to_hex().to_string())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The first 12 characters, enough to tell images apart in messages.
-    pub fn short(&self) -> &str {
-        &self.0[..12]
-    }
-}
-
-impl fmt::Display for ImageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl TryFrom<String> for ImageId {
-    type Error = ImageError;
-
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        let valid = value.len() == 64
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if valid {
-            Ok(ImageId(value))
-        } else {
-            Err(ImageError::InvalidId(value))
-        }
-    }
-}
-
-impl std::str::FromStr for ImageId {
-    type Err = ImageError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ImageId::try_from(s.to_owned())
-    }
-}
 
 /// The separator of image ids in a release id.
 const RELEASE_SEPARATOR: char = '+';
@@ -101,14 +51,8 @@ pub fn short_release(release: &str) -> String {
 }
 
 /// The image ids of a release id, in app order.
-pub fn release_images(release: &str) -> Result<Vec<ImageId>, ImageError> {
+pub fn release_images(release: &str) -> Result<Vec<ImageId>, InvalidImageId> {
     release.split(RELEASE_SEPARATOR).map(str::parse).collect()
-}
-
-impl From<ImageId> for String {
-    fn from(id: ImageId) -> String {
-        id.0
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,8 +64,6 @@ pub enum ImageError {
         #[source]
         source: std::io::Error,
     },
-    #[error("`{0}` is not an image id (64 lowercase hex digits)")]
-    InvalidId(String),
     #[error("the image does not match its id: expected {expected}, found {actual}")]
     HashMismatch { expected: ImageId, actual: ImageId },
     #[error("the image holds {reason}: {}", path.display())]
@@ -136,9 +78,15 @@ pub enum ImageError {
     SpecialFile(PathBuf),
     #[error("no image {0} in the store")]
     NotFound(ImageId),
+    #[error("the build index {} is unreadable", path.display())]
+    BadBuildIndex {
+        path: PathBuf,
+        #[source]
+        source: InvalidImageId,
+    },
     #[error("the manifest of image {id} is unreadable")]
     BadManifest {
-        id: String,
+        id: ImageId,
         #[source]
         source: serde_json::Error,
     },

@@ -96,7 +96,7 @@ impl ImageStore {
         let path = self.frames_path(id);
         match fs::read(&path) {
             Ok(json) => serde_json::from_slice(&json).map_err(|source| ImageError::BadManifest {
-                id: id.to_string(),
+                id: id.clone(),
                 source,
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -131,7 +131,7 @@ impl ImageStore {
             Err(e) => return Err(ImageError::io_at("read", &path)(e)),
         };
         serde_json::from_slice(&text).map_err(|source| ImageError::BadManifest {
-            id: id.to_string(),
+            id: id.clone(),
             source,
         })
     }
@@ -141,7 +141,8 @@ impl ImageStore {
     pub fn find_build(&self, build_key: &str) -> Result<Option<Vec<Manifest>>, ImageError> {
         let path = self.build_index_path(build_key);
         let ids = match fs::read_to_string(&path) {
-            Ok(release) => crate::release_images(release.trim())?,
+            Ok(release) => crate::release_images(release.trim())
+                .map_err(|source| ImageError::BadBuildIndex { path, source })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(ImageError::io_at("read", &path)(e)),
         };

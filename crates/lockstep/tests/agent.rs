@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use lockstep_proto::agent::{Gate, HookKind, HookState, RuntimeInputs};
+use lockstep_proto::{Generation, ImageId};
 use support::*;
 
 const ENV: &str = "production";
@@ -72,7 +73,9 @@ async fn a_deploy_swaps_releases_and_closed_means_503_while_in_flight_requests_f
     assert_eq!(status, 503, "a new instance is closed");
     assert_eq!(headers["x-lockstep-gate"], "closed");
 
-    client.deploy(ENV, &setup.v1, "d1", 1, runtime(&[])).await;
+    client
+        .deploy(ENV, &setup.v1, "d1", Generation(1), runtime(&[]))
+        .await;
     let (status, release, headers) = get_router(port, "/").await;
     assert_eq!(status, 200);
     assert_eq!(release.as_deref(), Some(setup.v1.tree_id.as_str()));
@@ -85,7 +88,7 @@ async fn a_deploy_swaps_releases_and_closed_means_503_while_in_flight_requests_f
     assert_eq!(get_router(port, "/").await.0, 200);
     assert_eq!(client.stage(ENV, &v2).await.ok()["already_staged"], true);
 
-    client.step(ENV, "quiesce", "d2", 2).await.ok();
+    client.step(ENV, "quiesce", "d2", Generation(2)).await.ok();
     let in_flight = tokio::spawn(async move { get_router(port, "/slow?ms=1500").await });
     support::eventually(
         Duration::from_secs(10),
@@ -97,7 +100,7 @@ async fn a_deploy_swaps_releases_and_closed_means_503_while_in_flight_requests_f
         },
     )
     .await;
-    let closed = client.step(ENV, "close", "d2", 2).await.ok();
+    let closed = client.step(ENV, "close", "d2", Generation(2)).await.ok();
     assert_eq!(closed["abandoned_requests"], 0);
     let (status, release, _) = in_flight.await.unwrap();
     assert_eq!(status, 200, "a request begun before close completes");
@@ -108,11 +111,16 @@ async fn a_deploy_swaps_releases_and_closed_means_503_while_in_flight_requests_f
     assert!(headers.contains_key("retry-after"));
     assert_eq!(headers["x-lockstep-gate"], "closed");
 
-    client.swap(ENV, "d2", 2, &v2.id, runtime(&[])).await.ok();
+    client
+        .swap(ENV, "d2", Generation(2), &v2.id, runtime(&[]))
+        .await
+        .ok();
     assert_eq!(get_router(port, "/").await.0, 503, "swap does not open");
-    let outcome = client.hook(ENV, "d2", 2, HookKind::Deploy).await;
+    let outcome = client
+        .hook(ENV, "d2", Generation(2), HookKind::Deploy)
+        .await;
     assert_eq!(outcome.state, HookState::Succeeded);
-    client.step(ENV, "open", "d2", 2).await.ok();
+    client.step(ENV, "open", "d2", Generation(2)).await.ok();
     let (status, release, _) = get_router(port, "/").await;
     assert_eq!(status, 200);
     assert_eq!(release.as_deref(), Some(v2.tree_id.as_str()));
@@ -125,7 +133,9 @@ async fn a_deploy_swaps_releases_and_closed_means_503_while_in_flight_requests_f
 async fn a_killed_agent_comes_back_closed_and_opens_only_at_the_active_generation() {
     let mut setup = setup().await;
     let client = setup.agent.client();
-    client.deploy(ENV, &setup.v1, "d1", 1, runtime(&[])).await;
+    client
+        .deploy(ENV, &setup.v1, "d1", Generation(1), runtime(&[]))
+        .await;
     let port = client.status(ENV).await.router_port;
     assert_eq!(get_router(port, "/").await.0, 200);
 
@@ -140,7 +150,7 @@ async fn a_killed_agent_comes_back_closed_and_opens_only_at_the_active_generatio
     assert_eq!(status.hooks.len(), 1, "hook outcomes survive");
     assert_eq!(get_router(port, "/").await.0, 503);
 
-    let refused = client.step(ENV, "open", "d1", 2).await;
+    let refused = client.step(ENV, "open", "d1", Generation(2)).await;
     assert_eq!(refused.status, 409, "{}", refused.body);
     assert_eq!(get_router(port, "/").await.0, 503);
     let gate = |port: u16| async move {
@@ -154,7 +164,7 @@ async fn a_killed_agent_comes_back_closed_and_opens_only_at_the_active_generatio
             .unwrap()
     };
     assert_eq!(gate(port).await, serde_json::json!({"state": "closed"}));
-    client.step(ENV, "open", "d1", 1).await.ok();
+    client.step(ENV, "open", "d1", Generation(1)).await.ok();
     assert_eq!(get_router(port, "/").await.0, 200);
     assert_eq!(
         gate(port).await,
@@ -167,18 +177,24 @@ async fn the_same_hook_asked_twice_runs_once() {
     let setup = setup().await;
     let client = setup.agent.client();
     client.stage(ENV, &setup.v1).await.ok();
-    client.step(ENV, "close", "d1", 1).await.ok();
+    client.step(ENV, "close", "d1", Generation(1)).await.ok();
     client
-        .swap(ENV, "d1", 1, &setup.v1.id, runtime(&[]))
+        .swap(ENV, "d1", Generation(1), &setup.v1.id, runtime(&[]))
         .await
         .ok();
-    let first = client.hook(ENV, "d1", 1, HookKind::Deploy).await;
-    let second = client.hook(ENV, "d1", 1, HookKind::Deploy).await;
+    let first = client
+        .hook(ENV, "d1", Generation(1), HookKind::Deploy)
+        .await;
+    let second = client
+        .hook(ENV, "d1", Generation(1), HookKind::Deploy)
+        .await;
     assert_eq!(first, second);
     assert_eq!(first.state, HookState::Succeeded);
     assert_eq!(setup.read_storage("deploy-count").trim(), "1");
     // A new deployment runs it again.
-    client.hook(ENV, "d2", 1, HookKind::Deploy).await;
+    client
+        .hook(ENV, "d2", Generation(1), HookKind::Deploy)
+        .await;
     assert_eq!(setup.read_storage("deploy-count").trim(), "2");
 }
 
@@ -187,18 +203,20 @@ async fn a_failing_hook_is_recorded_as_failed_with_its_output() {
     let setup = setup().await;
     let client = setup.agent.client();
     client.stage(ENV, &setup.v1).await.ok();
-    client.step(ENV, "close", "d1", 1).await.ok();
+    client.step(ENV, "close", "d1", Generation(1)).await.ok();
     client
         .swap(
             ENV,
             "d1",
-            1,
+            Generation(1),
             &setup.v1.id,
             runtime(&[("env:DEPLOY_HOOK_FAIL", "1")]),
         )
         .await
         .ok();
-    let outcome = client.hook(ENV, "d1", 1, HookKind::Deploy).await;
+    let outcome = client
+        .hook(ENV, "d1", Generation(1), HookKind::Deploy)
+        .await;
     assert_eq!(outcome.state, HookState::Failed);
     assert_eq!(outcome.exit_code, Some(1));
     assert!(!outcome.output.is_empty());
@@ -226,7 +244,7 @@ async fn no_cron_and_no_worker_runs_between_quiesce_and_open() {
     let client = setup.agent.client();
     let slow_cron = runtime(&[("env:CRON_SLEEP", "30")]);
     client
-        .deploy(ENV, &setup.v1, "d1", 1, slow_cron.clone())
+        .deploy(ENV, &setup.v1, "d1", Generation(1), slow_cron.clone())
         .await;
     let worker_log = "worker-production-1.log";
     support::eventually(Duration::from_secs(20), "the worker to write", || async {
@@ -246,22 +264,27 @@ async fn no_cron_and_no_worker_runs_between_quiesce_and_open() {
     })
     .await;
 
-    client.step(ENV, "quiesce", "d2", 2).await.ok();
+    client.step(ENV, "quiesce", "d2", Generation(2)).await.ok();
     let quiesced_at = now();
     let status = client.status(ENV).await;
     assert!(status.background_stopped);
     assert_eq!(status.cron_runs[0].outcome.as_deref(), Some("stopped"));
-    client.step(ENV, "close", "d2", 2).await.ok();
+    client.step(ENV, "close", "d2", Generation(2)).await.ok();
     client
-        .swap(ENV, "d2", 2, &setup.v1.id, slow_cron)
+        .swap(ENV, "d2", Generation(2), &setup.v1.id, slow_cron)
         .await
         .ok();
-    client.hook(ENV, "d2", 2, HookKind::Deploy).await;
+    client
+        .hook(ENV, "d2", Generation(2), HookKind::Deploy)
+        .await;
     // Long enough for a worker that was left running to write several lines.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let opened_at = now();
-    client.step(ENV, "open", "d2", 2).await.ok();
-    client.step(ENV, "background", "d2", 2).await.ok();
+    client.step(ENV, "open", "d2", Generation(2)).await.ok();
+    client
+        .step(ENV, "background", "d2", Generation(2))
+        .await
+        .ok();
     support::eventually(
         Duration::from_secs(20),
         "the worker to write again",
@@ -310,7 +333,7 @@ async fn a_crashing_web_process_is_restarted() {
             ENV,
             &setup.v1,
             "d1",
-            1,
+            Generation(1),
             runtime(&[("env:SERVER_CRASH_AFTER", "1")]),
         )
         .await;
@@ -336,12 +359,12 @@ async fn a_web_process_that_never_listens_fails_the_swap_and_the_node_stays_clos
     config.gate.start_timeout_ms = 2_000;
     client.configure(&config).await;
     client.stage(ENV, &setup.v1).await.ok();
-    client.step(ENV, "close", "d1", 1).await.ok();
+    client.step(ENV, "close", "d1", Generation(1)).await.ok();
     let failed = client
         .swap(
             ENV,
             "d1",
-            1,
+            Generation(1),
             &setup.v1.id,
             runtime(&[("env:SERVER_NEVER_LISTEN", "1")]),
         )
@@ -355,7 +378,7 @@ async fn a_web_process_that_never_listens_fails_the_swap_and_the_node_stays_clos
         "{}",
         failed.body
     );
-    let refused = client.step(ENV, "open", "d1", 1).await;
+    let refused = client.step(ENV, "open", "d1", Generation(1)).await;
     assert_eq!(refused.status, 409, "{}", refused.body);
     let port = client.status(ENV).await.router_port;
     assert_eq!(get_router(port, "/").await.0, 503);
@@ -370,13 +393,13 @@ async fn a_web_process_that_keeps_exiting_fails_the_swap_within_seconds() {
     config.gate.start_timeout_ms = 120_000;
     client.configure(&config).await;
     client.stage(ENV, &setup.v1).await.ok();
-    client.step(ENV, "close", "d1", 1).await.ok();
+    client.step(ENV, "close", "d1", Generation(1)).await.ok();
     let started = std::time::Instant::now();
     let failed = client
         .swap(
             ENV,
             "d1",
-            1,
+            Generation(1),
             &setup.v1.id,
             runtime(&[("env:SERVER_EXIT_AT_START", "1")]),
         )
@@ -442,7 +465,7 @@ async fn a_tampered_or_escaping_image_is_rejected_and_nothing_changes() {
     let mut archive = tar_header("app/../../escaped").to_vec();
     archive.extend_from_slice(&[0u8; 1024]);
     let compressed = zstd_compress(&archive);
-    let id = blake3_hex(&compressed);
+    let id: ImageId = blake3_hex(&compressed).parse().unwrap();
     let source = tempfile::tempdir().unwrap();
     let escaping = serve_image(source.path(), &id, &compressed, None);
     let answer = client.stage_from(ENV, &id, escaping).await;
@@ -588,7 +611,9 @@ async fn the_app_sees_platform_variables_and_runs_unprivileged() {
     ]);
     inputs.routes =
         serde_json::json!({"https://shop.localhost/": {"type": "upstream", "upstream": "app"}});
-    client.deploy(ENV, &setup.v1, "d1", 1, inputs.clone()).await;
+    client
+        .deploy(ENV, &setup.v1, "d1", Generation(1), inputs.clone())
+        .await;
     let port = client.status(ENV).await.router_port;
     let report: serde_json::Value = router_client()
         .get(format!("https://127.0.0.1:{port}/env"))
@@ -710,7 +735,9 @@ async fn the_router_serves_static_locations_itself_and_passes_the_rest_to_the_ap
     .unwrap();
     setup.project.commit("static files");
     let image = build_image(&setup.project, setup.images());
-    client.deploy(ENV, &image, "d1", 1, runtime(&[])).await;
+    client
+        .deploy(ENV, &image, "d1", Generation(1), runtime(&[]))
+        .await;
     let port = client.status(ENV).await.router_port;
 
     let response = router_client()
@@ -751,7 +778,7 @@ async fn the_router_serves_static_locations_itself_and_passes_the_rest_to_the_ap
 
 /// An image store at `store` holding `bytes` as image `id`, with `frames` as its frame index
 /// (else none: the whole file as one frame); the store's path.
-fn serve_image<'a>(store: &'a Path, id: &str, bytes: &[u8], frames: Option<&[u8]>) -> &'a Path {
+fn serve_image<'a>(store: &'a Path, id: &ImageId, bytes: &[u8], frames: Option<&[u8]>) -> &'a Path {
     lockstep_image::ImageStore::open(store).unwrap();
     std::fs::write(store.join(format!("images/{id}.tar.zst")), bytes).unwrap();
     if let Some(frames) = frames {
@@ -876,7 +903,9 @@ async fn a_renewed_certificate_is_installed_only_for_the_key_the_agent_made() {
 async fn the_router_serves_edges_alone() {
     let setup = setup().await;
     let client = setup.agent.client();
-    client.deploy(ENV, &setup.v1, "d1", 1, runtime(&[])).await;
+    client
+        .deploy(ENV, &setup.v1, "d1", Generation(1), runtime(&[]))
+        .await;
     let port = client.status(ENV).await.router_port;
     let url = format!("https://127.0.0.1:{port}/");
     assert_eq!(

@@ -11,6 +11,8 @@ use chrono::{DateTime, Utc};
 pub use lockstep_config::{Endpoint, Privilege, ServiceEndpoints, ServiceKind};
 use serde::{Deserialize, Serialize};
 
+use crate::{Generation, ImageId};
+
 /// The header that carries the instance's gate state on every answer of a node router.
 pub const GATE_HEADER: &str = "x-lockstep-gate";
 /// A path every node router answers itself, open or closed, with its `Gate` as JSON: the
@@ -124,7 +126,7 @@ impl Default for GateSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
     pub deployment: String,
-    pub generation: u64,
+    pub generation: Generation,
 }
 
 /// What the app sees of its environment at runtime, besides what the agent knows itself.
@@ -141,7 +143,7 @@ pub struct RuntimeInputs {
 pub struct SwapRequest {
     #[serde(flatten)]
     pub step: Step,
-    pub image: String,
+    pub image: ImageId,
     pub runtime: RuntimeInputs,
 }
 
@@ -151,7 +153,7 @@ pub struct SwapRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RehearsalRequest {
     pub deployment: String,
-    pub image: String,
+    pub image: ImageId,
     pub runtime: RuntimeInputs,
 }
 
@@ -194,7 +196,7 @@ pub enum HookState {
 pub struct HookOutcome {
     pub deployment: String,
     pub hook: HookKind,
-    pub image: String,
+    pub image: ImageId,
     pub state: HookState,
     pub exit_code: Option<i32>,
     pub started_at: DateTime<Utc>,
@@ -214,7 +216,7 @@ pub struct StageRequest {
 /// how many of the image's bytes it fetched and how many it found in images the node holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Staged {
-    pub image: String,
+    pub image: ImageId,
     pub already_staged: bool,
     #[serde(default)]
     pub fetched_bytes: u64,
@@ -231,14 +233,14 @@ pub struct Closed {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "state")]
 pub enum Gate {
-    Open { generation: u64 },
+    Open { generation: Generation },
     Closed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActiveRelease {
-    pub image: String,
-    pub generation: u64,
+    pub image: ImageId,
+    pub generation: Generation,
     pub deployment: String,
     pub activated_at: DateTime<Utc>,
 }
@@ -285,7 +287,7 @@ pub struct InstanceStatus {
     pub gate: Gate,
     pub active: Option<ActiveRelease>,
     /// Staged images, oldest first; the active one among them.
-    pub releases: Vec<String>,
+    pub releases: Vec<ImageId>,
     /// True between quiesce and start of background work.
     pub background_stopped: bool,
     pub processes: Vec<ProcessInfo>,

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::Generation;
+
 /// Where an environment is served, and how: the body of `PUT /v1/environments/{env}`, which
 /// replaces whatever the edge knew of the environment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,7 +186,7 @@ pub struct GateCommand {
     /// The generation the nodes opened at. Stored responses from older generations are then
     /// refreshed before they are served again (they stay usable as grace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub generation: Option<u64>,
+    pub generation: Option<Generation>,
 }
 
 /// What the edge acts on for an environment, combining the controller's word and what the nodes
@@ -212,7 +214,7 @@ pub struct EnvironmentView {
     /// own routers.
     pub state: EffectiveState,
     /// The newest generation a node was seen open at.
-    pub generation: Option<u64>,
+    pub generation: Option<Generation>,
     /// Requests waiting for the environment to open.
     pub held: u64,
     /// Every router of every app, `nodes` first.
@@ -227,7 +229,7 @@ pub struct NodeView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
     pub state: NodeState,
-    pub generation: Option<u64>,
+    pub generation: Option<Generation>,
     /// Milliseconds since the last health check answered or failed; `None` before the first.
     pub checked_ms_ago: Option<u64>,
     pub last_error: Option<String>,

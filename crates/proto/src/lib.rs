@@ -5,4 +5,7 @@
 
 pub mod agent;
 pub mod edge;
+mod ids;
 pub mod nodes;
+
+pub use ids::{Generation, ImageId, InvalidImageId};

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::Utc;
-use lockstep_image::ImageId;
 use lockstep_proto::agent::{
     HookKind, HookOutcome, HookState, RehearsalRequest, ServiceRole, ServiceSpec,
 };
@@ -31,8 +30,7 @@ impl Instance {
         request: &RehearsalRequest,
     ) -> Result<HookOutcome, AgentError> {
         super::check_plain_name(&request.deployment, "deployment id")?;
-        let id: ImageId = request.image.parse()?;
-        let info = self.releases.info(&id)?;
+        let info = self.releases.info(&request.image)?;
         let started_at = Utc::now();
         let mut outcome = HookOutcome {
             deployment: request.deployment.clone(),
@@ -59,7 +57,7 @@ impl Instance {
         let result = async {
             let services = scratch.services(self, user).await?;
             let parts = RuntimeParts {
-                id: &id,
+                id: &request.image,
                 info: &info,
                 inputs: &request.runtime,
                 mounts: scratch.mounts(&self.mount_roots(&state))?,

@@ -7,6 +7,7 @@ use lockstep_deploy::{
     Command, Deployment, EdgeGate, Event, HookFailurePolicy, HookKind, NodeFailure, Outcome, Phase,
     Plan, PlanKind, Record, Reply, Request, RequestId,
 };
+use lockstep_proto::Generation;
 
 use crate::sim::world::{
     NEW_GENERATION, NEW_IMAGE, PREVIOUS_GENERATION, PREVIOUS_IMAGE, Scenario, new_release,
@@ -280,7 +281,7 @@ fn a_three_node_deployment_runs_every_phase_in_order() {
     driver.run(fine);
     let commands: Vec<String> = driver.commands.iter().map(render).collect();
     let expected = [
-        "append Started { plan: Plan { deployment: \"dep-42\", nodes: [\"production-1\", \"production-2\", \"production-3\"], image: \"9f2c41d0e8b7a6c5d4e3f2a1b0c9d8e7\", generation: 9, previous: Some(Release { image: \"1a2b3c4d5e6f708192a3b4c5d6e7f809\", generation: 6 }), on_hook_failure: Rollback, data: None, kind: Deployment } }",
+        "append Started { plan: Plan { deployment: \"dep-42\", nodes: [\"production-1\", \"production-2\", \"production-3\"], image: \"9f2c41d0e8b7a6c5d4e3f2a1b0c9d8e7\", generation: Generation(9), previous: Some(Release { image: \"1a2b3c4d5e6f708192a3b4c5d6e7f809\", generation: Generation(6) }), on_hook_failure: Rollback, data: None, kind: Deployment } }",
         "log Deploying image 9f2c41d0e8b7 at generation 9 to 3 nodes (production-1, production-2, production-3); replacing image 1a2b3c4d5e6f (generation 6)",
         "append PhaseStarted { phase: Stage }",
         "log Staging image 9f2c41d0e8b7 on 3 nodes",
@@ -303,9 +304,9 @@ fn a_three_node_deployment_runs_every_phase_in_order() {
         "append PhaseEnded { phase: Close }",
         "append PhaseStarted { phase: Swap }",
         "log Switching 3 nodes to image 9f2c41d0e8b7 (generation 9)",
-        "send #10 production-1 Swap { image: \"9f2c41d0e8b7a6c5d4e3f2a1b0c9d8e7\", generation: 9 } within 300000 ms",
-        "send #11 production-2 Swap { image: \"9f2c41d0e8b7a6c5d4e3f2a1b0c9d8e7\", generation: 9 } within 300000 ms",
-        "send #12 production-3 Swap { image: \"9f2c41d0e8b7a6c5d4e3f2a1b0c9d8e7\", generation: 9 } within 300000 ms",
+        "send #10 production-1 Swap { image: \"9f2c41d0e8b7a6c5d4e3f2a1b0c9d8e7\", generation: Generation(9) } within 300000 ms",
+        "send #11 production-2 Swap { image: \"9f2c41d0e8b7a6c5d4e3f2a1b0c9d8e7\", generation: Generation(9) } within 300000 ms",
+        "send #12 production-3 Swap { image: \"9f2c41d0e8b7a6c5d4e3f2a1b0c9d8e7\", generation: Generation(9) } within 300000 ms",
         "append PhaseEnded { phase: Swap }",
         "append PhaseStarted { phase: DeployHook }",
         "append HookNode { node: \"production-1\" }",
@@ -316,21 +317,21 @@ fn a_three_node_deployment_runs_every_phase_in_order() {
         "append PhaseEnded { phase: DeployHook }",
         "append PhaseStarted { phase: Open }",
         "log Opening 3 nodes at generation 9, then starting crons and workers",
-        "send #14 production-1 Open { generation: 9 } within 30000 ms",
-        "send #15 production-2 Open { generation: 9 } within 30000 ms",
-        "send #16 production-3 Open { generation: 9 } within 30000 ms",
-        "send #17 production-1 StartBackground { generation: 9 } within 120000 ms",
-        "send #18 production-2 StartBackground { generation: 9 } within 120000 ms",
-        "send #19 production-3 StartBackground { generation: 9 } within 120000 ms",
+        "send #14 production-1 Open { generation: Generation(9) } within 30000 ms",
+        "send #15 production-2 Open { generation: Generation(9) } within 30000 ms",
+        "send #16 production-3 Open { generation: Generation(9) } within 30000 ms",
+        "send #17 production-1 StartBackground { generation: Generation(9) } within 120000 ms",
+        "send #18 production-2 StartBackground { generation: Generation(9) } within 120000 ms",
+        "send #19 production-3 StartBackground { generation: Generation(9) } within 120000 ms",
         "append PhaseEnded { phase: Open }",
-        "edge Open(Release { image: \"9f2c41d0e8b7a6c5d4e3f2a1b0c9d8e7\", generation: 9 })",
+        "edge Open(Release { image: \"9f2c41d0e8b7a6c5d4e3f2a1b0c9d8e7\", generation: Generation(9) })",
         "append PhaseStarted { phase: PostDeploy }",
         "log Running the post_deploy hook on production-1",
         "send #20 production-1 RunHook { hook: PostDeploy } within 86700000 ms",
         "log The post_deploy hook succeeded on production-1",
         "append HookOutcome { hook: PostDeploy, succeeded: true }",
         "append PhaseEnded { phase: PostDeploy }",
-        "append Serving { release: Some(Release { image: \"9f2c41d0e8b7a6c5d4e3f2a1b0c9d8e7\", generation: 9 }) }",
+        "append Serving { release: Some(Release { image: \"9f2c41d0e8b7a6c5d4e3f2a1b0c9d8e7\", generation: Generation(9) }) }",
         "log Deployment completed",
         "append Finished { outcome: Completed { lost_nodes: [] } }",
     ];
@@ -710,7 +711,11 @@ fn a_failed_first_deploy_hook_has_nothing_to_roll_back_to() {
     assert!(
         requests_to(&driver, |r| matches!(
             r,
-            Request::Open { .. } | Request::Swap { generation: 6, .. }
+            Request::Open { .. }
+                | Request::Swap {
+                    generation: Generation(6),
+                    ..
+                }
         ))
         .is_empty()
     );
@@ -1005,12 +1010,13 @@ fn resuming_a_rollback_after_some_nodes_reopened_finishes_it() {
 fn a_node_that_cannot_go_back_to_the_previous_release_is_lost() {
     let mut driver = Driver::start(plan(2));
     driver.run(|node, request| match request {
-        Request::Swap { generation: 6, .. } if node == "production-2" => {
-            refused("the image is not staged")
-        }
-        Request::Open { generation: 6 } if node == "production-2" => {
-            refused("the active release is at generation 9")
-        }
+        Request::Swap {
+            generation: Generation(6),
+            ..
+        } if node == "production-2" => refused("the image is not staged"),
+        Request::Open {
+            generation: Generation(6),
+        } if node == "production-2" => refused("the active release is at generation 9"),
         _ => failing_deploy_hook(node, request),
     });
     assert!(

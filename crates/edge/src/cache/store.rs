@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName};
+use lockstep_proto::Generation;
 use moka::Expiry;
 use moka::ops::compute::Op;
 
@@ -48,7 +49,7 @@ pub(crate) struct Stored {
     received: Instant,
     timers: Timers,
     /// The generation of the release that produced it, when the node said.
-    generation: Option<u64>,
+    generation: Option<Generation>,
 }
 
 impl Stored {
@@ -58,7 +59,7 @@ impl Stored {
         body: Bytes,
         request_headers: &HeaderMap,
         timers: Timers,
-        generation: Option<u64>,
+        generation: Option<Generation>,
         received: Instant,
     ) -> Stored {
         headers.remove(header::AGE);
@@ -86,7 +87,7 @@ impl Stored {
         headers: HeaderMap,
         request_headers: &HeaderMap,
         timers: Timers,
-        generation: Option<u64>,
+        generation: Option<Generation>,
         received: Instant,
     ) -> Stored {
         Stored::new(
@@ -121,7 +122,7 @@ impl Stored {
 
     /// How the response may be used now, given the generation the environment's nodes are open
     /// at: a response from an older release is fetched again before it is served.
-    pub(crate) fn usability(&self, now: Instant, current: Option<u64>) -> Usability {
+    pub(crate) fn usability(&self, now: Instant, current: Option<Generation>) -> Usability {
         let outdated = matches!((self.generation, current), (Some(mine), Some(now)) if mine < now);
         let elapsed = self.elapsed(now);
         if outdated {
@@ -386,7 +387,7 @@ mod tests {
             Bytes::from_static(body.as_bytes()),
             request,
             timers(60),
-            Some(1),
+            Some(Generation(1)),
             Instant::now(),
         )
     }
@@ -421,13 +422,19 @@ mod tests {
     fn usability_follows_timers_and_generation() {
         let now = Instant::now();
         let s = stored("x", None, &HeaderMap::new());
-        assert_eq!(s.usability(now, Some(1)), Usability::Fresh);
-        assert_eq!(s.usability(now, Some(2)), Usability::Refetch);
+        assert_eq!(s.usability(now, Some(Generation(1))), Usability::Fresh);
+        assert_eq!(s.usability(now, Some(Generation(2))), Usability::Refetch);
         assert!(s.within_grace(now));
         let later = now + Duration::from_secs(65);
-        assert_eq!(s.usability(later, Some(1)), Usability::Revalidate);
+        assert_eq!(
+            s.usability(later, Some(Generation(1))),
+            Usability::Revalidate
+        );
         let much_later = now + Duration::from_secs(90);
-        assert_eq!(s.usability(much_later, Some(1)), Usability::Refetch);
+        assert_eq!(
+            s.usability(much_later, Some(Generation(1))),
+            Usability::Refetch
+        );
         assert!(s.within_grace(much_later));
         assert!(!s.within_grace(now + Duration::from_secs(200)));
     }

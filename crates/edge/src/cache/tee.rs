@@ -11,6 +11,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use lockstep_proto::Generation;
 
 use super::flight::{Leader, Outcome};
 use super::policy::Timers;
@@ -24,7 +25,7 @@ pub(crate) struct Pending {
     pub headers: HeaderMap,
     pub request_headers: HeaderMap,
     pub timers: Timers,
-    pub generation: Option<u64>,
+    pub generation: Option<Generation>,
     pub received: Instant,
     /// The coalescing slot, when this fetch leads one.
     pub leader: Option<Leader>,

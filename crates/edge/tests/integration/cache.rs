@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use lockstep_edge::{EdgeOptions, EnvironmentRoute, GateState, NodeState};
+use lockstep_proto::Generation;
 use reqwest::Method;
 use serde_json::json;
 
@@ -524,7 +525,8 @@ async fn a_new_generation_refreshes_stored_responses() {
     assert!(first.body.contains("gen 1"));
     assert_eq!(edge.fetch("/s?cc=max-age%3D60").await.cache, "HIT");
     origin.set(json!({"generation": 2})).await;
-    edge.gate("main", GateState::Open, Some(2)).await;
+    edge.gate("main", GateState::Open, Some(Generation(2)))
+        .await;
     let after = edge.fetch("/s?cc=max-age%3D60").await;
     assert_eq!(after.cache, "MISS");
     assert!(after.body.contains("gen 2"), "{}", after.body);

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use lockstep_edge::{EdgeOptions, EnvironmentRoute, EnvironmentView, GateState, NodeState};
+use lockstep_proto::Generation;
 use reqwest::Method;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -358,7 +359,7 @@ async fn the_admin_api_answers_the_controller_alone_and_checks_routes() {
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].name, "main");
     assert_eq!(all[0].nodes[0].url, origin.url());
-    assert_eq!(all[0].nodes[0].generation, Some(1));
+    assert_eq!(all[0].nodes[0].generation, Some(Generation(1)));
 
     let deleted = http
         .delete(edge.admin_url("/v1/environments/main"))

@@ -9,6 +9,7 @@ use std::time::Duration;
 use lockstep_edge::{
     Edge, EdgeOptions, EnvironmentRoute, EnvironmentView, GateCommand, GateState, NodeState,
 };
+use lockstep_proto::Generation;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
@@ -267,7 +268,7 @@ impl TestEdge {
         response.json().await.unwrap()
     }
 
-    pub async fn gate(&self, env: &str, state: GateState, generation: Option<u64>) {
+    pub async fn gate(&self, env: &str, state: GateState, generation: Option<Generation>) {
         let response = self
             .admin_http
             .post(self.admin_url(&format!("/v1/environments/{env}/gate")))

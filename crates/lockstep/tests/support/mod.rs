@@ -15,6 +15,7 @@ use lockstep_proto::agent::{
     AppUser, EnvironmentType, GateSettings, HookKind, HookOutcome, HookRequest, InstanceConfig,
     InstanceStatus, RuntimeInputs, Step, SwapRequest,
 };
+use lockstep_proto::{Generation, ImageId};
 
 pub fn sample_app() -> PathBuf {
     example_dir("app")
@@ -118,7 +119,7 @@ impl Project {
 }
 
 pub struct BuiltImage {
-    pub id: String,
+    pub id: ImageId,
     pub path: PathBuf,
     pub tree_id: String,
 }
@@ -241,7 +242,7 @@ pub fn build_image(project: &Project, store: &Path) -> BuiltImage {
     let manifest = outcome.images.into_iter().next().unwrap();
     BuiltImage {
         path: builder.store().image_path(&manifest.id),
-        id: manifest.id.to_string(),
+        id: manifest.id,
         tree_id: manifest.info.tree_id,
     }
 }
@@ -428,9 +429,9 @@ impl AgentClient {
         serde_json::from_value(body).unwrap()
     }
 
-    /// Stages image `image_id`, which the agent pulls from the image store at `store`.
-    pub async fn stage_from(&self, env: &str, image_id: &str, store: &Path) -> Answer {
-        let path = format!("/v1/instances/{env}/images/{image_id}");
+    /// Stages image `image`, which the agent pulls from the image store at `store`.
+    pub async fn stage_from(&self, env: &str, image: &ImageId, store: &Path) -> Answer {
+        let path = format!("/v1/instances/{env}/images/{image}");
         let request = lockstep_proto::agent::StageRequest {
             source: serve_images(store).await,
         };
@@ -447,7 +448,7 @@ impl AgentClient {
         env: &str,
         command: &str,
         deployment: &str,
-        generation: u64,
+        generation: Generation,
     ) -> Answer {
         let step = Step {
             deployment: deployment.into(),
@@ -461,8 +462,8 @@ impl AgentClient {
         &self,
         env: &str,
         deployment: &str,
-        generation: u64,
-        image: &str,
+        generation: Generation,
+        image: &ImageId,
         runtime: RuntimeInputs,
     ) -> Answer {
         let request = SwapRequest {
@@ -470,7 +471,7 @@ impl AgentClient {
                 deployment: deployment.into(),
                 generation,
             },
-            image: image.into(),
+            image: image.clone(),
             runtime,
         };
         let path = format!("/v1/instances/{env}/swap");
@@ -482,7 +483,7 @@ impl AgentClient {
         &self,
         env: &str,
         deployment: &str,
-        generation: u64,
+        generation: Generation,
         hook: HookKind,
     ) -> HookOutcome {
         let request = HookRequest {
@@ -506,7 +507,7 @@ impl AgentClient {
         env: &str,
         image: &BuiltImage,
         deployment: &str,
-        generation: u64,
+        generation: Generation,
         runtime: RuntimeInputs,
     ) {
         self.stage(env, image).await.ok();

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use lockstep_deploy::{HookKind, NodeFailure, Release, Reply, Request};
+use lockstep_proto::Generation;
 
 /// What goes wrong on this node, decided before the run.
 #[derive(Debug, Clone, Default)]
@@ -45,7 +46,7 @@ pub struct SimNode {
     pub hooks: BTreeMap<(String, HookKind), HookState>,
     // Lost in a restart.
     pub web_running: bool,
-    pub open_at: Option<u64>,
+    pub open_at: Option<Generation>,
     pub background_running: bool,
     // Bookkeeping for the checks.
     /// Every hook start, as (deployment, hook) (I2).
@@ -148,7 +149,7 @@ impl SimNode {
         }
     }
 
-    fn swap(&mut self, image: &str, generation: u64) -> Handling {
+    fn swap(&mut self, image: &str, generation: Generation) -> Handling {
         if let Some(open) = self.open_at {
             return refused(&format!("open at generation {open}; close first"));
         }

@@ -20,6 +20,7 @@ use lockstep_deploy::{
     Command, Deployment, EdgeGate, Event, HookFailurePolicy, HookKind, NodeFailure, Plan, PlanKind,
     Record, Release, Reply, Request, RequestId,
 };
+use lockstep_proto::Generation;
 
 use super::checks;
 use super::node::{Handling, NodeFaults, SimNode};
@@ -27,8 +28,8 @@ use super::rng::Rng;
 
 pub const NEW_IMAGE: &str = "9f2c41d0e8b7a6c5d4e3f2a1b0c9d8e7";
 pub const PREVIOUS_IMAGE: &str = "1a2b3c4d5e6f708192a3b4c5d6e7f809";
-pub const NEW_GENERATION: u64 = 9;
-pub const PREVIOUS_GENERATION: u64 = 6;
+pub const NEW_GENERATION: Generation = Generation(9);
+pub const PREVIOUS_GENERATION: Generation = Generation(6);
 /// More steps than any run with bounded faults needs: reaching it means the machine stalled.
 const STEP_LIMIT: usize = 100_000;
 
@@ -130,7 +131,7 @@ pub struct World {
     pub log: Vec<String>,
     pub controller_restarts: u32,
     /// Every generation any node ever served, with its image (I1 across time).
-    pub served_generations: BTreeMap<u64, String>,
+    pub served_generations: BTreeMap<Generation, String>,
     /// How many commands the orchestrators carried out.
     pub commands_carried_out: usize,
     /// What the edge was told last: it outlives the controller's crashes. Open at the previous
