@@ -1,4 +1,5 @@
-//! The controller's HTTP surface: git, the hooks' internal routes, the API and `/metrics`.
+//! The controller's HTTP surface: git, the hooks' internal routes, the API and `/metrics`, and
+//! the console's pages (`console`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,11 +81,12 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/v1/join", post(join))
         .route("/v1/cluster", get(cluster_contact))
         .merge(api)
+        .merge(crate::console::router())
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(controller)
 }
 
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -541,7 +543,10 @@ async fn environments(
 }
 
 /// The environments the caller may see.
-fn visible(controller: &Controller, principal: &Principal) -> Result<Vec<Environment>, ApiError> {
+pub(crate) fn visible(
+    controller: &Controller,
+    principal: &Principal,
+) -> Result<Vec<Environment>, ControllerError> {
     Ok(controller
         .store
         .environments()?
@@ -856,25 +861,39 @@ async fn activities(
     Query(query): Query<ActivityQuery>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Json<Vec<Activity>>, ApiError> {
+    Ok(Json(visible_activities(
+        &controller,
+        &principal,
+        query.environment.as_deref(),
+        query.limit.unwrap_or(50),
+    )?))
+}
+
+/// The newest `limit` activities (of `environment`, if given) that `principal` may see.
+pub(crate) fn visible_activities(
+    controller: &Controller,
+    principal: &Principal,
+    environment: Option<&str>,
+    limit: u32,
+) -> Result<Vec<Activity>, ControllerError> {
     // A rejected first push of a branch is an activity of an environment still pending.
     let known = controller.store.environments_and_pending()?;
     let kinds: std::collections::BTreeMap<&str, EnvironmentType> = known
         .iter()
-        .filter(|e| allowed(&principal, Action::Read, e.kind))
+        .filter(|e| allowed(principal, Action::Read, e.kind))
         .map(|e| (e.name.as_str(), e.kind))
         .collect();
     // Only development environments are deleted; their activities stay.
-    let deleted_visible = allowed(&principal, Action::Read, EnvironmentType::Development);
-    let activities = controller
+    let deleted_visible = allowed(principal, Action::Read, EnvironmentType::Development);
+    Ok(controller
         .store
-        .activities(query.environment.as_deref(), query.limit.unwrap_or(50))?
+        .activities(environment, limit)?
         .into_iter()
         .filter(|a| {
             kinds.contains_key(a.environment.as_str())
                 || (deleted_visible && !known.iter().any(|e| e.name == a.environment))
         })
-        .collect();
-    Ok(Json(activities))
+        .collect())
 }
 
 async fn activity(
@@ -892,7 +911,7 @@ async fn activity(
 
 /// Activity `id`, if `principal` may do `action` on its environment; an environment deleted
 /// since was a development one (no other is deleted), and its activities stay.
-fn check_activity(
+pub(crate) fn check_activity(
     controller: &Controller,
     principal: &Principal,
     action: Action,
@@ -952,7 +971,20 @@ async fn activity_log(
     if !query.follow {
         return Ok(log.into_response());
     }
-    let stream = async_stream(move |sender| async move {
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Body::from_stream(follow_log(controller, id, |chunk| chunk)))
+        .expect("a fixed response builds"))
+}
+
+/// Activity `id`'s log as it grows, each new part as `frame` shapes it, until the activity
+/// ends.
+pub(crate) fn follow_log(
+    controller: Arc<Controller>,
+    id: String,
+    frame: impl Fn(String) -> String + Send + 'static,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    async_stream(move |sender| async move {
         let mut shown = 0;
         loop {
             let (Ok(log), Ok(activity)) =
@@ -961,11 +993,8 @@ async fn activity_log(
                 return;
             };
             if log.len() > shown {
-                if sender
-                    .send(Ok(bytes::Bytes::from(log[shown..].to_owned())))
-                    .await
-                    .is_err()
-                {
+                let part = frame(log[shown..].to_owned());
+                if sender.send(Ok(bytes::Bytes::from(part))).await.is_err() {
                     return;
                 }
                 shown = log.len();
@@ -975,11 +1004,7 @@ async fn activity_log(
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    });
-    Ok(Response::builder()
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(Body::from_stream(stream))
-        .expect("a fixed response builds"))
+    })
 }
 
 /// Where in an environment a request is for.

@@ -14,6 +14,7 @@ mod apps;
 mod backups;
 mod builds;
 mod cluster;
+mod console;
 mod data;
 mod edge;
 mod git;
@@ -171,6 +172,8 @@ pub struct Controller {
     /// Pushes built by pre-receive and not yet deployed by proc-receive: (branch, commit) to
     /// activity.
     pending_pushes: Mutex<HashMap<(String, String), String>>,
+    /// Who is signed in to the console.
+    console_sessions: console::Sessions,
     /// Builds running now, by activity, to cancel them.
     running_builds: Mutex<HashMap<String, Cancel>>,
 }
@@ -218,6 +221,7 @@ impl Controller {
             hook_token,
             pending_pushes: Mutex::new(HashMap::new()),
             running_builds: Mutex::new(HashMap::new()),
+            console_sessions: Default::default(),
             options,
         };
         git::ensure_repository(&controller.repository(), &controller.hook_contact())

@@ -786,6 +786,22 @@ impl Store {
         })
     }
 
+    /// The activities under way now, of every environment.
+    pub fn running_activities(&self) -> Result<Vec<Activity>, StoreError> {
+        self.with(|c| {
+            let mut statement = c.prepare(
+                "SELECT id, kind, environment, state, result, description, image, created_at, completed_at, phases
+                 FROM activities WHERE state = 'in_progress' ORDER BY seq DESC",
+            )?;
+            let rows = statement.query_map([], read_activity)?;
+            let mut activities = Vec::new();
+            for row in rows {
+                activities.push(row??);
+            }
+            Ok(activities)
+        })
+    }
+
     pub fn activity(&self, id: &str) -> Result<Activity, StoreError> {
         self.with(|c| {
             c.query_row(
