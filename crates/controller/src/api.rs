@@ -167,7 +167,7 @@ async fn identify(
 }
 
 /// Refuses unless `principal` may do `action` on environment `env`.
-fn check(
+pub(crate) fn check(
     controller: &Controller,
     principal: &Principal,
     action: Action,
@@ -565,7 +565,7 @@ async fn environment(
 }
 
 /// Redeploys what the environment serves, through the whole procedure.
-async fn deploy(
+pub(crate) async fn deploy(
     State(controller): State<Arc<Controller>>,
     Path(env): Path<String>,
     Extension(principal): Extension<Principal>,
@@ -574,7 +574,7 @@ async fn deploy(
 }
 
 /// Deploys the release that served before the current one.
-async fn rollback(
+pub(crate) async fn rollback(
     State(controller): State<Arc<Controller>>,
     Path(env): Path<String>,
     Extension(principal): Extension<Principal>,
@@ -594,7 +594,7 @@ async fn delete_environment(
 }
 
 /// `lockstep backup create`.
-async fn create_backup(
+pub(crate) async fn create_backup(
     State(controller): State<Arc<Controller>>,
     Path(env): Path<String>,
     Extension(principal): Extension<Principal>,
@@ -615,14 +615,14 @@ async fn restore_backup(
 
 /// `lockstep env sync --data`.
 #[derive(Deserialize)]
-struct SyncRequest {
+pub(crate) struct SyncRequest {
     #[serde(default)]
-    code: bool,
+    pub(crate) code: bool,
     #[serde(default)]
-    data: bool,
+    pub(crate) data: bool,
 }
 
-async fn sync(
+pub(crate) async fn sync(
     State(controller): State<Arc<Controller>>,
     Path(env): Path<String>,
     Extension(principal): Extension<Principal>,
@@ -674,11 +674,11 @@ async fn list_backups(
 }
 
 #[derive(Deserialize)]
-struct BranchRequest {
+pub(crate) struct BranchRequest {
     /// The new branch, which names the environment.
-    branch: String,
+    pub(crate) branch: String,
     #[serde(default = "clone_by_default")]
-    clone_data: bool,
+    pub(crate) clone_data: bool,
 }
 
 fn clone_by_default() -> bool {
@@ -686,7 +686,7 @@ fn clone_by_default() -> bool {
 }
 
 /// `lockstep env branch`: a development environment as a child of `env`.
-async fn branch(
+pub(crate) async fn branch(
     State(controller): State<Arc<Controller>>,
     Path(env): Path<String>,
     Extension(principal): Extension<Principal>,
@@ -1087,10 +1087,10 @@ async fn metrics(State(controller): State<Arc<Controller>>) -> impl IntoResponse
 }
 
 #[derive(Deserialize)]
-struct VariableQuery {
-    environment: Option<String>,
+pub(crate) struct VariableQuery {
+    pub(crate) environment: Option<String>,
     #[serde(default)]
-    no_redeploy: bool,
+    pub(crate) no_redeploy: bool,
 }
 
 /// An environment's variables need its read role; the project's, a role on the project.
@@ -1112,7 +1112,7 @@ fn check_variables_read(
     }
 }
 
-async fn list_variables(
+pub(crate) async fn list_variables(
     State(controller): State<Arc<Controller>>,
     Query(query): Query<VariableQuery>,
     Extension(principal): Extension<Principal>,
@@ -1135,7 +1135,7 @@ async fn get_variable(
     ))
 }
 
-async fn set_variable(
+pub(crate) async fn set_variable(
     State(controller): State<Arc<Controller>>,
     Path(name): Path<String>,
     Extension(principal): Extension<Principal>,
@@ -1148,7 +1148,7 @@ async fn set_variable(
     Ok(Json(controller.set_variable(&name, input)?))
 }
 
-async fn delete_variable(
+pub(crate) async fn delete_variable(
     State(controller): State<Arc<Controller>>,
     Path(name): Path<String>,
     Query(query): Query<VariableQuery>,
@@ -1216,7 +1216,7 @@ async fn cluster_contact(
     Json(controller.cluster_contact())
 }
 
-async fn list_users(
+pub(crate) async fn list_users(
     State(controller): State<Arc<Controller>>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Json<Vec<crate::User>>, ApiError> {
@@ -1224,7 +1224,7 @@ async fn list_users(
     Ok(Json(controller.list_users()?))
 }
 
-async fn add_user(
+pub(crate) async fn add_user(
     State(controller): State<Arc<Controller>>,
     Path(email): Path<String>,
     Extension(principal): Extension<Principal>,
@@ -1234,7 +1234,7 @@ async fn add_user(
     Ok(Json(controller.add_user(&email, change).await?))
 }
 
-async fn update_user(
+pub(crate) async fn update_user(
     State(controller): State<Arc<Controller>>,
     Path(email): Path<String>,
     Extension(principal): Extension<Principal>,
@@ -1244,7 +1244,7 @@ async fn update_user(
     Ok(Json(controller.update_user(&email, change).await?))
 }
 
-async fn delete_user(
+pub(crate) async fn delete_user(
     State(controller): State<Arc<Controller>>,
     Path(email): Path<String>,
     Extension(principal): Extension<Principal>,

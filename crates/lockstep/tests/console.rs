@@ -187,3 +187,124 @@ fn escape(text: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&quot;")
 }
+
+#[tokio::test]
+async fn actions_variables_and_users_go_through_the_apis_checks_and_sensitive_values_stay_hidden() {
+    let platform = Platform::start().await;
+    let project = Project::sample();
+    let pushed = platform.push(&project, "HEAD:production");
+    assert!(pushed.status.success(), "{}", text(&pushed));
+    let cookie = sign_in(&platform, &platform.token).await;
+
+    // A redeploy: offered on the environment's page, confirmed, then its activity.
+    let (status, production) = get(&platform, &cookie, "/environments/production").await;
+    assert_eq!(status, 200, "{production}");
+    assert!(
+        production.contains("href=\"/environments/production/redeploy\""),
+        "{production}"
+    );
+    let (status, confirm) = get(&platform, &cookie, "/environments/production/redeploy").await;
+    assert_eq!(status, 200);
+    assert!(confirm.contains("Redeploy production?"), "{confirm}");
+    let before = platform.latest_activity().await["id"].clone();
+    let forged = post_form(
+        &platform,
+        "/environments/production/redeploy",
+        &cookie,
+        &[("csrf", "x")],
+    )
+    .await;
+    assert_eq!(forged.status(), 403);
+    assert_eq!(
+        platform.latest_activity().await["id"],
+        before,
+        "a forged form starts nothing"
+    );
+    let redeployed = post_form(
+        &platform,
+        "/environments/production/redeploy",
+        &cookie,
+        &[("csrf", &csrf_of(&confirm))],
+    )
+    .await;
+    assert_eq!(redeployed.status(), 303);
+    let activity = platform.latest_activity().await;
+    assert_ne!(activity["id"], before);
+    assert_eq!(activity["type"], "deploy");
+    assert_eq!(
+        redeployed.headers()["location"],
+        format!("/activities/{}", activity["id"].as_str().unwrap())
+    );
+
+    // A sensitive variable set in the console is never shown again, on any page.
+    let secret = "s3cr3t-value-0123456789";
+    let (_, variables) = get(&platform, &cookie, "/variables").await;
+    let set = post_form(
+        &platform,
+        "/variables",
+        &cookie,
+        &[
+            ("csrf", &csrf_of(&variables)),
+            ("name", "env:API_KEY"),
+            ("value", secret),
+            ("sensitive", "true"),
+        ],
+    )
+    .await;
+    assert_eq!(set.status(), 303);
+    let (_, variables) = get(&platform, &cookie, "/variables").await;
+    assert!(variables.contains("env:API_KEY"), "{variables}");
+    assert!(variables.contains("sensitive: not shown"), "{variables}");
+    for path in ["/", "/variables", "/environments/production", "/activities"] {
+        let (_, page) = get(&platform, &cookie, path).await;
+        assert!(!page.contains(secret), "the secret in {path}");
+    }
+
+    // Users: a project admin adds one, whose token is shown once; that user, a viewer of
+    // production, sees no form to change variables and no user page.
+    let (_, users) = get(&platform, &cookie, "/users").await;
+    let added = post_form(
+        &platform,
+        "/users",
+        &cookie,
+        &[
+            ("csrf", &csrf_of(&users)),
+            ("email", "viewer@example.com"),
+            ("production", "viewer"),
+            ("staging", "none"),
+            ("development", "none"),
+        ],
+    )
+    .await;
+    assert_eq!(added.status(), 200);
+    let shown = added.text().await.unwrap();
+    let token = shown
+        .split("<code class=\"token\">")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .expect(&shown)
+        .to_owned();
+    let viewer = sign_in(&platform, &token).await;
+    let (status, variables) = get(&platform, &viewer, "/variables?environment=production").await;
+    assert_eq!(status, 200, "{variables}");
+    assert!(!variables.contains("Set a variable"), "{variables}");
+    assert!(!variables.contains("/variables/delete"), "{variables}");
+    let (_, production) = get(&platform, &viewer, "/environments/production").await;
+    assert!(
+        !production.contains("/environments/production/redeploy"),
+        "{production}"
+    );
+    assert_eq!(get(&platform, &viewer, "/users").await.0, 403);
+    let refused = post_form(
+        &platform,
+        "/environments/production/redeploy",
+        &viewer,
+        &[("csrf", &csrf_of(&production))],
+    )
+    .await;
+    assert_eq!(
+        refused.status(),
+        403,
+        "the API's check refuses a viewer's redeploy"
+    );
+}

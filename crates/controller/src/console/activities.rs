@@ -14,10 +14,11 @@ use serde::Deserialize;
 
 use super::layout::page;
 use super::session::Viewer;
-use super::{failure, refused, short};
+use super::{failure, refused};
 use crate::access::Action;
 use crate::store::PhaseTiming;
 use crate::{Activity, Controller};
+use lockstep_image::short_release;
 
 /// How many activities the feed shows.
 const FEED_LENGTH: u32 = 100;
@@ -102,7 +103,7 @@ pub(crate) async fn activity_page(
                 dt { "Environment" } dd { a href={ "/activities?environment=" (activity.environment) } { (activity.environment) } }
                 dt { "State" } dd { (outcome(&activity)) }
                 @if let Some(image) = &activity.image {
-                    dt { "Release" } dd { code title=(image) { (short(image)) } }
+                    dt { "Release" } dd { code title=(image) { (short_release(image)) } }
                 }
                 dt { "Started" } dd { (activity.created_at) }
                 @if let Some(took) = took(&activity) {

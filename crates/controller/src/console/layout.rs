@@ -10,6 +10,7 @@ use maud::{DOCTYPE, Markup, html};
 
 use super::session::Viewer;
 use crate::Controller;
+use crate::access::{may_manage_project, may_read_project};
 
 const STYLE: &str = include_str!("console.css");
 const SCRIPT: &str = include_str!("console.js");
@@ -33,6 +34,12 @@ pub(crate) fn page(title: &str, viewer: Option<&Viewer>, body: Markup) -> Html<S
                             a.brand href="/" { "Lockstep" }
                             a href="/" { "Environments" }
                             a href="/activities" { "Activities" }
+                            @if may_read_project(&viewer.principal) {
+                                a href="/variables" { "Variables" }
+                            }
+                            @if may_manage_project(&viewer.principal) {
+                                a href="/users" { "Users" }
+                            }
                             span.who { (viewer.principal.name()) }
                             form.inline method="post" action="/sign-out" {
                                 input type="hidden" name="csrf" value=(viewer.csrf);

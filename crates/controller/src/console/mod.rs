@@ -3,23 +3,27 @@
 //! JavaScript; a small embedded script follows a running activity's log.
 //!
 //! Owns: sessions and their CSRF tokens (`session`), the page frame and assets (`layout`), the
-//! environment tree (`tree`), the activity feed and an activity's timeline and live log
-//! (`activities`).
+//! environment tree (`tree`), an environment's page and its confirmed actions (`environment`),
+//! the activity feed and an activity's timeline and live log (`activities`), variables
+//! (`variables`) and users (`users`).
 //! Must never: show what the API would refuse the same user (every page reads through the API
 //! module's permission checks), change anything on a GET, accept a form without the session's
 //! CSRF token, or send a sensitive variable's value to a browser.
 
 mod activities;
+mod environment;
 mod layout;
 mod session;
 mod tree;
+mod users;
+mod variables;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use maud::html;
 
 pub(crate) use session::Sessions;
@@ -32,6 +36,19 @@ use session::Viewer;
 pub(crate) fn router() -> Router<Arc<Controller>> {
     Router::new()
         .route("/", get(tree::environments_page))
+        .route("/environments/{env}", get(environment::environment_page))
+        .route(
+            "/environments/{env}/{action}",
+            get(environment::confirm_page).post(environment::carry_out),
+        )
+        .route(
+            "/variables",
+            get(variables::variables_page).post(variables::set),
+        )
+        .route("/variables/delete", post(variables::delete))
+        .route("/users", get(users::users_page).post(users::add))
+        .route("/users/{email}", post(users::update))
+        .route("/users/{email}/delete", post(users::remove))
         .route("/activities", get(activities::feed))
         .route("/activities/{id}", get(activities::activity_page))
         .route("/activities/{id}/log", get(activities::log_events))
@@ -39,11 +56,6 @@ pub(crate) fn router() -> Router<Arc<Controller>> {
         .merge(layout::routes())
         // Forms are small; the API's routes take images and data without this limit.
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
-}
-
-/// The first 12 characters of a release id, enough to tell releases apart.
-fn short(release: &str) -> &str {
-    release.get(..12).unwrap_or(release)
 }
 
 /// A page saying what the API refused, with its status.

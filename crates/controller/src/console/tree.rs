@@ -9,10 +9,11 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 
+use super::failure;
 use super::layout::page;
 use super::session::Viewer;
-use super::{failure, short};
 use crate::{Activity, Controller, Environment};
+use lockstep_image::short_release;
 
 /// What an environment is doing, as the tree says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,13 +105,13 @@ pub(crate) fn render(
             tr {
                 td class={ "tree depth-" (depth.min(3)) } {
                     @if depth > 0 { "└ " }
-                    strong { (environment.name) }
+                    a href={ "/environments/" (environment.name) } { strong { (environment.name) } }
                     " " span.badge { (environment.kind.as_str()) }
                 }
                 td { (EnvironmentState::of(environment, under_way).badge()) }
                 td {
                     @match &environment.serving {
-                        Some(release) => code title=(release.image) { (short(&release.image)) },
+                        Some(release) => code title=(release.image) { (short_release(&release.image)) },
                         None => span.hint { "none" },
                     }
                 }
