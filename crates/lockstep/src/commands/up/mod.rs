@@ -279,6 +279,7 @@ fn print_banner(endpoints: &Endpoints, data_dir: &Path, binary: &Path, edge: Soc
     println!("  production   {}", edge_url(edge, None));
     println!("  staging      {}", edge_url(edge, Some("staging")));
     println!("  git remote   {}", endpoints.git);
+    println!("  console      {}/ (sign in with the token)", endpoints.api);
     println!("  API          {}", endpoints.api);
     println!("  token        {}", endpoints.token);
     println!("  data         {}", data_dir.display());
