@@ -91,9 +91,10 @@ async fn a_user_signs_in_sees_the_tree_and_an_activity_and_forms_need_the_sessio
     let feature = tree.find("<strong>feature-x</strong>").expect(&tree);
     assert!(production < feature, "the child after its parent");
     assert!(tree.contains("depth-1"), "the child one level down: {tree}");
-    let production_push = platform.cli(&["activity", "list", "--json"]);
-    let listed: Vec<serde_json::Value> = serde_json::from_slice(&production_push.stdout).unwrap();
+    let listed = platform.get("/activities").await;
     let pushed = listed
+        .as_array()
+        .unwrap()
         .iter()
         .find(|a| a["environment"] == "production" && a["type"] == "push")
         .expect("production's push");
@@ -135,15 +136,7 @@ async fn a_user_signs_in_sees_the_tree_and_an_activity_and_forms_need_the_sessio
         );
     }
     assert!(page.contains("closed window"), "{page}");
-    let log = reqwest::Client::new()
-        .get(format!("{}/api/v1/activities/{id}/log", platform.api))
-        .bearer_auth(&platform.token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let log = platform.get_text(&format!("/activities/{id}/log")).await;
     let last_line = log.lines().last().unwrap().to_owned();
     assert!(page.contains(&escape(&last_line)), "{last_line} in {page}");
 

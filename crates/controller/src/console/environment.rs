@@ -225,6 +225,16 @@ fn activity_rows(activities: &[Activity]) -> Markup {
     }
 }
 
+fn no_such_action(viewer: &Viewer, path: &str) -> Response {
+    refused(
+        viewer,
+        ApiError(
+            axum::http::StatusCode::NOT_FOUND,
+            format!("no action {path}"),
+        ),
+    )
+}
+
 /// The confirmation page of an action: what it does, and the form that carries it out.
 pub(crate) async fn confirm_page(
     State(controller): State<Arc<Controller>>,
@@ -232,13 +242,7 @@ pub(crate) async fn confirm_page(
     viewer: Viewer,
 ) -> Response {
     let Some(action) = EnvironmentAction::from_path(&action) else {
-        return refused(
-            &viewer,
-            ApiError(
-                axum::http::StatusCode::NOT_FOUND,
-                format!("no action {action}"),
-            ),
-        );
+        return no_such_action(&viewer, &action);
     };
     let environment = match api::check(&controller, &viewer.principal, Action::Read, &name) {
         Ok(environment) => environment,
@@ -291,13 +295,7 @@ pub(crate) async fn carry_out(
         return refusal;
     }
     let Some(action) = EnvironmentAction::from_path(&action) else {
-        return refused(
-            &viewer,
-            ApiError(
-                axum::http::StatusCode::NOT_FOUND,
-                format!("no action {action}"),
-            ),
-        );
+        return no_such_action(&viewer, &action);
     };
     let (state, principal) = (State(controller), Extension(viewer.principal.clone()));
     let env = Path(name);

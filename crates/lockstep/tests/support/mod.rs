@@ -863,13 +863,18 @@ impl Platform {
 
     /// `GET` on the API, as JSON.
     pub async fn get(&self, path: &str) -> serde_json::Value {
+        serde_json::from_str(&self.get_text(path).await).unwrap()
+    }
+
+    /// `GET` on the API, as the text it answers.
+    pub async fn get_text(&self, path: &str) -> String {
         reqwest::Client::new()
             .get(format!("{}/api/v1{path}", self.api))
             .bearer_auth(&self.token)
             .send()
             .await
             .unwrap()
-            .json()
+            .text()
             .await
             .unwrap()
     }
