@@ -136,23 +136,29 @@ pub(crate) async fn log_events(
     {
         return refused(&viewer, error);
     }
-    let events = crate::api::follow_log(controller, id, |part| {
-        let mut event: String = part
-            .trim_end_matches('\n')
-            .split('\n')
-            .map(|line| format!("data: {line}\n"))
-            .collect();
-        event.push('\n');
-        event
-    })
-    .chain(futures_util::stream::once(async {
-        Ok(bytes::Bytes::from_static(b"event: end\ndata: \n\n"))
-    }));
+    let events =
+        crate::api::follow_log(controller, id, log_event).chain(futures_util::stream::once(
+            async { Ok(bytes::Bytes::from_static(b"event: end\ndata: \n\n")) },
+        ));
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-store")
         .body(Body::from_stream(events))
         .expect("a fixed response builds")
+}
+
+/// A part of a log as one server-sent event, a `data:` field a line. Pushed code writes the
+/// log: a carriage return, which ends a field too, is dropped so that no line of it can start
+/// a field of its own (an `event: end` that would end the stream).
+fn log_event(part: String) -> String {
+    let mut event: String = part
+        .replace('\r', "")
+        .trim_end_matches('\n')
+        .split('\n')
+        .map(|line| format!("data: {line}\n"))
+        .collect();
+    event.push('\n');
+    event
 }
 
 fn finished(activity: &Activity) -> bool {
@@ -282,6 +288,12 @@ mod tests {
         }
         assert!(svg.contains("0.50 s"), "the hook's duration in {svg}");
         assert!(svg.contains("closed window 0.80 s"), "{svg}");
+    }
+
+    #[test]
+    fn a_log_line_cannot_start_an_event_field_of_its_own() {
+        let event = log_event("building\nfoo\revent: end\rdata: x\n".into());
+        assert_eq!(event, "data: building\ndata: fooevent: enddata: x\n\n");
     }
 
     #[test]
