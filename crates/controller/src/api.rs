@@ -1112,6 +1112,18 @@ fn check_variables_read(
     }
 }
 
+/// An environment's variables change with its admin role; the project's, as a project admin.
+pub(crate) fn check_variables_change(
+    controller: &Controller,
+    principal: &Principal,
+    env: Option<&str>,
+) -> Result<(), ApiError> {
+    match env {
+        Some(env) => check(controller, principal, Action::Manage, env).map(drop),
+        None => check_project_admin(principal),
+    }
+}
+
 pub(crate) async fn list_variables(
     State(controller): State<Arc<Controller>>,
     Query(query): Query<VariableQuery>,
@@ -1141,10 +1153,7 @@ pub(crate) async fn set_variable(
     Extension(principal): Extension<Principal>,
     Json(input): Json<crate::SetVariable>,
 ) -> Result<Json<crate::VariableChange>, ApiError> {
-    match &input.environment {
-        Some(env) => drop(check(&controller, &principal, Action::Manage, env)?),
-        None => check_project_admin(&principal)?,
-    }
+    check_variables_change(&controller, &principal, input.environment.as_deref())?;
     Ok(Json(controller.set_variable(&name, input)?))
 }
 
@@ -1154,10 +1163,7 @@ pub(crate) async fn delete_variable(
     Query(query): Query<VariableQuery>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Json<crate::VariableChange>, ApiError> {
-    match &query.environment {
-        Some(env) => drop(check(&controller, &principal, Action::Manage, env)?),
-        None => check_project_admin(&principal)?,
-    }
+    check_variables_change(&controller, &principal, query.environment.as_deref())?;
     Ok(Json(controller.delete_variable(
         query.environment.as_deref(),
         &name,

@@ -121,15 +121,7 @@ async fn a_user_signs_in_sees_the_tree_and_an_activity_and_forms_need_the_sessio
     let id = pushed["id"].as_str().unwrap();
     let (status, page) = get(&platform, &cookie, &format!("/activities/{id}")).await;
     assert_eq!(status, 200, "{page}");
-    for phase in [
-        "stage",
-        "quiesce",
-        "close",
-        "swap",
-        "deploy hook",
-        "open",
-        "post deploy",
-    ] {
+    for phase in TIMELINE_PHASES {
         assert!(
             page.contains(&format!(">{phase}</text>")),
             "{phase} in {page}"

@@ -73,7 +73,8 @@ impl EnvironmentAction {
         match self {
             EnvironmentAction::Redeploy => may(Action::Manage) && environment.serving.is_some(),
             EnvironmentAction::Rollback => may(Action::Manage) && environment.previous.is_some(),
-            EnvironmentAction::Sync => may(Action::Manage) && environment.parent.is_some(),
+            // Code with the push role; data needs the admin role, and its box shows only then.
+            EnvironmentAction::Sync => may(Action::Push) && environment.parent.is_some(),
             EnvironmentAction::Branch => {
                 may(Action::Read)
                     && allowed(
@@ -262,7 +263,9 @@ pub(crate) async fn confirm_page(
                 }
                 @if action == EnvironmentAction::Sync {
                     label { input type="checkbox" name="code" value="true" checked; " Code" }
-                    label { input type="checkbox" name="data" value="true"; " Data (replaces " (name) "'s)" }
+                    @if allowed(&viewer.principal, Action::Manage, environment.kind) {
+                        label { input type="checkbox" name="data" value="true"; " Data (replaces " (name) "'s)" }
+                    }
                 }
                 p {
                     button type="submit" { (action.label()) }

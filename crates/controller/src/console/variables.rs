@@ -13,7 +13,6 @@ use serde::Deserialize;
 use super::layout::page;
 use super::refused;
 use super::session::Viewer;
-use crate::access::{Action, allowed, may_manage_project};
 use crate::api::{self, VariableQuery};
 use crate::variables::Visibility;
 use crate::{Controller, SetVariable};
@@ -28,17 +27,6 @@ fn level_url(environment: Option<&str>) -> String {
     match environment {
         Some(environment) => format!("/variables?environment={environment}"),
         None => "/variables".to_owned(),
-    }
-}
-
-/// Whether `viewer` may change the variables of this level, as the API decides it.
-fn may_change(controller: &Controller, viewer: &Viewer, environment: Option<&str>) -> bool {
-    match environment {
-        Some(environment) => controller
-            .store
-            .environment(environment)
-            .is_ok_and(|env| allowed(&viewer.principal, Action::Manage, env.kind)),
-        None => may_manage_project(&viewer.principal),
     }
 }
 
@@ -61,7 +49,9 @@ pub(crate) async fn variables_page(
         Ok(Json(variables)) => variables,
         Err(error) => return refused(&viewer, error),
     };
-    let editable = may_change(&controller, &viewer, environment.as_deref());
+    // The forms show where the API would take them.
+    let editable =
+        api::check_variables_change(&controller, &viewer.principal, environment.as_deref()).is_ok();
     let title = match &environment {
         Some(environment) => format!("Variables of {environment}"),
         None => "Project variables".to_owned(),

@@ -1019,6 +1019,17 @@ pub fn text(output: &std::process::Output) -> String {
     )
 }
 
+/// The deployment phases after the build, as the console's timeline names them.
+pub const TIMELINE_PHASES: [&str; 7] = [
+    "stage",
+    "quiesce",
+    "close",
+    "swap",
+    "deploy hook",
+    "open",
+    "post deploy",
+];
+
 /// The tree id of the project's HEAD: what the sample app reports as its release.
 pub fn tree_of(project: &Project) -> String {
     let output = Command::new("git")
